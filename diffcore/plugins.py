@@ -1,0 +1,444 @@
+"""The plugin manager and the registries it fills.
+
+Loading order, done once on first use: the built-in modules in :data:`BUILTIN_PLUGINS`
+(registered under their short names, e.g. ``"samplers"``), then every entry point of
+group ``diffcore`` (sorted by name; one whose module is already loaded is skipped).
+Each plugin's ``register_*`` hooks are then called, in that order, with a ``register``
+callback that fills the registry of that kind. A plugin that fails to import or raises
+in a hook is reported with a :class:`PluginWarning`, recorded in :func:`plugin_info`,
+and skipped with all its registrations rolled back; diffcore keeps working.
+
+Environment: ``DIFFCORE_DISABLE_PLUGIN_AUTOLOAD=1`` loads no entry points;
+``DIFFCORE_LOAD_PLUGINS=a,b`` loads only the entry points named ``a`` and ``b``.
+Built-ins load in both cases.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import os
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable, Protocol
+
+import pluggy
+
+from diffcore import hookspecs
+
+hookimpl = pluggy.HookimplMarker("diffcore")
+
+ENTRY_POINT_GROUP = "diffcore"
+DISABLE_AUTOLOAD_ENV = "DIFFCORE_DISABLE_PLUGIN_AUTOLOAD"
+LOAD_PLUGINS_ENV = "DIFFCORE_LOAD_PLUGINS"
+KINDS: tuple[str, ...] = ("models", "schedules", "samplers", "tasks", "datasets", "text_encoders")
+# Built-in plugin modules, loaded first. Later work appends e.g. "diffcore_plugins.unet".
+BUILTIN_PLUGINS: list[str] = ["diffcore_plugins.schedules", "diffcore_plugins.samplers"]
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "KINDS",
+    "PluginError",
+    "PluginWarning",
+    "Register",
+    "UnknownNameError",
+    "available",
+    "get",
+    "get_plugin_manager",
+    "hookimpl",
+    "implementations",
+    "plugin_info",
+    "record_failure",
+    "register_plugin",
+    "registered_by",
+    "reset",
+]
+
+
+class Register(Protocol):
+    """The callback passed to every ``register_*`` hook."""
+
+    def __call__(self, name: str, obj: object, *, override: bool = False) -> None: ...
+
+
+class PluginError(ValueError):
+    """A plugin misbehaved: a name registered twice, a bad name, a failed hook."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin failed to load or register and was skipped."""
+
+
+class UnknownNameError(KeyError):
+    """A registry kind or a name in a registry does not exist; the message lists the known ones."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.message
+
+
+class _HookFailed(Exception):
+    """Internal: a register_* hook raised ``error``."""
+
+    def __init__(self, hook: str, error: Exception) -> None:
+        super().__init__(f"{hook} raised {_describe(error)}")
+        self.hook = hook
+        self.error = error
+
+
+@dataclass
+class _Plugin:
+    name: str
+    module: str | None
+    version: str | None
+    builtin: bool
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    obj: object
+    plugin: str
+
+
+class _State:
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("diffcore")
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, _Plugin] = {}  # load order
+        self.registries: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
+
+
+_lock = threading.RLock()
+_state: _State | None = None
+_building = False
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """Return the pluggy manager, loading plugins on first use."""
+    return _ensure().pm
+
+
+def available(kind: str) -> list[str]:
+    """Return the sorted names registered under ``kind`` (e.g. ``"samplers"``)."""
+    return sorted(_registry(kind))
+
+
+def get(kind: str, name: str) -> Any:
+    """Return the object registered as ``name`` under ``kind``.
+
+    Raises :class:`UnknownNameError` (a ``KeyError``) listing the known kinds or names.
+    """
+    registry = _registry(kind)
+    try:
+        return registry[name].obj
+    except (KeyError, TypeError):
+        raise UnknownNameError(_unknown_name_message(kind, name, registry)) from None
+
+
+def registered_by(kind: str, name: str) -> str:
+    """Return the name of the plugin whose registration of ``kind``/``name`` is in effect."""
+    registry = _registry(kind)
+    if name not in registry:
+        raise UnknownNameError(_unknown_name_message(kind, name, registry))
+    return registry[name].plugin
+
+
+def plugin_info() -> list[dict[str, Any]]:
+    """Describe every plugin, in load order, failed ones included.
+
+    Each dict has ``name``, ``version`` (of the distribution providing it; diffcore's
+    for built-ins), ``hooks`` (sorted hook names), ``builtin`` and ``error`` (None if fine).
+    """
+    state = _ensure()
+    return [
+        {
+            "name": p.name,
+            "version": p.version,
+            "hooks": list(p.hooks),
+            "builtin": p.builtin,
+            "error": p.error,
+        }
+        for p in state.plugins.values()
+    ]
+
+
+def register_plugin(plugin: object, name: str | None = None) -> str:
+    """Register a module or object with ``@hookimpl`` methods after autoloading; return its name.
+
+    Its registrations are added after all others, so it may replace names with
+    ``override=True``. A name clash raises :class:`PluginError` and leaves nothing
+    registered; any other exception in its hooks is reported and the plugin skipped.
+    """
+    with _lock:
+        state = _ensure()
+        module = plugin.__name__ if isinstance(plugin, ModuleType) else getattr(plugin, "__module__", None)
+        plugin_name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        _add_plugin(state, plugin, plugin_name, module, _version_of(module), builtin=False, strict=True)
+        return plugin_name
+
+
+def implementations(hook: str) -> list[tuple[str, Callable[..., Any]]]:
+    """Return ``(plugin name, call)`` for each implementation of ``hook``, in load order.
+
+    ``call(**kwargs)`` passes the implementation the spec arguments it accepts.
+    """
+    state = _ensure()
+    caller = getattr(state.pm.hook, hook, None)
+    if caller is None or not hasattr(caller, "get_hookimpls"):
+        raise UnknownNameError(f"unknown hook {hook!r}; known hooks: {', '.join(_hook_names())}")
+    order = {name: i for i, name in enumerate(state.plugins)}
+    impls = sorted(caller.get_hookimpls(), key=lambda impl: order.get(impl.plugin_name, len(order)))
+    return [(impl.plugin_name, functools.partial(_call_impl, impl)) for impl in impls]
+
+
+def record_failure(plugin: str, error: BaseException, during: str) -> None:
+    """Report that ``plugin`` failed while ``during`` (warn and record it in plugin_info)."""
+    with _lock:
+        state = _ensure()
+        message = f"{during}: {type(error).__name__}: {error}"
+        record = state.plugins.get(plugin)
+        if record is not None:
+            record.error = message if record.error is None else f"{record.error}; {message}"
+        _warn(plugin, message)
+
+
+def reset() -> None:
+    """Forget every plugin and registration; the next call reloads them (for tests)."""
+    global _state
+    with _lock:
+        _state = None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _ensure() -> _State:
+    global _state, _building
+    with _lock:
+        if _state is not None:
+            return _state
+        if _building:
+            raise PluginError(
+                "diffcore's registries were used while plugins are still loading; "
+                "a plugin must look up other plugins' objects at call time, not at import time"
+            )
+        _building = True
+        try:
+            state = _State()
+            _load_builtins(state)
+            if not _env_flag(DISABLE_AUTOLOAD_ENV):
+                _load_entry_points(state)
+            _state = state
+        finally:
+            _building = False
+        return state
+
+
+def _load_builtins(state: _State) -> None:
+    version = _diffcore_version()
+    for module_name in BUILTIN_PLUGINS:
+        short = module_name.rpartition(".")[2]
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must never break diffcore
+            _fail(state, _Plugin(short, module_name, version, builtin=True), f"import failed: {_describe(exc)}")
+            continue
+        _add_plugin(state, module, short, module_name, version, builtin=True, strict=False)
+
+
+def _load_entry_points(state: _State) -> None:
+    allowed = _allow_list()
+    builtin_modules = set(BUILTIN_PLUGINS)
+    seen: set[str] = set()
+    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        seen.add(ep.name)
+        loaded_modules = {p.module for p in state.plugins.values()}
+        if ep.module in builtin_modules or ep.module in loaded_modules:
+            continue
+        if allowed is not None and ep.name not in allowed:
+            continue
+        version = ep.dist.version if ep.dist is not None else None
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # noqa: BLE001
+            _fail(state, _Plugin(ep.name, ep.module, version, builtin=False), f"import failed: {_describe(exc)}")
+            continue
+        _add_plugin(state, plugin, ep.name, ep.module, version, builtin=False, strict=False)
+    for missing in sorted((allowed or set()) - seen):
+        warnings.warn(
+            f"diffcore: {LOAD_PLUGINS_ENV} names {missing!r}, but no installed package has a "
+            f"{ENTRY_POINT_GROUP!r} entry point of that name; found: {', '.join(sorted(seen)) or 'none'}",
+            PluginWarning,
+            stacklevel=2,
+        )
+
+
+def _add_plugin(
+    state: _State,
+    plugin: object,
+    name: str,
+    module: str | None,
+    version: str | None,
+    *,
+    builtin: bool,
+    strict: bool,
+) -> None:
+    """Register ``plugin`` with pluggy and commit its registrations, all or nothing."""
+    record = _Plugin(name, module, version, builtin)
+    if name in state.plugins:
+        error = PluginError(f"plugin name {name!r} is already taken by another plugin (module {state.plugins[name].module!r})")
+        if strict:
+            raise error
+        _fail(state, record, str(error))
+        return
+    try:
+        state.pm.register(plugin, name=name)
+    except Exception as exc:  # noqa: BLE001 - pluggy validation errors, a name clash
+        if strict:
+            raise PluginError(f"plugin {name!r} cannot be registered: {_describe(exc)}") from exc
+        _fail(state, record, f"invalid plugin: {_describe(exc)}")
+        return
+    record.hooks = sorted(caller.name for caller in (state.pm.get_hookcallers(plugin) or []))
+    try:
+        staged = _collect_registrations(state, plugin, name)
+    except (PluginError, _HookFailed) as exc:
+        state.pm.unregister(plugin)
+        cause = exc.error if isinstance(exc, _HookFailed) else exc
+        if strict and isinstance(cause, PluginError):
+            raise cause from None
+        _fail(state, record, str(exc))
+        return
+    for kind, entries in staged.items():
+        state.registries[kind].update(entries)
+    state.plugins[name] = record
+
+
+def _collect_registrations(state: _State, plugin: object, plugin_name: str) -> dict[str, dict[str, _Entry]]:
+    """Call ``plugin``'s register_* hooks; return what they registered, per kind."""
+    staged: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
+    for kind in KINDS:
+        hook = f"register_{kind}"
+        for impl in getattr(state.pm.hook, hook).get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            if impl.hookwrapper or impl.wrapper:
+                raise PluginError(f"plugin {plugin_name!r}: {hook} must be a plain hook, not a wrapper")
+            register = _make_register(state, kind, plugin_name, staged[kind])
+            try:
+                _call_impl(impl, register=register)
+            except Exception as exc:
+                raise _HookFailed(hook, exc) from exc
+    return staged
+
+
+def _make_register(state: _State, kind: str, plugin_name: str, staged: dict[str, _Entry]) -> Register:
+    singular = kind[:-1]
+
+    def register(name: str, obj: object, *, override: bool = False) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise PluginError(f"plugin {plugin_name!r} registered a {singular} named {name!r}; expected a non-empty string")
+        existing = staged.get(name) or state.registries[kind].get(name)
+        if existing is not None and not override:
+            raise PluginError(
+                f"{singular} {name!r} is registered by both plugin {existing.plugin!r} and plugin "
+                f"{plugin_name!r}; pass override=True in {plugin_name!r} to replace it"
+            )
+        staged[name] = _Entry(obj, plugin_name)
+
+    return register
+
+
+def _call_impl(impl: Any, **kwargs: Any) -> Any:
+    # Same calling convention as pluggy: positional, only the arguments the impl declares.
+    return impl.function(*(kwargs[arg] for arg in impl.argnames))
+
+
+def _fail(state: _State, record: _Plugin, message: str) -> None:
+    record.error = message
+    key, n = record.name, 1
+    while key in state.plugins:  # a clash of names must not hide either report
+        n += 1
+        key = f"{record.name}#{n}"
+    state.plugins[key] = record
+    _warn(record.name, message)
+
+
+def _warn(plugin: str, message: str) -> None:
+    warnings.warn(f"diffcore: plugin {plugin!r} was skipped: {message}", PluginWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _registry(kind: str) -> dict[str, _Entry]:
+    state = _ensure()
+    try:
+        return state.registries[kind]
+    except (KeyError, TypeError):
+        raise UnknownNameError(f"unknown registry kind {kind!r}; known kinds: {', '.join(KINDS)}") from None
+
+
+def _unknown_name_message(kind: str, name: object, registry: dict[str, _Entry]) -> str:
+    known = ", ".join(sorted(registry)) or "none"
+    message = f"unknown {kind[:-1]} {name!r}; registered {kind}: {known}"
+    state = _ensure()
+    failed = [p.name for p in state.plugins.values() if p.error is not None]
+    if failed:
+        message += f" (plugins that failed to load: {', '.join(failed)}; see `diffcore plugins`)"
+    return message
+
+
+def _hook_names() -> list[str]:
+    return sorted(name for name in dir(hookspecs) if name.startswith("register_"))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in {"", "0", "false", "no", "off"}
+
+
+def _allow_list() -> set[str] | None:
+    value = os.environ.get(LOAD_PLUGINS_ENV)
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _diffcore_version() -> str | None:
+    version = getattr(sys.modules.get("diffcore"), "__version__", None)
+    if version is not None:
+        return str(version)
+    try:
+        return importlib.metadata.version("diffcore")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _version_of(module: str | None) -> str | None:
+    """Version of the installed distribution providing ``module``, if any."""
+    if not module:
+        return None
+    top = module.partition(".")[0]
+    if top in {"diffcore", "diffcore_plugins"}:
+        return _diffcore_version()
+    for dist in importlib.metadata.packages_distributions().get(top, []):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
