@@ -1,0 +1,16 @@
+"""diffcore: a plugin-based diffusion-model framework with fused sampler kernels.
+
+Public API::
+
+    diffcore.sample(model, x_T, sampler="dpmpp_2m", steps=20, schedule=..., prediction="epsilon")
+    diffcore.available("samplers"); diffcore.get("schedules", "linear")(num_train_timesteps=1000)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from diffcore.plugins import available, get, hookimpl, plugin_info  # noqa: E402
+from diffcore.sampling import sample  # noqa: E402
+
+__all__ = ["__version__", "available", "get", "hookimpl", "plugin_info", "sample"]

@@ -1,0 +1,220 @@
+"""The fused ops every sampler and the trainer go through.
+
+Three implementations share one definition: :mod:`diffcore.ops.reference` (pure Torch, the
+canonical math), the C++ CPU kernels and the CUDA kernels of the compiled extension
+``diffcore._C``. This module validates inputs where they enter, then dispatches to the active
+backend. ``DIFFCORE_KERNELS=reference`` forces the Torch fallback; ``backend()`` says which runs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from diffcore.ops import reference
+
+__all__ = [
+    "backend",
+    "cfg_rescale_factor",
+    "cfg_sampler_step",
+    "coeff_width",
+    "forward_noise",
+    "sampler_step",
+]
+
+_KERNELS_ENV = "DIFFCORE_KERNELS"
+_native_state: dict[str, object] = {}
+
+
+def _native_module() -> object | None:
+    """The compiled extension, or None (with one warning) when it is missing or broken."""
+    if "module" in _native_state:
+        return _native_state["module"]
+    module = None
+    try:
+        from diffcore import _C  # type: ignore[attr-defined]
+
+        module = _C
+    except ImportError as exc:  # no build: the reference backend is the documented fallback
+        if os.environ.get(_KERNELS_ENV, "") == "native":
+            warnings.warn(f"diffcore: native kernels requested but unavailable ({exc}); using reference", stacklevel=3)
+    _native_state["module"] = module
+    return module
+
+
+def backend(device: torch.device | str = "cpu") -> str:
+    """Name of the backend used for tensors on ``device``: native-cpu, native-cuda or reference."""
+    choice = os.environ.get(_KERNELS_ENV, "auto")
+    if choice not in ("auto", "native", "reference"):
+        raise ValueError(f"{_KERNELS_ENV}={choice!r}: expected 'auto', 'native' or 'reference'")
+    if choice == "reference":
+        return "reference"
+    module = _native_module()
+    dev = torch.device(device)
+    if module is None or not getattr(module, f"has_{dev.type}", lambda: False)():
+        return "reference"
+    return f"native-{dev.type}"
+
+
+def coeff_width(history_slots: int, writes: int) -> int:
+    """Length of one coefficient vector: ``[a, b]`` plus ``1 + writes`` rows of ``3 + history_slots``."""
+    return 2 + (1 + writes) * (3 + history_slots)
+
+
+def _check_float(name: str, t: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+
+
+def _check_like(name: str, t: Tensor, x: Tensor) -> None:
+    _check_float(name, t)
+    if t.shape != x.shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)} but x has shape {tuple(x.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but x has dtype {x.dtype}")
+
+
+def _check_coeffs(name: str, c: Tensor, x: Tensor, width: int, per_row: int | None = None) -> None:
+    _check_float(name, c)
+    if c.device != x.device:
+        raise ValueError(f"{name} is on {c.device} but x is on {x.device}")
+    if c.dim() == 1 and c.shape[0] == width:
+        return
+    if c.dim() == 2 and c.shape == (x.shape[0], width):
+        return
+    raise ValueError(
+        f"{name} has shape {tuple(c.shape)}; expected ({width},) or (batch={x.shape[0]}, {width})"
+        + (f" for {per_row} history slots" if per_row is not None else "")
+    )
+
+
+def _check_step_args(
+    x: Tensor, coeffs: Tensor, history: Tensor | None, noise: Tensor | None, writes: Sequence[int]
+) -> list[int]:
+    _check_float("x", x)
+    if x.dim() < 1:
+        raise ValueError("x must have a batch dimension")
+    k = 0
+    if history is not None:
+        _check_float("history", history)
+        if history.shape[1:] != x.shape:
+            raise ValueError(
+                f"history has shape {tuple(history.shape)}; expected (slots, {', '.join(map(str, x.shape))})"
+            )
+        if history.device != x.device or history.dtype != x.dtype:
+            raise ValueError(f"history is {history.dtype} on {history.device}; x is {x.dtype} on {x.device}")
+        k = history.shape[0]
+    if noise is not None:
+        _check_like("noise", noise, x)
+    writes = [int(w) for w in writes]
+    if writes and history is None:
+        raise ValueError(f"writes={writes} needs a history tensor")
+    if len(set(writes)) != len(writes) or any(not 0 <= w < k for w in writes):
+        raise ValueError(f"writes={writes}: slots must be distinct and in [0, {k})")
+    _check_coeffs("coeffs", coeffs, x, coeff_width(k, len(writes)), k)
+    return writes
+
+
+def forward_noise(x0: Tensor, noise: Tensor, t: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
+    """Noise ``x0`` at per-sample timesteps and return ``(x_t, target)`` in one pass.
+
+    Args:
+        x0: clean batch (B, ...), floating point.
+        noise: standard-normal noise, same shape/dtype/device as ``x0``.
+        t: (B,) integer row indices into ``table``.
+        table: (T, 4) rows ``[c_x0, c_noise, target_x0, target_noise]`` (see
+            :meth:`diffcore.parameterization.Parameterization.forward_table`).
+    """
+    _check_float("x0", x0)
+    _check_like("noise", noise, x0)
+    if not isinstance(t, Tensor) or t.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"t must be an int32/int64 tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    if t.shape != (x0.shape[0],):
+        raise ValueError(f"t has shape {tuple(t.shape)}; expected ({x0.shape[0]},)")
+    _check_float("table", table)
+    if table.dim() != 2 or table.shape[1] != 4:
+        raise ValueError(f"table has shape {tuple(table.shape)}; expected (T, 4)")
+    if t.device != x0.device or table.device != x0.device:
+        raise ValueError(f"t ({t.device}) and table ({table.device}) must be on x0's device {x0.device}")
+    if x0.device.type == "cpu":  # a cheap check on the host; on CUDA it would force a sync
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= table.shape[0]:
+            raise IndexError(f"t has values in [{lo}, {hi}] but table has {table.shape[0]} rows")
+    module = _native_module() if backend(x0.device).startswith("native") else None
+    if module is not None:
+        return module.forward_noise(x0, noise, t.long(), table)  # type: ignore[attr-defined]
+    return reference.forward_noise(x0, noise, t.long(), table)
+
+
+def sampler_step(
+    x: Tensor,
+    model_out: Tensor,
+    coeffs: Tensor,
+    history: Tensor | None = None,
+    noise: Tensor | None = None,
+    writes: Sequence[int] = (),
+) -> Tensor:
+    """Fused sampler step, in place: ``x0 = a*x + b*model_out``, then
+    ``x <- c_x*x + c_x0*x0 + sum_j c_hj*history[j] + c_z*noise`` and, for each ``writes[r]``,
+    ``history[writes[r]] <- (row r+1 of the same form)``; all rows read the pre-step values.
+
+    ``coeffs`` is ``(coeff_width(K, len(writes)),)`` or per sample ``(B, width)``; float32/64 on
+    ``x``'s device. fp16/bf16 tensors accumulate in fp32. Returns ``x``.
+    """
+    writes = _check_step_args(x, coeffs, history, noise, writes)
+    _check_like("model_out", model_out, x)
+    module = _native_module() if backend(x.device).startswith("native") else None
+    if module is not None:
+        module.sampler_step(x, model_out, coeffs, history, noise, writes)  # type: ignore[attr-defined]
+    else:
+        reference.sampler_step(x, model_out, coeffs, history, noise, writes)
+    return x
+
+
+def cfg_sampler_step(
+    x: Tensor,
+    uncond: Tensor,
+    cond: Tensor,
+    guidance: Tensor,
+    coeffs: Tensor,
+    history: Tensor | None = None,
+    noise: Tensor | None = None,
+    writes: Sequence[int] = (),
+) -> Tensor:
+    """:func:`sampler_step` with classifier-free guidance folded in: the model output is
+    ``r * (uncond + w * (cond - uncond))`` where ``guidance = [w, r]``, shape (2,) or (B, 2)."""
+    writes = _check_step_args(x, coeffs, history, noise, writes)
+    _check_like("uncond", uncond, x)
+    _check_like("cond", cond, x)
+    _check_coeffs("guidance", guidance, x, 2)
+    module = _native_module() if backend(x.device).startswith("native") else None
+    if module is not None:
+        module.cfg_sampler_step(x, uncond, cond, guidance, coeffs, history, noise, writes)  # type: ignore[attr-defined]
+    else:
+        reference.cfg_sampler_step(x, uncond, cond, guidance, coeffs, history, noise, writes)
+    return x
+
+
+def cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor | float, phi: float) -> Tensor:
+    """Per-sample guidance-rescale factor ``phi*std(cond)/std(cfg) + (1-phi)``, shape (B,)."""
+    _check_float("uncond", uncond)
+    _check_like("cond", cond, uncond)
+    if not 0.0 <= phi <= 1.0:
+        raise ValueError(f"guidance rescale phi={phi} must be in [0, 1]")
+    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=uncond.device)
+    if scale_t.dim() not in (0, 1) or (scale_t.dim() == 1 and scale_t.shape[0] != uncond.shape[0]):
+        raise ValueError(f"scale has shape {tuple(scale_t.shape)}; expected a scalar or ({uncond.shape[0]},)")
+    module = _native_module() if backend(uncond.device).startswith("native") else None
+    if module is not None:
+        return module.cfg_rescale_factor(uncond, cond, scale_t, float(phi))  # type: ignore[attr-defined]
+    return reference.cfg_rescale_factor(uncond, cond, scale_t, float(phi))

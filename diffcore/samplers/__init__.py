@@ -1,0 +1,18 @@
+"""Built-in samplers. Each module holds one family's math; this maps names to samplers."""
+
+from __future__ import annotations
+
+from diffcore.samplers.base import ProgramSampler
+from diffcore.samplers.ddim import ddim, euler, euler_ancestral
+from diffcore.samplers.ddpm import ddpm
+from diffcore.samplers.dpmpp import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde
+from diffcore.samplers.heun import heun
+from diffcore.samplers.lms import lms
+from diffcore.samplers.unipc import unipc
+
+SAMPLERS: dict[str, ProgramSampler] = {
+    s.name: s
+    for s in (ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, unipc, lms)
+}
+
+__all__ = ["SAMPLERS", "ProgramSampler"]

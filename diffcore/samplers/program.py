@@ -1,0 +1,128 @@
+"""Samplers as coefficient programs, and the one loop that runs them.
+
+A built-in sampler is a function of the plan alone: it emits a :class:`Program`, a list of
+:class:`Step` (the level the model is evaluated at, the float64 rows of linear coefficients
+over ``[x, x0, h_0..h_{K-1}, z]`` and the history slots written). :func:`run_program` turns the
+program into one coefficient table on the device, preallocates the history and noise buffers,
+and runs ``model -> fused op`` per step: no per-step allocation beyond the model's own output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffcore import ops
+from diffcore.denoiser import Denoiser, Level
+from diffcore.timesteps import Plan
+
+
+class Cols:
+    """Column indices of a coefficient row for ``slots`` history slots."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.width = 3 + slots
+        self.x, self.x0, self.z = 0, 1, 2 + slots
+
+    def h(self, j: int) -> int:
+        return 2 + j
+
+    def row(self, **named: float) -> np.ndarray:
+        """A row from keyword coefficients ``x=``, ``x0=``, ``z=``."""
+        r = np.zeros(self.width)
+        for k, v in named.items():
+            r[getattr(self, k)] = v
+        return r
+
+    def unit(self, col: int) -> np.ndarray:
+        r = np.zeros(self.width)
+        r[col] = 1.0
+        return r
+
+
+@dataclass
+class Step:
+    """One model evaluation and fused update."""
+
+    level: Level
+    rows: np.ndarray  # (1 + len(writes), 3 + slots)
+    writes: tuple[int, ...] = ()
+    noise: bool = False
+    sigma: float = 0.0  # VE noise level after the step, for callbacks
+
+
+@dataclass
+class Program:
+    steps: list[Step] = field(default_factory=list)
+    slots: int = 0
+
+
+def level_of(plan: Plan, i: int) -> Level:
+    return Level(float(plan.timesteps[i]), float(plan.alphas[i]), float(plan.stds[i]))
+
+
+def lam(alpha: float, std: float) -> float:
+    """Half log-SNR, lambda = log(alpha / std); +inf at std = 0, -inf at alpha = 0."""
+    if std == 0:
+        return math.inf
+    if alpha == 0:
+        return -math.inf
+    return math.log(alpha) - math.log(std)
+
+
+def ve_sigma(alpha: float, std: float) -> float:
+    return math.inf if alpha == 0 else std / alpha
+
+
+def _table(program: Program, denoiser: Denoiser, x: Tensor) -> list[Tensor]:
+    """All steps' coefficient vectors in one device buffer; returns a view per step."""
+    vectors = []
+    for st in program.steps:
+        a, b = denoiser.param.x0_coeffs(st.level.alpha, st.level.std)
+        vectors.append(np.concatenate([[a, b], st.rows.reshape(-1)]))
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    flat = torch.from_numpy(np.concatenate(vectors)).to(device=x.device, dtype=dtype)
+    views, start = [], 0
+    for v in vectors:
+        views.append(flat[start : start + len(v)])
+        start += len(v)
+    return views
+
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+def run_program(
+    denoiser: Denoiser,
+    x: Tensor,
+    program: Program,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Execute ``program`` on state ``x`` (updated in place and returned)."""
+    table = _table(program, denoiser, x)
+    history = torch.zeros((program.slots, *x.shape), dtype=x.dtype, device=x.device) if program.slots else None
+    noise = torch.empty_like(x) if any(st.noise for st in program.steps) else None
+    for k, (st, coeffs) in enumerate(zip(program.steps, table)):
+        pred = denoiser(x, st.level, step=k)
+        z = None
+        if st.noise:
+            assert noise is not None
+            torch.randn(x.shape, generator=generator, out=noise, dtype=x.dtype, device=x.device)
+            z = noise
+        if pred.out is not None:
+            ops.sampler_step(x, pred.out, coeffs, history, z, st.writes)
+        else:
+            ops.cfg_sampler_step(x, pred.uncond, pred.cond, pred.guidance, coeffs, history, z, st.writes)  # type: ignore[arg-type]
+        if callback is not None:
+            callback({"i": k, "t": st.level.t, "sigma": st.sigma, "x": x})
+    denoiser.raise_deferred()
+    return x

@@ -1,0 +1,120 @@
+"""``diffcore.sample``: the one high-level sampling entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffcore.denoiser import Denoiser
+from diffcore.parameterization import Parameterization, make_parameterization
+from diffcore.schedules import DiscreteSchedule, EDMSchedule, Schedule
+from diffcore.timesteps import make_plan, plan_from_sigmas
+
+
+def resolve_sampler(sampler: str | Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A sampler by registry name, or a callable passed through."""
+    if isinstance(sampler, str):
+        from diffcore.plugins import get
+
+        return get("samplers", sampler)
+    if not callable(sampler):
+        raise TypeError(f"sampler must be a name or a callable, got {type(sampler).__name__}")
+    return sampler
+
+
+def resolve_schedule(schedule: str | Schedule) -> Schedule:
+    """A schedule object, or a registry name built with its defaults."""
+    if isinstance(schedule, str):
+        from diffcore.plugins import get
+
+        return get("schedules", schedule)()
+    if not isinstance(schedule, (DiscreteSchedule, EDMSchedule)):
+        raise TypeError(f"schedule must be a name or a schedule object, got {type(schedule).__name__}")
+    return schedule
+
+
+def sample(
+    model: Callable[..., Any],
+    x_T: Tensor,
+    *,
+    sampler: str | Callable[..., Tensor] = "dpmpp_2m",
+    steps: int = 20,
+    schedule: str | Schedule = "linear",
+    prediction: str | Parameterization = "epsilon",
+    timestep_spacing: str = "leading",
+    eta: float | None = None,
+    generator: torch.Generator | None = None,
+    cond: Any = None,
+    uncond: Any = None,
+    guidance_scale: float | None = None,
+    guidance_rescale: float = 0.0,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    sigmas: Sequence[float] | Tensor | None = None,
+    sampler_options: dict[str, Any] | None = None,
+    check_finite: bool = True,
+) -> Tensor:
+    """Integrate the reverse process from standard-normal ``x_T`` and return the sample.
+
+    ``model(x, t, cond)`` receives exactly what a diffusers UNet receives in a diffusers pipeline:
+    the (scaled) model input and a (B,) tensor of timesteps (sigmas for EDM schedules); ``cond``
+    is passed only when given. One trained model serves every sampler.
+
+    Args:
+        x_T: standard-normal noise (B, ...); each sampler scales it to its first noise level.
+        sampler: registry name (``diffcore.available("samplers")``) or a sampler callable.
+        steps: number of sampler steps (Heun: intervals, 2*steps-1 model calls).
+        schedule: a schedule object (``diffcore.get("schedules", name)(...)``) or a name.
+        prediction: ``epsilon``, ``sample``, ``v_prediction``, ``edm`` or a Parameterization.
+        timestep_spacing: ``linspace``, ``leading`` or ``trailing`` (diffusers' meaning).
+        eta: stochasticity of ddim / euler_ancestral / dpmpp_*_sde in [0, 1]; None = the
+            sampler's default (ddim 0, the others 1).
+        generator: torch.Generator for the samplers' noise; same inputs + same seed = same output.
+        cond, uncond, guidance_scale, guidance_rescale: conditioning and classifier-free guidance.
+        callback: called after every step with ``{"i", "t", "sigma", "x"}``.
+        sigmas: explicit decreasing VE noise levels to visit instead of ``steps`` spaced ones.
+        sampler_options: extra sampler options (e.g. ``{"order": 3}`` for unipc).
+    """
+    if not isinstance(x_T, Tensor):
+        raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
+    if not x_T.is_floating_point():
+        raise TypeError(f"x_T must be floating point, got dtype {x_T.dtype}")
+    if x_T.dim() < 1 or x_T.numel() == 0:
+        raise ValueError(f"x_T must be a non-empty batch (B, ...), got shape {tuple(x_T.shape)}")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError("x_T contains NaN or inf")
+    fn = resolve_sampler(sampler)
+    sched = resolve_schedule(schedule)
+    param = make_parameterization(prediction)
+    options = dict(sampler_options or {})
+    if eta is not None:
+        accepted = getattr(fn, "options", None)
+        if accepted is not None and "eta" not in accepted:
+            if eta != 0:
+                raise ValueError(f"sampler {getattr(fn, 'name', fn)!r} is deterministic; eta={eta} must be None or 0")
+        else:
+            options["eta"] = eta
+    if sigmas is not None:
+        plan = plan_from_sigmas(sched, sigmas)
+    else:
+        plan = make_plan(
+            sched,
+            steps,
+            timestep_spacing,
+            getattr(fn, "plan_style", "karras"),
+            rule=getattr(fn, "plan_rule", "next"),
+        )
+    denoiser = Denoiser(
+        model,
+        param,
+        timestep_dtype=plan.timestep_dtype,
+        cond=cond,
+        uncond=uncond,
+        guidance_scale=guidance_scale,
+        guidance_rescale=guidance_rescale,
+        check_finite=check_finite,
+    )
+    x = x_T * plan.init_scale
+    return fn(denoiser, x, plan, generator=generator, callback=callback, **options)

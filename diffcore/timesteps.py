@@ -1,0 +1,214 @@
+"""Sampling plans: which noise levels a sampler visits and what timestep the model sees at each.
+
+A :class:`Plan` holds, in float64, for levels ``i = 0..n`` (level ``n`` is the end point):
+the VE noise level ``sigmas[i]``, the state-space signal scale ``alphas[i]`` and noise std
+``stds[i]`` (the sampler state is ``x = alpha * x0 + std * eps``: variance preserving for
+discrete schedules, so the model input needs no scaling, and ``alpha = 1`` for EDM), and the
+model time ``timesteps[i]`` for ``i < n``.
+
+Each diffusers scheduler spaces timesteps its own way; a sampler names the diffusers family it
+follows so diffcore reproduces its levels exactly: ``"ddim"`` (DDIM/DDPM), ``"dpm"``
+(DPMSolverMultistep/UniPC) and ``"karras"`` (Euler, Euler ancestral, Heun, LMS; fractional
+timesteps from sigma interpolation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from diffcore.schedules import DiscreteSchedule, EDMSchedule, Schedule, exponential_sigmas, karras_sigmas
+
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+PLAN_STYLES = ("ddim", "dpm", "karras")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Noise levels of one sampling run (see the module docstring)."""
+
+    timesteps: Tensor
+    sigmas: Tensor
+    alphas: Tensor
+    stds: Tensor
+    init_scale: float
+    timestep_dtype: torch.dtype
+    target_alphas: Tensor
+    target_stds: Tensor
+
+    @property
+    def steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    def level(self, i: int) -> tuple[float, float]:
+        """(alpha, std) of level i."""
+        return float(self.alphas[i]), float(self.stds[i])
+
+    def target(self, i: int) -> tuple[float, float]:
+        """(alpha, std) the step from level i lands on (level i+1 except diffusers' DDIM rule)."""
+        return float(self.target_alphas[i]), float(self.target_stds[i])
+
+
+def vp_from_sigma(sigmas: Tensor) -> tuple[Tensor, Tensor]:
+    """State-space (alpha, std) of VE sigmas for a variance-preserving model; sigma=inf -> (0, 1)."""
+    alphas = torch.where(torch.isinf(sigmas), torch.zeros_like(sigmas), 1 / (1 + sigmas**2).sqrt())
+    stds = torch.where(torch.isinf(sigmas), torch.ones_like(sigmas), sigmas * alphas)
+    return alphas, stds
+
+
+def _check(steps: int, spacing: str, style: str, schedule: Schedule) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be an integer >= 1")
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"timestep_spacing={spacing!r}: expected one of {TIMESTEP_SPACINGS}")
+    if style not in PLAN_STYLES:
+        raise ValueError(f"plan style {style!r}: expected one of {PLAN_STYLES}")
+    if isinstance(schedule, DiscreteSchedule) and steps > schedule.num_train_timesteps:
+        raise ValueError(f"steps={steps} exceeds num_train_timesteps={schedule.num_train_timesteps}")
+    if not isinstance(schedule, (DiscreteSchedule, EDMSchedule)):
+        raise TypeError(f"schedule must be a DiscreteSchedule or EDMSchedule, got {type(schedule).__name__}")
+
+
+def _spaced(T: int, n: int, spacing: str, offset: int, extra: int) -> Tensor:
+    """Descending timesteps; ``extra=1`` reproduces the n+1-point spacing of DPM-Solver/UniPC."""
+    m = n + extra
+    if spacing == "linspace":
+        ts = torch.linspace(0, T - 1, m, dtype=torch.float64).round().flip(0)
+    elif spacing == "leading":
+        ts = (torch.arange(m, dtype=torch.float64) * (T // m)).round().flip(0) + offset
+    else:
+        ts = torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1
+        return ts[:n]
+    return ts[:n]
+
+
+def _append(values: Tensor, last: float) -> Tensor:
+    return torch.cat([values, torch.tensor([last], dtype=torch.float64)])
+
+
+def _spaced_sigmas(schedule: DiscreteSchedule, lo: float, hi: float, n: int) -> Tensor:
+    lo = schedule.sigma_min if schedule.sigma_min is not None else lo
+    hi = schedule.sigma_max if schedule.sigma_max is not None else hi
+    if schedule.sigma_spacing == "karras":
+        return karras_sigmas(lo, hi, n, schedule.rho)
+    return exponential_sigmas(lo, hi, n)
+
+
+def _next_targets(alphas: Tensor, stds: Tensor) -> tuple[Tensor, Tensor]:
+    return alphas[1:].clone(), stds[1:].clone()
+
+
+def _edm_plan(schedule: EDMSchedule, n: int) -> Plan:
+    sigmas = _append(karras_sigmas(schedule.sigma_min, schedule.sigma_max, n, schedule.rho), 0.0)
+    alphas = torch.ones_like(sigmas)
+    return Plan(
+        timesteps=sigmas[:-1].clone(),
+        sigmas=sigmas,
+        alphas=alphas,
+        stds=sigmas.clone(),
+        init_scale=float(sigmas[0]),
+        timestep_dtype=torch.float32,
+        target_alphas=alphas[1:].clone(),
+        target_stds=sigmas[1:].clone(),
+    )
+
+
+def _ddim_plan(schedule: DiscreteSchedule, n: int, spacing: str, rule: str) -> Plan:
+    T = schedule.num_train_timesteps
+    abar = schedule.alphas_cumprod
+    if schedule.sigma_spacing != "timesteps":
+        train = schedule.train_sigmas()
+        sig = _spaced_sigmas(schedule, float(train[0]), float(train[-1]), n)
+        ts = schedule.sigma_to_t(sig).round()
+        alphas, stds = vp_from_sigma(_append(sig, 0.0))
+        ta, tsd = _next_targets(alphas, stds)
+        return Plan(ts, _append(sig, 0.0), alphas, stds, 1.0, torch.int64, ta, tsd)
+    ts = _spaced(T, n, spacing, schedule.steps_offset, 0)
+    if int(ts.max()) >= T:
+        raise ValueError(f"steps_offset={schedule.steps_offset} pushes timestep {int(ts.max())} past {T - 1}")
+    a_bar = abar[ts.long()]
+    alphas = _append(a_bar.sqrt(), 1.0)
+    stds = _append((1 - a_bar).sqrt(), 0.0)
+    sigmas = _append(((1 - a_bar) / a_bar).sqrt(), 0.0)
+    if rule == "ddim":  # diffusers' DDIMScheduler steps to t - T // n, not to the next timestep
+        prev = ts - T // n
+        prev_abar = torch.where(prev >= 0, abar[prev.clamp_min(0).long()], torch.ones_like(prev))
+        ta, tsd = prev_abar.sqrt(), (1 - prev_abar).sqrt()
+    else:
+        ta, tsd = _next_targets(alphas, stds)
+    return Plan(ts, sigmas, alphas, stds, 1.0, torch.int64, ta, tsd)
+
+
+def _dpm_plan(schedule: DiscreteSchedule, n: int, spacing: str) -> Plan:
+    T = schedule.num_train_timesteps
+    train = schedule.train_sigmas()
+    if schedule.sigma_spacing != "timesteps":
+        sig = _spaced_sigmas(schedule, float(train[0]), float(train[-1]), n)
+        ts = schedule.sigma_to_t(sig)
+        if schedule.sigma_spacing == "karras":
+            ts = ts.round()
+    else:
+        ts = _spaced(T, n, spacing, schedule.steps_offset, 1)
+        if int(ts.max()) >= T:
+            raise ValueError(f"steps_offset={schedule.steps_offset} pushes timestep {int(ts.max())} past {T - 1}")
+        sig = train[ts.long()]
+    sigmas = _append(sig, 0.0)
+    alphas, stds = vp_from_sigma(sigmas)
+    dtype = torch.int64 if bool((ts == ts.round()).all()) else torch.float32
+    return Plan(ts, sigmas, alphas, stds, 1.0, dtype, *_next_targets(alphas, stds))
+
+
+def _karras_plan(schedule: DiscreteSchedule, n: int, spacing: str) -> Plan:
+    T = schedule.num_train_timesteps
+    if spacing == "linspace":  # diffusers builds these in float32
+        ts = torch.linspace(0, T - 1, n, dtype=torch.float64).to(torch.float32).to(torch.float64).flip(0)
+    else:
+        ts = _spaced(T, n, spacing, schedule.steps_offset, 0)
+    if float(ts.max()) > T - 1:
+        raise ValueError(f"steps_offset={schedule.steps_offset} pushes timestep {float(ts.max())} past {T - 1}")
+    train = schedule.train_sigmas()
+    lo_i = ts.floor().long().clamp(0, T - 1)
+    hi_i = (lo_i + 1).clamp(max=T - 1)
+    w = ts - lo_i
+    sig = train[lo_i] * (1 - w) + train[hi_i] * w
+    if schedule.sigma_spacing != "timesteps":
+        sig = _spaced_sigmas(schedule, float(sig[-1]), float(sig[0]), n)
+        ts = schedule.sigma_to_t(sig)
+    sigmas = _append(sig, 0.0)
+    alphas, stds = vp_from_sigma(sigmas)
+    s_max = float(sig.max())
+    # diffusers' init_noise_sigma: sigma_max for linspace/trailing, sqrt(sigma_max^2 + 1) for leading
+    init_ve = s_max if spacing in ("linspace", "trailing") else (s_max**2 + 1) ** 0.5
+    return Plan(ts, sigmas, alphas, stds, init_ve * float(alphas[0]), torch.float32, *_next_targets(alphas, stds))
+
+
+def make_plan(schedule: Schedule, steps: int, spacing: str = "leading", style: str = "karras", *, rule: str = "next") -> Plan:
+    """The noise levels ``steps`` sampler steps visit on ``schedule``, spaced like diffusers' ``style``.
+
+    ``rule="ddim"`` reproduces DDIMScheduler's step target ``t - num_train_timesteps // steps``.
+    """
+    _check(steps, spacing, style, schedule)
+    if isinstance(schedule, EDMSchedule):
+        return _edm_plan(schedule, steps)
+    if style == "ddim":
+        return _ddim_plan(schedule, steps, spacing, rule)
+    if style == "dpm":
+        return _dpm_plan(schedule, steps, spacing)
+    return _karras_plan(schedule, steps, spacing)
+
+
+def plan_from_sigmas(schedule: Schedule, sigmas: Tensor | list[float]) -> Plan:
+    """A plan through explicit, strictly decreasing VE sigmas (the last may be 0 or positive)."""
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
+    if sig.numel() < 2:
+        raise ValueError(f"need at least 2 sigmas, got {sig.numel()}")
+    if not bool((sig[1:] < sig[:-1]).all()) or float(sig[-1]) < 0:
+        raise ValueError(f"sigmas must be strictly decreasing and >= 0, got {sig.tolist()}")
+    if isinstance(schedule, EDMSchedule):
+        alphas, stds, ts, dtype = torch.ones_like(sig), sig.clone(), sig[:-1].clone(), torch.float32
+    else:
+        alphas, stds = vp_from_sigma(sig)
+        ts, dtype = schedule.sigma_to_t(sig[:-1]), torch.float32
+    return Plan(ts, sig, alphas, stds, float(stds[0]), dtype, *_next_targets(alphas, stds))
