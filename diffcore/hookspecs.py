@@ -43,8 +43,9 @@ def register_schedules(register: Register) -> None:
 def register_samplers(register: Register) -> None:
     """Register samplers.
 
-    :param register: call ``register(name, sampler)``; ``sampler(denoiser, x, sigmas, *,
-        extra_args, callback, generator)`` returns the final sample, same shape as ``x``.
+    :param register: call ``register(name, sampler)``; ``sampler(denoiser, x, plan, *,
+        generator=None, callback=None, **options)`` returns the final sample, same shape
+        as ``x`` (the contract is in :mod:`diffcore.samplers.base`).
     """
 
 

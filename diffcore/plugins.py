@@ -204,14 +204,15 @@ def implementations(hook: str) -> list[tuple[str, Callable[..., Any]]]:
 
 
 def record_failure(plugin: str, error: BaseException, during: str) -> None:
-    """Report that ``plugin`` failed while ``during`` (warn and record it in plugin_info)."""
+    """Report that ``plugin`` raised ``error`` in ``during`` (e.g. a hook name) and that what
+    it contributed there was skipped: warn, and record it in :func:`plugin_info`."""
     with _lock:
         state = _ensure()
-        message = f"{during}: {type(error).__name__}: {error}"
+        message = f"{during} raised {_describe(error)}"
         record = state.plugins.get(plugin)
-        if record is not None:
+        if record is not None and message not in (record.error or ""):
             record.error = message if record.error is None else f"{record.error}; {message}"
-        _warn(plugin, message)
+        warnings.warn(f"plugin {plugin!r}: {message}; skipped what it added there", PluginWarning, stacklevel=2)
 
 
 def reset() -> None:
@@ -278,7 +279,7 @@ def _load_entry_points(state: _State) -> None:
         _add_plugin(state, plugin, ep.name, ep.module, version, builtin=False, strict=False)
     for missing in sorted((allowed or set()) - seen):
         warnings.warn(
-            f"diffcore: {LOAD_PLUGINS_ENV} names {missing!r}, but no installed package has a "
+            f"{LOAD_PLUGINS_ENV} names {missing!r}, but no installed package has a "
             f"{ENTRY_POINT_GROUP!r} entry point of that name; found: {', '.join(sorted(seen)) or 'none'}",
             PluginWarning,
             stacklevel=2,
@@ -376,7 +377,7 @@ def _fail(state: _State, record: _Plugin, message: str) -> None:
 
 
 def _warn(plugin: str, message: str) -> None:
-    warnings.warn(f"diffcore: plugin {plugin!r} was skipped: {message}", PluginWarning, stacklevel=3)
+    warnings.warn(f"plugin {plugin!r} was skipped: {message}", PluginWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- helpers
