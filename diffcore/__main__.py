@@ -1,0 +1,5 @@
+"""``python -m diffcore``: the same command line as the ``diffcore`` script."""
+
+from diffcore.cli import main
+
+raise SystemExit(main())

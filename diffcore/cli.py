@@ -1,0 +1,326 @@
+"""The ``diffcore`` command line.
+
+Built-in commands: ``plugins`` (JSON of :func:`diffcore.plugins.plugin_info`), ``list KIND``
+(JSON of registered names), ``run TASK [--field value ...]`` (a registered task, its
+``Params`` dataclass fields as options), ``demo``. Plugins add more through the
+``register_commands(cli)`` hook. Bad input is one ``diffcore: error: ...`` line on stderr
+and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import inspect
+import json
+import sys
+import types
+import typing
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Literal, NoReturn, Union
+
+from diffcore import plugins
+
+BUILTIN_COMMANDS: tuple[str, ...] = ("plugins", "list", "run", "demo")
+_SCALARS: tuple[type, ...] = (int, float, str, bool, Path)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+__all__ = ["BUILTIN_COMMANDS", "PluginCommands", "UsageError", "build_parser", "main", "task_parser"]
+
+
+class UsageError(Exception):
+    """Bad command-line input; ``main`` reports it as one ``diffcore: error:`` line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors become :class:`UsageError` instead of printing usage."""
+
+    def error(self, message: str) -> NoReturn:
+        context = self.prog.removeprefix("diffcore").strip()
+        raise UsageError(f"{context}: {message}" if context else message)
+
+
+class PluginCommands:
+    """The ``cli`` object a ``register_commands`` hook receives; lets one plugin add commands."""
+
+    def __init__(self, plugin: str, taken: Mapping[str, str]) -> None:
+        self._plugin = plugin
+        self._taken = taken  # command name -> who owns it, for collision messages
+        self._added: dict[str, tuple[str, argparse.ArgumentParser]] = {}
+
+    @property
+    def commands(self) -> list[str]:
+        """Names of the commands that exist so far (built-in, other plugins', this plugin's)."""
+        return sorted({*self._taken, *self._added})
+
+    def add_command(self, name: str, help: str) -> argparse.ArgumentParser:  # noqa: A002 - argparse's word
+        """Add the subcommand ``diffcore NAME`` and return its parser.
+
+        Add arguments to the parser and ``parser.set_defaults(func=fn)``, where
+        ``fn(args: argparse.Namespace) -> int | None`` runs the command and returns its
+        exit code. Raises :class:`diffcore.plugins.PluginError` if ``name`` is taken.
+        """
+        if not isinstance(name, str) or not name or name.startswith("-") or any(c.isspace() for c in name):
+            raise plugins.PluginError(
+                f"plugin {self._plugin!r} tried to add command {name!r}; expected a non-empty "
+                "name without whitespace that does not start with '-'"
+            )
+        owner = self._taken.get(name) or (f"plugin {self._plugin!r}" if name in self._added else None)
+        if owner is not None:
+            raise plugins.PluginError(
+                f"command {name!r} from plugin {self._plugin!r} collides with command {name!r} from {owner}"
+            )
+        parser = _Parser(prog=f"diffcore {name}", description=help, add_help=False)
+        self._added[name] = (help, parser)
+        return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``diffcore`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", plugins.PluginWarning)
+            parser = build_parser()
+        _report_warnings(caught)
+        args = parser.parse_args(args_list)
+        if args.func is None:
+            parser.print_help(sys.stderr)
+            return 2
+        code = args.func(args)
+    except (UsageError, plugins.PluginError, plugins.UnknownNameError) as exc:
+        print(f"diffcore: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help / --version, or a command calling sys.exit()
+        return _exit_code(exc.code)
+    except KeyboardInterrupt:
+        print("diffcore: interrupted", file=sys.stderr)
+        return 130
+    return _exit_code(code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the full parser: built-in commands, then each plugin's, in plugin load order."""
+    parser = _Parser(
+        prog="diffcore",
+        description="A plugin-based diffusion-model framework for PyTorch.",
+        epilog="Environment: DIFFCORE_DISABLE_PLUGIN_AUTOLOAD=1 loads no third-party plugins; "
+        "DIFFCORE_LOAD_PLUGINS=a,b loads only those.",
+    )
+    import diffcore
+
+    parser.add_argument("--version", action="version", version=f"diffcore {getattr(diffcore, '__version__', '?')}")
+    parser.set_defaults(func=None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("plugins", help="show installed plugins as JSON", description="Show each plugin "
+                       "(built-ins first), its version, the hooks it implements and any load error, as JSON.")
+    p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("list", help="list the registered names of a kind as JSON",
+                       description="Print the sorted names registered under KIND as a JSON list.")
+    p.add_argument("kind", metavar="KIND", choices=plugins.KINDS, help=f"one of: {', '.join(plugins.KINDS)}")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="run a registered task", description="Run the task TASK. Its parameters "
+                       "are options; see `diffcore run TASK --help`. Prints the task's result as JSON.")
+    p.add_argument("task", metavar="TASK", help="a name from `diffcore list tasks`")
+    p.add_argument("params", nargs=argparse.REMAINDER, metavar="...", help="the task's options, e.g. --steps 20")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="train a tiny model and run every task on it",
+                       description="Run the end-to-end demo and write its outputs to --out.")
+    p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default: %(default)s)")
+    p.set_defaults(func=_cmd_demo)
+
+    _add_plugin_commands(sub)
+    return parser
+
+
+# --------------------------------------------------------------------------- built-in commands
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    _print_json(plugins.plugin_info())
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    _print_json(plugins.available(args.kind))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    name: str = args.task
+    task = plugins.get("tasks", name)
+    if isinstance(task, type):
+        task = task()
+    params_cls = getattr(task, "Params", None)
+    if not (isinstance(params_cls, type) and dataclasses.is_dataclass(params_cls)):
+        raise plugins.PluginError(f"task {name!r} has Params={params_cls!r}; expected a dataclass type")
+    if not callable(getattr(task, "run", None)):
+        raise plugins.PluginError(f"task {name!r} has no run(params) method")
+    options = task_parser(name, params_cls, description=_own_doc(task)).parse_args(args.params)
+    try:
+        params = params_cls(**vars(options))
+    except (TypeError, ValueError) as exc:  # validation in Params.__post_init__
+        raise UsageError(f"run {name}: {exc}") from exc
+    result = task.run(params)
+    if not isinstance(result, Mapping):
+        raise plugins.PluginError(f"task {name!r} returned {type(result).__name__}; expected a dict")
+    try:
+        _print_json(result)
+    except TypeError as exc:
+        raise plugins.PluginError(f"task {name!r} returned a result that is not JSON-serializable: {exc}") from exc
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        demo = importlib.import_module("diffcore.demo")
+    except ModuleNotFoundError as exc:
+        if exc.name != "diffcore.demo":
+            raise
+        raise UsageError("demo: this install has no demo (module diffcore.demo is missing)") from exc
+    result = demo.main(out=args.out)
+    if isinstance(result, Mapping):
+        _print_json(result)
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def task_parser(task: str, params_cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser for ``diffcore run TASK``: one ``--field-name`` option per init field.
+
+    Supported field types: int, float, str, bool (``--flag [BOOL]`` / ``--no-flag``), Path,
+    ``Optional[...]`` of those, and ``Literal[...]`` (choices). A field's help text is
+    ``field(metadata={"help": ...})``.
+    """
+    parser = _Parser(prog=f"diffcore run {task}", description=description)
+    hints = typing.get_type_hints(params_cls)
+    for f in dataclasses.fields(params_cls):
+        if not f.init:
+            continue
+        option = "--" + f.name.replace("_", "-")
+        convert, choices = _converter(task, f.name, hints.get(f.name, f.type))
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
+        if f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = f.default_factory()
+        else:
+            kwargs["required"] = True
+        if "default" in kwargs:
+            kwargs["help"] = f"{kwargs['help']} (default: {kwargs['default']})".strip()
+        if convert is _parse_bool:
+            parser.add_argument(option, nargs="?", const=True, type=_parse_bool, metavar="BOOL", **kwargs)
+            parser.add_argument("--no-" + option[2:], dest=f.name, action="store_false",
+                                help=f"set {f.name} to false")
+        else:
+            metavar = None if choices else f.name.upper()
+            parser.add_argument(option, type=convert, choices=choices, metavar=metavar, **kwargs)
+    return parser
+
+
+def _converter(task: str, field: str, hint: Any) -> tuple[Callable[[str], Any], list[Any] | None]:
+    """Map a field's type hint to (string converter, choices or None)."""
+    origin = typing.get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(members) == 1:
+            return _converter(task, field, members[0])
+    elif origin is Literal:
+        values = list(typing.get_args(hint))
+        kinds = {type(v) for v in values}
+        if len(kinds) == 1 and kinds <= set(_SCALARS):
+            kind = kinds.pop()
+            return (_parse_bool if kind is bool else kind), values
+    elif hint in _SCALARS:
+        return (_parse_bool if hint is bool else hint), None
+    raise plugins.PluginError(
+        f"task {task!r}: field {field!r} has type {hint!r}; the command line supports "
+        "int, float, str, bool, Path, Optional[...] of those and Literal[...]"
+    )
+
+
+def _own_doc(task: object) -> str | None:
+    """The docstring written on the task's own class or module, not an inherited one."""
+    holder = task if isinstance(task, (type, types.ModuleType)) else type(task)
+    doc = vars(holder).get("__doc__")
+    return inspect.cleandoc(doc) if isinstance(doc, str) and doc.strip() else None
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value: {text!r} (expected true or false)")
+
+
+# --------------------------------------------------------------------------- plugin commands
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    owners = {name: "built-in diffcore" for name in BUILTIN_COMMANDS}
+    for plugin, call in plugins.implementations("register_commands"):
+        cli = PluginCommands(plugin, owners)
+        try:
+            call(cli=cli)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            plugins.record_failure(plugin, exc, "register_commands")
+            continue
+        for name, (help_text, staged) in cli._added.items():
+            # `parents` copies the staged parser's arguments and defaults (func=...).
+            sub.add_parser(
+                name,
+                help=help_text,
+                description=staged.description,
+                epilog=staged.epilog,
+                formatter_class=staged.formatter_class,
+                parents=[staged],
+            )
+            owners[name] = f"plugin {plugin!r}"
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serializable")
+
+
+def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        if issubclass(w.category, plugins.PluginWarning):
+            print(f"diffcore: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # sys.exit("message") convention
+    return 1
