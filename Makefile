@@ -1,0 +1,44 @@
+# diffcore developer entry points: make setup | test | demo | bench | clean
+PYTHON ?= python3
+VENV = .venv
+VENV_PY = $(VENV)/bin/python
+PIP = $(VENV_PY) -m pip --disable-pip-version-check
+# Re-run `pip install -e` when packaging or native sources change (rebuilds diffcore._C).
+STAMP = $(VENV)/.diffcore-installed
+NATIVE_SOURCES = $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/torch_extensions
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(VENV_PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "diffcore needs Python 3.10+, but $(PYTHON) is " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+
+# torch is installed only when missing: a plain `torch` requirement would pull a multi-GB
+# CUDA build, while torch==2.13.0 takes the CPU build this machine provides.
+$(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES) | $(VENV_PY)
+	@$(VENV_PY) -c 'import torch' 2>/dev/null || $(PIP) install --progress-bar off torch==2.13.0
+	$(PIP) install --progress-bar off ninja pybind11 setuptools wheel
+	$(PIP) install --progress-bar off --no-build-isolation -e ".[test]"
+	@touch $@
+
+test: setup
+	$(VENV_PY) -m pytest -q -rs
+
+demo: setup
+	$(VENV_PY) -m diffcore demo --out outputs/demo
+
+bench: setup
+	mkdir -p outputs/bench
+	$(VENV_PY) -m pytest benchmarks -q --benchmark-json=outputs/bench/bench.json
+	@if [ -f benchmarks/summarize.py ]; then $(VENV_PY) benchmarks/summarize.py outputs/bench/bench.json; fi
+
+# Removes build products and the install stamp (the next `make setup` rebuilds the
+# native extension); keeps the venv and everything under outputs/.
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .benchmarks $(STAMP)
+	rm -f diffcore/_C*.so diffcore/_C*.pyd
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
