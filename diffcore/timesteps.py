@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,6 +38,7 @@ class Plan:
     timestep_dtype: torch.dtype
     target_alphas: Tensor
     target_stds: Tensor
+    final_timestep: float = 0.0  # model time at the end point (used when it is a positive level)
 
     @property
     def steps(self) -> int:
@@ -72,16 +74,18 @@ def _check(steps: int, spacing: str, style: str, schedule: Schedule) -> None:
 
 
 def _spaced(T: int, n: int, spacing: str, offset: int, extra: int) -> Tensor:
-    """Descending timesteps; ``extra=1`` reproduces the n+1-point spacing of DPM-Solver/UniPC."""
+    """Descending timesteps; ``extra=1`` reproduces the n+1-point spacing of DPM-Solver/UniPC.
+
+    Computed with NumPy as diffusers does, so half-way values round the same way.
+    """
     m = n + extra
     if spacing == "linspace":
-        ts = torch.linspace(0, T - 1, m, dtype=torch.float64).round().flip(0)
+        ts = np.linspace(0, T - 1, m).round()[::-1]
     elif spacing == "leading":
-        ts = (torch.arange(m, dtype=torch.float64) * (T // m)).round().flip(0) + offset
+        ts = (np.arange(0, m) * (T // m)).round()[::-1] + offset
     else:
-        ts = torch.arange(T, 0, -T / n, dtype=torch.float64).round() - 1
-        return ts[:n]
-    return ts[:n]
+        ts = np.arange(T, 0, -T / n).round() - 1
+    return torch.from_numpy(np.ascontiguousarray(ts[:n], dtype=np.float64))
 
 
 def _append(values: Tensor, last: float) -> Tensor:
@@ -163,7 +167,7 @@ def _dpm_plan(schedule: DiscreteSchedule, n: int, spacing: str) -> Plan:
 def _karras_plan(schedule: DiscreteSchedule, n: int, spacing: str) -> Plan:
     T = schedule.num_train_timesteps
     if spacing == "linspace":  # diffusers builds these in float32
-        ts = torch.linspace(0, T - 1, n, dtype=torch.float64).to(torch.float32).to(torch.float64).flip(0)
+        ts = torch.from_numpy(np.linspace(0, T - 1, n, dtype=np.float32)[::-1].astype(np.float64))
     else:
         ts = _spaced(T, n, spacing, schedule.steps_offset, 0)
     if float(ts.max()) > T - 1:
@@ -207,8 +211,8 @@ def plan_from_sigmas(schedule: Schedule, sigmas: Tensor | list[float]) -> Plan:
     if not bool((sig[1:] < sig[:-1]).all()) or float(sig[-1]) < 0:
         raise ValueError(f"sigmas must be strictly decreasing and >= 0, got {sig.tolist()}")
     if isinstance(schedule, EDMSchedule):
-        alphas, stds, ts, dtype = torch.ones_like(sig), sig.clone(), sig[:-1].clone(), torch.float32
+        alphas, stds, ts = torch.ones_like(sig), sig.clone(), sig.clone()
     else:
         alphas, stds = vp_from_sigma(sig)
-        ts, dtype = schedule.sigma_to_t(sig[:-1]), torch.float32
-    return Plan(ts, sig, alphas, stds, float(stds[0]), dtype, *_next_targets(alphas, stds))
+        ts = schedule.sigma_to_t(sig)
+    return Plan(ts[:-1], sig, alphas, stds, float(stds[0]), torch.float32, *_next_targets(alphas, stds), float(ts[-1]))

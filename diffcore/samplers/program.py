@@ -65,7 +65,8 @@ class Program:
 
 
 def level_of(plan: Plan, i: int) -> Level:
-    return Level(float(plan.timesteps[i]), float(plan.alphas[i]), float(plan.stds[i]))
+    t = plan.final_timestep if i == plan.steps else float(plan.timesteps[i])
+    return Level(t, float(plan.alphas[i]), float(plan.stds[i]))
 
 
 def lam(alpha: float, std: float) -> float:
