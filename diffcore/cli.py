@@ -13,14 +13,16 @@ import argparse
 import dataclasses
 import importlib
 import inspect
+import io
 import json
+import os
 import sys
 import types
 import typing
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, NoReturn, Union
+from typing import Any, Literal, NoReturn, Union
 
 from diffcore import plugins
 
@@ -100,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("diffcore: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `diffcore plugins | head`: stop quietly
+        _silence_stdout()
+        return 141
     return _exit_code(code)
 
 
@@ -315,6 +320,15 @@ def _report_warnings(caught: list[warnings.WarningMessage]) -> None:
             print(f"diffcore: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
+def _silence_stdout() -> None:
+    # Python would report the broken pipe again when flushing stdout at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def _exit_code(code: object) -> int:

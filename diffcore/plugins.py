@@ -22,9 +22,10 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import pluggy
 
@@ -299,7 +300,8 @@ def _add_plugin(
     """Register ``plugin`` with pluggy and commit its registrations, all or nothing."""
     record = _Plugin(name, module, version, builtin)
     if name in state.plugins:
-        error = PluginError(f"plugin name {name!r} is already taken by another plugin (module {state.plugins[name].module!r})")
+        taken_by = state.plugins[name].module
+        error = PluginError(f"plugin name {name!r} is already taken by another plugin (module {taken_by!r})")
         if strict:
             raise error
         _fail(state, record, str(error))
@@ -349,7 +351,9 @@ def _make_register(state: _State, kind: str, plugin_name: str, staged: dict[str,
 
     def register(name: str, obj: object, *, override: bool = False) -> None:
         if not isinstance(name, str) or not name.strip():
-            raise PluginError(f"plugin {plugin_name!r} registered a {singular} named {name!r}; expected a non-empty string")
+            raise PluginError(
+                f"plugin {plugin_name!r} registered a {singular} named {name!r}; expected a non-empty string"
+            )
         existing = staged.get(name) or state.registries[kind].get(name)
         if existing is not None and not override:
             raise PluginError(

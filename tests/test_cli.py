@@ -107,7 +107,7 @@ class EchoParams:
     flag: bool = False
     keep: bool = True
     out: Path = Path("outputs/echo")
-    seed: Optional[int] = None  # noqa: UP007 - the Optional spelling must work too
+    seed: Optional[int] = None  # noqa: UP007, UP045 - the Optional spelling must work too
     mode: Literal["fast", "exact"] = "fast"
 
 

@@ -31,7 +31,7 @@ def hooks_section() -> str:
 def documented_hooks() -> dict[str, str]:
     """Heading name -> the text under that ``### name`` heading."""
     parts = re.split(r"^### (\S+)\s*$", hooks_section(), flags=re.MULTILINE)
-    return dict(zip(parts[1::2], parts[2::2]))
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 def test_hookspecs_are_found() -> None:
