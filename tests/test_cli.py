@@ -277,3 +277,19 @@ def test_command_colliding_between_plugins_names_both(capsys: pytest.CaptureFixt
     code, out, err = run_cli(capsys, "hello")
     assert code == 0 and out == "hello world\n"
     assert "hello_first" in err and "hello_second" in err
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_calls_diffcore_demo_main_with_out(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[dict[str, Any]] = []
+    fake = types.ModuleType("diffcore.demo")
+    fake.main = lambda **kwargs: calls.append(kwargs) or {"ok": True}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "diffcore.demo", fake)
+    code, _, _ = run_cli(capsys, "demo", "--out", str(tmp_path / "d"))
+    assert code == 0 and calls == [{"out": tmp_path / "d"}]
+    code, _, _ = run_cli(capsys, "demo", "--quick")
+    assert code == 0 and calls[-1] == {"out": Path("outputs/demo"), "quick": True}
