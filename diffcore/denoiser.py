@@ -17,15 +17,7 @@ from torch import Tensor
 
 from diffcore import ops
 from diffcore.parameterization import Parameterization
-
-
-@dataclass(frozen=True)
-class Level:
-    """One noise level: model time ``t``, state scale ``alpha`` and state noise std ``std``."""
-
-    t: float
-    alpha: float
-    std: float
+from diffcore.timesteps import Level
 
 
 @dataclass

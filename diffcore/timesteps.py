@@ -14,7 +14,8 @@ timesteps from sigma interpolation).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,6 +25,15 @@ from diffcore.schedules import DiscreteSchedule, EDMSchedule, Schedule, exponent
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 PLAN_STYLES = ("ddim", "dpm", "karras")
+
+
+@dataclass(frozen=True)
+class Level:
+    """One noise level: model time ``t``, state scale ``alpha`` and state noise std ``std``."""
+
+    t: float
+    alpha: float
+    std: float
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,8 @@ class Plan:
     target_alphas: Tensor
     target_stds: Tensor
     final_timestep: float = 0.0  # model time at the end point (used when it is a positive level)
+    vp: bool = True  # variance-preserving state (discrete schedules); False: VE state, alpha = 1
+    sigma_to_t: Callable[[Tensor], Tensor] | None = None  # VE sigma -> model time
 
     @property
     def steps(self) -> int:
@@ -47,6 +59,16 @@ class Plan:
     def level(self, i: int) -> tuple[float, float]:
         """(alpha, std) of level i."""
         return float(self.alphas[i]), float(self.stds[i])
+
+    def level_at(self, sigma: float) -> Level:
+        """The level of VE noise ``sigma`` on this plan's schedule, e.g. a solver's midpoint."""
+        if not sigma >= 0 or self.sigma_to_t is None:
+            raise ValueError(f"sigma={sigma} must be >= 0 on a plan that knows its schedule")
+        t = float(self.sigma_to_t(torch.tensor([sigma], dtype=torch.float64))[0])
+        if not self.vp:
+            return Level(t, 1.0, float(sigma))
+        alpha = 1.0 / (1.0 + sigma * sigma) ** 0.5
+        return Level(t, alpha, sigma * alpha)
 
     def target(self, i: int) -> tuple[float, float]:
         """(alpha, std) the step from level i lands on (level i+1 except diffusers' DDIM rule)."""
@@ -195,12 +217,20 @@ def make_plan(schedule: Schedule, steps: int, spacing: str = "leading", style: s
     """
     _check(steps, spacing, style, schedule)
     if isinstance(schedule, EDMSchedule):
-        return _edm_plan(schedule, steps)
-    if style == "ddim":
-        return _ddim_plan(schedule, steps, spacing, rule)
-    if style == "dpm":
-        return _dpm_plan(schedule, steps, spacing)
-    return _karras_plan(schedule, steps, spacing)
+        plan = _edm_plan(schedule, steps)
+    elif style == "ddim":
+        plan = _ddim_plan(schedule, steps, spacing, rule)
+    elif style == "dpm":
+        plan = _dpm_plan(schedule, steps, spacing)
+    else:
+        plan = _karras_plan(schedule, steps, spacing)
+    return _with_schedule(plan, schedule)
+
+
+def _with_schedule(plan: Plan, schedule: Schedule) -> Plan:
+    if isinstance(schedule, EDMSchedule):
+        return replace(plan, vp=False, sigma_to_t=lambda s: s.clone())
+    return replace(plan, vp=True, sigma_to_t=schedule.sigma_to_t)
 
 
 def plan_from_sigmas(schedule: Schedule, sigmas: Tensor | list[float]) -> Plan:
@@ -215,4 +245,5 @@ def plan_from_sigmas(schedule: Schedule, sigmas: Tensor | list[float]) -> Plan:
     else:
         alphas, stds = vp_from_sigma(sig)
         ts = schedule.sigma_to_t(sig)
-    return Plan(ts[:-1], sig, alphas, stds, float(stds[0]), torch.float32, *_next_targets(alphas, stds), float(ts[-1]))
+    plan = Plan(ts[:-1], sig, alphas, stds, float(stds[0]), torch.float32, *_next_targets(alphas, stds), float(ts[-1]))
+    return _with_schedule(plan, schedule)

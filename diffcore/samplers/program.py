@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from diffcore import ops
-from diffcore.denoiser import Denoiser, Level
-from diffcore.timesteps import Plan
+from diffcore.denoiser import Denoiser
+from diffcore.timesteps import Level, Plan
 
 
 class Cols:
