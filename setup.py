@@ -35,7 +35,7 @@ def _compile_flags() -> tuple[list[str], list[str]]:
     """Return (C++ compile args, link args) for the host platform."""
     if sys.platform == "win32":
         return ["/O2", "/std:c++17", "/openmp"], []
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
     if sys.platform.startswith("linux"):
         return cxx + ["-fopenmp"], ["-fopenmp"]
     return cxx, []  # macOS: Apple clang ships without OpenMP
@@ -64,8 +64,9 @@ def _native_extensions() -> tuple[list[Any], type, str | None]:
         ext = cpp_extension.CUDAExtension(
             name="diffcore._C",
             sources=cpp_sources + cuda_sources,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
             extra_link_args=link_flags,
+            define_macros=[("DIFFCORE_WITH_CUDA", None)],
         )
     elif cpp_sources:
         ext = cpp_extension.CppExtension(

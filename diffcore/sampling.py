@@ -55,6 +55,8 @@ def sample(
     sigmas: Sequence[float] | Tensor | None = None,
     sampler_options: dict[str, Any] | None = None,
     check_finite: bool = True,
+    seed: int | None = None,
+    cuda_graph: bool = False,
 ) -> Tensor:
     """Integrate the reverse process from standard-normal ``x_T`` and return the sample.
 
@@ -71,7 +73,12 @@ def sample(
         timestep_spacing: ``linspace``, ``leading`` or ``trailing`` (diffusers' meaning).
         eta: stochasticity of ddim / euler_ancestral / dpmpp_*_sde in [0, 1]; None = the
             sampler's default (ddim 0, the others 1).
-        generator: torch.Generator for the samplers' noise; same inputs + same seed = same output.
+        generator: torch.Generator for the samplers' noise (torch RNG, matches diffusers draw for
+            draw); same inputs + same generator seed = same output.
+        seed: instead of ``generator``, draw noise inside the fused kernel from the counter-based
+            Philox stream (seed, step): identical on every backend and capturable in a CUDA graph.
+        cuda_graph: on CUDA, capture the whole loop (model included) in one CUDA graph and replay
+            it; falls back to eager execution with a warning when the model cannot be captured.
         cond, uncond, guidance_scale, guidance_rescale: conditioning and classifier-free guidance.
         callback: called after every step with ``{"i", "t", "sigma", "x"}``.
         sigmas: explicit decreasing VE noise levels to visit instead of ``steps`` spaced ones.
@@ -116,5 +123,13 @@ def sample(
         guidance_rescale=guidance_rescale,
         check_finite=check_finite,
     )
+    if seed is not None and generator is not None:
+        raise ValueError("pass either generator (torch RNG noise) or seed (in-kernel Philox noise), not both")
+    if cuda_graph and generator is not None:  # graphs need in-kernel noise: derive its seed
+        seed, generator = int(torch.randint(0, 2**62, (1,), generator=generator)), None
+    if seed is not None:
+        options["seed"] = seed
+    if cuda_graph:
+        options["cuda_graph"] = True
     x = x_T * plan.init_scale
     return fn(denoiser, x, plan, generator=generator, callback=callback, **options)

@@ -111,7 +111,7 @@ def test_sampling_loop_allocates_nothing_per_step_beyond_the_model(monkeypatch):
     from the model's output; history and noise buffers are allocated once."""
     from diffcore.samplers import program
 
-    def inplace_step(x, m, coeffs, history=None, noise=None, writes=()):
+    def inplace_step(x, m, coeffs, history=None, noise=None, writes=(), **kw):
         x.mul_(0.5)
         return x
 

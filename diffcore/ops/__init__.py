@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from diffcore.ops import reference
+from diffcore.ops import philox, reference
 
 __all__ = [
     "backend",
@@ -23,6 +23,7 @@ __all__ = [
     "cfg_sampler_step",
     "coeff_width",
     "forward_noise",
+    "philox_noise_like",
     "sampler_step",
 ]
 
@@ -38,10 +39,15 @@ def _native_module() -> object | None:
     try:
         from diffcore import _C  # type: ignore[attr-defined]
 
+        from diffcore.ops import _fake  # noqa: F401  (fake kernels for torch.compile / meta)
+
         module = _C
-    except ImportError as exc:  # no build: the reference backend is the documented fallback
-        if os.environ.get(_KERNELS_ENV, "") == "native":
-            warnings.warn(f"diffcore: native kernels requested but unavailable ({exc}); using reference", stacklevel=3)
+    except Exception as exc:  # a missing or broken build falls back to the reference kernels
+        warnings.warn(
+            f"diffcore: native kernels unavailable ({type(exc).__name__}: {exc}); using the Torch reference kernels",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     _native_state["module"] = module
     return module
 
@@ -53,11 +59,17 @@ def backend(device: torch.device | str = "cpu") -> str:
         raise ValueError(f"{_KERNELS_ENV}={choice!r}: expected 'auto', 'native' or 'reference'")
     if choice == "reference":
         return "reference"
-    module = _native_module()
     dev = torch.device(device)
-    if module is None or not getattr(module, f"has_{dev.type}", lambda: False)():
+    module = _native_module()
+    if module is None or dev.type not in ("cpu", "cuda") or not getattr(module, f"has_{dev.type}")():
+        if choice == "native":
+            raise RuntimeError(f"{_KERNELS_ENV}=native but no native kernels for device {dev}")
         return "reference"
     return f"native-{dev.type}"
+
+
+def _native(device: torch.device) -> bool:
+    return backend(device) != "reference"
 
 
 def coeff_width(history_slots: int, writes: int) -> int:
@@ -150,10 +162,21 @@ def forward_noise(x0: Tensor, noise: Tensor, t: Tensor, table: Tensor) -> tuple[
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= table.shape[0]:
             raise IndexError(f"t has values in [{lo}, {hi}] but table has {table.shape[0]} rows")
-    module = _native_module() if backend(x0.device).startswith("native") else None
-    if module is not None:
-        return module.forward_noise(x0, noise, t.long(), table)  # type: ignore[attr-defined]
+    if _native(x0.device):
+        return torch.ops.diffcore.forward_noise(x0, noise, t.long(), table)
     return reference.forward_noise(x0, noise, t.long(), table)
+
+
+def _check_seed(seed: int | None, offset: int, noise: Tensor | None) -> int:
+    if seed is None:
+        return -1
+    if noise is not None:
+        raise ValueError("pass either a noise tensor or a seed, not both")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed={seed!r} must be an integer in [0, 2**63)")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**63:
+        raise ValueError(f"offset={offset!r} must be an integer in [0, 2**63)")
+    return seed
 
 
 def sampler_step(
@@ -163,21 +186,26 @@ def sampler_step(
     history: Tensor | None = None,
     noise: Tensor | None = None,
     writes: Sequence[int] = (),
+    *,
+    seed: int | None = None,
+    offset: int = 0,
 ) -> Tensor:
     """Fused sampler step, in place: ``x0 = a*x + b*model_out``, then
-    ``x <- c_x*x + c_x0*x0 + sum_j c_hj*history[j] + c_z*noise`` and, for each ``writes[r]``,
+    ``x <- c_x*x + c_x0*x0 + sum_j c_hj*history[j] + c_z*z`` and, for each ``writes[r]``,
     ``history[writes[r]] <- (row r+1 of the same form)``; all rows read the pre-step values.
 
     ``coeffs`` is ``(coeff_width(K, len(writes)),)`` or per sample ``(B, width)``; float32/64 on
-    ``x``'s device. fp16/bf16 tensors accumulate in fp32. Returns ``x``.
+    ``x``'s device. ``z`` is ``noise``, or the Philox stream ``(seed, offset)`` generated inside
+    the kernel (:mod:`diffcore.ops.philox`), or 0. fp16/bf16 accumulate in fp32. Returns ``x``.
     """
     writes = _check_step_args(x, coeffs, history, noise, writes)
     _check_like("model_out", model_out, x)
-    module = _native_module() if backend(x.device).startswith("native") else None
-    if module is not None:
-        module.sampler_step(x, model_out, coeffs, history, noise, writes)  # type: ignore[attr-defined]
+    s = _check_seed(seed, offset, noise)
+    if _native(x.device):
+        torch.ops.diffcore.sampler_step(x, model_out, coeffs, history, noise, writes, s, offset)
     else:
-        reference.sampler_step(x, model_out, coeffs, history, noise, writes)
+        z = philox.fill_like(x, s, offset) if s >= 0 else noise
+        reference.sampler_step(x, model_out, coeffs, history, z, writes)
     return x
 
 
@@ -190,6 +218,9 @@ def cfg_sampler_step(
     history: Tensor | None = None,
     noise: Tensor | None = None,
     writes: Sequence[int] = (),
+    *,
+    seed: int | None = None,
+    offset: int = 0,
 ) -> Tensor:
     """:func:`sampler_step` with classifier-free guidance folded in: the model output is
     ``r * (uncond + w * (cond - uncond))`` where ``guidance = [w, r]``, shape (2,) or (B, 2)."""
@@ -197,11 +228,12 @@ def cfg_sampler_step(
     _check_like("uncond", uncond, x)
     _check_like("cond", cond, x)
     _check_coeffs("guidance", guidance, x, 2)
-    module = _native_module() if backend(x.device).startswith("native") else None
-    if module is not None:
-        module.cfg_sampler_step(x, uncond, cond, guidance, coeffs, history, noise, writes)  # type: ignore[attr-defined]
+    s = _check_seed(seed, offset, noise)
+    if _native(x.device):
+        torch.ops.diffcore.cfg_sampler_step(x, uncond, cond, guidance, coeffs, history, noise, writes, s, offset)
     else:
-        reference.cfg_sampler_step(x, uncond, cond, guidance, coeffs, history, noise, writes)
+        z = philox.fill_like(x, s, offset) if s >= 0 else noise
+        reference.cfg_sampler_step(x, uncond, cond, guidance, coeffs, history, z, writes)
     return x
 
 
@@ -214,7 +246,18 @@ def cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor | float, phi:
     scale_t = torch.as_tensor(scale, dtype=torch.float32, device=uncond.device)
     if scale_t.dim() not in (0, 1) or (scale_t.dim() == 1 and scale_t.shape[0] != uncond.shape[0]):
         raise ValueError(f"scale has shape {tuple(scale_t.shape)}; expected a scalar or ({uncond.shape[0]},)")
-    module = _native_module() if backend(uncond.device).startswith("native") else None
-    if module is not None:
-        return module.cfg_rescale_factor(uncond, cond, scale_t, float(phi))  # type: ignore[attr-defined]
+    if _native(uncond.device):
+        return torch.ops.diffcore.cfg_rescale_factor(uncond, cond, scale_t, float(phi))
     return reference.cfg_rescale_factor(uncond, cond, scale_t, float(phi))
+
+
+def philox_noise_like(x: Tensor, seed: int, offset: int = 0) -> Tensor:
+    """A tensor like ``x`` filled with the Philox stream ``(seed, offset)`` in memory order: the
+    exact noise a fused step draws for the same seed and offset."""
+    _check_float("x", x)
+    _check_seed(seed, offset, None)
+    if _native(x.device):
+        out = torch.empty_like(x)
+        torch.ops.diffcore.philox_normal_(out, seed, offset)
+        return out
+    return philox.fill_like(x, seed, offset)

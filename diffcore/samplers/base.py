@@ -1,7 +1,8 @@
 """The sampler contract and the wrapper that makes a coefficient program callable.
 
 A sampler is any callable ``sampler(denoiser, x, plan, *, generator=None, callback=None,
-**options) -> Tensor`` that integrates from level 0 of ``plan`` to its end point. Optional
+**options) -> Tensor`` that integrates from level 0 of ``plan`` to its end point (built-ins
+also take ``seed`` for in-kernel Philox noise and ``cuda_graph``). Optional
 attributes: ``plan_style`` (``"ddim"``, ``"dpm"`` or ``"karras"``: which diffusers timestep
 spacing it follows, default ``"karras"``) and ``options`` (a dict of option defaults).
 """
@@ -61,6 +62,9 @@ class ProgramSampler:
         *,
         generator: torch.Generator | None = None,
         callback: Callback | None = None,
+        seed: int | None = None,
+        cuda_graph: bool = False,
         **options: Any,
     ) -> Tensor:
-        return run_program(denoiser, x, self.program(plan, **options), generator=generator, callback=callback)
+        program = self.program(plan, **options)
+        return run_program(denoiser, x, program, generator=generator, seed=seed, callback=callback, cuda_graph=cuda_graph)

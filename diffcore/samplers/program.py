@@ -100,30 +100,65 @@ def _table(program: Program, denoiser: Denoiser, x: Tensor) -> list[Tensor]:
 Callback = Callable[[dict[str, Any]], None]
 
 
+def _loop(
+    denoiser: Denoiser,
+    x: Tensor,
+    program: Program,
+    table: list[Tensor],
+    history: Tensor | None,
+    noise: Tensor | None,
+    generator: torch.Generator | None,
+    seed: int | None,
+    callback: Callback | None,
+) -> None:
+    for k, (st, coeffs) in enumerate(zip(program.steps, table)):
+        pred = denoiser(x, st.level, step=k)
+        z, step_seed = None, None
+        if st.noise:
+            if seed is not None:  # counter-based noise drawn inside the fused kernel
+                step_seed = seed
+            else:
+                assert noise is not None
+                torch.randn(x.shape, generator=generator, out=noise, dtype=x.dtype, device=x.device)
+                z = noise
+        if pred.out is not None:
+            ops.sampler_step(x, pred.out, coeffs, history, z, st.writes, seed=step_seed, offset=k)
+        else:
+            ops.cfg_sampler_step(
+                x, pred.uncond, pred.cond, pred.guidance, coeffs, history, z, st.writes, seed=step_seed, offset=k  # type: ignore[arg-type]
+            )
+        if callback is not None:
+            callback({"i": k, "t": st.level.t, "sigma": st.sigma, "x": x})
+
+
 def run_program(
     denoiser: Denoiser,
     x: Tensor,
     program: Program,
     *,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
     callback: Callback | None = None,
+    cuda_graph: bool = False,
 ) -> Tensor:
-    """Execute ``program`` on state ``x`` (updated in place and returned)."""
+    """Execute ``program`` on state ``x`` (updated in place and returned).
+
+    Noise comes from ``generator`` (torch's RNG, a preallocated buffer refilled per step) or,
+    with ``seed``, from the Philox stream generated inside the fused op (step k uses offset k).
+    ``cuda_graph=True`` (CUDA tensors) captures the whole loop, model included, in one CUDA graph
+    and replays it; it needs ``seed`` noise and no callback.
+    """
+    if seed is not None and generator is not None:
+        raise ValueError("pass either generator (torch RNG noise) or seed (in-kernel Philox noise), not both")
     table = _table(program, denoiser, x)
     history = torch.zeros((program.slots, *x.shape), dtype=x.dtype, device=x.device) if program.slots else None
-    noise = torch.empty_like(x) if any(st.noise for st in program.steps) else None
-    for k, (st, coeffs) in enumerate(zip(program.steps, table)):
-        pred = denoiser(x, st.level, step=k)
-        z = None
-        if st.noise:
-            assert noise is not None
-            torch.randn(x.shape, generator=generator, out=noise, dtype=x.dtype, device=x.device)
-            z = noise
-        if pred.out is not None:
-            ops.sampler_step(x, pred.out, coeffs, history, z, st.writes)
-        else:
-            ops.cfg_sampler_step(x, pred.uncond, pred.cond, pred.guidance, coeffs, history, z, st.writes)  # type: ignore[arg-type]
-        if callback is not None:
-            callback({"i": k, "t": st.level.t, "sigma": st.sigma, "x": x})
+    stochastic = any(st.noise for st in program.steps)
+    noise = torch.empty_like(x) if stochastic and seed is None else None
+    if cuda_graph:
+        from diffcore.graphs import run_captured
+
+        return run_captured(lambda xx: _loop(denoiser, xx, program, table, history, None, None, seed, None), x,
+                            stochastic=stochastic, seed=seed, callback=callback, denoiser=denoiser)
+    _loop(denoiser, x, program, table, history, noise, generator, seed, callback)
     denoiser.raise_deferred()
     return x

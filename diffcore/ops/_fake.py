@@ -1,0 +1,40 @@
+"""Fake (meta) kernels of the native ops, so torch.compile and FakeTensor tracing see their shapes."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+@torch.library.register_fake("diffcore::forward_noise")
+def _forward_noise(x0: Tensor, noise: Tensor, t: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x0, memory_format=torch.contiguous_format), torch.empty_like(x0, memory_format=torch.contiguous_format)
+
+
+def _same_device(x: Tensor, *others: Tensor | None) -> None:
+    for t in others:
+        if t is not None and t.device != x.device:
+            raise RuntimeError(f"diffcore: operands are on {t.device} and {x.device}; expected one device")
+
+
+@torch.library.register_fake("diffcore::sampler_step")
+def _sampler_step(x, model_out, coeffs, history, noise, writes, seed=-1, offset=0) -> None:
+    _same_device(x, model_out, coeffs, history, noise)
+    return None
+
+
+@torch.library.register_fake("diffcore::cfg_sampler_step")
+def _cfg_sampler_step(x, uncond, cond, guidance, coeffs, history, noise, writes, seed=-1, offset=0) -> None:
+    _same_device(x, uncond, cond, guidance, coeffs, history, noise)
+    return None
+
+
+@torch.library.register_fake("diffcore::cfg_rescale_factor")
+def _cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor, phi: float) -> Tensor:
+    dtype = torch.float64 if uncond.dtype == torch.float64 else torch.float32
+    return uncond.new_empty((uncond.shape[0],), dtype=dtype)
+
+
+@torch.library.register_fake("diffcore::philox_normal_")
+def _philox_normal(out: Tensor, seed: int, offset: int) -> None:
+    return None
