@@ -176,6 +176,20 @@ void step_impl(at::Tensor& x, const at::Tensor* m, const at::Tensor* u, const at
 
 // ---------------------------------------------------------------- CPU sampler-step kernels
 
+template <typename scalar_t, typename acc_t, int K, int W, bool CFG>
+inline void step_element(scalar_t* xp, const scalar_t* mp, const scalar_t* cp, scalar_t* hp, int64_t slot,
+                         const int64_t* wslot, const acc_t* co, acc_t gw, acc_t gr, acc_t zv, int64_t i) {
+  const acc_t xv = static_cast<acc_t>(xp[i]);
+  acc_t mv = static_cast<acc_t>(mp[i]);
+  if (CFG) mv = gr * (mv + gw * (static_cast<acc_t>(cp[i]) - mv));
+  acc_t hv[K > 0 ? K : 1];
+  for (int j = 0; j < K; ++j) hv[j] = static_cast<acc_t>(hp[j * slot + i]);
+  acc_t out[1 + W];
+  step_point<K, W, acc_t>(xv, mv, co, hv, zv, out);
+  xp[i] = static_cast<scalar_t>(out[0]);
+  for (int r = 0; r < W; ++r) hp[wslot[r] + i] = static_cast<scalar_t>(out[1 + r]);
+}
+
 template <typename scalar_t, typename acc_t, int K, int W, bool CFG, bool PHILOX>
 void step_cpu_kernel(const StepLaunch& s) {
   constexpr int width = 2 + (1 + W) * (3 + K);
@@ -215,28 +229,18 @@ void step_cpu_kernel(const StepLaunch& s) {
             group = i >> 2;
             philox_normal4(s.seed, s.offset, static_cast<uint64_t>(group), normals);
           }
-          const acc_t xv = static_cast<acc_t>(xp[i]);
-          acc_t mv = static_cast<acc_t>(mp[i]);
-          if (CFG) mv = gr * (mv + gw * (static_cast<acc_t>(cp[i]) - mv));
-          acc_t hv[K > 0 ? K : 1];
-          for (int j = 0; j < K; ++j) hv[j] = static_cast<acc_t>(hp[j * slot + i]);
-          acc_t out[1 + W];
-          step_point<K, W, acc_t>(xv, mv, co, hv, static_cast<acc_t>(normals[i & 3]), out);
-          xp[i] = static_cast<scalar_t>(out[0]);
-          for (int r = 0; r < W; ++r) hp[wslot[r] + i] = static_cast<scalar_t>(out[1 + r]);
+          step_element<scalar_t, acc_t, K, W, CFG>(xp, mp, cp, hp, slot, wslot, co, gw, gr,
+                                                  static_cast<acc_t>(normals[i & 3]), i);
         }
       } else {
-        for (; i < seg_end; ++i) {
-          const acc_t xv = static_cast<acc_t>(xp[i]);
-          acc_t mv = static_cast<acc_t>(mp[i]);
-          if (CFG) mv = gr * (mv + gw * (static_cast<acc_t>(cp[i]) - mv));
-          acc_t hv[K > 0 ? K : 1];
-          for (int j = 0; j < K; ++j) hv[j] = static_cast<acc_t>(hp[j * slot + i]);
-          acc_t out[1 + W];
-          step_point<K, W, acc_t>(xv, mv, co, hv, static_cast<acc_t>(zp[i]), out);
-          xp[i] = static_cast<scalar_t>(out[0]);
-          for (int r = 0; r < W; ++r) hp[wslot[r] + i] = static_cast<scalar_t>(out[1 + r]);
-        }
+        const int64_t lo = i;
+        // Each element reads its own history values before writing them, so iterations are
+        // independent even though history writes alias history reads: safe to vectorize.
+#pragma omp simd
+        for (int64_t e = lo; e < seg_end; ++e)
+          step_element<scalar_t, acc_t, K, W, CFG>(xp, mp, cp, hp, slot, wslot, co, gw, gr,
+                                                  static_cast<acc_t>(zp[e]), e);
+        i = seg_end;
       }
     }
   });

@@ -113,12 +113,19 @@ class Denoiser:
                 raise NonFiniteModelOutput(f"step {step}: model output contains NaN or inf")
         self._deferred.clear()
 
-    def __call__(self, x: Tensor, level: Level, step: int = 0) -> Prediction:
-        """Evaluate the model at ``level`` on state ``x`` (B, ...)."""
+    def time_table(self, times: list[float], x: Tensor) -> Tensor:
+        """(len(times), B) model-time tensors built once, so a sampling loop makes none per step."""
+        col = torch.tensor(times, dtype=torch.float64).to(self.timestep_dtype)
+        return col[:, None].expand(len(times), x.shape[0]).contiguous().to(x.device)
+
+    def __call__(self, x: Tensor, level: Level, step: int = 0, t: Tensor | None = None) -> Prediction:
+        """Evaluate the model at ``level`` on state ``x`` (B, ...); ``t`` overrides the (B,) time
+        tensor built from ``level.t``."""
         a, b = self.param.x0_coeffs(level.alpha, level.std)
         c_in = self.param.input_scale(level.alpha, level.std)
         x_in = x if c_in == 1.0 else x * c_in
-        t = torch.full((x.shape[0],), level.t, dtype=self.timestep_dtype, device=x.device)
+        if t is None:
+            t = torch.full((x.shape[0],), level.t, dtype=self.timestep_dtype, device=x.device)
         self.evaluations += 1
         if self.guidance_scale is None:
             return Prediction(a, b, out=self._validate(self._call(x_in, t, self.cond), x, step))

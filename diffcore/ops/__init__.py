@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -20,6 +20,9 @@ from diffcore.ops import philox, reference
 __all__ = [
     "backend",
     "cfg_rescale_factor",
+    "check_seed",
+    "check_step",
+    "step_kernels",
     "cfg_sampler_step",
     "coeff_width",
     "forward_noise",
@@ -249,6 +252,40 @@ def cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor | float, phi:
     if _native(uncond.device):
         return torch.ops.diffcore.cfg_rescale_factor(uncond, cond, scale_t, float(phi))
     return reference.cfg_rescale_factor(uncond, cond, scale_t, float(phi))
+
+
+StepFn = Callable[..., None]
+
+
+def check_seed(seed: int | None, offset: int = 0) -> None:
+    """Raise unless ``seed`` is None or a valid Philox seed (and ``offset`` a valid offset)."""
+    _check_seed(seed, offset, None)
+
+
+def step_kernels(device: torch.device | str) -> tuple[StepFn, StepFn]:
+    """The ``(sampler_step, cfg_sampler_step)`` kernels of the active backend for ``device``,
+    without the Python-side checks: for loops that validated their buffers once (see
+    :func:`check_step`). Arguments are positional as in the op schema, ending with
+    ``writes, seed, offset`` (seed -1: no in-kernel noise). The native ops still check
+    everything in C++."""
+    if _native(torch.device(device)):
+        return torch.ops.diffcore.sampler_step, torch.ops.diffcore.cfg_sampler_step
+
+    def step(x, m, coeffs, history, noise, writes, seed, offset):
+        z = philox.fill_like(x, seed, offset) if seed >= 0 else noise
+        reference.sampler_step(x, m, coeffs, history, z, list(writes))
+
+    def cfg_step(x, u, c, guidance, coeffs, history, noise, writes, seed, offset):
+        z = philox.fill_like(x, seed, offset) if seed >= 0 else noise
+        reference.cfg_sampler_step(x, u, c, guidance, coeffs, history, z, list(writes))
+
+    return step, cfg_step
+
+
+def check_step(x: Tensor, coeffs: Tensor, history: Tensor | None = None, noise: Tensor | None = None,
+               writes: Sequence[int] = ()) -> list[int]:
+    """Validate the arguments of :func:`sampler_step` (except the model output); returns writes."""
+    return _check_step_args(x, coeffs, history, noise, writes)
 
 
 def philox_noise_like(x: Tensor, seed: int, offset: int = 0) -> Tensor:

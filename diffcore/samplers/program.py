@@ -111,9 +111,12 @@ def _loop(
     seed: int | None,
     callback: Callback | None,
 ) -> None:
+    # Everything static was checked once in run_program; the native op re-checks in C++.
+    step, cfg_step = ops.step_kernels(x.device)
+    times = denoiser.time_table([st.level.t for st in program.steps], x)
     for k, (st, coeffs) in enumerate(zip(program.steps, table)):
-        pred = denoiser(x, st.level, step=k)
-        z, step_seed = None, None
+        pred = denoiser(x, st.level, step=k, t=times[k])
+        z, step_seed = None, -1
         if st.noise:
             if seed is not None:  # counter-based noise drawn inside the fused kernel
                 step_seed = seed
@@ -122,11 +125,9 @@ def _loop(
                 torch.randn(x.shape, generator=generator, out=noise, dtype=x.dtype, device=x.device)
                 z = noise
         if pred.out is not None:
-            ops.sampler_step(x, pred.out, coeffs, history, z, st.writes, seed=step_seed, offset=k)
+            step(x, pred.out, coeffs, history, z, st.writes, step_seed, k)
         else:
-            ops.cfg_sampler_step(
-                x, pred.uncond, pred.cond, pred.guidance, coeffs, history, z, st.writes, seed=step_seed, offset=k  # type: ignore[arg-type]
-            )
+            cfg_step(x, pred.uncond, pred.cond, pred.guidance, coeffs, history, z, st.writes, step_seed, k)
         if callback is not None:
             callback({"i": k, "t": st.level.t, "sigma": st.sigma, "x": x})
 
@@ -154,6 +155,13 @@ def run_program(
     history = torch.zeros((program.slots, *x.shape), dtype=x.dtype, device=x.device) if program.slots else None
     stochastic = any(st.noise for st in program.steps)
     noise = torch.empty_like(x) if stochastic and seed is None else None
+    ops.check_seed(seed)
+    slots = program.slots
+    for k, (st, coeffs) in enumerate(zip(program.steps, table)):  # static arguments, checked once
+        if k == 0:
+            ops.check_step(x, coeffs, history, noise if st.noise else None, st.writes)
+        elif coeffs.shape[-1] != ops.coeff_width(slots, len(st.writes)) or any(not 0 <= w < slots for w in st.writes):
+            raise ValueError(f"program step {k}: {coeffs.shape[-1]} coefficients or writes {st.writes} do not fit {slots} slots")
     if cuda_graph:
         from diffcore.graphs import run_captured
 
