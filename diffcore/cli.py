@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params", nargs=argparse.REMAINDER, metavar="...", help="the task's options, e.g. --steps 20")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("demo", help="train a tiny model and run every task on it",
+    p = sub.add_parser("demo", help="run the main job: the sampler study on closed-form Gaussian-mixture data",
                        description="Run the end-to-end demo and write its outputs to --out.")
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (as used by the tests)")

@@ -98,11 +98,15 @@ class Denoiser:
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
         if self.check_finite:
+            # A finite sum means every element is finite (NaN or inf would propagate into it); it is
+            # one read pass with no full-size temporary. Only a non-finite sum needs the full check,
+            # since a sum of large finite values can overflow.
+            total = out.sum()
             if x.device.type == "cpu":
-                if not bool(torch.isfinite(out).all()):
+                if not bool(torch.isfinite(total)) and not bool(torch.isfinite(out).all()):
                     raise NonFiniteModelOutput(f"step {step}: model output contains NaN or inf")
             else:
-                self._deferred.append((step, torch.isfinite(out).all()))
+                self._deferred.append((step, torch.isfinite(total)))  # no sync; read at the end
         return out
 
     def raise_deferred(self) -> None:

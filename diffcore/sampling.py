@@ -127,6 +127,8 @@ def sample(
         raise ValueError("pass either generator (torch RNG noise) or seed (in-kernel Philox noise), not both")
     if cuda_graph and generator is not None:  # graphs need in-kernel noise: derive its seed
         seed, generator = int(torch.randint(0, 2**62, (1,), generator=generator)), None
+    if seed is None and generator is None:  # default: in-kernel noise seeded from torch's global RNG
+        seed = int(torch.randint(0, 2**62, (1,)))
     if seed is not None:
         options["seed"] = seed
     if cuda_graph:
