@@ -84,6 +84,7 @@ class Denoiser:
         self.check_finite = check_finite
         self.evaluations = 0
         self._deferred: list[tuple[int, Tensor]] = []
+        self._guidance_cache: dict[torch.device, Tensor] = {}
 
     def _call(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
         out = self.model(x, t) if cond is None else self.model(x, t, cond)
@@ -141,12 +142,21 @@ class Denoiser:
             uncond, cond = both.chunk(2)
         uncond, cond = self._validate(uncond, x, step), self._validate(cond, x, step)
         w = float(self.guidance_scale)
+        const = self._guidance_const(x.device)
         if self.guidance_rescale > 0:
-            r = ops.cfg_rescale_factor(uncond, cond, w, self.guidance_rescale)
+            r = ops.cfg_rescale_factor(uncond, cond, const[0], self.guidance_rescale)
             guidance = torch.stack([torch.full_like(r, w), r], dim=1)
         else:
-            guidance = torch.tensor([w, 1.0], dtype=torch.float32, device=x.device)
+            guidance = const
         return Prediction(a, b, uncond=uncond, cond=cond, guidance=guidance)
+
+    def _guidance_const(self, device: torch.device) -> Tensor:
+        """``[w, 1]`` on ``device``, made once: a host->device copy cannot happen inside a CUDA graph."""
+        cached = self._guidance_cache.get(device)
+        if cached is None:
+            cached = torch.tensor([float(self.guidance_scale), 1.0], dtype=torch.float32).to(device)  # type: ignore[arg-type]
+            self._guidance_cache[device] = cached
+        return cached
 
 
 def _cat(uncond: Any, cond: Any) -> Any:

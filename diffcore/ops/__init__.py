@@ -246,7 +246,7 @@ def cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor | float, phi:
     _check_like("cond", cond, uncond)
     if not 0.0 <= phi <= 1.0:
         raise ValueError(f"guidance rescale phi={phi} must be in [0, 1]")
-    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=uncond.device)
+    scale_t = scale if isinstance(scale, Tensor) else torch.as_tensor(scale, dtype=torch.float32, device=uncond.device)
     if scale_t.dim() not in (0, 1) or (scale_t.dim() == 1 and scale_t.shape[0] != uncond.shape[0]):
         raise ValueError(f"scale has shape {tuple(scale_t.shape)}; expected a scalar or ({uncond.shape[0]},)")
     if _native(uncond.device):

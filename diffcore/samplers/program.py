@@ -105,6 +105,7 @@ def _loop(
     x: Tensor,
     program: Program,
     table: list[Tensor],
+    times: Tensor,
     history: Tensor | None,
     noise: Tensor | None,
     generator: torch.Generator | None,
@@ -113,7 +114,6 @@ def _loop(
 ) -> None:
     # Everything static was checked once in run_program; the native op re-checks in C++.
     step, cfg_step = ops.step_kernels(x.device)
-    times = denoiser.time_table([st.level.t for st in program.steps], x)
     for k, (st, coeffs) in enumerate(zip(program.steps, table)):
         pred = denoiser(x, st.level, step=k, t=times[k])
         z, step_seed = None, -1
@@ -152,6 +152,7 @@ def run_program(
     if seed is not None and generator is not None:
         raise ValueError("pass either generator (torch RNG noise) or seed (in-kernel Philox noise), not both")
     table = _table(program, denoiser, x)
+    times = denoiser.time_table([st.level.t for st in program.steps], x)  # host->device copies: before any capture
     history = torch.zeros((program.slots, *x.shape), dtype=x.dtype, device=x.device) if program.slots else None
     stochastic = any(st.noise for st in program.steps)
     noise = torch.empty_like(x) if stochastic and seed is None else None
@@ -165,8 +166,8 @@ def run_program(
     if cuda_graph:
         from diffcore.graphs import run_captured
 
-        return run_captured(lambda xx: _loop(denoiser, xx, program, table, history, None, None, seed, None), x,
+        return run_captured(lambda xx: _loop(denoiser, xx, program, table, times, history, None, None, seed, None), x,
                             stochastic=stochastic, seed=seed, callback=callback, denoiser=denoiser)
-    _loop(denoiser, x, program, table, history, noise, generator, seed, callback)
+    _loop(denoiser, x, program, table, times, history, noise, generator, seed, callback)
     denoiser.raise_deferred()
     return x
