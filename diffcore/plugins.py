@@ -39,6 +39,7 @@ LOAD_PLUGINS_ENV = "DIFFCORE_LOAD_PLUGINS"
 KINDS: tuple[str, ...] = ("models", "schedules", "samplers", "tasks", "datasets", "text_encoders")
 # Built-in plugin modules, loaded first. Later work appends e.g. "diffcore_plugins.unet".
 BUILTIN_PLUGINS: list[str] = ["diffcore_plugins.schedules", "diffcore_plugins.samplers"]
+BUILTIN_PLUGINS.append("diffcore_plugins.models")
 
 __all__ = [
     "BUILTIN_PLUGINS",
