@@ -13,4 +13,17 @@ __version__ = "0.1.0"
 from diffcore.plugins import available, get, hookimpl, plugin_info  # noqa: E402
 from diffcore.sampling import sample  # noqa: E402
 
-__all__ = ["__version__", "available", "get", "hookimpl", "plugin_info", "sample"]
+
+def __getattr__(name: str):  # the training stack loads on first use, not with `import diffcore`
+    if name == "train":
+        from diffcore.training.api import train
+
+        return train
+    if name == "Pipeline":
+        from diffcore.pipeline import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module 'diffcore' has no attribute {name!r}")
+
+
+__all__ = ["Pipeline", "__version__", "available", "get", "hookimpl", "plugin_info", "sample", "train"]

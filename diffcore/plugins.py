@@ -40,6 +40,7 @@ KINDS: tuple[str, ...] = ("models", "schedules", "samplers", "tasks", "datasets"
 # Built-in plugin modules, loaded first. Later work appends e.g. "diffcore_plugins.unet".
 BUILTIN_PLUGINS: list[str] = ["diffcore_plugins.schedules", "diffcore_plugins.samplers"]
 BUILTIN_PLUGINS.append("diffcore_plugins.models")
+BUILTIN_PLUGINS.append("diffcore_plugins.training")
 BUILTIN_PLUGINS.append("diffcore_plugins.datasets")
 
 __all__ = [

@@ -1,0 +1,260 @@
+"""The Trainer: AdamW with warmup, EMA, clipping, loss weighting, label dropout, bf16 autocast,
+atomic safetensors checkpoints with exact resume, and DistributedDataParallel when launched
+under ``torchrun``.
+
+Determinism: batches, timesteps, noise and label dropout come from one ``torch.Generator`` per
+rank and dropout from torch's global RNG; both states are checkpointed, so on CPU ``N`` steps +
+resume + ``N`` steps reproduce ``2N`` steps bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from diffcore import ops
+from diffcore.parameterization import Parameterization
+from diffcore.schedules import Schedule
+from diffcore.training.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, save_checkpoint
+from diffcore.training.config import TrainConfig
+from diffcore.training.objective import Objective
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Train ``model`` on ``data`` (a DiffusionDataset) and write checkpoints to ``out``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        schedule: Schedule,
+        param: Parameterization,
+        data: Any,
+        config: TrainConfig,
+        out: str | Path,
+        run: dict[str, Any],
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.rank, self.world = _rank_world()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and self.world > 1 else "cpu"))
+        self.model = model.to(self.device)
+        self.data = data
+        self.config = config
+        self.out = Path(out)
+        self.run = run
+        self.objective = Objective(schedule, param, config.loss_weighting, config.min_snr_gamma, config.sigma_data)
+        self.num_classes = int(getattr(data, "num_classes", 0) or 0)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay
+        )
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + self.rank)
+        torch.manual_seed(config.seed + self.rank)
+        self.train_x = data.train.to(self.device)
+        labels = getattr(data, "train_labels", None)
+        self.train_y = labels.to(self.device) if labels is not None and self.num_classes else None
+        if self.train_x.shape[0] == 0:
+            raise ValueError("the training split is empty")
+
+    # ---------------------------------------------------------------- schedule and EMA
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        if c.lr_schedule == "cosine":
+            progress = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
+            return c.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return c.lr
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p.detach(), 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
+
+    # ---------------------------------------------------------------- one step
+    def _batch(self) -> tuple[Tensor, Tensor, Tensor, Any, Tensor]:
+        c, g = self.config, self.generator
+        idx = torch.randint(0, self.train_x.shape[0], (c.batch_size,), generator=g)
+        x0 = self.train_x[idx.to(self.device)]
+        noise = torch.randn(x0.shape, generator=g).to(self.device, x0.dtype)
+        index, table, time_, weight = self.objective.draw(c.batch_size, g)
+        x_t, target = ops.forward_noise(x0, noise, index.to(self.device), table.to(self.device, torch.float32))
+        scale = self.objective.input_scale(time_)
+        if scale is not None:
+            x_t = x_t * scale.to(self.device).reshape(-1, *([1] * (x_t.dim() - 1)))
+        cond = None
+        if self.train_y is not None:
+            labels = self.train_y[idx.to(self.device)].clone()
+            drop = torch.rand(c.batch_size, generator=g) < c.label_dropout
+            labels[drop.to(self.device)] = self.num_classes
+            cond = {"class_labels": labels}
+        return x_t, time_.to(self.device), target, cond, weight.to(self.device)
+
+    def _loss(self, net: nn.Module) -> Tensor:
+        x_t, time_, target, cond, weight = self._batch()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            out = net(x_t, time_, cond)
+        err = (out.float() - target.float()) ** 2
+        return (weight * err.reshape(err.shape[0], -1).mean(dim=1)).mean()
+
+    # ---------------------------------------------------------------- checkpoints
+    def _gather(self, t: Tensor) -> list[Tensor]:
+        if self.world == 1:
+            return [t]
+        out = [torch.zeros_like(t) for _ in range(self.world)]
+        dist.all_gather(out, t)
+        return out
+
+    def checksum(self) -> float:
+        return float(sum(p.detach().double().sum() for p in self.model.parameters()))
+
+    def save(self) -> dict[str, Any]:
+        """Checkpoint (rank 0 writes; every rank takes part in the RNG-state gather)."""
+        gen_state = self.generator.get_state().clone()
+        states = self._gather(gen_state.to(self.device))
+        sums = self._gather(torch.tensor([self.checksum()], dtype=torch.float64, device=self.device))
+        info = {"step": self.step, "rank_checksums": [float(s) for s in sums]}
+        if self.rank != 0:
+            return info
+        tensors: dict[str, Tensor] = {}
+        tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        opt = self.optimizer.state_dict()
+        for i, st in opt["state"].items():
+            for key, val in st.items():
+                tensors[f"optim.{i}.{key}"] = val if isinstance(val, Tensor) else torch.tensor(val)
+        tensors["rng.torch"] = torch.get_rng_state()
+        for r, s in enumerate(states):
+            tensors[f"rng.gen.{r}"] = s.cpu()
+        groups = [{k: v for k, v in grp.items() if k != "params"} for grp in opt["param_groups"]]
+        meta = {"format": 1, "kind": "training", "step": self.step, "world_size": self.world, "run": self.run,
+                "optim_groups": groups, "sampler": self.run.get("sampler", {})}
+        save_checkpoint(self.out / CHECKPOINT_NAME, tensors, meta)
+        return info
+
+    def resume(self) -> None:
+        """Restore model, EMA, optimizer, step and RNG states from ``out``'s checkpoint."""
+        file = self.out / CHECKPOINT_NAME
+        tensors, meta = load_checkpoint(file)
+        if meta.get("kind") != "training":
+            raise CheckpointError(f"{file} is not a training checkpoint (kind={meta.get('kind')!r})")
+        if int(meta.get("world_size", 1)) != self.world:
+            raise CheckpointError(f"{file} was written by {meta.get('world_size')} processes; resuming with {self.world}")
+        saved_model = meta["run"].get("model")
+        if saved_model != self.run.get("model"):
+            raise CheckpointError(f"{file} holds model {saved_model}, not {self.run.get('model')}")
+        pick = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        self.model.load_state_dict(pick("model."))
+        self.ema.load_state_dict(pick("ema."))
+        state: dict[int, dict[str, Tensor]] = {}
+        for k, v in pick("optim.").items():
+            i, key = k.split(".", 1)
+            state.setdefault(int(i), {})[key] = v
+        groups = [dict(g, params=list(range(len(list(self.model.parameters()))))) for g in meta["optim_groups"]]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.step = int(meta["step"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.generator.set_state(tensors[f"rng.gen.{self.rank}"])
+
+    # ---------------------------------------------------------------- the loop
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        c = self.config
+        if resume:
+            self.resume()
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "config.json", self.run)
+        net: nn.Module = self.model
+        if self.world > 1:
+            net = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        metrics_path = self.out / "metrics.jsonl"
+        bar = tqdm(total=c.steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
+        window, seen, t0 = [], 0, time.perf_counter()
+        self.model.train()
+        last_info: dict[str, Any] = {}
+        while self.step < c.steps:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(self.step)
+            loss = self._loss(net)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"step {self.step}: training loss is {loss.item()}; lower lr or check the data")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if c.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            self._update_ema()
+            window.append(loss.item())
+            seen += c.batch_size * self.world
+            bar.update(1)
+            if self.step % c.log_every == 0 or self.step == c.steps:
+                elapsed = time.perf_counter() - t0
+                record = {"step": self.step, "loss": sum(window) / len(window), "lr": self.lr_at(self.step - 1),
+                          "images_per_s": seen / elapsed if elapsed > 0 else None}
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if self.rank == 0:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                window, seen, t0 = [], 0, time.perf_counter()
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                last_info = self.save()
+                if len(set(last_info["rank_checksums"])) > 1:
+                    raise RuntimeError(f"step {self.step}: DDP ranks diverged: {last_info['rank_checksums']}")
+                if self.rank == 0:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps({"checkpoint": self.step, **last_info}) + "\n")
+        bar.close()
+        self.model.eval()
+        if self.rank == 0:
+            plot_loss_curve(metrics_path, self.out / "loss.png")
+        return last_info
+
+
+def plot_loss_curve(metrics: Path, png: Path) -> None:
+    """Loss vs step from metrics.jsonl (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, losses = [], []
+    for line in metrics.read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            steps.append(rec["step"])
+            losses.append(rec["loss"])
+    if not steps:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.set_title("diffcore training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(png)
