@@ -11,7 +11,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from diffcore.plugins import available, get, hookimpl, plugin_info  # noqa: E402
-from diffcore.sampling import sample  # noqa: E402
+from diffcore.sampling import sample, sample_from  # noqa: E402
 
 
 def __getattr__(name: str):  # the training stack loads on first use, not with `import diffcore`
@@ -26,4 +26,4 @@ def __getattr__(name: str):  # the training stack loads on first use, not with `
     raise AttributeError(f"module 'diffcore' has no attribute {name!r}")
 
 
-__all__ = ["Pipeline", "__version__", "available", "get", "hookimpl", "plugin_info", "sample", "train"]
+__all__ = ["Pipeline", "__version__", "available", "get", "hookimpl", "plugin_info", "sample", "sample_from", "train"]

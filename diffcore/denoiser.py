@@ -118,17 +118,33 @@ class Denoiser:
                 raise NonFiniteModelOutput(f"step {step}: model output contains NaN or inf")
         self._deferred.clear()
 
-    def time_table(self, times: list[float], x: Tensor) -> Tensor:
-        """(len(times), B) model-time tensors built once, so a sampling loop makes none per step."""
-        col = torch.tensor(times, dtype=torch.float64).to(self.timestep_dtype)
-        return col[:, None].expand(len(times), x.shape[0]).contiguous().to(x.device)
+    def time_table(self, times: list[list[float]], x: Tensor) -> Tensor:
+        """(steps, B) model-time tensors built once, so a sampling loop makes none per step;
+        ``times`` holds one list per program (one program: shared by the batch)."""
+        col = torch.tensor(times, dtype=torch.float64).to(self.timestep_dtype).T  # (steps, P)
+        return col.expand(col.shape[0], x.shape[0]).contiguous().to(x.device) if col.shape[1] == 1 else col.contiguous().to(x.device)
 
-    def __call__(self, x: Tensor, level: Level, step: int = 0, t: Tensor | None = None) -> Prediction:
-        """Evaluate the model at ``level`` on state ``x`` (B, ...); ``t`` overrides the (B,) time
-        tensor built from ``level.t``."""
+    def scale_table(self, levels: list[list[Level]], x: Tensor) -> list[Tensor | float]:
+        """Per step, the model-input scale c_in: a float shared by the batch, or a broadcastable
+        (B, 1, ...) tensor when samples sit at different levels."""
+        out: list[Tensor | float] = []
+        for k in range(len(levels[0])):
+            vals = [self.param.input_scale(lv[k].alpha, lv[k].std) for lv in levels]
+            if len(set(vals)) == 1:
+                out.append(vals[0])
+            else:
+                out.append(torch.tensor(vals, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1))).to(x.device))
+        return out
+
+    def __call__(
+        self, x: Tensor, level: Level, step: int = 0, t: Tensor | None = None, c_in: Tensor | float | None = None
+    ) -> Prediction:
+        """Evaluate the model at ``level`` on state ``x`` (B, ...); ``t`` and ``c_in`` override the
+        (B,) time tensor and input scale derived from ``level`` (per-sample levels)."""
         a, b = self.param.x0_coeffs(level.alpha, level.std)
-        c_in = self.param.input_scale(level.alpha, level.std)
-        x_in = x if c_in == 1.0 else x * c_in
+        if c_in is None:
+            c_in = self.param.input_scale(level.alpha, level.std)
+        x_in = x if isinstance(c_in, float) and c_in == 1.0 else x * c_in
         if t is None:
             t = torch.full((x.shape[0],), level.t, dtype=self.timestep_dtype, device=x.device)
         self.evaluations += 1

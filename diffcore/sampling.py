@@ -11,7 +11,7 @@ from torch import Tensor
 from diffcore.denoiser import Denoiser
 from diffcore.parameterization import Parameterization, make_parameterization
 from diffcore.schedules import DiscreteSchedule, EDMSchedule, Schedule
-from diffcore.timesteps import make_plan, plan_from_sigmas
+from diffcore.timesteps import make_plan, partial_plan, plan_from_sigmas
 
 
 def resolve_sampler(sampler: str | Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -135,3 +135,81 @@ def sample(
         options["cuda_graph"] = True
     x = x_T * plan.init_scale
     return fn(denoiser, x, plan, generator=generator, callback=callback, **options)
+
+
+def sample_from(
+    model: Callable[..., Any],
+    x: Tensor,
+    t_start: float | Tensor,
+    *,
+    sampler: str | Callable[..., Tensor] = "dpmpp_2m",
+    steps: int = 20,
+    schedule: str | Schedule = "linear",
+    prediction: str | Parameterization = "epsilon",
+    add_noise: bool = True,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    cond: Any = None,
+    uncond: Any = None,
+    guidance_scale: float | None = None,
+    guidance_rescale: float = 0.0,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    sampler_options: dict[str, Any] | None = None,
+    check_finite: bool = True,
+) -> Tensor:
+    """Run the reverse process from model time ``t_start`` (per sample or shared) down to 0.
+
+    With ``add_noise`` (SDEdit, partial-diffusion reconstruction) ``x`` is clean data and is noised
+    to each sample's start level, ``alpha*x + std*noise`` (``noise`` given, else drawn from
+    ``generator``, else from the Philox stream of ``seed``); without it ``x`` already is the
+    sampler state at that level (e.g. ``sqrt(abar_t) * y`` for a noisy image y). Samples with
+    different ``t_start`` step in the same fused ops with per-sample coefficients, ``steps`` each.
+    ``t_start`` is a training timestep of a discrete schedule or the sigma of an EDM schedule.
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1 or x.numel() == 0:
+        raise TypeError(f"x must be a non-empty floating-point tensor (B, ...), got {getattr(x, 'shape', type(x))}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf")
+    fn = resolve_sampler(sampler)
+    sched = resolve_schedule(schedule)
+    param = make_parameterization(prediction)
+    starts = torch.as_tensor(t_start, dtype=torch.float64).reshape(-1).cpu()
+    if starts.numel() == 1:
+        starts = starts.expand(x.shape[0])
+    if starts.shape[0] != x.shape[0]:
+        raise ValueError(f"t_start has {starts.shape[0]} values for a batch of {x.shape[0]}")
+    plans = {v: partial_plan(sched, steps, v) for v in sorted(set(starts.tolist()))}
+    per_sample = [plans[v] for v in starts.tolist()]
+    if len(plans) > 1 and not hasattr(fn, "program"):
+        raise ValueError(f"sampler {getattr(fn, 'name', fn)!r} cannot mix start levels in one batch")
+    options = dict(sampler_options or {})
+    if seed is not None and generator is not None:
+        raise ValueError("pass either generator (torch RNG noise) or seed (in-kernel Philox noise), not both")
+    if seed is None and generator is None:
+        seed = int(torch.randint(0, 2**62, (1,)))
+    if add_noise:
+        if noise is None:
+            from diffcore import ops
+
+            noise = (torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if generator is not None
+                     else ops.philox_noise_like(x, seed, offset=2**40))
+        elif noise.shape != x.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)} but x has shape {tuple(x.shape)}")
+        shape = (-1, *([1] * (x.dim() - 1)))
+        alpha = torch.tensor([p.level(0)[0] for p in per_sample], dtype=x.dtype, device=x.device).reshape(shape)
+        std = torch.tensor([p.level(0)[1] for p in per_sample], dtype=x.dtype, device=x.device).reshape(shape)
+        state = alpha * x + std * noise.to(x.device, x.dtype)
+    else:
+        state = x.clone()
+    denoiser = Denoiser(model, param, timestep_dtype=torch.float32, cond=cond, uncond=uncond,
+                        guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, check_finite=check_finite)
+    if len(plans) == 1:
+        kw = {"seed": seed} if generator is None else {}
+        return fn(denoiser, state, per_sample[0], generator=generator, callback=callback, **kw, **options)
+    from diffcore.samplers.program import run_program
+
+    resolved = fn.resolve(options)  # type: ignore[attr-defined]
+    programs = {v: fn.build(p, **resolved) for v, p in plans.items()}  # type: ignore[attr-defined]
+    return run_program(denoiser, state, [programs[v] for v in starts.tolist()], generator=generator,
+                       seed=seed if generator is None else None, callback=callback)

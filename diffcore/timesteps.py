@@ -247,3 +247,27 @@ def plan_from_sigmas(schedule: Schedule, sigmas: Tensor | list[float]) -> Plan:
         ts = schedule.sigma_to_t(sig)
     plan = Plan(ts[:-1], sig, alphas, stds, float(stds[0]), torch.float32, *_next_targets(alphas, stds), float(ts[-1]))
     return _with_schedule(plan, schedule)
+
+
+def partial_plan(schedule: Schedule, steps: int, t_start: float) -> Plan:
+    """``steps`` steps from model time ``t_start`` down to 0, for runs that start from data:
+    SDEdit, denoising, partial-diffusion reconstruction. ``t_start`` is a (fractional) training
+    timestep of a discrete schedule, or the VE sigma of an EDM schedule. Timesteps are uniform
+    in t (sigma-spaced for karras / exponential / EDM schedules); the model sees their exact t."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps={steps!r} must be an integer >= 1")
+    t0 = float(t_start)
+    if isinstance(schedule, EDMSchedule):
+        if not schedule.sigma_min < t0:
+            raise ValueError(f"start sigma {t0} must exceed the schedule's sigma_min={schedule.sigma_min}")
+        return plan_from_sigmas(schedule, _append(karras_sigmas(schedule.sigma_min, t0, steps, schedule.rho), 0.0))
+    if not 0 < t0 <= schedule.num_train_timesteps - 1:
+        raise ValueError(f"start timestep {t0} must be in (0, {schedule.num_train_timesteps - 1}]")
+    train = schedule.train_sigmas()
+    ts = torch.linspace(t0, 0, steps + 1, dtype=torch.float64)[:-1]
+    lo = ts.floor().long().clamp(0, train.shape[0] - 1)
+    hi = (lo + 1).clamp(max=train.shape[0] - 1)
+    sig = train[lo] * (1 - (ts - lo)) + train[hi] * (ts - lo)
+    if schedule.sigma_spacing != "timesteps":
+        sig = _spaced_sigmas(schedule, float(train[0]), float(sig[0]), steps)
+    return plan_from_sigmas(schedule, _append(sig, 0.0))

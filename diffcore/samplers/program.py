@@ -82,19 +82,39 @@ def ve_sigma(alpha: float, std: float) -> float:
     return math.inf if alpha == 0 else std / alpha
 
 
-def _table(program: Program, denoiser: Denoiser, x: Tensor) -> list[Tensor]:
-    """All steps' coefficient vectors in one device buffer; returns a view per step."""
+def _vectors(program: Program, denoiser: Denoiser) -> list[np.ndarray]:
     vectors = []
     for st in program.steps:
         a, b = denoiser.param.x0_coeffs(st.level.alpha, st.level.std)
         vectors.append(np.concatenate([[a, b], st.rows.reshape(-1)]))
+    return vectors
+
+
+def _table(programs: list[Program], denoiser: Denoiser, x: Tensor) -> list[Tensor]:
+    """All steps' coefficients in one device buffer; a (width,) view per step for one program,
+    a (B, width) view per step for one program per sample."""
+    per = [_vectors(p, denoiser) for p in programs]
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    flat = torch.from_numpy(np.concatenate(vectors)).to(device=x.device, dtype=dtype)
+    steps = len(per[0])
+    blocks = [np.stack([v[k] for v in per]) for k in range(steps)]  # (P, width_k)
+    flat = torch.from_numpy(np.concatenate([b.reshape(-1) for b in blocks])).to(device=x.device, dtype=dtype)
     views, start = [], 0
-    for v in vectors:
-        views.append(flat[start : start + len(v)])
-        start += len(v)
+    for b in blocks:
+        view = flat[start : start + b.size].reshape(b.shape)
+        views.append(view[0] if len(programs) == 1 else view)
+        start += b.size
     return views
+
+
+def check_same_structure(programs: list[Program]) -> None:
+    """Per-sample programs must agree on everything but their coefficients."""
+    ref = programs[0]
+    for p in programs[1:]:
+        same = p.slots == ref.slots and len(p.steps) == len(ref.steps) and all(
+            a.writes == b.writes and a.noise == b.noise and a.rows.shape == b.rows.shape for a, b in zip(p.steps, ref.steps)
+        )
+        if not same:
+            raise ValueError("per-sample programs differ in structure (steps, history slots, writes or noise)")
 
 
 Callback = Callable[[dict[str, Any]], None]
@@ -106,6 +126,7 @@ def _loop(
     program: Program,
     table: list[Tensor],
     times: Tensor,
+    scales: list[Tensor | float],
     history: Tensor | None,
     noise: Tensor | None,
     generator: torch.Generator | None,
@@ -115,7 +136,7 @@ def _loop(
     # Everything static was checked once in run_program; the native op re-checks in C++.
     step, cfg_step = ops.step_kernels(x.device)
     for k, (st, coeffs) in enumerate(zip(program.steps, table)):
-        pred = denoiser(x, st.level, step=k, t=times[k])
+        pred = denoiser(x, st.level, step=k, t=times[k], c_in=scales[k])
         z, step_seed = None, -1
         if st.noise:
             if seed is not None:  # counter-based noise drawn inside the fused kernel
@@ -135,7 +156,7 @@ def _loop(
 def run_program(
     denoiser: Denoiser,
     x: Tensor,
-    program: Program,
+    program: Program | list[Program],
     *,
     generator: torch.Generator | None = None,
     seed: int | None = None,
@@ -144,6 +165,8 @@ def run_program(
 ) -> Tensor:
     """Execute ``program`` on state ``x`` (updated in place and returned).
 
+    ``program`` may be a list with one program per sample (same structure, different levels):
+    each sample then steps with its own coefficients and model times in the same fused ops.
     Noise comes from ``generator`` (torch's RNG, a preallocated buffer refilled per step) or,
     with ``seed``, from the Philox stream generated inside the fused op (step k uses offset k).
     ``cuda_graph=True`` (CUDA tensors) captures the whole loop, model included, in one CUDA graph
@@ -151,14 +174,21 @@ def run_program(
     """
     if seed is not None and generator is not None:
         raise ValueError("pass either generator (torch RNG noise) or seed (in-kernel Philox noise), not both")
-    table = _table(program, denoiser, x)
-    times = denoiser.time_table([st.level.t for st in program.steps], x)  # host->device copies: before any capture
-    history = torch.zeros((program.slots, *x.shape), dtype=x.dtype, device=x.device) if program.slots else None
-    stochastic = any(st.noise for st in program.steps)
+    programs = program if isinstance(program, list) else [program]
+    if len(programs) not in (1, x.shape[0]):
+        raise ValueError(f"got {len(programs)} programs for a batch of {x.shape[0]}")
+    check_same_structure(programs)
+    main = programs[0]
+    table = _table(programs, denoiser, x)
+    # host->device copies happen here, before any graph capture
+    times = denoiser.time_table([[st.level.t for st in p.steps] for p in programs], x)
+    scales = denoiser.scale_table([[st.level for st in p.steps] for p in programs], x)
+    history = torch.zeros((main.slots, *x.shape), dtype=x.dtype, device=x.device) if main.slots else None
+    stochastic = any(st.noise for st in main.steps)
     noise = torch.empty_like(x) if stochastic and seed is None else None
     ops.check_seed(seed)
-    slots = program.slots
-    for k, (st, coeffs) in enumerate(zip(program.steps, table)):  # static arguments, checked once
+    slots = main.slots
+    for k, (st, coeffs) in enumerate(zip(main.steps, table)):  # static arguments, checked once
         if k == 0:
             ops.check_step(x, coeffs, history, noise if st.noise else None, st.writes)
         elif coeffs.shape[-1] != ops.coeff_width(slots, len(st.writes)) or any(not 0 <= w < slots for w in st.writes):
@@ -166,8 +196,10 @@ def run_program(
     if cuda_graph:
         from diffcore.graphs import run_captured
 
-        return run_captured(lambda xx: _loop(denoiser, xx, program, table, times, history, None, None, seed, None), x,
-                            stochastic=stochastic, seed=seed, callback=callback, denoiser=denoiser)
-    _loop(denoiser, x, program, table, times, history, noise, generator, seed, callback)
+        return run_captured(
+            lambda xx: _loop(denoiser, xx, main, table, times, scales, history, None, None, seed, None), x,
+            stochastic=stochastic, seed=seed, callback=callback, denoiser=denoiser,
+        )
+    _loop(denoiser, x, main, table, times, scales, history, noise, generator, seed, callback)
     denoiser.raise_deferred()
     return x
