@@ -180,6 +180,8 @@ def _cat(uncond: Any, cond: Any) -> Any:
         return torch.cat([uncond, cond])
     if isinstance(cond, dict):
         return {k: _cat(uncond[k], v) for k, v in cond.items()}
+    if isinstance(cond, list):  # e.g. prompts
+        return list(uncond) + list(cond)
     raise TypeError(f"cannot batch conditioning of type {type(cond).__name__}; pass uncond=None")
 
 

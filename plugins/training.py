@@ -50,8 +50,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
                           ("prediction", "prediction"), ("sampler", "sampler"), ("out", "out")):
             if getattr(args, flag) is not None:
                 merged[key] = getattr(args, flag)
+        for key, flag in (("task_condition", "task_condition"), ("captions", "captions"),
+                          ("text_dropout", "text_dropout")):
+            if getattr(args, flag) is not None:
+                merged[key] = getattr(args, flag)
         for key, flag in (("dataset_options", "dataset_opt"), ("model_config", "model_opt"),
-                          ("schedule_options", "schedule_opt")):
+                          ("schedule_options", "schedule_opt"), ("task_condition_options", "task_condition_opt")):
             extra = _key_values(getattr(args, flag), f"--{flag.replace('_', '-')}")
             if extra:
                 merged[key] = {**merged.get(key, {}), **extra}
@@ -107,6 +111,10 @@ def register_commands(cli: Any) -> None:
     p.add_argument("--prediction", help="epsilon | sample | v_prediction | edm")
     p.add_argument("--sampler", help="default sampler stored with the model")
     p.add_argument("--out", help="run folder (checkpoint, config, metrics, loss curve)")
+    p.add_argument("--task-condition", help="paired translation: super_resolution | inpainting")
+    p.add_argument("--task-condition-opt", action="append", metavar="KEY=VALUE", help="e.g. factor=2")
+    p.add_argument("--captions", help="caption set for text-to-image training (e.g. digits)")
+    p.add_argument("--text-dropout", type=float, default=None, help="null-text dropout probability")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--config", help="JSON file with any of these options (command-line flags win)")
     for f in fields(TrainConfig):

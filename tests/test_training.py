@@ -205,3 +205,31 @@ def test_torchrun_ddp_two_processes(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "loss.png", "metrics.jsonl"]
     _, meta = load_checkpoint(out / "checkpoint.safetensors")
     assert meta["world_size"] == 2 and meta["step"] == 4
+
+
+@pytest.mark.parametrize("name,channels", [("super_resolution", 1), ("inpainting", 2)])
+def test_task_condition_training_feeds_the_source_as_channels(tmp_path, name, channels):
+    pipe = diffcore.train("digits", "unet", 2, tmp_path, dataset_options=DATA, model_config=TINY, task_condition=name,
+                          batch_size=8, log_every=1)
+    assert pipe.run["task_condition"]["name"] == name
+    assert pipe.model.config["concat_channels"] == channels
+    loaded = Pipeline.load(tmp_path)
+    assert loaded.run["task_condition"] == pipe.run["task_condition"]
+
+
+def test_task_conditions_make_sources():
+    from diffcore.conditions import make_task_condition
+
+    x = torch.randn(4, 1, 8, 8)
+    sr = make_task_condition("super_resolution", factor=2)
+    src = sr.source(x)
+    assert src.shape == x.shape and torch.allclose(src[:, :, ::2, ::2], torch.nn.functional.avg_pool2d(x, 2))
+    inp = make_task_condition("inpainting")
+    s2 = inp.make(x, torch.Generator().manual_seed(0))
+    mask = s2[:, 1:]
+    assert s2.shape == (4, 2, 8, 8) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(s2[:, :1] * mask, torch.zeros_like(mask))  # masked pixels are zeroed
+    with pytest.raises(ValueError, match="factor=1"):
+        make_task_condition("super_resolution", factor=1)
+    with pytest.raises(ValueError, match="colorize"):
+        make_task_condition("colorize")

@@ -24,7 +24,12 @@ from diffcore.training.trainer import Trainer
 
 
 def default_model_config(model: str, data: Any) -> dict[str, Any]:
-    """Model config that fits ``data``: channels / size / classes for images, dim for tables."""
+    """Model config that fits ``data``: channels / size / classes for images, dim for tables.
+
+    A model factory with a ``default_config(data)`` attribute provides its own."""
+    factory = get("models", model)
+    if hasattr(factory, "default_config"):
+        return dict(factory.default_config(data))
     meta = getattr(data, "meta", {}) or {}
     classes = int(getattr(data, "num_classes", 0) or 0)
     if model == "unet":
@@ -66,6 +71,10 @@ def train(
     prediction_options: dict[str, Any] | None = None,
     sampler: str = "dpmpp_2m",
     sample_steps: int = 20,
+    task_condition: str | None = None,
+    task_condition_options: dict[str, Any] | None = None,
+    captions: str | None = None,
+    text_dropout: float = 0.1,
     resume: bool = False,
     device: str | None = None,
     **config: Any,
@@ -73,10 +82,26 @@ def train(
     """Train a diffusion model and return its Pipeline (EMA weights); see ``diffcore train -h``.
 
     ``config`` holds :class:`~diffcore.training.TrainConfig` fields (batch_size, lr, ...).
+    ``task_condition`` (``super_resolution`` | ``inpainting``) trains a paired-translation model
+    that sees the degraded image as extra input channels; ``captions`` names a caption set
+    (``diffcore.text.captions``) for text-to-image models, with null-text dropout ``text_dropout``.
     """
     train_cfg = TrainConfig.from_dict({"steps": steps, **config})
     data = get("datasets", dataset)(**(dataset_options or {}))
-    model_cfg = {**default_model_config(model, data), **(model_config or {})}
+    condition = None
+    if task_condition is not None:
+        from diffcore.conditions import make_task_condition
+
+        condition = make_task_condition(task_condition, **(task_condition_options or {}))
+    caption_set = None
+    if captions is not None:
+        from diffcore.text.captions import caption_set as _caption_set
+
+        caption_set = _caption_set(captions)
+    model_cfg = default_model_config(model, data)
+    if condition is not None and model == "unet":
+        model_cfg["concat_channels"] = condition.channels(int(data.shape[0]))
+    model_cfg = {**model_cfg, **(model_config or {})}
     torch.manual_seed(train_cfg.seed)  # the initial weights depend only on the seed
     net = get("models", model)(**model_cfg)
     sched = get("schedules", schedule)(**(schedule_options or {}))
@@ -90,9 +115,14 @@ def train(
         "train": train_cfg.to_dict(),
         "sampler": {"name": sampler, "steps": sample_steps},
     }
+    if condition is not None:
+        run["task_condition"] = condition.config()
+    if caption_set is not None:
+        run["text"] = {"captions": captions, "dropout": text_dropout}
     json.dumps(run)  # the run config must be JSON: fail here, not at the first checkpoint
     started = _maybe_init_distributed()
-    trainer = Trainer(net, sched, param, data, train_cfg, out, run, device=device)
+    trainer = Trainer(net, sched, param, data, train_cfg, out, run, device=device, condition=condition,
+                      captions=caption_set, text_dropout=text_dropout)
     try:
         trainer.train(resume=resume)
         pipe = Pipeline(trainer.ema.cpu(), sched, param, run=run, sampler=sampler, steps=sample_steps)

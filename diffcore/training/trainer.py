@@ -50,6 +50,10 @@ class Trainer:
         out: str | Path,
         run: dict[str, Any],
         device: str | torch.device | None = None,
+        *,
+        condition: Any = None,
+        captions: Any = None,
+        text_dropout: float = 0.1,
     ) -> None:
         self.rank, self.world = _rank_world()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and self.world > 1 else "cpu"))
@@ -60,6 +64,15 @@ class Trainer:
         self.run = run
         self.objective = Objective(schedule, param, config.loss_weighting, config.min_snr_gamma, config.sigma_data)
         self.num_classes = int(getattr(data, "num_classes", 0) or 0)
+        self.condition = condition  # paired translation: makes cond["concat"] from x0
+        self.captions = captions  # text-to-image: captions.train(labels, generator) -> list[str]
+        if not 0 <= text_dropout < 1:
+            raise ValueError(f"text_dropout={text_dropout} must be in [0, 1)")
+        self.text_dropout = text_dropout
+        model_classes = getattr(model, "num_classes", None)
+        if model_classes is None:
+            model_classes = (getattr(model, "config", {}) or {}).get("num_classes", 0)
+        self.use_labels = bool(model_classes)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay
@@ -70,6 +83,8 @@ class Trainer:
         self.train_x = data.train.to(self.device)
         labels = getattr(data, "train_labels", None)
         self.train_y = labels.to(self.device) if labels is not None and self.num_classes else None
+        if captions is not None and self.train_y is None:
+            raise ValueError("text conditioning needs a labeled dataset to caption")
         if self.train_x.shape[0] == 0:
             raise ValueError("the training split is empty")
 
@@ -102,13 +117,19 @@ class Trainer:
         scale = self.objective.input_scale(time_)
         if scale is not None:
             x_t = x_t * scale.to(self.device).reshape(-1, *([1] * (x_t.dim() - 1)))
-        cond = None
-        if self.train_y is not None:
+        cond: dict[str, Any] = {}
+        if self.train_y is not None and self.use_labels:
             labels = self.train_y[idx.to(self.device)].clone()
             drop = torch.rand(c.batch_size, generator=g) < c.label_dropout
             labels[drop.to(self.device)] = self.num_classes
-            cond = {"class_labels": labels}
-        return x_t, time_.to(self.device), target, cond, weight.to(self.device)
+            cond["class_labels"] = labels
+        if self.condition is not None:
+            cond["concat"] = self.condition.make(x0, g)
+        if self.captions is not None:
+            texts = self.captions.train(self.train_y[idx.to(self.device)].cpu(), g)  # type: ignore[index]
+            drop = torch.rand(c.batch_size, generator=g) < self.text_dropout
+            cond["text"] = ["" if d else t for t, d in zip(texts, drop.tolist())]
+        return x_t, time_.to(self.device), target, cond or None, weight.to(self.device)
 
     def _loss(self, net: nn.Module) -> Tensor:
         x_t, time_, target, cond, weight = self._batch()
