@@ -42,6 +42,7 @@ BUILTIN_PLUGINS: list[str] = ["diffcore_plugins.schedules", "diffcore_plugins.sa
 BUILTIN_PLUGINS.append("diffcore_plugins.models")
 BUILTIN_PLUGINS.append("diffcore_plugins.training")
 BUILTIN_PLUGINS.append("diffcore_plugins.datasets")
+BUILTIN_PLUGINS.append("diffcore_plugins.generation")
 
 __all__ = [
     "BUILTIN_PLUGINS",
