@@ -50,6 +50,24 @@ def pytest_benchmark_update_machine_info(config: Any, machine_info: dict[str, An
         "diffusers": diffusers_version(),
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        "cuda": cuda_info(),
+    }
+
+
+def cuda_info() -> dict[str, Any] | None:
+    """The GPU the CUDA suite runs on, or None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    from diffcore import ops
+
+    p = torch.cuda.get_device_properties(0)
+    return {
+        "device": p.name,
+        "capability": f"{p.major}.{p.minor}",
+        "sm_count": p.multi_processor_count,
+        "memory_gib": round(p.total_memory / 2**30, 1),
+        "torch_cuda": torch.version.cuda,
+        "kernel_backend": ops.backend("cuda"),
     }
 
 
