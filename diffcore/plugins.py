@@ -43,6 +43,8 @@ BUILTIN_PLUGINS.append("diffcore_plugins.models")
 BUILTIN_PLUGINS.append("diffcore_plugins.training")
 BUILTIN_PLUGINS.append("diffcore_plugins.datasets")
 BUILTIN_PLUGINS.append("diffcore_plugins.generation")
+BUILTIN_PLUGINS.append("diffcore_plugins.text")
+BUILTIN_PLUGINS.append("diffcore_plugins.text2image")
 
 __all__ = [
     "BUILTIN_PLUGINS",
