@@ -184,13 +184,21 @@ def generate_samples(pipe: Pipeline, params: GenerateParams) -> tuple[Tensor, Te
         raise GenerateError(f"guidance_scale={guidance}: this model was trained without classes (unconditional)")
     if guidance is not None and labels is None:
         raise GenerateError(f"guidance_scale={guidance} needs class labels (class_label N or all) to guide towards")
+    rescale = params.guidance_rescale
+    given = labels
+    # u + w (c - u) needs one model pass instead of two at w = 1 (= c; the rescale factor is 1)
+    # and at w = 0 without rescale (= u: the null label, which is what no labels means).
+    if guidance == 1.0:
+        guidance, rescale = None, 0.0
+    elif guidance == 0.0 and rescale == 0.0:
+        guidance, given = None, None
     x = pipe.generate(
         params.n,
         sampler=params.sampler,
         steps=params.steps,
-        class_labels=labels,
+        class_labels=given,
         guidance_scale=guidance,
-        guidance_rescale=params.guidance_rescale,
+        guidance_rescale=rescale,
         seed=params.seed,
         batch_size=params.batch_size,
     )

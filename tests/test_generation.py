@@ -194,3 +194,22 @@ def test_missing_checkpoint_and_python_errors(tmp_path, capsys):
         GenerateParams(checkpoint="x", n=-2)
     with pytest.raises(GenerateError, match="guidance_scale=nan"):
         GenerateParams(checkpoint="x", guidance_scale=float("nan"), class_label="1")
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0])
+def test_one_pass_shortcuts_equal_two_pass_guidance(run_dir, scale):
+    """w = 1 (conditional) and w = 0 (unconditional) run one model pass; the result is the two-pass one."""
+    from diffcore.pipeline import Pipeline
+    from diffcore_plugins.generation import generate_samples, load_pipeline
+
+    pipe = load_pipeline(str(run_dir))
+    calls = []
+    pipe.model.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    params = GenerateParams(checkpoint=str(run_dir), n=4, steps=3, class_label="2,4,6,8", guidance_scale=scale)
+    fast, labels = generate_samples(pipe, params)
+    assert calls == [4, 4, 4] and labels.tolist() == [2, 4, 6, 8]
+    full = Pipeline.load(run_dir).generate(4, steps=3, class_labels=[2, 4, 6, 8], guidance_scale=scale)
+    assert (fast - full).abs().max() < 1e-4
+    rescaled, _ = generate_samples(pipe, GenerateParams(checkpoint=str(run_dir), n=4, steps=3, class_label="2,4,6,8",
+                                                        guidance_scale=scale, guidance_rescale=0.5))
+    assert calls[3:] == ([8, 8, 8] if scale == 0.0 else [4, 4, 4])  # rescale at w = 0 needs both passes
