@@ -226,20 +226,32 @@ def load_pipeline(checkpoint: str, device: str = "cpu") -> Pipeline:
         raise GenerateError(f"checkpoint={checkpoint!r}: {exc}") from exc
 
 
+def _makes_images(pipe: Pipeline) -> bool:
+    return pipe.dataset.get("kind", "image") == "image" and len(pipe.dataset.get("shape", (1, 1, 1))) == 3
+
+
+def check_outputs(pipe: Pipeline, params: GenerateParams) -> None:
+    """Refuse a PNG grid for a model that does not make images, before any sampling."""
+    if not _makes_images(pipe):
+        for name in ("out", "npz"):
+            target = getattr(params, name)
+            if target is not None and Path(target).suffix.lower() == ".png":
+                raise GenerateError(f"{name}={target!r}: a PNG grid needs an image model; this one makes "
+                                    f"{pipe.dataset.get('kind', '?')} samples of shape "
+                                    f"{tuple(pipe.dataset.get('shape', ()))}, use .npz")
+
+
 def write_outputs(pipe: Pipeline, x: Tensor, labels: Tensor | None, params: GenerateParams) -> dict[str, str]:
     """Write the PNG grid and/or the npz; returns ``{"png": path, "npz": path}`` for those written."""
     import numpy as np
 
-    is_image = pipe.dataset.get("kind", "image") == "image" and x.dim() == 4
+    is_image = _makes_images(pipe)
     written: dict[str, str] = {}
     for target in (params.out, params.npz):
         if target is None:
             continue
         path = Path(target)
         if path.suffix.lower() == ".png":
-            if not is_image:
-                raise GenerateError(f"out={target!r}: a PNG grid needs an image model; this one makes "
-                                    f"{tuple(x.shape[1:])} vectors, use .npz")
             from diffcore.images import save_grid
 
             k = num_classes(pipe)
@@ -267,6 +279,7 @@ class GenerateTask:
 
     def run(self, params: GenerateParams) -> dict[str, Any]:
         pipe = load_pipeline(params.checkpoint, params.device)
+        check_outputs(pipe, params)
         start = time.perf_counter()
         x, labels = generate_samples(pipe, params)
         seconds = time.perf_counter() - start

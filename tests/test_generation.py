@@ -213,3 +213,17 @@ def test_one_pass_shortcuts_equal_two_pass_guidance(run_dir, scale):
     rescaled, _ = generate_samples(pipe, GenerateParams(checkpoint=str(run_dir), n=4, steps=3, class_label="2,4,6,8",
                                                         guidance_scale=scale, guidance_rescale=0.5))
     assert calls[3:] == ([8, 8, 8] if scale == 0.0 else [4, 4, 4])  # rescale at w = 0 needs both passes
+
+
+def test_vector_models_write_npz_and_refuse_png(tmp_path, capsys):
+    rows = np.random.default_rng(0).normal(size=(60, 3))
+    csv = tmp_path / "table.csv"
+    csv.write_text("a,b,c\n" + "\n".join(",".join(f"{v:.4f}" for v in r) for r in rows) + "\n")
+    run = tmp_path / "mlp"
+    diffcore.train("tabular", "mlp", 2, run, dataset_options={"path": str(csv)}, batch_size=8, log_every=1)
+    code = main(["generate", "--checkpoint", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "t.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "a PNG grid needs an image model" in err and "(3,)" in err
+    result = _generate(capsys, "--checkpoint", str(run), "--n", "5", "--steps", "2", "--npz", str(tmp_path / "t.npz"))
+    arrays = np.load(tmp_path / "t.npz")
+    assert result["shape"] == [3] and arrays["samples"].shape == (5, 3) and "images" not in arrays.files
