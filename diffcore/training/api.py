@@ -18,7 +18,6 @@ import torch.distributed as dist
 from diffcore.parameterization import make_parameterization
 from diffcore.pipeline import Pipeline
 from diffcore.plugins import get
-from diffcore.schedules import make_schedule
 from diffcore.training.config import TrainConfig
 from diffcore.training.trainer import Trainer
 
