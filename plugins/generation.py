@@ -34,6 +34,9 @@ __all__ = ["GenerateError", "GenerateParams", "GenerateTask", "generate_samples"
            "parse_class_labels", "resolve_labels"]
 
 
+SPACINGS = ("leading", "linspace", "trailing")
+
+
 class GenerateError(UsageError, ValueError):
     """Bad generation input: a ValueError for Python callers, one ``diffcore: error:`` line on the CLI."""
 
@@ -108,6 +111,9 @@ class GenerateParams:
         default=None, metadata={"help": "classifier-free guidance scale w >= 0 (0: unconditional, 1: conditional)"}
     )
     guidance_rescale: float = field(default=0.0, metadata={"help": "guidance rescale phi in [0, 1] (Lin et al. 2023)"})
+    timestep_spacing: str | None = field(
+        default=None, metadata={"help": "leading, linspace or trailing (diffusers' meaning; default: leading)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the initial noise and the sampler noise"})
     batch_size: int = field(default=256, metadata={"help": "samples per model batch"})
     out: str | None = field(default=None, metadata={"help": ".png grid or .npz path (default samples.png "
@@ -138,6 +144,8 @@ class GenerateParams:
         if isinstance(labels, list) and len(labels) not in (1, self.n):
             raise GenerateError(f"class_label has {len(labels)} labels for n={self.n}: give one label, n labels or 'all'")
         _check_sampler(self.sampler)
+        if self.timestep_spacing is not None and self.timestep_spacing not in SPACINGS:
+            raise GenerateError(f"timestep_spacing={self.timestep_spacing!r}: expected one of {', '.join(SPACINGS)}")
         if self.out is None and self.npz is None:
             self.out = "samples.png"
         _check_suffix("out", self.out, (".png", ".npz"))
@@ -201,6 +209,7 @@ def generate_samples(pipe: Pipeline, params: GenerateParams) -> tuple[Tensor, Te
         guidance_rescale=rescale,
         seed=params.seed,
         batch_size=params.batch_size,
+        **({"timestep_spacing": params.timestep_spacing} if params.timestep_spacing else {}),
     )
     return x, labels
 
@@ -293,6 +302,7 @@ class GenerateTask:
             "class_label": params.class_label,
             "guidance_scale": params.guidance_scale,
             "guidance_rescale": params.guidance_rescale,
+            "timestep_spacing": params.timestep_spacing or "leading",
             "seed": params.seed,
             "device": str(pipe.device),
             "seconds": round(seconds, 4),
@@ -334,6 +344,8 @@ def register_commands(cli: Any) -> None:
                    help="one label for all samples, one per sample, or 'all' (balanced); omit for unconditional")
     p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale w >= 0")
     p.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale phi in [0, 1]")
+    p.add_argument("--timestep-spacing", default=None, metavar="SPACING",
+                   help="leading, linspace or trailing (diffusers' meaning; default: leading)")
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per batch (default: %(default)s)")
     p.add_argument("--out", default=None, help=".png grid or .npz path (default samples.png unless --npz)")

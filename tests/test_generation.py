@@ -151,6 +151,7 @@ BAD = [
     (["--out", "{tmp}/x.jpg"], "x.jpg': expected a path ending in .png or .npz"),
     (["--npz", "{tmp}/x.png"], "x.png': expected a path ending in .npz"),
     (["--device", "gpu7"], "device='gpu7'"),
+    (["--timestep-spacing", "even"], "timestep_spacing='even': expected one of leading, linspace, trailing"),
 ]
 
 
@@ -227,3 +228,13 @@ def test_vector_models_write_npz_and_refuse_png(tmp_path, capsys):
     result = _generate(capsys, "--checkpoint", str(run), "--n", "5", "--steps", "2", "--npz", str(tmp_path / "t.npz"))
     arrays = np.load(tmp_path / "t.npz")
     assert result["shape"] == [3] and arrays["samples"].shape == (5, 3) and "images" not in arrays.files
+
+
+def test_timestep_spacing_reaches_the_sampler(run_dir, tmp_path, capsys):
+    def run(*extra: str) -> np.ndarray:
+        _generate(capsys, "--checkpoint", str(run_dir), "--n", "2", "--steps", "3", "--sampler", "ddim",
+                  "--out", str(tmp_path / "s.npz"), *extra)
+        return np.load(tmp_path / "s.npz")["samples"]
+
+    leading, default, trailing = run("--timestep-spacing", "leading"), run(), run("--timestep-spacing", "trailing")
+    assert np.array_equal(leading, default) and not np.allclose(leading, trailing)

@@ -2,8 +2,13 @@
 class-conditional digits model over every built-in sampler x {5, 10, 20, 50} steps (guidance 3)
 and over guidance scales {0, 1, 3, 5} (dpmpp_2m, 20 steps).
 
+    .venv/bin/python -m benchmarks.quality.generation                  # digits.py's model (trains it if absent)
     .venv/bin/python -m benchmarks.quality.generation --checkpoint runs/digits
-    .venv/bin/python -m benchmarks.quality.generation --quick          # smoke run, tiny model
+    .venv/bin/python -m benchmarks.quality.generation --quick          # smoke run: 30-step model, 20 samples
+
+The number of samples per configuration is the largest multiple of 10 in 100..1000 whose
+measured cost fits ``--budget-s`` (540 s for the whole evaluation, training excluded); pass
+``--n`` to fix it.
 
 Samples come from the ``generate`` task (``diffcore_plugins.generation``: the sampler registry and
 the fused ops); every configuration starts from the same seed, so the initial noise is shared and
@@ -27,20 +32,31 @@ from typing import Any
 import torch
 
 import diffcore
-from benchmarks.quality.evaluator import DATASETS, RESULTS_DIR, Evaluator, load_data, load_evaluator, machine
+from benchmarks.quality.digits import EVAL as DIGITS_EVAL
+from benchmarks.quality.digits import RECIPE as DIGITS_RECIPE
+from benchmarks.quality.evaluator import (
+    CACHE_DIR,
+    DATASETS,
+    RESULTS_DIR,
+    Evaluator,
+    load_data,
+    load_evaluator,
+    machine,
+    train_timed,
+)
 from diffcore.metrics import frechet_distance
 from diffcore.samplers import SAMPLERS
 from diffcore_plugins.generation import GenerateParams, generate_samples, load_pipeline, num_classes
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK_DIR = ROOT / "outputs" / "quality" / "generation-quick"
+QUICK_DIR = CACHE_DIR / "generation-quick"
+DIGITS_RUN = CACHE_DIR / "digits-run"  # where benchmarks/quality/digits.py trains its model
+TRAIN_DIR = CACHE_DIR / "generation-model"  # where this script trains one when there is none
 STEPS = (5, 10, 20, 50)
 GUIDANCE = (0.0, 1.0, 3.0, 5.0)
 SWEEP_GUIDANCE = 3.0
 GUIDANCE_SAMPLER, GUIDANCE_STEPS = "dpmpp_2m", 20
-# --train-steps recipe when no checkpoint is given: a small UNet on the evaluator's split.
-QUICK_MODEL = {"base_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4],
-               "groups": 8}
+SPACING = DIGITS_EVAL["timestep_spacing"]  # as in digits.py: trailing reaches pure noise at 5 steps
 
 
 def configurations(samplers: list[str], steps: tuple[int, ...], guidance: tuple[float, ...],
@@ -60,14 +76,16 @@ def planned_evals(run: dict[str, Any], n: int) -> int:
     return n * calls * passes
 
 
-def train_model(out: Path, steps: int, batch_size: int = 64) -> Path:
-    """Train the quick recipe on the evaluator's digits split (class-conditional, label dropout 0.1)."""
-    print(f"[generation] training a digits model for {steps} steps -> {out}", flush=True)
-    diffcore.train("digits", "unet", steps, out, dataset_options=dict(DATASETS["digits"]["options"]),
-                   model_config=QUICK_MODEL, batch_size=batch_size, lr=1e-3, warmup_steps=min(100, steps // 10),
-                   ema_decay=0.995 if steps >= 500 else 0.0, log_every=max(1, steps // 10),
-                   checkpoint_every=max(1, steps))
-    return out
+def train_model(out: Path, steps: int | None, quick: bool) -> dict[str, Any]:
+    """Train benchmarks/quality/digits.py's recipe (``steps`` iterations; quick: 30 at batch 32) into ``out``."""
+    recipe = dict(DIGITS_RECIPE)
+    if quick:
+        recipe.update(steps=30, batch_size=32, warmup_steps=5, log_every=10)
+    if steps:
+        recipe["steps"] = steps
+    recipe["checkpoint_every"] = recipe["steps"]
+    print(f"[generation] training the digits recipe for {recipe['steps']} steps -> {out}", flush=True)
+    return train_timed(recipe, out)[1]
 
 
 def split_check(pipe: Any) -> dict[str, Any]:
@@ -89,8 +107,9 @@ def real_baseline(ev: Evaluator, data: Any, n: int, seed: int) -> dict[str, floa
 
 def seconds_per_eval(pipe: Any, batch_size: int, seed: int) -> float:
     """Measured wall seconds per image evaluation of the model here (a short guided run)."""
-    params = GenerateParams(checkpoint="calibration", n=min(50, batch_size), sampler=GUIDANCE_SAMPLER, steps=3,
-                            class_label="all", guidance_scale=SWEEP_GUIDANCE, seed=seed, batch_size=batch_size)
+    params = GenerateParams(checkpoint="calibration", n=min(100, batch_size), sampler=GUIDANCE_SAMPLER, steps=3,
+                            class_label="all", guidance_scale=SWEEP_GUIDANCE, seed=seed, batch_size=batch_size,
+                            timestep_spacing=SPACING)
     generate_samples(pipe, params)  # warm-up
     start = time.perf_counter()
     generate_samples(pipe, params)
@@ -118,7 +137,7 @@ def sweep(pipe: Any, checkpoint: Path, runs: list[dict[str, Any]], n: int, seed:
     for i, run in enumerate(runs):
         params = GenerateParams(checkpoint=str(checkpoint), n=n, sampler=run["sampler"], steps=run["steps"],
                                 class_label="all", guidance_scale=run["guidance_scale"], seed=seed,
-                                batch_size=batch_size)
+                                batch_size=batch_size, timestep_spacing=SPACING)
         before = evals[0]
         start = time.perf_counter()
         x, labels = generate_samples(pipe, params)
@@ -196,10 +215,11 @@ def plot(results: list[dict[str, Any]], baseline: dict[str, float], path: Path, 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, default=None,
-                    help="run folder of a class-conditional digits model (trained on the evaluator's split)")
+                    help="run folder of a class-conditional digits model trained on the evaluator's split "
+                         "(default: benchmarks/quality/digits.py's outputs/quality/digits-run)")
     ap.add_argument("--train-steps", type=int, default=None,
-                    help="train the quick recipe for this many steps into --checkpoint (or outputs/quality/"
-                         "generation-model) when it holds no checkpoint")
+                    help="when there is no checkpoint, train digits.py's recipe for this many steps into "
+                         "--checkpoint (default: outputs/quality/generation-model)")
     ap.add_argument("--n", type=int, default=None,
                     help="samples per configuration (default: the most in 100..1000 that fit --budget-s; --quick 20)")
     ap.add_argument("--budget-s", type=float, default=540.0,
@@ -222,13 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--samplers: unknown {unknown}; known: {diffcore.available('samplers')}")
 
-    checkpoint = args.checkpoint or (QUICK_DIR / "model" if quick else ROOT / "outputs" / "quality" / "generation-model")
+    if args.checkpoint is not None:
+        checkpoint = args.checkpoint
+    elif quick:
+        checkpoint = QUICK_DIR / "model"
+    else:
+        checkpoint = DIGITS_RUN if (DIGITS_RUN / "checkpoint.safetensors").exists() else TRAIN_DIR
+    training = None
     if not (checkpoint / "checkpoint.safetensors").exists() and not checkpoint.is_file():
-        train_steps = args.train_steps or (30 if quick else None)
-        if train_steps is None:
+        if args.train_steps is None and not quick and args.checkpoint is not None:
             raise SystemExit(f"no checkpoint at {checkpoint}: pass --checkpoint RUN_DIR of a class-conditional "
-                             "digits model, or --train-steps N to train the quick recipe there")
-        train_model(checkpoint, train_steps, batch_size=32 if quick else 64)
+                             "digits model, or add --train-steps N to train digits.py's recipe there")
+        training = train_model(checkpoint, args.train_steps, quick)
+        t0 = time.perf_counter()  # the budget is for the evaluation, not the training
 
     data = load_data("digits")
     ev = load_evaluator("digits", data)
@@ -257,13 +283,14 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "machine": machine(),
-        "checkpoint": {"path": str(checkpoint), "train_steps": pipe.run.get("train", {}).get("steps"),
+        "checkpoint": {"path": str(checkpoint), "trained_here": training, "train_steps": pipe.run.get("train", {}).get("steps"),
                        "model": pipe.run.get("model"), "schedule": pipe.run.get("schedule"),
                        "prediction": pipe.run.get("prediction"), "split": split},
         "settings": {"n": n, "ms_per_image_eval": round(per_eval * 1e3, 3), "estimated_seconds": round(estimate, 1), "seed": args.seed, "batch_size": args.batch_size, "quick": quick, "steps": list(steps),
                      "sweep_guidance": SWEEP_GUIDANCE, "guidance": list(GUIDANCE),
                      "guidance_sampler": GUIDANCE_SAMPLER, "guidance_steps": guidance_steps,
-                     "labels": "balanced over classes"},
+                     "labels": "balanced over classes",
+                     "timestep_spacing": SPACING},
         "baseline": baseline,
         "results": results,
         "sweep_seconds": round(wall, 1),
