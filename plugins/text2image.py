@@ -1,6 +1,6 @@
 """Built-in plugin: the ``text2image`` task and the ``diffcore text2image`` command.
 
-``diffcore text2image "a handwritten seven" "the number 2" --checkpoint runs/t2i --n 8
+``diffcore text2image "a handwritten seven" "the number 2" --checkpoint runs/text2image --n 8
 --guidance-scale 3 --out grid.png`` samples ``n`` images per prompt from a ``text_unet``
 checkpoint with classifier-free guidance (optional rescale) and writes one grid row per prompt;
 ``diffcore run text2image --prompts "a handwritten seven|the number 2" ...`` is the same task.
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["Text2ImageParams", "Text2ImageTask", "split_prompts"]
 
 PROMPT_SEPARATOR = "|"
+DEFAULT_CHECKPOINT = "runs/text2image"
 
 
 def split_prompts(prompts: Any) -> tuple[str, ...]:
@@ -53,8 +54,9 @@ def split_prompts(prompts: Any) -> tuple[str, ...]:
 class Text2ImageParams:
     """Parameters of the ``text2image`` task (each is a ``--option`` of ``diffcore run text2image``)."""
 
-    checkpoint: str = field(metadata={"help": "run folder or checkpoint.safetensors of a text_unet model"})
     prompts: str = field(metadata={"help": "prompts separated by '|' (a list in Python)"})
+    checkpoint: str = field(default=DEFAULT_CHECKPOINT,
+                            metadata={"help": "run folder or checkpoint.safetensors of a text_unet model"})
     n: int = field(default=8, metadata={"help": "samples per prompt"})
     guidance_scale: float | None = field(
         default=3.0, metadata={"help": "classifier-free guidance scale w >= 0 (0: unconditional, 1: no guidance)"})
@@ -100,6 +102,9 @@ def load_text_pipeline(checkpoint: str, device: str = "cpu") -> Pipeline:
     """Load a checkpoint; a missing file, bad weights or a missing optional encoder become PromptError."""
     from diffcore.pipeline import Pipeline
 
+    if checkpoint == DEFAULT_CHECKPOINT and not Path(checkpoint).exists():
+        raise PromptError(f"no checkpoint at {checkpoint}: pass --checkpoint, or train a text model there with "
+                          f"`diffcore train --model text_unet --captions digits --out {checkpoint}`")
     try:
         return Pipeline.load(checkpoint, device=_device(device))
     except PromptError:
@@ -193,7 +198,8 @@ def register_tasks(register: Any) -> None:
 def register_commands(cli: Any) -> None:
     p = cli.add_command("text2image", "generate images from text prompts with a text_unet checkpoint")
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="one or more prompts, e.g. \"a handwritten seven\"")
-    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.safetensors of a text_unet model")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help="run folder or checkpoint.safetensors of a text_unet model (default: %(default)s)")
     p.add_argument("--n", type=int, default=8, help="samples per prompt (default: %(default)s)")
     p.add_argument("--guidance-scale", type=float, default=3.0,
                    help="classifier-free guidance scale w >= 0; 0 unconditional, 1 no guidance (default: %(default)s)")

