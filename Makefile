@@ -22,7 +22,7 @@ $(VENV_PY):
 $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES) | $(VENV_PY)
 	@$(VENV_PY) -c 'import torch' 2>/dev/null || $(PIP) install --progress-bar off torch==2.13.0
 	$(PIP) install --progress-bar off ninja pybind11 setuptools wheel
-	$(PIP) install --progress-bar off --no-build-isolation -e ".[test]"
+	$(PIP) install --progress-bar off --no-build-isolation -e ".[test,text]"
 	@touch $@
 
 test: setup

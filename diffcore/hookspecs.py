@@ -72,7 +72,9 @@ def register_text_encoders(register: Register) -> None:
     """Register text encoders for text-to-image conditioning.
 
     :param register: call ``register(name, factory)``; ``factory(**options)`` returns an
-        encoder mapping a list of prompts to a conditioning Tensor.
+        ``nn.Module`` with ``dim: int`` mapping a list of prompts to ``(context, mask)``: token
+        embeddings (B, L, dim) and a (B, L) bool mask of real tokens ("" = no tokens, the null
+        prompt of classifier-free guidance).
     """
 
 
