@@ -31,6 +31,14 @@ def pytest_configure(config: Any) -> None:
         torch.set_num_threads(int(threads))
 
 
+def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None:
+    """Let a suite order its own cases (``order_items(items)`` in its module)."""
+    for module in {item.module for item in items if hasattr(item, "module")}:
+        order = getattr(module, "order_items", None)
+        if callable(order):
+            order(items)
+
+
 def diffusers_version() -> str | None:
     try:
         import diffusers

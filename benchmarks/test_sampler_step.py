@@ -161,3 +161,21 @@ def test_memory_floor(benchmark: Any, size: str) -> None:
     })
     benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
     assert torch.equal(z, x + y)
+
+
+def order_items(items: list[pytest.Item]) -> None:
+    """Run this module's cases size by size, each size's memory floor first, then the native
+    variants, the reference, diffusers: the floor and the native steps it is compared with are
+    measured minutes apart at most, not at the two ends of the run. Other items keep their place."""
+    sizes, phases = list(SIZES), ("floor", "native", "reference", "diffusers")
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        params = item.callspec.params  # type: ignore[attr-defined]
+        impl = params.get("impl", "floor")
+        phase = "floor" if impl == "floor" else "diffusers" if impl == "diffusers" else (
+            "reference" if impl.startswith("diffcore-reference") else "native")
+        return sizes.index(params["size"]), phases.index(phase)
+
+    slots = [i for i, item in enumerate(items) if item.module.__name__ == __name__ and hasattr(item, "callspec")]
+    for i, item in zip(slots, sorted((items[i] for i in slots), key=key)):  # sorted() is stable
+        items[i] = item
