@@ -45,6 +45,7 @@ BUILTIN_PLUGINS.append("diffcore_plugins.datasets")
 BUILTIN_PLUGINS.append("diffcore_plugins.generation")
 BUILTIN_PLUGINS.append("diffcore_plugins.text")
 BUILTIN_PLUGINS.append("diffcore_plugins.text2image")
+BUILTIN_PLUGINS.append("diffcore_plugins.img2img")
 
 __all__ = [
     "BUILTIN_PLUGINS",

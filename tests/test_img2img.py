@@ -1,0 +1,302 @@
+"""Image-to-image translation: SDEdit, RePaint, paired models, the translate task and command.
+
+Tiny models trained for a few steps: these tests check the mechanics (shapes, ranges, known
+pixels, per-sample strengths, errors), not quality; benchmarks/quality/img2img.py measures that.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import diffcore
+from diffcore import img2img
+from diffcore.cli import main
+
+TINY = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4], "groups": 8}
+DATA = {"limit": 240}
+TRAIN = {"batch_size": 16, "warmup_steps": 2, "log_every": 5, "checkpoint_every": 100}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return diffcore.get("datasets", "digits")(**DATA).test[:16]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """An unconditional-capable (label-dropout) digits model and its run folder."""
+    out = tmp_path_factory.mktemp("img2img") / "run"
+    diffcore.train("digits", "unet", 25, out, dataset_options=DATA, model_config=TINY, **TRAIN)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe(run):
+    return diffcore.Pipeline.load(run)
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory):
+    """Paired models: 2x super-resolution and inpainting (run folders)."""
+    root = tmp_path_factory.mktemp("paired")
+    diffcore.train("digits", "unet", 6, root / "sr", dataset_options=DATA, model_config=TINY,
+                   task_condition="super_resolution", task_condition_options={"factor": 2}, **TRAIN)
+    diffcore.train("digits", "unet", 6, root / "inpaint", dataset_options=DATA, model_config=TINY,
+                   task_condition="inpainting", **TRAIN)
+    return root
+
+
+# --------------------------------------------------------------------------- SDEdit
+
+
+def test_sdedit_mixes_strengths_in_one_batch(pipe, digits):
+    x = digits[:6]
+    strengths = [0.2, 0.7, 0.2, 1.0, 0.45, 0.7]
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    together = img2img.sdedit(pipe, x, strengths, sampler="ddim", steps=5, noise=noise)
+    for s in sorted(set(strengths)):
+        idx = [i for i, v in enumerate(strengths) if v == s]
+        alone = img2img.sdedit(pipe, x[idx], s, sampler="ddim", steps=5, noise=noise[idx])
+        assert torch.allclose(together[idx], alone, atol=1e-5), s
+    assert not torch.allclose(together[0], together[1], atol=1e-2)
+
+
+def test_sdedit_small_strength_keeps_the_input_and_larger_moves_further(pipe, digits):
+    levels = [1e-3, 0.3, 0.6, 1.0]
+    x = digits.repeat(len(levels), 1, 1, 1)
+    strength = torch.tensor(levels).repeat_interleave(len(digits))
+    out = img2img.sdedit(pipe, x, strength, steps=6, seed=1)
+    assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+    dist = ((out - x) ** 2).flatten(1).mean(1).reshape(len(levels), -1).mean(1)
+    # strength 1e-3 noises to std ~0.013 (t = 0.999) and denoises: the input up to that noise
+    assert float((out[: len(digits)] - digits).abs().max()) < 0.1 and float(dist[0]) < 1e-3
+    assert all(a < b for a, b in itertools.pairwise(dist)), dist.tolist()
+
+
+def test_sdedit_is_seeded(pipe, digits):
+    a = img2img.sdedit(pipe, digits[:4], 0.5, steps=4, seed=7, sampler="ddpm")
+    b = img2img.sdedit(pipe, digits[:4], 0.5, steps=4, seed=7, sampler="ddpm")
+    c = img2img.sdedit(pipe, digits[:4], 0.5, steps=4, seed=8, sampler="ddpm")
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_start_time_is_strength_times_last_timestep(pipe):
+    t = img2img.start_time(pipe.schedule, torch.tensor([1e-3, 0.5, 1.0], dtype=torch.float64))
+    assert torch.allclose(t, torch.tensor([0.999, 499.5, 999.0], dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- RePaint
+
+
+@pytest.mark.parametrize("steps,jump,resample", [(10, 2, 3), (12, 5, 2), (7, 3, 1), (6, 6, 4)])
+def test_repaint_schedule_visits_each_stretch_resample_times(steps, jump, resample):
+    walk = img2img.repaint_schedule(steps, jump, resample)
+    downs = [i for d, i in walk if d == "down"]
+    jumps = len(range(0, steps - jump, jump))
+    assert len(downs) == steps + jumps * jump * (resample - 1)
+    level = 0
+    for d, i in walk:  # a connected walk from level 0 to the clean end
+        assert i == (level if d == "down" else level - 1)
+        level += 1 if d == "down" else -1
+    assert level == steps and walk[-1] == ("down", steps - 1)
+
+
+def test_repaint_keeps_known_pixels_exactly(pipe, digits):
+    x = digits[:8]
+    out = img2img.repaint(pipe, x, "bottom-half", steps=8, jump_length=2, resample=2, seed=0)
+    assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+    assert torch.equal(out[..., :4, :], x[..., :4, :])
+    assert not torch.allclose(out[..., 4:, :], x[..., 4:, :], atol=1e-2)
+    mask = (torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)) < 0.4).float()
+    mask[:, 0, 0, 0] = 1
+    out2 = img2img.repaint(pipe, x, mask, steps=6, jump_length=3, resample=2, seed=0, sampler="ddim")
+    assert torch.equal(out2[mask.expand_as(x) == 0], x[mask.expand_as(x) == 0])
+    again = img2img.repaint(pipe, x, mask, steps=6, jump_length=3, resample=2, seed=0, sampler="ddim")
+    assert torch.equal(out2, again)
+
+
+def test_repaint_refuses_multistep_samplers(pipe, digits):
+    with pytest.raises(ValueError, match="one step at a time"):
+        img2img.repaint(pipe, digits[:2], "center", steps=4, jump_length=2, sampler="dpmpp_2m")
+    with pytest.raises(ValueError, match="jump_length=9 must be <= steps=4"):
+        img2img.repaint(pipe, digits[:2], "center", steps=4, jump_length=9)
+
+
+# --------------------------------------------------------------------------- paired translation
+
+
+def test_paired_super_resolution_and_inpainting(paired, digits, pipe):
+    sr = diffcore.Pipeline.load(paired / "sr")
+    low = torch.nn.functional.avg_pool2d(digits[:5], 2)
+    out = img2img.translate(sr, low, steps=4, seed=0)
+    assert out.shape == (5, 1, 8, 8) and out.min() >= -1 and out.max() <= 1
+    with pytest.raises(ValueError, match="source are 8x8 but the model works at 4x4"):
+        img2img.translate(sr, digits[:5])
+    assert img2img.translate(sr, digits[:2], resize=True, steps=2).shape == (2, 1, 8, 8)
+    inp = diffcore.Pipeline.load(paired / "inpaint")
+    out = img2img.translate(inp, digits[:5], mask="left-half", steps=4, seed=0)
+    assert torch.equal(out[..., :, 4:], digits[:5, ..., :, 4:]) and out.shape == (5, 1, 8, 8)
+    with pytest.raises(ValueError, match="needs a mask"):
+        img2img.translate(inp, digits[:5])
+    with pytest.raises(ValueError, match="not trained for paired translation"):
+        img2img.translate(pipe, digits[:5])
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _bad_inputs(x):
+    nan, inf = x.clone(), x.clone()
+    nan[0, 0, 1, 1], inf[1, 0, 2, 2] = float("nan"), float("inf")
+    return [
+        ("sdedit", {"images": x[:, :, :6, :6]}, "are 6x6 but the model works at 8x8"),
+        ("sdedit", {"images": x.repeat(1, 3, 1, 1)}, "have 3 channel"),
+        ("sdedit", {"images": nan}, "NaN or inf"),
+        ("repaint", {"images": inf}, "NaN or inf"),
+        ("sdedit", {"images": (x + 1) * 127.5}, r"expected model space \[-1, 1\]"),
+        ("sdedit", {"images": ((x + 1) * 127.5).to(torch.uint8)}, "must be floating point"),
+        ("sdedit", {"strength": 0.0}, r"must be in \(0, 1\]"),
+        ("sdedit", {"strength": 1.5}, r"must be in \(0, 1\]"),
+        ("sdedit", {"strength": float("nan")}, r"must be in \(0, 1\]"),
+        ("sdedit", {"strength": [0.5, -0.1, 0.5, 0.5]}, r"must be in \(0, 1\]"),
+        ("sdedit", {"strength": [0.5, 0.5]}, "2 values for 4 images"),
+        ("repaint", {"mask": torch.zeros(8, 8)}, "all zero"),
+        ("repaint", {"mask": torch.zeros(0, 8)}, "mask is empty"),
+        ("repaint", {"mask": torch.ones(6, 6)}, "mask is 6x6 but the images are 8x8"),
+        ("repaint", {"mask": torch.full((8, 8), 0.5)}, "only 0"),
+        ("repaint", {"mask": "middle"}, "mask region 'middle'"),
+        ("repaint", {"jump_length": 0}, "jump_length=0"),
+        ("repaint", {"resample": 0}, "resample=0"),
+    ]
+
+
+def test_bad_input_raises_clear_errors(pipe, digits):
+    x = digits[:4]
+    for fn, kw, message in _bad_inputs(x):
+        args = {"images": x, "strength": 0.5} if fn == "sdedit" else {"images": x, "mask": "bottom-half"}
+        args.update(kw)
+        with pytest.raises((ValueError, TypeError), match=message):
+            if fn == "sdedit":
+                img2img.sdedit(pipe, args["images"], args["strength"], steps=2)
+            else:
+                extra = {k: v for k, v in args.items() if k not in ("images", "mask")}
+                img2img.repaint(pipe, args["images"], args["mask"], steps=4, **{"jump_length": 2, **extra})
+
+
+def test_resize_converts_size_and_channels(pipe, digits):
+    rgb = torch.nn.functional.interpolate(digits[:3], size=(16, 16), mode="nearest").repeat(1, 3, 1, 1)
+    out = img2img.sdedit(pipe, rgb, 0.3, steps=2, resize=True)
+    assert out.shape == (3, 1, 8, 8)
+    out = img2img.repaint(pipe, rgb, torch.ones(16, 16).tril(), steps=4, jump_length=2, resize=True)
+    assert out.shape == (3, 1, 8, 8)
+
+
+# --------------------------------------------------------------------------- the task and command
+
+
+def _png(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_translate_command_writes_outputs(run, paired, digits, tmp_path, capsys):
+    pixels = ((digits[:3] + 1) * 127.5).round().to(torch.uint8).numpy()
+    np.savez(tmp_path / "in.npz", images=pixels)
+    png = _png(tmp_path / "one.png", pixels[0, 0])
+    _png(tmp_path / "mask.png", (np.arange(64).reshape(8, 8) >= 40).astype(np.uint8) * 255)
+    cases = [
+        ["--input", str(tmp_path / "in.npz"), "--mode", "sdedit", "--strength", "0.4", "--steps", "3"],
+        ["--input", str(png), "--mode", "inpaint", "--mask", str(tmp_path / "mask.png"), "--steps", "4",
+         "--jump-length", "2", "--resample", "2"],
+    ]
+    for k, argv in enumerate(cases):
+        out = tmp_path / f"out{k}"
+        assert main(["translate", "--checkpoint", str(run), *argv, "--out", str(out)]) == 0, capsys.readouterr().err
+        result = json.loads(capsys.readouterr().out)
+        saved = np.load(out / "output.npz")["images"]
+        assert saved.shape == (result["n"], 1, 8, 8) and np.abs(saved).max() <= 1
+        assert (out / "output.png").exists() and (out / "comparison.png").exists()
+    known = np.load(tmp_path / "out1" / "output.npz")["images"][0, 0][:5]
+    assert np.array_equal(known, pixels[0, 0][:5].astype(np.float32) / 127.5 - 1)
+    low = _png(tmp_path / "low.png", pixels[0, 0][::2, ::2].copy())
+    assert main(["run", "translate", "--checkpoint", str(paired / "sr"), "--input", str(low), "--mode", "paired",
+                 "--steps", "3", "--out", str(tmp_path / "sr")]) == 0
+    assert np.load(tmp_path / "sr" / "output.npz")["images"].shape == (1, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--strength", "0"], "strength=0.0 must be in (0, 1]"),
+        (["--strength", "1.01"], "must be in (0, 1]"),
+        (["--mode", "inpaint"], "needs --mask"),
+        (["--mode", "inpaint", "--mask", "{tmp}/zero.png"], "all zero"),
+        (["--mode", "inpaint", "--mask", "{tmp}/empty.npy"], "empty array"),
+        (["--input", "{tmp}/nan.npy"], "NaN or inf"),
+        (["--input", "{tmp}/big.png"], "are 12x12 but the model works at 8x8"),
+        (["--input", "{tmp}/rgb.png"], "have 3 channel(s) but the model expects 1"),
+        (["--input", "{tmp}/missing.png"], "does not exist"),
+        (["--mode", "paired"], "not trained for paired translation"),
+        (["--jump-length", "0", "--mode", "inpaint", "--mask", "center"], "jump_length=0"),
+    ],
+)
+def test_translate_command_bad_input_is_one_line(run, tmp_path, capsys, argv, message):
+    _png(tmp_path / "ok.png", np.zeros((8, 8), np.uint8))
+    _png(tmp_path / "zero.png", np.zeros((8, 8), np.uint8))
+    _png(tmp_path / "big.png", np.zeros((12, 12), np.uint8))
+    _png(tmp_path / "rgb.png", np.zeros((8, 8, 3), np.uint8) + np.array([200, 10, 10], np.uint8))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8), np.float32))
+    bad = np.zeros((8, 8), np.float32)
+    bad[3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if "--input" not in argv:
+        argv = ["--input", str(tmp_path / "ok.png"), *argv]
+    code = main(["translate", "--checkpoint", str(run), *argv, "--steps", "2", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_resize_flag_accepts_other_sizes_and_rgb(run, tmp_path, capsys):
+    _png(tmp_path / "rgb.png", np.random.default_rng(0).integers(0, 255, (12, 12, 3), dtype=np.uint8))
+    assert main(["translate", "--checkpoint", str(run), "--input", str(tmp_path / "rgb.png"), "--resize",
+                 "--steps", "2", "--out", str(tmp_path / "o")]) == 0, capsys.readouterr().err
+    assert np.load(tmp_path / "o" / "output.npz")["images"].shape == (1, 1, 8, 8)
+
+
+# --------------------------------------------------------------------------- RGB photos, end to end
+
+
+def test_rgb_photos_end_to_end(tmp_path):
+    """A tiny model trained briefly on 64x64 RGB crops of scikit-image's bundled photos runs
+    SDEdit and RePaint: shapes, value ranges, known pixels (not quality)."""
+    skdata = pytest.importorskip("skimage.data")
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        photo = Image.fromarray(getattr(skdata, name)()).convert("RGB")
+        photo = photo.resize((photo.width * 128 // min(photo.size), photo.height * 128 // min(photo.size)))
+        arr = np.asarray(photo)
+        for k in range(4):
+            top, left = (int(rng.integers(0, s - 64 + 1)) for s in arr.shape[:2])
+            Image.fromarray(arr[top : top + 64, left : left + 64]).save(root / f"{name}{k}.png")
+    model = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
+             "groups": 8}
+    pipe = diffcore.train("image-folder", "unet", 3, tmp_path / "run", dataset_options={"root": str(root), "size": 64,
+                          "channels": 3, "holdout": 0.25}, model_config=model, **{**TRAIN, "batch_size": 4})
+    x = diffcore.get("datasets", "image-folder")(root=str(root), size=64, channels=3, holdout=0.25).test[:2]
+    assert x.shape == (2, 3, 64, 64)
+    edited = img2img.sdedit(pipe, x, [0.3, 0.6], steps=3)
+    assert edited.shape == x.shape and edited.min() >= -1 and edited.max() <= 1
+    assert torch.isfinite(edited).all() and not torch.equal(edited, x)
+    filled = img2img.repaint(pipe, x, "center", steps=4, jump_length=2, resample=2)
+    keep = img2img.region_mask("center", 64, 64).expand_as(x) == 0
+    assert filled.shape == x.shape and filled.min() >= -1 and filled.max() <= 1
+    assert torch.equal(filled[keep], x[keep]) and not torch.equal(filled[~keep], x[~keep])
