@@ -233,3 +233,15 @@ def test_task_conditions_make_sources():
         make_task_condition("super_resolution", factor=1)
     with pytest.raises(ValueError, match="colorize"):
         make_task_condition("colorize")
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_loads(tmp_path):
+    """The first byte of a safetensors file is the low byte of its header length: 0x80 is legal."""
+    for pad in range(300):
+        path = save_checkpoint(tmp_path / "c.safetensors", {"w": torch.arange(3.0)}, {"run": {}, "pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no header length with low byte 0x80 in the padding range")
+    tensors, meta = load_checkpoint(path)
+    assert torch.equal(tensors["w"], torch.arange(3.0)) and len(meta["pad"]) == pad

@@ -66,15 +66,25 @@ def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str
 
 
 def _sniff(path: Path) -> None:
+    """Refuse pickle files before any parser reads them.
+
+    A safetensors file starts with its header length (u64, little endian) followed by the JSON
+    header, so byte 8 is ``{``; a pickle starts with PROTO (0x80, protocol 2-5) and a torch.save
+    file is a zip archive. The header-length bytes may be anything, 0x80 included, so the
+    safetensors layout is checked first.
+    """
+    size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:1] == _PICKLE_MAGIC[0] or head[:4] == _PICKLE_MAGIC[1]:
+        head = f.read(9)
+    if len(head) < 9:
+        raise CheckpointError(f"{path} is truncated ({len(head)} bytes): not a safetensors checkpoint")
+    if head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return
+    if head[:4] == _PICKLE_MAGIC[1] or (head[:1] == _PICKLE_MAGIC[0] and head[1] in (2, 3, 4, 5)):
         raise CheckpointError(
             f"{path} is a pickle / torch.save file; diffcore only loads safetensors checkpoints "
             "(pickle can run arbitrary code, so it is refused without being read)"
         )
-    if len(head) < 8:
-        raise CheckpointError(f"{path} is truncated ({len(head)} bytes): not a safetensors checkpoint")
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
