@@ -47,7 +47,7 @@ RECIPE: dict[str, Any] = {
     "prediction": "v_prediction",
     "sampler": "dpmpp_2m",
     "sample_steps": 20,
-    "steps": 1500,
+    "steps": 1200,
     "batch_size": 128,
     "lr": 1e-3,
     "warmup_steps": 100,
