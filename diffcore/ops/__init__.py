@@ -204,11 +204,7 @@ def sampler_step(
     writes = _check_step_args(x, coeffs, history, noise, writes)
     _check_like("model_out", model_out, x)
     s = _check_seed(seed, offset, noise)
-    if _native(x.device):
-        torch.ops.diffcore.sampler_step(x, model_out, coeffs, history, noise, writes, s, offset)
-    else:
-        z = philox.fill_like(x, s, offset) if s >= 0 else noise
-        reference.sampler_step(x, model_out, coeffs, history, z, writes)
+    step_kernels(x.device)[0](x, model_out, coeffs, history, noise, writes, s, offset)
     return x
 
 
@@ -232,11 +228,7 @@ def cfg_sampler_step(
     _check_like("cond", cond, x)
     _check_coeffs("guidance", guidance, x, 2)
     s = _check_seed(seed, offset, noise)
-    if _native(x.device):
-        torch.ops.diffcore.cfg_sampler_step(x, uncond, cond, guidance, coeffs, history, noise, writes, s, offset)
-    else:
-        z = philox.fill_like(x, s, offset) if s >= 0 else noise
-        reference.cfg_sampler_step(x, uncond, cond, guidance, coeffs, history, z, writes)
+    step_kernels(x.device)[1](x, uncond, cond, guidance, coeffs, history, noise, writes, s, offset)
     return x
 
 
