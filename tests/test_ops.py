@@ -134,3 +134,13 @@ def test_backend_reports_reference_when_forced(monkeypatch):
     monkeypatch.setenv("DIFFCORE_KERNELS", "fast")
     with pytest.raises(ValueError, match="'fast'"):
         ops.backend()
+
+
+def test_seed_and_offset_are_validated():
+    x = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="seed=-1"):
+        ops.philox_noise_like(x, seed=-1)
+    with pytest.raises(ValueError, match="offset=-2"):
+        ops.sampler_step(x, torch.ones(2, 3), torch.ones(5), seed=1, offset=-2)
+    with pytest.raises(ValueError, match="not both"):
+        ops.sampler_step(x, torch.ones(2, 3), torch.ones(5), noise=torch.ones(2, 3), seed=1)
