@@ -46,6 +46,7 @@ BUILTIN_PLUGINS.append("diffcore_plugins.generation")
 BUILTIN_PLUGINS.append("diffcore_plugins.text")
 BUILTIN_PLUGINS.append("diffcore_plugins.text2image")
 BUILTIN_PLUGINS.append("diffcore_plugins.img2img")
+BUILTIN_PLUGINS.append("diffcore_plugins.anomaly")
 BUILTIN_PLUGINS.append("diffcore_plugins.denoise")
 
 __all__ = [

@@ -1,0 +1,484 @@
+"""Anomaly detection with a diffusion model trained on normal data only.
+
+Two scores, both for images (B, C, H, W) in [-1, 1] and standardized tabular vectors (B, D):
+
+- :func:`reconstruction_scores` (AnoDDPM, Wyatt et al. 2022): noise the input to a partial depth
+  with Gaussian or simplex noise, denoise it with any registered sampler and compare. The
+  per-pixel (per-feature) squared or absolute error, averaged over depths and noise draws, is the
+  anomaly map; the score is its mean, or the max of the Gaussian-smoothed map. ``steps=1`` with
+  ``sampler="ddim"`` scores the error of the one-shot x0 prediction instead of a full denoise.
+- :func:`dte_scores` (diffusion-time estimation, after Livernoche et al. 2024, "DTE"): how much
+  noise the model believes the input carries. DTE's analytic estimator reads the input as
+  ``x = x0 + sigma * eps`` (VE units) with x0 its nearest training sample, a Gaussian likelihood
+  in sigma whose posterior over sigma^2 is inverse-gamma. Here the trained denoiser supplies the
+  reference point: at each level of a log-spaced grid, x0hat_t is the model's one-shot estimate of
+  x noised to that level, and ``p(x | t) = N(x; x0hat_t, sigma_t^2 I)`` under a uniform prior over
+  the grid gives a posterior over t; the score is its mean, as a fraction of the schedule. No
+  training sample is searched and no classifier trained. Plugging in the estimate of x *itself*
+  (not noised) fails: at small sigma a denoiser returns nearly its input, so every input looks
+  clean; and matching the implied noise norm ``||x - x0hat_t||^2 / sigma_t^2`` to d is biased by
+  the denoiser's shrinkage (on Gaussian data it never reaches d). Normal data sits near t = 0.
+
+:class:`Calibration` turns scores into labels with a threshold fitted on held-out normal scores
+(a quantile, or a target false-positive rate) and round-trips through JSON. :func:`detect` runs
+either score in batches (with a tqdm bar), optionally calibrated. Class-conditional models are
+used unconditionally (the null label). :func:`standardize` maps a raw table to model space with
+the training statistics stored in the checkpoint, refusing columns that differ from training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffcore.img2img import _Model, _resolve, check_images, start_time
+from diffcore.sampling import sample_from
+from diffcore.schedules import EDMSchedule
+
+if TYPE_CHECKING:
+    from diffcore.pipeline import Pipeline
+
+__all__ = ["METHODS", "NOISES", "Calibration", "Detection", "check_input", "depth_timesteps", "detect",
+           "dte_scores", "reconstruction_scores", "simplex_noise", "standardize"]
+
+METHODS = ("recon", "dte")
+NOISES = ("gaussian", "simplex")
+_F2, _G2 = 0.5 * (math.sqrt(3.0) - 1.0), (3.0 - math.sqrt(3.0)) / 6.0  # 2-D simplex skew / unskew
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Detection:
+    """Scores (N,) float64 (higher = more anomalous), anomaly maps ((N, H, W) for images, channel
+    mean; (N, D) for tables) and, when calibrated, labels (N,) bool and the threshold."""
+
+    scores: Tensor
+    maps: Tensor
+    method: str
+    labels: Tensor | None = None
+    threshold: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A score threshold fitted on held-out normal data: ``label = score > threshold``.
+
+    ``fpr`` is the target false-positive rate (``1 - quantile``); the threshold is the order
+    statistic with exactly ``floor(fpr * n)`` calibration scores above it, so the false-positive
+    rate on the calibration data is at most ``fpr`` (and within 1/n of it without ties)."""
+
+    threshold: float
+    fpr: float
+    n: int
+    method: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, scores: Tensor | Sequence[float], *, fpr: float | None = None, quantile: float | None = None,
+            method: str = "", settings: dict[str, Any] | None = None) -> Calibration:
+        """Fit on normal ``scores``; give exactly one of ``fpr`` in [0, 1) or ``quantile`` in (0, 1]."""
+        if (fpr is None) == (quantile is None):
+            raise ValueError(f"give exactly one of fpr= or quantile=, got fpr={fpr!r}, quantile={quantile!r}")
+        target = fpr if fpr is not None else 1.0 - float(quantile)  # type: ignore[arg-type]
+        name, value = ("fpr", fpr) if fpr is not None else ("quantile", quantile)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= target < 1.0:
+            want = "[0, 1)" if name == "fpr" else "(0, 1]"
+            raise ValueError(f"{name}={value!r} must be a number in {want}")
+        s = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
+        if s.numel() == 0:
+            raise ValueError("calibration needs at least one normal score, got none")
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError(f"calibration scores contain {int((~torch.isfinite(s)).sum())} NaN or inf value(s)")
+        above = math.floor(target * s.numel() + 1e-9)
+        threshold = float(s.sort().values[s.numel() - 1 - above])
+        return cls(threshold, float(target), int(s.numel()), method, dict(settings or {}))
+
+    def labels(self, scores: Tensor) -> Tensor:
+        """``scores > threshold`` as a bool tensor (True = anomaly)."""
+        return torch.as_tensor(scores, dtype=torch.float64) > self.threshold
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(asdict(self), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> Calibration:
+        """From a JSON string or a file written by :meth:`to_json`."""
+        text = Path(source).read_text() if isinstance(source, Path) or not str(source).lstrip().startswith("{") \
+            else str(source)
+        try:
+            data = json.loads(text)
+            return cls(float(data["threshold"]), float(data["fpr"]), int(data["n"]), str(data.get("method", "")),
+                       dict(data.get("settings") or {}))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"calibration {str(source)[:80]!r} is not a calibration JSON: {exc}") from None
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _sample_shape(m: _Model, x: Any) -> tuple[int, ...]:
+    """The model's sample shape: the Pipeline's, a bare model's config, else the input's own."""
+    if m.shape is not None:
+        return m.shape
+    config = getattr(m.fn, "config", None) or {}
+    if isinstance(config, dict) and "dim" in config:
+        return (int(config["dim"]),)
+    if isinstance(x, Tensor) and x.dim() in (2, 4):
+        return tuple(int(s) for s in x.shape[1:])
+    raise ValueError(f"input has shape {tuple(getattr(x, 'shape', ()))}: expected images (N, C, H, W) or "
+                     "vectors (N, D)")
+
+
+def check_input(x: Any, shape: tuple[int, ...], name: str = "input") -> Tensor:
+    """``x`` as a float batch fitting the model's sample ``shape``: (C, H, W) images in [-1, 1]
+    (via :func:`diffcore.img2img.check_images`, no resizing) or (D,) standardized vectors."""
+    if len(shape) == 3:
+        return check_images(x, shape, name=name)
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch.Tensor (N, {shape[0]}), got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    x = x[None] if x.dim() == 1 else x
+    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] != shape[0]:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; the model expects a non-empty batch (N, {shape[0]})")
+    if not bool(torch.isfinite(x).all()):
+        row, col = (int(v) for v in (~torch.isfinite(x)).nonzero()[0])
+        raise ValueError(f"{name} holds NaN or inf, first at row {row}, feature {col}: {float(x[row, col])}")
+    return x.contiguous()
+
+
+def standardize(pipe: Pipeline, values: Any, columns: Sequence[str] | None = None) -> Tensor:
+    """Raw table rows (N, D) -> model space ``(raw - mean) / std`` with the training statistics of
+    ``pipe`` (its dataset meta). ``columns`` (the file's header) must be the training columns in
+    any order (reordered to match); a missing or extra column raises naming it."""
+    meta = pipe.dataset.get("meta") or {}
+    if pipe.dataset.get("kind") != "tabular" or "mean" not in meta:
+        raise ValueError("standardize needs a model trained on a tabular dataset (its meta holds mean and std)")
+    train_cols = list(meta.get("columns") or [])
+    raw = torch.as_tensor(values, dtype=torch.float64)
+    raw = raw[None] if raw.dim() == 1 else raw
+    if raw.dim() != 2 or raw.shape[0] == 0:
+        raise ValueError(f"table has shape {tuple(raw.shape)}; expected a non-empty (rows, columns) array")
+    if columns is not None:
+        columns = list(columns)
+        missing = [c for c in train_cols if c not in columns]
+        extra = [c for c in columns if c not in train_cols]
+        if missing or extra:
+            raise ValueError(f"table columns differ from training: missing {missing}, unexpected {extra}; "
+                             f"the model was trained on {train_cols}")
+        raw = raw[:, [columns.index(c) for c in train_cols]]
+    if raw.shape[1] != len(meta["mean"]):
+        raise ValueError(f"table has {raw.shape[1]} columns; the model was trained on {len(meta['mean'])} "
+                         f"({train_cols})")
+    bad = (~torch.isfinite(raw)).nonzero()
+    if len(bad):
+        row, col = (int(v) for v in bad[0])
+        label = train_cols[col] if col < len(train_cols) else f"#{col}"
+        raise ValueError(f"table column {label!r}, row {row + 1}: {float(raw[row, col])} (NaN and infinity are not "
+                         f"allowed; {len(bad)} such value(s))")
+    mean = torch.tensor(meta["mean"], dtype=torch.float64)
+    std = torch.tensor(meta["std"], dtype=torch.float64)
+    return ((raw - mean) / std).to(torch.float32)
+
+
+def depth_timesteps(schedule: Any, depth: float | Sequence[float]) -> list[float]:
+    """Model time of each depth: a fraction of the schedule in (0, 1], or (discrete schedules) a
+    training timestep > 1."""
+    values = [depth] if isinstance(depth, (int, float)) else list(depth)
+    if not values:
+        raise ValueError("depth is empty; give at least one depth")
+    out = []
+    for d in values:
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0:
+            raise ValueError(f"depth={d!r} must be a fraction in (0, 1] or a training timestep > 1")
+        if d <= 1:
+            out.append(float(start_time(schedule, torch.tensor([float(d)], dtype=torch.float64))[0]))
+        elif isinstance(schedule, EDMSchedule) or d > schedule.num_train_timesteps - 1:
+            last = "an EDM schedule takes fractions only" if isinstance(schedule, EDMSchedule) else \
+                f"timesteps go up to {schedule.num_train_timesteps - 1}"
+            raise ValueError(f"depth={d!r}: {last}")
+        else:
+            out.append(float(d))
+    return out
+
+
+# --------------------------------------------------------------------------- simplex noise
+
+
+def _simplex_octave(n: int, h: int, w: int, freq: float, g: torch.Generator) -> Tensor:
+    """One octave of 2-D simplex noise (Perlin 2001; Gustavson's formulation) for ``n`` fields
+    (N, H, W): random unit gradients on a per-field lattice, radial falloff ``(0.5 - r^2)^4``."""
+    period = int(math.ceil(max(h, w) * freq * (1 + _F2))) + 3  # no lattice repeat inside an image
+    angles = torch.rand(n, period * period, generator=g, dtype=torch.float64) * (2 * math.pi)
+    shift = torch.rand(n, 2, 1, 1, generator=g, dtype=torch.float64) * period
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    px, py = xs * freq + shift[:, 0], ys * freq + shift[:, 1]
+    skew = (px + py) * _F2
+    i, j = (px + skew).floor(), (py + skew).floor()
+    unskew = (i + j) * _G2
+    x0, y0 = px - (i - unskew), py - (j - unskew)
+    i1 = (x0 > y0).to(torch.float64)
+    total = torch.zeros_like(x0)
+    for ci, cj, dx, dy in ((0.0, 0.0, x0, y0), (i1, 1 - i1, x0 - i1 + _G2, y0 - (1 - i1) + _G2),
+                           (1.0, 1.0, x0 - 1 + 2 * _G2, y0 - 1 + 2 * _G2)):
+        idx = (((i + ci) % period) * period + (j + cj) % period).long().reshape(n, -1)
+        a = angles.gather(1, idx).reshape(n, h, w)
+        falloff = (0.5 - dx * dx - dy * dy).clamp_min(0)
+        total = total + falloff**4 * (a.cos() * dx + a.sin() * dy)
+    return 70.0 * total
+
+
+def simplex_noise(shape: Sequence[int], *, frequency: float | None = None, octaves: int | None = None,
+                  persistence: float = 0.5, generator: torch.Generator | None = None,
+                  dtype: torch.dtype = torch.float32) -> Tensor:
+    """Multi-octave 2-D simplex noise of ``shape`` (N, C, H, W), each field normalised to mean 0
+    and variance 1: spatially correlated noise for AnoDDPM-style partial diffusion.
+
+    ``frequency``: lattice cells per pixel of the first octave (default ``2 / max(H, W)``: about
+    two cells across the image); each octave doubles it and scales its amplitude by
+    ``persistence``; ``octaves`` defaults to as many as keep the frequency <= 0.5 per pixel."""
+    if len(shape) != 4 or any(int(s) < 1 for s in shape):
+        raise ValueError(f"simplex noise needs an image shape (N, C, H, W), got {tuple(shape)}")
+    n, c, h, w = (int(s) for s in shape)
+    if h * w < 2:
+        raise ValueError(f"simplex noise needs at least 2 pixels per image, got {h}x{w}")
+    freq = 2.0 / max(h, w) if frequency is None else float(frequency)
+    if not freq > 0:
+        raise ValueError(f"frequency={frequency!r} must be > 0")
+    if octaves is None:
+        octaves = max(1, int(math.floor(math.log2(0.5 / freq) + 1e-9)) + 1) if freq < 0.5 else 1
+    if isinstance(octaves, bool) or not isinstance(octaves, int) or octaves < 1:
+        raise ValueError(f"octaves={octaves!r} must be an integer >= 1")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    field_ = sum(persistence**k * _simplex_octave(n * c, h, w, freq * 2**k, g) for k in range(octaves))
+    field_ = field_ - field_.mean(dim=(1, 2), keepdim=True)
+    field_ = field_ / field_.flatten(1).std(dim=1).clamp_min(1e-12).reshape(-1, 1, 1)
+    return field_.reshape(n, c, h, w).to(dtype)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def _batches(n: int, batch_size: int) -> list[slice]:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def _progress(total: int, desc: str, progress: bool | None) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", disable=None if progress is None else not progress,
+                leave=False, dynamic_ncols=True)
+
+
+def _pixel_map(err: Tensor) -> Tensor:
+    """(N, C, H, W) -> channel mean (N, H, W); vectors unchanged."""
+    return err.mean(dim=1) if err.dim() == 4 else err
+
+
+def _gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """Blur (N, H, W) maps with a normalised Gaussian of ``sigma`` pixels (reflect padding)."""
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=maps.dtype) / sigma) ** 2)
+    k = (k / k.sum()).to(maps.device)
+    y = maps[:, None]
+    pad = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
+    if pad < radius:  # reflect padding needs the image to be wider than the kernel radius
+        y = F.pad(y, (radius, radius, radius, radius), mode="replicate")
+    else:
+        y = F.pad(y, (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k.reshape(1, 1, 1, -1))
+    return F.conv2d(y, k.reshape(1, 1, -1, 1))[:, 0]
+
+
+def image_scores(maps: Tensor, reduce: str = "mean", smooth: float = 0.0) -> Tensor:
+    """Per-sample score of anomaly maps: the ``mean``, or the ``max`` of the map (for images
+    after a Gaussian blur of ``smooth`` pixels). float64 (N,)."""
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"reduce={reduce!r}: expected 'mean' or 'max'")
+    if smooth < 0 or not math.isfinite(smooth):
+        raise ValueError(f"smooth={smooth!r} must be a finite number >= 0 (pixels)")
+    m = maps.to(torch.float64)
+    if reduce == "mean":
+        return m.flatten(1).mean(dim=1)
+    if smooth > 0 and m.dim() == 3:
+        m = _gaussian_blur(m, smooth)
+    return m.flatten(1).amax(dim=1)
+
+
+@torch.no_grad()
+def reconstruction_scores(
+    pipe_or_model: Pipeline | Callable[..., Tensor],
+    x: Tensor,
+    *,
+    depth: float | Sequence[float] = 0.3,
+    noise: Literal["gaussian", "simplex"] = "gaussian",
+    repeats: int = 1,
+    error: Literal["squared", "abs"] = "squared",
+    reduce: Literal["mean", "max"] = "mean",
+    smooth: float = 0.0,
+    sampler: str | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool | None = None,
+    schedule: Any = None,
+    prediction: Any = None,
+) -> Detection:
+    """Partial-diffusion reconstruction (AnoDDPM): noise ``x`` to each ``depth`` (``repeats``
+    draws of ``noise`` each), denoise with ``sampler`` in ``steps`` steps, and average the
+    per-pixel ``error`` over depths and draws. ``simplex`` noise is for images only.
+
+    The noise of draw r at depth k is seeded from (seed, k, r) for the whole input, so scores do
+    not depend on ``batch_size`` (for deterministic samplers). Returns a :class:`Detection`."""
+    m = _resolve(pipe_or_model, schedule, prediction)
+    shape = _sample_shape(m, x)
+    x = check_input(x, shape).to(m.device)
+    if noise not in NOISES:
+        raise ValueError(f"noise={noise!r}: expected one of {NOISES}")
+    if noise == "simplex" and len(shape) != 3:
+        raise ValueError("simplex noise is defined for images (C, H, W); use noise='gaussian' for vectors")
+    if error not in ("squared", "abs"):
+        raise ValueError(f"error={error!r}: expected 'squared' or 'abs'")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats={repeats!r} must be an integer >= 1")
+    starts = depth_timesteps(m.schedule, depth)
+    image_scores(x.new_zeros(1, 1), reduce, smooth)  # validate before the expensive part
+    sampler, steps = sampler or m.sampler, m.steps if steps is None else steps
+    chunks = _batches(x.shape[0], batch_size)
+    total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    with _progress(len(starts) * repeats * len(chunks), "reconstruct", progress) as bar:
+        for k, t_start in enumerate(starts):
+            for r in range(repeats):
+                g = torch.Generator().manual_seed(int(seed) * 1_000_003 + k * 1009 + r)
+                eps = (simplex_noise(x.shape, generator=g, dtype=x.dtype) if noise == "simplex"
+                       else torch.randn(x.shape, generator=g, dtype=x.dtype)).to(x.device)
+                for b, part in enumerate(chunks):
+                    out = sample_from(m.fn, x[part], t_start, sampler=sampler, steps=steps, schedule=m.schedule,
+                                      prediction=m.param, noise=eps[part], seed=int(seed) + 7919 * (k * repeats + r)
+                                      + b)
+                    diff = out.to(torch.float64) - x[part].to(torch.float64)
+                    total[part] += diff**2 if error == "squared" else diff.abs()
+                    bar.update(1)
+    maps = _pixel_map(total / (len(starts) * repeats))
+    settings = {"method": "recon", "depth": depth if isinstance(depth, (int, float)) else list(depth),
+                "timesteps": starts, "noise": noise, "repeats": repeats, "error": error, "reduce": reduce,
+                "smooth": smooth, "sampler": sampler, "steps": steps, "seed": seed}
+    return Detection(image_scores(maps, reduce, smooth), maps.cpu(), "recon", settings=settings)
+
+
+def _levels(schedule: Any, n: int, t_max: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``n`` noise levels spaced uniformly in log sigma from the schedule's smallest level up to
+    the fraction ``t_max`` of it: (model time, fraction of the schedule, alpha, std), float64."""
+    top = start_time(schedule, torch.tensor([float(t_max)], dtype=torch.float64))
+    if isinstance(schedule, EDMSchedule):
+        sigma = torch.logspace(math.log10(schedule.sigma_min * (1 + 1e-6)), math.log10(float(top[0])), n,
+                               dtype=torch.float64)
+        lo, hi = schedule.sigma_min ** (1 / schedule.rho), schedule.sigma_max ** (1 / schedule.rho)
+        return sigma, (sigma ** (1 / schedule.rho) - lo) / (hi - lo), torch.ones_like(sigma), sigma.clone()
+    train = schedule.train_sigmas()
+    hi_t = float(top[0])
+    lo_idx = min(int(hi_t), train.shape[0] - 1)
+    sig_top = float(train[lo_idx] + (hi_t - lo_idx) * (train[min(lo_idx + 1, train.shape[0] - 1)] - train[lo_idx]))
+    sigma = torch.logspace(math.log10(float(train[0])), math.log10(sig_top), n, dtype=torch.float64)
+    times = schedule.sigma_to_t(sigma)
+    alpha = 1 / (1 + sigma**2).sqrt()
+    return times, times / (schedule.num_train_timesteps - 1), alpha, sigma * alpha
+
+
+@torch.no_grad()
+def dte_scores(
+    pipe_or_model: Pipeline | Callable[..., Tensor],
+    x: Tensor,
+    *,
+    levels: int = 25,
+    t_max: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool | None = None,
+    schedule: Any = None,
+    prediction: Any = None,
+) -> Detection:
+    """Diffusion-time estimation (see the module docstring): the posterior mean of the noise level
+    of ``x``, as a fraction of the schedule, over ``levels`` noise levels spaced evenly in log
+    sigma from the schedule's smallest up to the fraction ``t_max`` (one model call each).
+
+    At level k the reference point is the model's x0 estimate of ``x`` noised to that level
+    (``alpha_k x + std_k z``, z seeded from ``seed``), so the residual ``r_k = x - x0hat_k`` is the
+    distance of x from what the model considers data at that scale; the likelihood is
+    ``N(x; x0hat_k, sigma_k^2 I)`` in VE units with a uniform prior over the grid. For data the
+    model knows, r_k stays below ``sigma_k sqrt(d)`` and the posterior sits at the small levels;
+    a defect or added noise of size r moves it to ``sigma^2 ~ r^2 / d``. The map is the
+    posterior-weighted squared residual."""
+    m = _resolve(pipe_or_model, schedule, prediction)
+    shape = _sample_shape(m, x)
+    x = check_input(x, shape).to(m.device)
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels={levels!r} must be an integer >= 2")
+    if not 0 < t_max <= 1:
+        raise ValueError(f"t_max={t_max!r} must be a fraction in (0, 1]")
+    times, frac, alphas, stds = _levels(m.schedule, levels, t_max)
+    d = math.prod(shape)
+    chunks = _batches(x.shape[0], batch_size)
+    view = (-1, *[1] * len(shape))
+    top = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+    mass, t_sum = torch.zeros_like(top), torch.zeros_like(top)
+    map_sum = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    with _progress(levels * len(chunks), "diffusion time", progress) as bar:
+        for k, (t, alpha, std) in enumerate(zip(times.tolist(), alphas.tolist(), stds.tolist(), strict=True)):
+            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + k)
+            z = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
+            a, b = m.param.x0_coeffs(alpha, std)
+            sigma2 = (std / alpha) ** 2
+            for part in chunks:
+                state = alpha * x[part] + std * z[part]
+                out = m.fn(state * m.param.input_scale(alpha, std),
+                           torch.full((state.shape[0],), t, dtype=torch.float32, device=x.device))
+                r2 = (x[part].to(torch.float64) - (a * state.to(torch.float64) + b * out.to(torch.float64))) ** 2
+                ll = -r2.flatten(1).sum(1) / (2 * sigma2) - 0.5 * d * math.log(sigma2)
+                # Online softmax over the levels: no (N, levels, ...) tensor is kept.
+                new_top = torch.maximum(top[part], ll)
+                keep, w = torch.exp(top[part] - new_top), torch.exp(ll - new_top)
+                mass[part] = mass[part] * keep + w
+                t_sum[part] = t_sum[part] * keep + w * float(frac[k])
+                map_sum[part] = map_sum[part] * keep.reshape(view) + w.reshape(view) * r2
+                top[part] = new_top
+                bar.update(1)
+    maps = _pixel_map(map_sum / mass.reshape(view))
+    settings = {"method": "dte", "levels": levels, "t_max": t_max, "seed": seed}
+    return Detection((t_sum / mass).cpu(), maps.cpu(), "dte", settings=settings)
+
+
+def detect(
+    pipe_or_model: Pipeline | Callable[..., Tensor],
+    x: Tensor,
+    *,
+    method: Literal["recon", "dte"] = "recon",
+    calibration: Calibration | None = None,
+    **options: Any,
+) -> Detection:
+    """Score ``x`` with ``method`` (``options`` go to :func:`reconstruction_scores` or
+    :func:`dte_scores`) and, with a ``calibration``, label it (True = anomaly)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: expected one of {METHODS}")
+    result = (reconstruction_scores if method == "recon" else dte_scores)(pipe_or_model, x, **options)
+    if calibration is not None:
+        if calibration.method and calibration.method != method:
+            raise ValueError(f"the calibration was fitted on {calibration.method!r} scores, not {method!r}")
+        result.labels = calibration.labels(result.scores)
+        result.threshold = calibration.threshold
+    return result
