@@ -19,8 +19,8 @@ sigma itself. A sigma above the model's largest level raises; an explicit sigma 
 level raises too (the image is as good as clean for this model), an estimated one is raised to it.
 
 ``sigma="auto"`` estimates sigma per image with the robust median estimator of Donoho & Johnstone
-(1994): ``median(|HH|) / 0.6745`` over the finest diagonal Haar wavelet coefficients (what
-scikit-image's ``estimate_sigma`` computes; exactly-zero coefficients are left out, as there).
+(1994): ``median(|HH|) / 0.6745`` over the finest diagonal Daubechies-2 wavelet coefficients
+(what scikit-image's ``estimate_sigma`` computes, here in torch without PyWavelets).
 
 Images larger than the model's training size are split into overlapping tiles of the training size
 that are denoised in batches and blended with a raised-cosine window (weights normalised to sum to
@@ -70,18 +70,17 @@ def sigma_to_model(sigma: Any, scale: float = 255.0) -> Any:
 def estimate_sigma(images: Tensor) -> Tensor:
     """Per-image noise std (B,) of (B, C, H, W) images, in the images' units.
 
-    Donoho & Johnstone (1994): the finest diagonal Haar wavelet coefficients
-    ``(a - b - c + d) / 2`` of each 2x2 block are almost pure noise in natural images, so
-    ``sigma = median(|HH|) / 0.6745``; coefficients that are exactly 0 (flat regions, clipped
-    pixels) are left out. Channels are estimated separately and averaged. An odd last row or
-    column is dropped. Small images give rough estimates (an 8x8 image has 16 coefficients).
+    Donoho & Johnstone (1994, sec. 4.2): the finest diagonal wavelet coefficients of an image are
+    almost pure noise, so ``sigma = median(|HH|) / 0.6745``. As scikit-image's ``estimate_sigma``:
+    Daubechies-2 (4-tap) filters, half-sample symmetric extension, coefficients that are exactly 0
+    (flat or clipped regions) left out, channels estimated separately and averaged. Small images
+    give rough estimates: an 8x8 image has 25 coefficients, several touching the border.
     """
     x = images if images.dim() == 4 else images[None]
     b, c, h, w = x.shape
-    if h < 2 or w < 2:
-        raise ValueError(f"images of {h}x{w} are too small to estimate sigma (need at least 2x2)")
-    x = x[:, :, : h - h % 2, : w - w % 2].to(torch.float64)
-    hh = (x[:, :, 0::2, 0::2] - x[:, :, 0::2, 1::2] - x[:, :, 1::2, 0::2] + x[:, :, 1::2, 1::2]) / 2
+    if h < 3 or w < 3:
+        raise ValueError(f"images of {h}x{w} are too small to estimate sigma (need at least 3x3)")
+    hh = _highpass(_highpass(x.to(torch.float64)).transpose(-1, -2))
     mags = hh.abs().flatten(2)  # (B, C, N)
     out = torch.empty(b, c, dtype=torch.float64)
     for i in range(b):
@@ -89,6 +88,21 @@ def estimate_sigma(images: Tensor) -> Tensor:
             nonzero = mags[i, j][mags[i, j] > 0]
             out[i, j] = _median(nonzero) / _MAD_TO_STD if nonzero.numel() else 0.0
     return out.mean(dim=1).to(images.dtype if images.is_floating_point() else torch.float32)
+
+
+_R3 = math.sqrt(3.0)
+# Daubechies-2 decomposition high-pass filter, (-(1+r3), 3+r3, -(3-r3), 1-r3) / (4 sqrt 2)
+_DB2_HIGH = tuple(v / (4 * math.sqrt(2.0)) for v in (-(1 + _R3), 3 + _R3, -(3 - _R3), 1 - _R3))
+
+
+def _highpass(x: Tensor) -> Tensor:
+    """The finest-level detail coefficients along the last axis: the signal extended by 3 samples
+    mirrored at each end (edge sample repeated), convolved with the db2 high-pass and
+    downsampled by 2, ``floor((N + 3) / 2)`` outputs (the convention of the DWT in PyWavelets)."""
+    n = x.shape[-1]
+    ext = torch.cat([x[..., :3].flip(-1), x, x[..., -3:].flip(-1)], dim=-1)
+    taps = torch.tensor(_DB2_HIGH[::-1], dtype=x.dtype, device=x.device)  # convolution = correlation, flipped
+    return (ext.unfold(-1, 4, 1) @ taps)[..., 1::2][..., : (n + 3) // 2]
 
 
 def _median(v: Tensor) -> float:
@@ -112,13 +126,14 @@ def check_sigma(sigma: Any, n: int, scale: float = 2.0) -> Tensor | None:
         s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).cpu()
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"sigma must be a number, one number per image or 'auto', got {sigma!r}") from exc
+    bad = ~(torch.isfinite(s) & (s > 0))
+    if bool(bad.any()):
+        shown = float(s[0]) if s.numel() == 1 else s[bad].tolist()[:8]
+        raise ValueError(f"sigma={shown} must be > 0 and finite (the noise std)")
     if s.numel() == 1:
         s = s.expand(n)
     if s.shape[0] != n:
         raise ValueError(f"sigma has {s.shape[0]} values for {n} images")
-    bad = ~(torch.isfinite(s) & (s > 0))
-    if bool(bad.any()):
-        raise ValueError(f"sigma={s[bad].tolist()[:8]} must be > 0 and finite (the noise std)")
     return sigma_to_model(s, scale)
 
 
