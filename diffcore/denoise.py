@@ -2,11 +2,12 @@
 
 A noisy image ``y = x0 + sigma * n`` (model space [-1, 1], n standard normal) is, scaled by
 ``alpha_t``, exactly the diffusion state at the level whose VE noise ``std_t / alpha_t`` equals
-sigma: ``x_t = alpha_t * y = alpha_t * x0 + std_t * n`` (Kadkhodaie & Simoncelli 2021; Kawar et
-al. 2022, "DDRM", sec. 4.3). From there
+sigma: ``x_t = alpha_t * y = alpha_t * x0 + std_t * n`` (denoising as the H = I case of Kawar et
+al. 2022, "DDRM"). From there
 
 - ``mode="mmse"``: the model's denoised estimate at that level, one network evaluation. A trained
-  denoiser approximates E[x0 | x_t] (Tweedie / Miyasawa), the minimum-MSE estimate. With
+  denoiser approximates E[x0 | x_t] (Miyasawa 1961; Tweedie's formula, Efron 2011), the
+  minimum-MSE estimate (Kadkhodaie & Simoncelli 2021 use the same fact). With
   ``samples=K > 1`` it is instead the mean of K posterior samples (a Monte-Carlo posterior mean).
 - ``mode="sample"``: one posterior sample: the reverse process run from ``x_t`` to 0 by a
   stochastic sampler (default ``ddpm``) with :func:`diffcore.sample_from`. Sharper than the
@@ -313,8 +314,7 @@ def denoise(
     if overlap >= min(th, tw):
         raise ValueError(f"tile_overlap={overlap} must be smaller than the model's tile size {th}x{tw}")
     t, alpha, std = match_level(m.schedule, sig)
-    rows = [0] if (y.shape[-2], y.shape[-1]) == (th, tw) else tile_starts(y.shape[-2], th, overlap)
-    cols = [0] if (y.shape[-2], y.shape[-1]) == (th, tw) else tile_starts(y.shape[-1], tw, overlap)
+    rows, cols = tile_starts(y.shape[-2], th, overlap), tile_starts(y.shape[-1], tw, overlap)
     spots = [(i, r, c) for i in range(n) for r in rows for c in cols]
     run = _Run(m, mode, samples, sampler, steps, seed)
     out = torch.zeros_like(y, dtype=torch.float64)
@@ -324,11 +324,11 @@ def denoise(
 
     with tqdm(total=len(spots), desc="denoise", unit="tile" if len(spots) > n else "image",
               disable=None if progress else True, leave=False) as bar:
-        for k, start in enumerate(range(0, len(spots), batch_size)):
+        for start in range(0, len(spots), batch_size):
             chunk = spots[start : start + batch_size]
             tiles = torch.stack([y[i, :, r : r + th, c : c + tw] for i, r, c in chunk])
             idx = torch.tensor([i for i, _, _ in chunk])
-            x0 = run(tiles, t[idx], alpha[idx], std[idx], k)
+            x0 = run(tiles, t[idx], alpha[idx], std[idx])
             for (i, r, c), tile in zip(chunk, x0, strict=True):
                 out[i, :, r : r + th, c : c + tw] += tile.double() * window
                 weight[i, :, r : r + th, c : c + tw] += window
@@ -344,17 +344,17 @@ class _Run:
         self.m, self.mode, self.samples = m, mode, samples
         self.sampler = sampler or DEFAULT_SAMPLE_SAMPLER
         self.steps = DEFAULT_SAMPLE_STEPS if steps is None else steps
-        self.seed = int(seed)
+        self.streams = torch.Generator().manual_seed(int(seed))  # one Philox seed per (batch, sample), in order
 
-    def __call__(self, y: Tensor, t: Tensor, alpha: Tensor, std: Tensor, batch: int) -> Tensor:
+    def __call__(self, y: Tensor, t: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
         shape = (-1, *([1] * (y.dim() - 1)))
         x_t = y * alpha.to(y.device, y.dtype).reshape(shape)
         if self.mode == "mmse" and self.samples == 1:
             return self._one_step(x_t, t, alpha, std)
         total = torch.zeros_like(y, dtype=torch.float64)
         for k in range(self.samples):
-            # one Philox stream per (seed, batch, sample); t_start > 0 as partial plans need it
-            stream = (self.seed * 1_000_003 + batch * 1_009 + k) % 2**62
+            stream = int(torch.randint(0, 2**62, (1,), generator=self.streams))
+            # t_start > 0, as partial plans need (t = 0 only at the smallest level, sigma ~ 0.01)
             total += sample_from(self.m.fn, x_t, t.clamp_min(1e-6), sampler=self.sampler, steps=self.steps,
                                  schedule=self.m.schedule, prediction=self.m.param, add_noise=False,
                                  seed=stream).double()
