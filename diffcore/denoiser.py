@@ -8,6 +8,8 @@ classifier-free-guidance combination happen later inside the fused sampler step.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -104,7 +106,7 @@ class Denoiser:
             # since a sum of large finite values can overflow.
             total = out.sum()
             if x.device.type == "cpu":
-                if not bool(torch.isfinite(total)) and not bool(torch.isfinite(out).all()):
+                if not math.isfinite(total.item()) and not bool(torch.isfinite(out).all()):
                     raise NonFiniteModelOutput(f"step {step}: model output contains NaN or inf")
             else:
                 self._deferred.append((step, torch.isfinite(total)))  # no sync; read at the end

@@ -95,13 +95,16 @@ def _table(programs: list[Program], denoiser: Denoiser, x: Tensor) -> list[Tenso
     a (B, width) view per step for one program per sample."""
     per = [_vectors(p, denoiser) for p in programs]
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if len(per) == 1:  # the common case: one copy, then views; no per-step stacking
+        widths = [v.size for v in per[0]]
+        flat = torch.from_numpy(np.concatenate(per[0])).to(device=x.device, dtype=dtype)
+        return list(flat.split(widths))
     steps = len(per[0])
     blocks = [np.stack([v[k] for v in per]) for k in range(steps)]  # (P, width_k)
     flat = torch.from_numpy(np.concatenate([b.reshape(-1) for b in blocks])).to(device=x.device, dtype=dtype)
     views, start = [], 0
     for b in blocks:
-        view = flat[start : start + b.size].reshape(b.shape)
-        views.append(view[0] if len(programs) == 1 else view)
+        views.append(flat[start : start + b.size].reshape(b.shape))
         start += b.size
     return views
 
