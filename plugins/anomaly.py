@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from diffcore_plugins.img2img import _check_file, _read_array, load_images
 
 from diffcore.cli import UsageError
 from diffcore.plugins import hookimpl
-from diffcore_plugins.img2img import _check_file, _read_array, load_images
 
 __all__ = ["Detect", "DetectError", "DetectParams", "load_table"]
 
@@ -93,11 +93,13 @@ class DetectParams:
     noise: Literal["gaussian", "simplex"] = field(default="gaussian", metadata={
         "help": "recon: noise kind (simplex: images only)"})
     repeats: int = field(default=1, metadata={"help": "recon: noise draws averaged per image"})
+    error: Literal["squared", "abs"] = field(default="squared", metadata={
+        "help": "recon: per-pixel (per-feature) error"})
     reduce: Literal["mean", "max"] = field(default="mean", metadata={
-        "help": "recon: image score = mean of the map, or max of the smoothed map"})
-    smooth: float = field(default=1.0, metadata={"help": "recon with --reduce max: Gaussian blur sigma in pixels"})
-    sampler: str | None = field(default=None, metadata={"help": "recon: sampler name (default: the model's)"})
-    steps: int | None = field(default=None, metadata={"help": "recon: sampler steps (default: the model's)"})
+        "help": "recon: image score = mean or max of the (smoothed) map"})
+    smooth: float = field(default=0.0, metadata={"help": "recon: Gaussian blur of image maps, sigma in pixels"})
+    sampler: str = field(default="ddim", metadata={"help": "recon: sampler name"})
+    steps: int = field(default=1, metadata={"help": "recon: sampler steps (ddim, 1: the one-shot x0 prediction)"})
     levels: int = field(default=25, metadata={"help": "dte: noise levels evaluated per input"})
     calibrate: Path | None = field(default=None, metadata={
         "help": "held-out NORMAL data (same formats as --input) to fit the threshold on, or a calibration JSON"})
@@ -157,8 +159,8 @@ class Detect:
         started = time.perf_counter()
         if params.method == "recon":
             options: dict[str, Any] = {"depth": params.depth, "noise": params.noise, "repeats": params.repeats,
-                                       "reduce": params.reduce, "smooth": params.smooth, "sampler": params.sampler,
-                                       "steps": params.steps, "seed": params.seed}
+                                       "error": params.error, "reduce": params.reduce, "smooth": params.smooth,
+                                       "sampler": params.sampler, "steps": params.steps, "seed": params.seed}
         else:
             options = {"levels": params.levels, "seed": params.seed}
         try:
@@ -302,10 +304,11 @@ def register_commands(cli: Any) -> None:
     p.add_argument("--depth", type=float, default=0.3, help=helps["depth"])
     p.add_argument("--noise", choices=NOISES, default="gaussian", help=helps["noise"])
     p.add_argument("--repeats", type=int, default=1, help=helps["repeats"])
+    p.add_argument("--error", choices=("squared", "abs"), default="squared", help=helps["error"])
     p.add_argument("--reduce", choices=("mean", "max"), default="mean", help=helps["reduce"])
-    p.add_argument("--smooth", type=float, default=1.0, help=helps["smooth"])
-    p.add_argument("--sampler", default=None, help=helps["sampler"])
-    p.add_argument("--steps", type=int, default=None, help=helps["steps"])
+    p.add_argument("--smooth", type=float, default=0.0, help=helps["smooth"])
+    p.add_argument("--sampler", default="ddim", help=helps["sampler"])
+    p.add_argument("--steps", type=int, default=1, help=helps["steps"])
     p.add_argument("--levels", type=int, default=25, help=helps["levels"])
     p.add_argument("--calibrate", type=Path, default=None, help=helps["calibrate"])
     target = p.add_mutually_exclusive_group()
