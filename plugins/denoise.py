@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from diffcore_plugins.img2img import load_images
 
 from diffcore.cli import UsageError
 from diffcore.plugins import hookimpl
-from diffcore_plugins.img2img import load_images
 
 __all__ = ["Denoise", "DenoiseError", "DenoiseParams", "parse_sigma"]
 

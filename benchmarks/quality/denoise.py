@@ -48,7 +48,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.quality.evaluator import CACHE_DIR, DATASETS, RESULTS_DIR, load_data, machine
+from benchmarks.quality.evaluator import (
+    CACHE_DIR,
+    DATASETS,
+    RESULTS_DIR,
+    load_data,
+    machine,
+)
 from diffcore import denoise as dn
 from diffcore.images import save_grid
 from diffcore.metrics import psnr, ssim
