@@ -14,6 +14,10 @@
 #   gpu_bench.json   the benchmarks, both stages merged (pytest-benchmark JSON)
 #   gpu_summary.md   benchmarks/gpu/summarize_gpu.py's tables
 #   memcheck.log     compute-sanitizer --tool memcheck on the CUDA tests
+# The end-to-end stage (benchmarks/test_e2e_speed.py: diffusers UNets sampled by diffcore, eager and
+# CUDA-graph, vs the diffusers pipeline loop; needs diffusers, carried as wheels in .whl/) logs to
+# bench.log, its cases go into gpu_bench.json and its speedup table is appended to gpu_summary.md
+# (the files that come back are capped at 8, so it adds none).
 # The whole run keeps to DIFFCORE_DEVICE_BUDGET_S seconds (default 540): every stage has a cap
 # and gets at most what is left of the budget; one that fails or is cut short is recorded and
 # the next one runs. DIFFCORE_BENCH_SIZES=16K,1M,64M (say) restricts the benchmark sizes.
@@ -83,9 +87,14 @@ backend_check() {
 
 summarize() {
   local jsons=()
-  for f in "$WORK/core.json" "$WORK/compile.json"; do [[ -s $f ]] && jsons+=("$f"); done
+  for f in "$WORK/core.json" "$WORK/compile.json" "$WORK/e2e.json"; do [[ -s $f ]] && jsons+=("$f"); done
   if (( ${#jsons[@]} == 0 )); then echo "no benchmark JSON to summarize"; return 1; fi
-  "$PY" benchmarks/gpu/summarize_gpu.py "${jsons[@]}" --out "$OUT/gpu_summary.md" --merged-json "$OUT/gpu_bench.json"
+  local rc=0
+  "$PY" benchmarks/gpu/summarize_gpu.py "${jsons[@]}" --out "$OUT/gpu_summary.md" --merged-json "$OUT/gpu_bench.json" || rc=$?
+  if [[ -s $WORK/e2e.json ]]; then
+    "$PY" benchmarks/summarize_e2e.py "$WORK/e2e.json" --out "$OUT/gpu_summary.md" --append || rc=$?
+  fi
+  return $rc
 }
 
 SANITIZER=$(command -v compute-sanitizer || true)
@@ -101,9 +110,15 @@ fi
 stage build 300 "$OUT/build.log" build
 stage backend 60 "$OUT/env.txt" backend_check
 stage cuda_tests 120 "$OUT/cuda_tests.log" "$PY" -m pytest tests/test_native.py -q -rs -p no:cacheprovider
+# diffusers interop: diffcore.sample(cuda_graph=True) of a diffusers UNet equals eager (skips without diffusers)
+stage interop_cuda 60 "$OUT/cuda_tests.log" "$PY" -m pytest tests/test_interop_diffusers.py -q -rs -k cuda_graph \
+  -p no:cacheprovider
 # Benchmarks before memcheck: they are this run's main product; compile last (compilation is slow).
 stage bench 200 "$OUT/bench.log" "$PY" -m pytest benchmarks/gpu -q -rs -p no:cacheprovider -k "not compile" \
   --benchmark-json="$WORK/core.json"
+# End to end (issue #8): diffusers UNets, diffcore eager / cuda_graph vs the diffusers loop, 50 steps.
+stage e2e 150 "$OUT/bench.log" "$PY" -m pytest benchmarks/test_e2e_speed.py -q -rs -p no:cacheprovider \
+  --benchmark-json="$WORK/e2e.json"
 stage summary 30 "$OUT/bench.log" summarize
 if [[ -n $SANITIZER ]]; then
   # No caching allocator: every tensor is its own cudaMalloc, so memcheck sees out-of-bounds accesses.

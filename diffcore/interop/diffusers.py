@@ -73,6 +73,13 @@ def _public(config: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
 
 
+def _checked(config: Mapping[str, Any]) -> dict[str, Any]:
+    config = _public(config)
+    if config.get("time_embedding_type", "positional") == "fourier":
+        raise DiffusersInteropError("UNet2DModel time_embedding_type='fourier' (score-SDE VE models) is not supported")
+    return config
+
+
 class DiffusersUNet(nn.Module):
     """A diffusers ``UNet2DModel`` behind diffcore's model contract ``model(x, t, cond=None)``.
 
@@ -86,15 +93,24 @@ class DiffusersUNet(nn.Module):
 
     def __init__(self, **config: Any) -> None:
         super().__init__()
-        config = _public(config)
-        if config.get("time_embedding_type", "positional") == "fourier":
-            raise DiffusersInteropError("UNet2DModel time_embedding_type='fourier' (score-SDE VE models) is not supported")
+        config = _checked(config)
         unet_cls = import_diffusers().UNet2DModel
         try:
             self.unet = unet_cls.from_config(config)
         except (TypeError, ValueError) as exc:
             raise DiffusersInteropError(f"not a valid UNet2DModel config: {exc}") from exc
         self.config: dict[str, Any] = _public(self.unet.config)
+
+    @classmethod
+    def from_unet(cls, unet: nn.Module) -> DiffusersUNet:
+        """Wrap an existing ``UNet2DModel`` (its weights are shared, not copied)."""
+        if type(unet).__name__ != "UNet2DModel" or not hasattr(unet, "config"):
+            raise TypeError(f"expected a diffusers UNet2DModel, got {type(unet).__name__}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.unet = unet
+        self.config = _checked(unet.config)
+        return self
 
     @property
     def num_classes(self) -> int:
