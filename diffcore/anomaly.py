@@ -9,15 +9,18 @@ Two scores, both for images (B, C, H, W) in [-1, 1] and standardized tabular vec
   ``sampler="ddim"`` scores the error of the one-shot x0 prediction instead of a full denoise.
 - :func:`dte_scores` (diffusion-time estimation, after Livernoche et al. 2024, "DTE"): how much
   noise the model believes the input carries. DTE's analytic estimator reads the input as
-  ``x = x0 + sigma * eps`` (VE units) with x0 its nearest training sample, a Gaussian likelihood
-  in sigma whose posterior over sigma^2 is inverse-gamma. Here the trained denoiser supplies the
-  reference point: at each level of a log-spaced grid, x0hat_t is the model's one-shot estimate of
-  x noised to that level, and ``p(x | t) = N(x; x0hat_t, sigma_t^2 I)`` under a uniform prior over
-  the grid gives a posterior over t; the score is its mean, as a fraction of the schedule. No
-  training sample is searched and no classifier trained. Plugging in the estimate of x *itself*
-  (not noised) fails: at small sigma a denoiser returns nearly its input, so every input looks
-  clean; and matching the implied noise norm ``||x - x0hat_t||^2 / sigma_t^2`` to d is biased by
-  the denoiser's shrinkage (on Gaussian data it never reaches d). Normal data sits near t = 0.
+  ``x = x0 + sigma * eps`` with x0 its nearest training sample: the posterior over sigma^2 is
+  inverse-gamma with mode ``r^2 / d`` for a residual r in d dimensions. Here the trained denoiser
+  supplies the projection onto the data: x is noised to each level of a log-spaced grid, the
+  model's one-shot estimate x0hat compared with x, and the score is the diffusion time (a
+  fraction of the schedule) at which the residual falls below half the injected noise variance,
+  i.e. from which the model explains x as noised data; an input off the data by r crosses at
+  ``sigma ~ r / sqrt(d)``. No training sample is searched and no classifier trained. Two
+  estimators that were tried and dropped: the grid posterior with likelihood
+  ``N(x; x0hat_t, sigma_t^2 I)`` (where the model cannot resolve the noise the residual equals it,
+  and the ``-d log sigma`` term puts every input at the smallest level), and matching the implied
+  noise norm of the *un-noised* input to d (biased by the denoiser's shrinkage: on Gaussian data
+  it never reaches d).
 
 :class:`Calibration` turns scores into labels with a threshold fitted on held-out normal scores
 (a quantile, or a target false-positive rate) and round-trips through JSON. :func:`detect` runs
