@@ -9,6 +9,7 @@ trained for a few steps (mechanics, not quality: benchmarks/quality/anomaly.py m
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 
 import numpy as np
@@ -107,7 +108,7 @@ def test_dte_score_increases_with_added_noise(normals, defects):
     eps = torch.randn(normals.shape, generator=g)
     means = [float(anomaly.dte_scores(image_model, (normals + s * eps).clamp(-1, 1), **KW).scores.mean())
              for s in (0.0, 0.05, 0.1, 0.2, 0.4)]
-    assert all(a < b for a, b in zip(means, means[1:], strict=False)), means
+    assert all(a < b for a, b in itertools.pairwise(means)), means
     det = anomaly.dte_scores(image_model, defects, **KW)
     assert float(det.scores[:12].min()) > float(det.scores[12:].max())
     assert det.maps.shape == (24, 4, 4) and int(det.maps[0].argmax()) in (5, 6, 9, 10)  # inside the patch
@@ -230,7 +231,7 @@ def test_detect_command_on_images(image_run, pixels, tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "detect", "--checkpoint", str(image_run), "--input", str(tmp_path / "in.npz"), "--method",
                  "dte", "--levels", "4", "--output", str(tmp_path / "dte.csv")]) == 0, capsys.readouterr().err
-    rows = list(csv.reader(open(tmp_path / "dte.csv")))
+    rows = list(csv.reader((tmp_path / "dte.csv").read_text().splitlines()))
     assert rows[0] == ["index", "score", "label"] and len(rows) == 7 and rows[1][2] == ""
 
 
@@ -244,7 +245,7 @@ def test_detect_command_on_a_table(table_run, tmp_path, capsys):
     assert main(["detect", "--checkpoint", str(root / "run"), "--input", str(tmp_path / "rows.csv"), "--calibrate",
                  str(root / "train.csv"), "--quantile", "0.9", "--output", str(out)]) == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
-    rows = list(csv.reader(open(out)))
+    rows = list(csv.reader(out.read_text().splitlines()))
     assert len(rows) == 9 and {r[2] for r in rows[1:]} <= {"0", "1"} and "maps" not in summary
     assert (tmp_path / "t_hist.png").stat().st_size > 0
 
