@@ -75,8 +75,8 @@ def summary(reports: list[dict[str, Any]], stat: str = "min") -> str:
         raise ValueError("no end-to-end cases (extra_info suite='e2e') in the report(s)")
     machine = reports[0].get("machine_info", {}).get("diffcore", {})
     lines = ["## End-to-end sampling: diffcore.sample vs the diffusers pipeline loop", "",
-             f"torch {machine.get('torch', '?')}, diffusers {machine.get('diffusers', '?')}, "
-             f"torch threads {machine.get('torch_threads', '?')}, kernel backend {machine.get('kernel_backend', '?')}", ""]
+             (f"torch {machine.get('torch', '?')}, diffusers {machine.get('diffusers', '?')}, "
+              f"torch threads {machine.get('torch_threads', '?')}, kernel backend {machine.get('kernel_backend', '?')}"), ""]
     for device, dev_rows in rows.items():
         lines += table(device, dev_rows, stat)
     return "\n".join(lines)

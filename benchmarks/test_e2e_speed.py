@@ -43,8 +43,8 @@ import torch
 import diffcore
 
 diffusers = pytest.importorskip("diffusers")
-from diffcore.interop.diffusers import DiffusersUNet, scheduler_from_config  # noqa: E402
-from diffcore.timesteps import make_plan  # noqa: E402
+from diffcore.interop.diffusers import DiffusersUNet, scheduler_from_config
+from diffcore.timesteps import make_plan
 
 DEVICE = torch.device(os.environ.get("DIFFCORE_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))
 ON_CUDA = DEVICE.type == "cuda"
@@ -56,12 +56,12 @@ pytestmark = [
 
 STEPS = 50
 UNETS: dict[str, dict[str, Any]] = {
-    "small": dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64), layers_per_block=2,
-                  down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                  up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")),
-    "mid": dict(sample_size=64, in_channels=4, out_channels=4, block_out_channels=(128, 256, 256, 512),
-                layers_per_block=2, down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D")),
+    "small": {"sample_size": 32, "in_channels": 3, "out_channels": 3, "block_out_channels": (32, 64, 64),
+              "layers_per_block": 2, "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+              "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")},
+    "mid": {"sample_size": 64, "in_channels": 4, "out_channels": 4, "block_out_channels": (128, 256, 256, 512),
+            "layers_per_block": 2, "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+            "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D")},
 }
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {"clip_sample": False}),
