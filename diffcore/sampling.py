@@ -36,6 +36,7 @@ def resolve_schedule(schedule: str | Schedule) -> Schedule:
     return schedule
 
 
+@torch.no_grad()
 def sample(
     model: Callable[..., Any],
     x_T: Tensor,
@@ -62,7 +63,8 @@ def sample(
 
     ``model(x, t, cond)`` receives exactly what a diffusers UNet receives in a diffusers pipeline:
     the (scaled) model input and a (B,) tensor of timesteps (sigmas for EDM schedules); ``cond``
-    is passed only when given. One trained model serves every sampler.
+    is passed only when given. One trained model serves every sampler. Runs under ``torch.no_grad()``:
+    the fused steps update the state in place, and a sampling loop needs no autograd graph.
 
     Args:
         x_T: standard-normal noise (B, ...); each sampler scales it to its first noise level.
@@ -137,6 +139,7 @@ def sample(
     return fn(denoiser, x, plan, generator=generator, callback=callback, **options)
 
 
+@torch.no_grad()
 def sample_from(
     model: Callable[..., Any],
     x: Tensor,
