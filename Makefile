@@ -28,13 +28,17 @@ $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES) | $(VENV_PY)
 test: setup
 	$(VENV_PY) -m pytest -q -rs
 
+# Trains the demo models (reused on a rerun), runs the five tasks, writes outputs/demo/report.html,
+# then checks that every image of the page loads (in headless Chromium when one is installed).
 demo: setup
 	$(VENV_PY) -m diffcore demo --out outputs/demo
+	$(VENV_PY) -m diffcore.demo.check outputs/demo/report.html
 
 bench: setup
 	mkdir -p outputs/bench
 	$(VENV_PY) -m pytest benchmarks -q --benchmark-json=outputs/bench/bench.json
 	@if [ -f benchmarks/summarize.py ]; then $(VENV_PY) benchmarks/summarize.py outputs/bench/bench.json; fi
+	@if [ -f benchmarks/summarize_e2e.py ]; then $(VENV_PY) benchmarks/summarize_e2e.py outputs/bench/bench.json --out outputs/bench/e2e_summary.md; fi
 
 # Removes build products and the install stamp (the next `make setup` rebuilds the
 # native extension); keeps the venv and everything under outputs/.

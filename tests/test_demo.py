@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from diffcore import demo
+from diffcore.demo import study as demo
 
 # estimated order -> (lowest, highest) accepted
 EXPECTED_ORDER = {

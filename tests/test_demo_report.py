@@ -1,0 +1,94 @@
+"""The main job: ``diffcore demo`` trains, runs every task and writes a report whose images load.
+
+One quick run (tiny models and budgets; its numbers mean nothing) is shared by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diffcore import demo
+from diffcore.demo import check
+from diffcore.demo.report import Report
+
+SECTIONS = ("training", "generation", "text2image", "img2img", "denoising", "anomaly", "samplers")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    return out, demo.main(out, quick=True)
+
+
+def test_writes_report_and_results(run: tuple[Path, dict[str, Any]]) -> None:
+    out, result = run
+    for name in ("report.html", "report.md", "results.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["kernel_backend"] == result["kernel_backend"]
+    assert set(saved) >= {"generation", "text2image", "img2img", "denoising", "anomaly", "samplers", "training"}
+
+
+def test_every_section_is_in_both_pages(run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = run
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for anchor in SECTIONS:
+        assert f'id="{anchor}"' in md and f'id="{anchor}"' in page, anchor
+    assert "Kernel backend:" in md and "Kernel backend:" in page
+
+
+def test_every_image_exists_and_decodes(run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = run
+    sources = check.image_sources(out / "report.html")
+    assert len(sources) >= 12
+    assert check.static_check(out / "report.html") == []
+    md = (out / "report.md").read_text()
+    assert all(f"]({src})" in md for src in sources)  # the Markdown page shows the same figures
+
+
+def test_images_load_in_headless_chromium(run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = run
+    browser = check.find_browser()
+    if browser is None:
+        pytest.skip("no headless Chromium installed (apt-get install chromium-headless-shell)")
+    seen = check.browser_check(out / "report.html", browser)
+    n = len(check.image_sources(out / "report.html"))
+    assert seen == {"total": n, "ok": n, "broken": []}
+
+
+def test_inpainting_keeps_known_pixels(run: tuple[Path, dict[str, Any]]) -> None:
+    _, result = run
+    assert result["img2img"]["known_pixels_exact"] is True
+
+
+def test_check_reports_a_missing_image(tmp_path: Path) -> None:
+    rep = Report("t", ["intro"])
+    rep.section("S", "s").figure("gone.png", "a figure that is not there")
+    (tmp_path / "report.html").write_text(rep.html())
+    problems = check.static_check(tmp_path / "report.html")
+    assert problems and "gone.png" in problems[0]
+    assert check.main([str(tmp_path / "report.html")]) == 1
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        rep.write(tmp_path)
+
+
+def test_rerun_reuses_checkpoint_and_new_recipe_retrains(run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    out, _ = run
+    recipe = {**demo.QUICK["tabular"], "dataset": "tabular", "steps": 3,
+              "dataset_options": {"path": str(out / "data" / "breast_cancer_benign_train.csv"), "holdout": 0.1, "seed": 0}}
+    _, first = demo.train_or_reuse("t", recipe, tmp_path, retrain=False)
+    _, second = demo.train_or_reuse("t", recipe, tmp_path, retrain=False)
+    assert first["reused"] is False and second["reused"] is True
+    _, third = demo.train_or_reuse("t", {**recipe, "steps": 4}, tmp_path, retrain=False)
+    assert third["reused"] is False
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(Exception, match="not a directory"):
+        demo.main(f, quick=True)
