@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore import ops
+from diffcore import graphs, ops
 from diffcore.denoiser import Denoiser
 from diffcore.timesteps import Level, Plan
 
@@ -90,10 +90,11 @@ def _vectors(program: Program, denoiser: Denoiser) -> list[np.ndarray]:
     return vectors
 
 
-def _table(programs: list[Program], denoiser: Denoiser, x: Tensor) -> list[Tensor]:
+def _table(programs: list[Program], denoiser: Denoiser, x: Tensor,
+           per: list[list[np.ndarray]] | None = None) -> list[Tensor]:
     """All steps' coefficients in one device buffer; a (width,) view per step for one program,
-    a (B, width) view per step for one program per sample."""
-    per = [_vectors(p, denoiser) for p in programs]
+    a (B, width) view per step for one program per sample. ``per``: the programs' vectors, if made."""
+    per = per if per is not None else [_vectors(p, denoiser) for p in programs]
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if len(per) == 1:  # the common case: one copy, then views; no per-step stacking
         widths = [v.size for v in per[0]]
@@ -107,6 +108,18 @@ def _table(programs: list[Program], denoiser: Denoiser, x: Tensor) -> list[Tenso
         views.append(flat[start : start + b.size].reshape(b.shape))
         start += b.size
     return views
+
+
+def _signature(programs: list[Program], per: list[list[np.ndarray]], denoiser: Denoiser) -> tuple[Any, ...]:
+    """Everything a captured loop bakes in from the programs: structure, coefficient vectors
+    (x0 conversion included), model times and input scales, as a hashable."""
+    main = programs[0]
+    shape = (len(programs), main.slots, tuple((st.writes, st.noise, st.rows.shape) for st in main.steps))
+    coeffs = np.concatenate([v for vs in per for v in vs]).tobytes()
+    times = np.array([[st.level.t for st in p.steps] for p in programs], dtype=np.float64).tobytes()
+    scales = np.array([[denoiser.param.input_scale(st.level.alpha, st.level.std) for st in p.steps] for p in programs],
+                      dtype=np.float64).tobytes()
+    return shape, coeffs, times, scales
 
 
 def check_same_structure(programs: list[Program]) -> None:
@@ -182,27 +195,61 @@ def run_program(
         raise ValueError(f"got {len(programs)} programs for a batch of {x.shape[0]}")
     check_same_structure(programs)
     main = programs[0]
-    table = _table(programs, denoiser, x)
-    # host->device copies happen here, before any graph capture
+    stochastic = any(st.noise for st in main.steps)
+    if cuda_graph:
+        return _run_graphed(denoiser, x, programs, seed=seed, stochastic=stochastic, callback=callback)
+    table, times, scales, history = _buffers(denoiser, x, programs)
+    noise = torch.empty_like(x) if stochastic and seed is None else None
+    ops.check_seed(seed)
+    _check_static(x, main, table, history, noise)
+    _loop(denoiser, x, main, table, times, scales, history, noise, generator, seed, callback)
+    denoiser.raise_deferred()
+    return x
+
+
+def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[list[np.ndarray]] | None = None,
+             ) -> tuple[list[Tensor], Tensor, list[Tensor | float], Tensor | None]:
+    """The coefficient table, model times, input scales and zeroed history of a run; every
+    host->device copy of the loop happens here, before any graph capture."""
+    main = programs[0]
+    table = _table(programs, denoiser, x, per)
     times = denoiser.time_table([[st.level.t for st in p.steps] for p in programs], x)
     scales = denoiser.scale_table([[st.level for st in p.steps] for p in programs], x)
     history = torch.zeros((main.slots, *x.shape), dtype=x.dtype, device=x.device) if main.slots else None
-    stochastic = any(st.noise for st in main.steps)
-    noise = torch.empty_like(x) if stochastic and seed is None else None
-    ops.check_seed(seed)
+    return table, times, scales, history
+
+
+def _check_static(x: Tensor, main: Program, table: list[Tensor], history: Tensor | None, noise: Tensor | None) -> None:
+    """Check the loop's static arguments once (the native op re-checks in C++)."""
     slots = main.slots
-    for k, (st, coeffs) in enumerate(zip(main.steps, table)):  # static arguments, checked once
+    for k, (st, coeffs) in enumerate(zip(main.steps, table)):
         if k == 0:
             ops.check_step(x, coeffs, history, noise if st.noise else None, st.writes)
         elif coeffs.shape[-1] != ops.coeff_width(slots, len(st.writes)) or any(not 0 <= w < slots for w in st.writes):
             raise ValueError(f"program step {k}: {coeffs.shape[-1]} coefficients or writes {st.writes} do not fit {slots} slots")
-    if cuda_graph:
-        from diffcore.graphs import run_captured
 
-        return run_captured(
-            lambda xx: _loop(denoiser, xx, main, table, times, scales, history, None, None, seed, None), x,
-            stochastic=stochastic, seed=seed, callback=callback, denoiser=denoiser,
-        )
-    _loop(denoiser, x, main, table, times, scales, history, noise, generator, seed, callback)
-    denoiser.raise_deferred()
-    return x
+
+def _run_graphed(denoiser: Denoiser, x: Tensor, programs: list[Program], *, seed: int | None, stochastic: bool,
+                 callback: Callback | None) -> Tensor:
+    """The loop as one CUDA graph, replayed from :data:`diffcore.graphs.cache` when an identical
+    run (model, program, shapes, conditioning structure, guidance, seed if stochastic) was captured."""
+    ops.check_seed(seed)
+    graphs.check_capturable(x, stochastic=stochastic, seed=seed, callback=callback)
+    main = programs[0]
+    per = [_vectors(p, denoiser) for p in programs]
+
+    def build() -> tuple[Callable[[Tensor], None], tuple[Any, ...]]:
+        table, times, scales, history = _buffers(denoiser, x, programs, per)
+        _check_static(x, main, table, history, None)
+
+        def loop(state: Tensor) -> None:
+            if history is not None:  # as in an eager run, where history starts at zero
+                history.zero_()
+            _loop(denoiser, state, main, table, times, scales, history, None, None, seed, None)
+
+        return loop, (table, times, scales, history)
+
+    def key() -> tuple[Any, Any]:
+        return graphs.graph_key(denoiser, x, _signature(programs, per, denoiser), seed if stochastic else None)
+
+    return graphs.run_cached(denoiser, x, build, key)
