@@ -18,9 +18,10 @@ its output copied into the caller's state. Nothing is allocated per replay.
 What a replay cannot see, by construction of CUDA graphs:
 
 * **The seed of a stochastic sampler.** The fused ops take the Philox seed as a host scalar that
-  the capture bakes into the kernel arguments, so the seed is part of the key: a new seed
-  captures a new graph. Pass a fixed ``seed=`` to reuse one (a deterministic sampler never
-  depends on it).
+  the capture bakes into the kernel arguments: a new seed captures again, and the new graph
+  replaces the one of the old seed (one graph per configuration, so a seed per call does not
+  fill the cache). Pass a fixed ``seed=`` to reuse one (a deterministic sampler never depends
+  on it).
 * **Replaced tensors.** Weights updated in place (an optimizer step between calls) are seen,
   since their addresses do not change. A parameter or buffer *replaced* by a new tensor
   (``load_state_dict(assign=True)``, ``module.weight = nn.Parameter(...)``, a model that
@@ -128,7 +129,7 @@ class GraphCache:
                  device_type: str = "cuda") -> None:
         self.capture = capture
         self.device_type = device_type
-        self._entries: OrderedDict[Hashable, Captured | CaptureFailed] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[Hashable, Captured | CaptureFailed]] = OrderedDict()
         self._owners: dict[int, weakref.ref[Any]] = {}
         self._dead: list[int] = []  # ids of collected owners, purged on the next operation
         self._lock = threading.Lock()
@@ -166,21 +167,23 @@ class GraphCache:
             self._dead.clear()
             self.hits = self.misses = self.captures = self.evictions = 0
 
-    def lookup(self, key: Hashable) -> Captured | CaptureFailed | None:
-        """The entry for ``key`` (now the most recently used), or None (a miss)."""
+    def lookup(self, key: Hashable, variant: Hashable = None) -> Captured | CaptureFailed | None:
+        """The entry for ``key`` (now the most recently used) if it was stored with ``variant``,
+        else None (a miss)."""
         with self._lock:
             self._purge()
-            entry = self._entries.get(key)
-            if entry is None:
+            found = self._entries.get(key)
+            if found is None or found[0] != variant:
                 self.misses += 1
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
-            return entry
+            return found[1]
 
-    def store(self, key: Hashable, owner: Any, entry: Captured | CaptureFailed) -> None:
-        """Keep ``entry`` under ``key``; ``key[0]`` is ``id(owner)``, and the entry goes when
-        ``owner`` is collected. Evicts the least recently used entries beyond the capacity."""
+    def store(self, key: Hashable, owner: Any, entry: Captured | CaptureFailed, variant: Hashable = None) -> None:
+        """Keep ``entry`` under ``key``, replacing any other ``variant`` of it (a stochastic
+        sampler's seed); ``key[0]`` is ``id(owner)``, and the entry goes when ``owner`` is
+        collected. Evicts the least recently used entries beyond the capacity."""
         with self._lock:
             self._purge()
             if self._capacity == 0:
@@ -189,7 +192,7 @@ class GraphCache:
             known = self._owners.get(oid)
             if known is None or known() is not owner:
                 self._owners[oid] = weakref.ref(owner, lambda _ref, oid=oid: self._dead.append(oid))
-            self._entries[key] = entry
+            self._entries[key] = (variant, entry)
             self._entries.move_to_end(key)
             self._trim()
 
@@ -197,7 +200,8 @@ class GraphCache:
         """The most recently used entry (for benchmarks and debugging)."""
         with self._lock:
             self._purge()
-            return next(reversed(self._entries.values()), None)
+            last = next(reversed(self._entries.values()), None)
+            return None if last is None else last[1]
 
     def _trim(self) -> None:
         while len(self._entries) > self._capacity:
@@ -291,23 +295,24 @@ def _autocast(device_type: str) -> Hashable:
         return torch.is_autocast_enabled()
 
 
-def graph_key(denoiser: Any, x: Tensor, program: Hashable, seed: int | None) -> tuple[Hashable, Any]:
-    """``(key, owner)`` of a run of ``program`` (a hashable of the coefficients, model times,
-    input scales and structure) on ``x``; ``seed`` only for a stochastic program. Raises
-    :class:`Uncacheable` when the model cannot be weak-referenced or the conditioning is opaque."""
+def graph_key(denoiser: Any, x: Tensor, program: Hashable, seed: int | None) -> tuple[Hashable, Any, Hashable]:
+    """``(key, owner, variant)`` of a run of ``program`` (a hashable of the coefficients, model
+    times, input scales and structure) on ``x``; the variant is ``seed``, given only for a
+    stochastic program. Raises :class:`Uncacheable` when the model cannot be weak-referenced or
+    the conditioning is opaque."""
     owner, func = _owner(denoiser.model)
     try:
         weakref.ref(owner)
     except TypeError:
         raise Uncacheable(f"model of type {type(owner).__name__} cannot be weak-referenced") from None
     key = (
-        id(owner), func, getattr(owner, "training", None), program, seed,
+        id(owner), func, getattr(owner, "training", None), program,
         tuple(x.shape), x.stride(), x.dtype, x.device,
         denoiser.timestep_dtype, denoiser.guidance_scale, denoiser.guidance_rescale, denoiser.check_finite,
         structure(denoiser.cond), structure(denoiser.uncond),
         ops.backend(x.device), torch.is_grad_enabled(), _autocast(x.device.type),
     )
-    return key, owner
+    return key, owner, seed
 
 
 # --------------------------------------------------------------------------- running
@@ -329,7 +334,7 @@ def run_cached(
     denoiser: Any,
     x: Tensor,
     build: Callable[[], tuple[Loop, tuple[Any, ...]]],
-    key_fn: Callable[[], tuple[Hashable, Any]],
+    key_fn: Callable[[], tuple[Hashable, Any, Hashable]],
     *,
     graph_cache: GraphCache | None = None,
 ) -> Tensor:
@@ -340,10 +345,10 @@ def run_cached(
     store = graph_cache if graph_cache is not None else cache
     leaves = [*tensor_leaves(denoiser.cond), *tensor_leaves(denoiser.uncond)]
     try:
-        key, owner = key_fn()
+        key, owner, variant = key_fn()
     except Uncacheable:
-        key = owner = None
-    entry = store.lookup(key) if key is not None and store.capacity else None
+        key = owner = variant = None
+    entry = store.lookup(key, variant) if key is not None and store.capacity else None
     if entry is None:
         static = (x.clone(), *(t.clone() for t in leaves))
         it = iter(static[1:])  # the graph reads the conditioning from static buffers
@@ -358,7 +363,7 @@ def run_cached(
                           stacklevel=4)
             entry = CaptureFailed(reason)
         if key is not None:
-            store.store(key, owner, entry)
+            store.store(key, owner, entry, variant)
     if isinstance(entry, CaptureFailed):
         denoiser._deferred.clear()
         it = iter(leaves)  # the caller's own conditioning

@@ -90,9 +90,13 @@ def test_stochastic_sampler_keys_on_the_seed_and_a_deterministic_one_does_not(fa
     assert fake.count == 2
     torch.testing.assert_close(c, diffcore.sample(model, _x(1), **{**kw, "seed": 8}), rtol=1e-6, atol=1e-6)
     assert not torch.allclose(a, c)
+    assert len(graphs.cache) == 1  # the new seed's graph replaced the old one
+    d = diffcore.sample(model, _x(1), cuda_graph=True, **kw)
+    assert fake.count == 3
+    torch.testing.assert_close(d, a, rtol=0, atol=0)
     for seed in (1, 2, None):  # ddim draws no noise: any seed replays the same graph
         diffcore.sample(model, _x(1), sampler="ddim", steps=8, seed=seed, cuda_graph=True)
-    assert fake.count == 3
+    assert fake.count == 4 and len(graphs.cache) == 2
 
 
 def test_conditioning_is_copied_into_the_static_buffers(fake):

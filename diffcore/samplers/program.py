@@ -186,7 +186,9 @@ def run_program(
     Noise comes from ``generator`` (torch's RNG, a preallocated buffer refilled per step) or,
     with ``seed``, from the Philox stream generated inside the fused op (step k uses offset k).
     ``cuda_graph=True`` (CUDA tensors) captures the whole loop, model included, in one CUDA graph
-    and replays it; it needs ``seed`` noise and no callback.
+    and replays it; it needs ``seed`` noise and no callback. Graphs are kept in
+    :data:`diffcore.graphs.cache`: a later identical run only copies ``x`` (and the conditioning)
+    in and replays.
     """
     if seed is not None and generator is not None:
         raise ValueError("pass either generator (torch RNG noise) or seed (in-kernel Philox noise), not both")
@@ -249,7 +251,7 @@ def _run_graphed(denoiser: Denoiser, x: Tensor, programs: list[Program], *, seed
 
         return loop, (table, times, scales, history)
 
-    def key() -> tuple[Any, Any]:
+    def key() -> tuple[Any, Any, Any]:
         return graphs.graph_key(denoiser, x, _signature(programs, per, denoiser), seed if stochastic else None)
 
     return graphs.run_cached(denoiser, x, build, key)
