@@ -110,8 +110,9 @@ fi
 stage build 300 "$OUT/build.log" build
 stage backend 60 "$OUT/env.txt" backend_check
 stage cuda_tests 120 "$OUT/cuda_tests.log" "$PY" -m pytest tests/test_native.py -q -rs -p no:cacheprovider
-# diffusers interop: diffcore.sample(cuda_graph=True) of a diffusers UNet equals eager (skips without diffusers)
+# the CUDA graph cache: a repeated sample(cuda_graph=True) replays, equal to eager
 stage graphs_cuda 60 "$OUT/cuda_tests.log" "$PY" -m pytest tests/test_graphs.py -q -rs -k cuda -p no:cacheprovider
+# diffusers interop: diffcore.sample(cuda_graph=True) of a diffusers UNet equals eager (skips without diffusers)
 stage interop_cuda 60 "$OUT/cuda_tests.log" "$PY" -m pytest tests/test_interop_diffusers.py -q -rs -k cuda_graph \
   -p no:cacheprovider
 # Benchmarks before memcheck: they are this run's main product; compile last (compilation is slow).
