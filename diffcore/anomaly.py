@@ -439,7 +439,7 @@ def dte_scores(
     ``sigma ~ r / sqrt(d)``: DTE's estimate (the posterior mode of sigma^2 given a residual r is
     ``r^2 / d``), with the model's projection in place of the nearest neighbour. The score is the
     first crossing, interpolated in log sigma (1 if it never crosses); the map is the per-pixel
-    ``(x - x0hat)^2 / sigma^2`` at the crossing level."""
+    ``(x - x0hat)^2 / sigma^2`` at the crossing level (the last level if it never crosses)."""
     m = _resolve(pipe_or_model, schedule, prediction)
     shape = _sample_shape(m, x)
     x = check_input(x, shape).to(m.device)
@@ -471,8 +471,8 @@ def dte_scores(
                 r2 = ((x[part].to(torch.float64) - (a * state.to(torch.float64) + b * out.to(torch.float64))) ** 2
                       / sigma**2).cpu()
                 rho_k[part] = r2.flatten(1).sum(1) / d
-                new = log_sigma[part].isnan() & (rho_k[part] < explained)
-                maps[part] = torch.where(new.reshape(view), r2, maps[part])
+                new = log_sigma[part].isnan() & ((rho_k[part] < explained) | (k == levels - 1))
+                maps[part] = torch.where(new.reshape(view), r2, maps[part])  # the last level if never
                 bar.update(1)
             new = log_sigma.isnan() & (rho_k < explained)
             if k == 0:
