@@ -61,8 +61,8 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max
        margin: 2em auto; padding: 0 1em; color: #1b1f24; line-height: 1.45; }
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #d0d7de; padding-bottom: 0.2em; margin-top: 2em; }
 nav a { margin-right: 1em; } table { border-collapse: collapse; margin: 0.8em 0; }
-th, td { border: 1px solid #d0d7de; padding: 0.25em 0.7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; } th { background: #f6f8fa; }
+th, td { border: 1px solid #d0d7de; padding: 0.25em 0.7em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; } th { background: #f6f8fa; }
 figure { margin: 1em 0; } figure img { max-width: 100%; image-rendering: pixelated; border: 1px solid #eee; }
 figcaption { color: #57606a; font-size: 0.92em; } .meta { color: #57606a; }
 code { background: #f6f8fa; padding: 0 0.25em; }
@@ -130,7 +130,7 @@ class Report:
                 if isinstance(it, str):
                     parts.append(f"<p>{_inline(it)}</p>")
                 elif isinstance(it, Table):
-                    rows = "".join("<tr>" + "".join(f"<td>{e(_cell(v))}</td>" for v in r) + "</tr>" for r in it.rows)
+                    rows = "".join("<tr>" + "".join(_td(v) for v in r) + "</tr>" for r in it.rows)
                     cap = f"<caption>{e(it.caption)}</caption>" if it.caption else ""
                     head = "".join(f"<th>{e(h)}</th>" for h in it.header)
                     parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
@@ -149,6 +149,11 @@ class Report:
         md.write_text(self.markdown())
         page.write_text(self.html())
         return md, page
+
+
+def _td(value: Any) -> str:
+    num = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f'<td class="num">{html.escape(_cell(value))}</td>' if num else f"<td>{html.escape(_cell(value))}</td>"
 
 
 def _inline(text: str) -> str:
