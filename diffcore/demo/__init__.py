@@ -33,7 +33,7 @@ from torch import Tensor
 
 from diffcore import ops
 from diffcore.cli import UsageError
-from diffcore.demo.report import Report, Section
+from diffcore.demo.report import Report
 from diffcore.pipeline import Pipeline
 
 __all__ = ["FULL", "QUICK", "main"]
@@ -208,8 +208,9 @@ def _knn_fill(train: Tensor, known: Tensor, known_mask: Tensor, k: int = 5) -> T
 
 
 def stage_generation(pipe: Pipeline, data: Any, clf: Any, cfg: dict[str, Any], out: Path, rep: Report) -> dict[str, Any]:
-    from diffcore.metrics import nearest_neighbour_ratio
     from diffcore_plugins.generation import GenerateParams, generate_samples
+
+    from diffcore.metrics import nearest_neighbour_ratio
 
     per = cfg["grid_per_class"]
     _log("generation: class grid and guidance sweep")
@@ -528,11 +529,12 @@ def main(out: str | Path = "outputs/demo", *, quick: bool = False, retrain: bool
     tab = {"train": standardize(pipes["tabular"], bc["raw_train"]), "test": standardize(pipes["tabular"], bc["raw_test"]),
            "test_labels": bc["test_labels"]}
 
+    machine_line = (f"Kernel backend: {backend}. torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+                    f"{torch.get_num_threads()} torch thread(s).")
     rep = Report("diffcore demo", [
-        f"Kernel backend: {backend}. torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch thread(s).",
-        "Data: scikit-learn's 8x8 handwritten digits (1437 train / 360 held-out) and breast cancer table; every "
-        "score below is on held-out data." + (" QUICK MODE: tiny models and budgets, the numbers mean nothing." if quick
+        machine_line,
+        f"Data: scikit-learn's 8x8 handwritten digits ({len(data.train)} train / {len(data.test)} held-out) and "
+        "breast cancer table; every score below is on held-out data." + (" QUICK MODE: tiny models and budgets, the numbers mean nothing." if quick
                                               else ""),
     ])
     s = rep.section("Training", "training")
@@ -543,12 +545,19 @@ def main(out: str | Path = "outputs/demo", *, quick: bool = False, retrain: bool
              ["tabular", "MLP on benign breast-cancer rows", recipes["tabular"]["steps"],
               training["tabular"]["seconds"] or "reused"]])
     s.figure("training_loss.png", "Training loss (metrics.jsonl of each run).", width=900)
-    results: dict[str, Any] = {"kernel_backend": backend, "quick": quick, "training": training}
-    results["generation"] = stage_generation(pipes["digits"], data, clf, cfg["samples"], path, rep)
-    results["text2image"] = stage_text(pipes["text"], clf, cfg["samples"], path, rep)
-    results["img2img"] = stage_img2img(pipes["digits"], data, clf, cfg["samples"], path, rep)
-    results["denoising"] = stage_denoise(pipes["digits"], data, cfg["samples"], path, rep)
-    results["anomaly"] = stage_anomaly(pipes["digits"], pipes["tabular"], data, tab, path, rep)
+    results: dict[str, Any] = {"kernel_backend": backend, "quick": quick, "training": training, "stage_seconds": {}}
+    stages = {
+        "generation": lambda: stage_generation(pipes["digits"], data, clf, cfg["samples"], path, rep),
+        "text2image": lambda: stage_text(pipes["text"], clf, cfg["samples"], path, rep),
+        "img2img": lambda: stage_img2img(pipes["digits"], data, clf, cfg["samples"], path, rep),
+        "denoising": lambda: stage_denoise(pipes["digits"], data, cfg["samples"], path, rep),
+        "anomaly": lambda: stage_anomaly(pipes["digits"], pipes["tabular"], data, tab, path, rep),
+    }
+    for name, run in stages.items():
+        t0 = time.perf_counter()
+        results[name] = run()
+        results["stage_seconds"][name] = round(time.perf_counter() - t0, 1)
+        _log(f"{name}: {results['stage_seconds'][name]:.0f} s")
 
     _log("sampler study on closed-form data")
     st = study.main(path / "study", quick=quick)

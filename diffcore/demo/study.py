@@ -157,7 +157,7 @@ def plot_errors(study: dict[str, Any], path: Path) -> None:
 
     steps = study["steps"]
     fig, ax = plt.subplots(figsize=(9.0, 5.2), dpi=120)
-    styles = {"ddim": dict(ls="--", mfc="none", ms=9, zorder=3)}  # ddim coincides with euler: keep both visible
+    styles = {"ddim": {"ls": "--", "mfc": "none", "ms": 9, "zorder": 3}}  # ddim coincides with euler: keep both visible
     for (name, errs), m in zip(study["errors"].items(), "osD^vP"):
         kw = {"marker": m, "ms": 5, "lw": 1.6, **styles.get(name, {})}
         ax.loglog(steps, errs, label=f"{name} ({study['orders'][name]:.2f})", **kw)
