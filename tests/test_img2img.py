@@ -128,6 +128,110 @@ def test_repaint_refuses_multistep_samplers(pipe, digits):
         img2img.repaint(pipe, digits[:2], "center", steps=4, jump_length=9)
 
 
+def _rotated_mixture(means: torch.Tensor, stds: torch.Tensor):
+    """Two-component Gaussian mixture on 1x2x2 images, correlated within each component by a
+    45-degree rotation of the pixel pairs (0, 2) and (1, 3), so the known top row carries
+    information about the missing bottom row. Returns (model for v-prediction on
+    squaredcos_cap_v2, component means (K, 4), component covariances (K, 4, 4))."""
+    from diffcore.analytic import GaussianMixture, exact_model
+
+    r = 2**-0.5
+    rot = torch.tensor([[r, 0, r, 0], [0, r, 0, r], [r, 0, -r, 0], [0, r, 0, -r]], dtype=torch.float64)  # symmetric
+    mixture = GaussianMixture(means @ rot, stds, torch.full((len(means),), 1 / len(means), dtype=torch.float64))
+    base = exact_model(mixture, diffcore.get("schedules", "squaredcos_cap_v2")(), "v_prediction")
+
+    def model(x, t, cond=None):  # eps and x0 (hence v) rotate with the data: v_x = R v_y(R x)
+        return (base(x.reshape(len(x), 4).double() @ rot, t) @ rot).reshape(x.shape).to(x.dtype)
+
+    covs = torch.stack([rot @ torch.diag(s**2) @ rot for s in stds])
+    return model, means, covs
+
+
+def _conditional(known, means, covs):
+    """Component weights, means and covariances of pixels 2-3 given pixels 0-1 = known."""
+    logw, cmeans, ccovs = [], [], []
+    for mu, cov in zip(means, covs):
+        s11, s12, s22 = cov[:2, :2], cov[:2, 2:], cov[2:, 2:]
+        d = known - mu[:2]
+        logw.append(-0.5 * (d @ torch.linalg.solve(s11, d)) - 0.5 * torch.logdet(s11))
+        cmeans.append(mu[2:] + s12.T @ torch.linalg.solve(s11, d))
+        ccovs.append(s22 - s12.T @ torch.linalg.solve(s11, s12))
+    return torch.softmax(torch.stack(logw), 0), torch.stack(cmeans), torch.stack(ccovs)
+
+
+def _reference_repaint(model, known, keep, steps, jump, resample, generator):
+    """RePaint (Lugmayr et al. 2022, Alg. 1) written out in float64 from the plan's levels: DDPM
+    posterior steps, the known pixels noised to the level each step lands on, one-level forward
+    jumps; draws noise in repaint's generator order (start, then per step: step noise, known)."""
+    from diffcore.timesteps import make_plan
+
+    sched = diffcore.get("schedules", "squaredcos_cap_v2")()
+    plan = make_plan(sched, steps, "trailing", "ddim")
+    a, s, ts = plan.alphas.tolist(), plan.stds.tolist(), plan.timesteps
+    x = torch.randn(known.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * plan.init_scale
+
+    def randn():
+        return torch.randn(known.shape, generator=generator, dtype=torch.float64)
+
+    x = torch.where(keep, a[0] * known + s[0] * randn(), x)
+    for direction, i in img2img.repaint_schedule(steps, jump, resample):
+        if direction == "down":
+            v = model(x, ts[i].long().expand(len(x)))
+            x0 = a[i] * x - s[i] * v  # v-prediction on a variance-preserving state
+            q = (a[i] * s[i + 1]) ** 2 / (a[i + 1] * s[i]) ** 2
+            mean = a[i] * s[i + 1] ** 2 / (a[i + 1] * s[i] ** 2) * x + a[i + 1] * (1 - q) * x0
+            x = mean + (s[i + 1] ** 2 * (1 - q)) ** 0.5 * randn()
+            noised = known if i + 1 == steps else a[i + 1] * known + s[i + 1] * randn()
+            x = torch.where(keep, noised, x)
+        else:
+            ratio = a[i] / a[i + 1]
+            x = ratio * x + (s[i] ** 2 - (ratio * s[i + 1]) ** 2) ** 0.5 * randn()
+    return torch.where(keep, known, x.clamp(-1, 1))
+
+
+def test_repaint_matches_a_written_out_reference_step_for_step():
+    """Levels, the known pixels' noise level after each step, the forward jumps and the final
+    paste: repaint (v-prediction, squaredcos_cap_v2, trailing spacing) equals the reference."""
+    means = torch.tensor([[0.3, 0.3, 0.3, -0.3], [-0.3, -0.3, -0.3, 0.3]], dtype=torch.float64)
+    model, _, _ = _rotated_mixture(means, torch.full((2, 4), 0.12, dtype=torch.float64))
+    known = torch.tensor([[0.25, 0.4, 0.0, 0.0], [-0.1, 0.05, 0.0, 0.0]] * 3, dtype=torch.float64).reshape(6, 1, 2, 2)
+    keep = img2img.region_mask("bottom-half", 2, 2) == 0
+    for steps, jump, resample in [(12, 3, 3), (9, 4, 2), (5, 5, 1)]:
+        out = img2img.repaint(model, known, "bottom-half", steps=steps, jump_length=jump, resample=resample,
+                              schedule="squaredcos_cap_v2", prediction="v_prediction",
+                              generator=torch.Generator().manual_seed(steps))
+        ref = _reference_repaint(model, known, keep, steps, jump, resample, torch.Generator().manual_seed(steps))
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_repaint_approaches_the_closed_form_conditional_of_a_gaussian_mixture():
+    """Closed-form oracle: with the exact denoiser of a two-component mixture, the filled pixels
+    approach p(missing | known) (component weight, conditional mean and variance) as resampling
+    and finer steps are added. RePaint is not an exact sampler: with short jumps it
+    under-uses the known pixels (the fill stays near the component mean), a bias that shrinks
+    with more steps; resampling is what picks the right component."""
+    means = torch.tensor([[0.4, 0.4, 0.4, 0.4], [-0.4, -0.4, 0.4, -0.4]], dtype=torch.float64)
+    stds = torch.tensor([[0.2, 0.2, 0.06, 0.06], [0.2, 0.2, 0.06, 0.06]], dtype=torch.float64)
+    model, mus, covs = _rotated_mixture(means, stds)  # corr(pixel 0, pixel 2) = 0.83 in each component
+    known = torch.tensor([0.1, 0.15], dtype=torch.float64)
+    weights, cmeans, ccovs = _conditional(known, mus, covs)
+    assert weights[0] > 0.9998 and (cmeans[0] - means[0, 2:]).abs().min() > 0.2  # the known row moves the fill
+    n = 500
+    images = torch.zeros(n, 1, 2, 2, dtype=torch.float64)
+    images.view(n, 4)[:, :2] = known
+    wrong, error, ratio = {}, {}, {}
+    for steps, jump, resample in [(50, 5, 1), (50, 5, 5), (100, 4, 5)]:
+        out = img2img.repaint(model, images, "bottom-half", steps=steps, jump_length=jump, resample=resample,
+                              schedule="squaredcos_cap_v2", prediction="v_prediction", seed=1)
+        fill = out.view(n, 4)[:, 2:]
+        wrong[steps, resample] = float((fill[:, 1] < 0).double().mean())  # pixel 3's sign = component
+        error[steps, resample] = float((fill.mean(0) - cmeans[0]).abs().max())
+        ratio[steps, resample] = fill.var(0) / ccovs[0].diagonal()
+    assert wrong[50, 1] > 0.05 and wrong[50, 5] < 0.03 and wrong[100, 5] < 0.015, wrong
+    assert error[100, 5] < 0.05 and error[100, 5] < 0.6 * error[50, 5], error
+    assert ((ratio[100, 5] > 0.7) & (ratio[100, 5] < 1.5)).all() and (ratio[50, 1] > 2).all(), ratio
+
+
 # --------------------------------------------------------------------------- paired translation
 
 
