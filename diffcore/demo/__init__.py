@@ -47,7 +47,7 @@ COMMON = {"schedule": "squaredcos_cap_v2", "schedule_options": {"num_train_times
 # The fixed budgets of the full demo (~15 min on 2 cores, most of it training).
 FULL: dict[str, Any] = {
     "digits": {**COMMON, "dataset": "digits", "dataset_options": {"seed": 0, "holdout": 0.2}, "model": "unet",
-               "model_config": DIGITS_UNET, "steps": 700, "batch_size": 128, "warmup_steps": 50,
+               "model_config": DIGITS_UNET, "steps": 600, "batch_size": 128, "warmup_steps": 50,
                "ema_decay": 0.995, "label_dropout": 0.2},
     "text": {**COMMON, "dataset": "digits", "dataset_options": {"seed": 0, "holdout": 0.2}, "model": "text_unet",
              "model_config": {"unet": {"in_channels": 1, "image_size": 8, "base_channels": 32, "channel_mult": [1, 2],
