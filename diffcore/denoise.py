@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from diffcore.denoiser import Denoiser
-from diffcore.img2img import _Model, _resolve
+from diffcore.img2img import _Model, _resolve, image_batch
 from diffcore.parameterization import Parameterization
 from diffcore.sampling import sample_from
 from diffcore.schedules import EDMSchedule, Schedule
@@ -186,18 +186,7 @@ def match_level(schedule: Schedule, sigma: Tensor) -> tuple[Tensor, Tensor, Tens
 def check_noisy(images: Any, shape: tuple[int, ...] | None, name: str = "images") -> Tensor:
     """Noisy ``images`` as a float (B, C, H, W) batch: finite, the model's channels, at least
     its size. Values may leave [-1, 1] (that is the noise); the range is checked with sigma."""
-    if not isinstance(images, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W) in model space, got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(f"{name} must be floating point (model space [-1, 1] plus noise), got dtype {images.dtype}; "
-                        "scale uint8 pixels with x / 127.5 - 1")
-    if images.dim() == 3:
-        images = images[None]
-    if images.dim() != 4 or images.numel() == 0:
-        raise ValueError(f"{name} must be a non-empty batch (B, C, H, W), got shape {tuple(images.shape)}")
-    if not bool(torch.isfinite(images).all()):
-        bad = int((~torch.isfinite(images)).sum())
-        raise ValueError(f"{name} contain {bad} NaN or inf pixel value(s)")
+    images = image_batch(images, name, space="(model space [-1, 1] plus noise)")
     if shape is not None:
         want_c, want_h, want_w = (int(v) for v in shape[-3:])
         c, h, w = images.shape[1:]

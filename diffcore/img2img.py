@@ -35,8 +35,8 @@ from diffcore.timesteps import make_plan
 if TYPE_CHECKING:
     from diffcore.pipeline import Pipeline
 
-__all__ = ["MASK_REGIONS", "check_images", "check_mask", "check_strength", "region_mask", "repaint", "sdedit",
-           "start_time", "translate"]
+__all__ = ["MASK_REGIONS", "check_images", "check_mask", "check_strength", "image_batch", "region_mask", "repaint",
+           "sdedit", "start_time", "translate"]
 
 MASK_REGIONS = ("bottom-half", "top-half", "left-half", "right-half", "center")
 _RANGE_TOL = 1e-3  # model-space images may overshoot [-1, 1] by rounding only
@@ -111,16 +111,13 @@ def _conditioning(m: _Model, class_labels: Any, n: int, extra: dict[str, Tensor]
 # --------------------------------------------------------------------------- input checks
 
 
-def check_images(images: Any, shape: tuple[int, ...] | None = None, *, resize: bool = False,
-                 name: str = "images") -> Tensor:
-    """``images`` as a float (B, C, H, W) batch in [-1, 1] fitting ``shape`` = (C, H, W).
-
-    A 3-D tensor is one image. A wrong size or channel count raises, unless ``resize`` (then the
-    images are resized bilinearly with antialiasing, and RGB <-> grayscale converted)."""
+def image_batch(images: Any, name: str = "images", space: str = "in [-1, 1]") -> Tensor:
+    """``images`` as a non-empty, finite, floating-point (B, C, H, W) batch (a 3-D tensor is one
+    image); ``space`` describes the expected values in the error messages."""
     if not isinstance(images, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W) in [-1, 1], got {type(images).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W) {space}, got {type(images).__name__}")
     if not images.is_floating_point():
-        raise TypeError(f"{name} must be floating point in [-1, 1], got dtype {images.dtype}; "
+        raise TypeError(f"{name} must be floating point {space}, got dtype {images.dtype}; "
                         "scale uint8 pixels with x / 127.5 - 1")
     if images.dim() == 3:
         images = images[None]
@@ -129,6 +126,16 @@ def check_images(images: Any, shape: tuple[int, ...] | None = None, *, resize: b
     if not bool(torch.isfinite(images).all()):
         bad = int((~torch.isfinite(images)).sum())
         raise ValueError(f"{name} contain {bad} NaN or inf pixel value(s)")
+    return images
+
+
+def check_images(images: Any, shape: tuple[int, ...] | None = None, *, resize: bool = False,
+                 name: str = "images") -> Tensor:
+    """``images`` as a float (B, C, H, W) batch in [-1, 1] fitting ``shape`` = (C, H, W).
+
+    A 3-D tensor is one image. A wrong size or channel count raises, unless ``resize`` (then the
+    images are resized bilinearly with antialiasing, and RGB <-> grayscale converted)."""
+    images = image_batch(images, name)
     lo, hi = float(images.min()), float(images.max())
     if lo < -1 - _RANGE_TOL or hi > 1 + _RANGE_TOL:
         raise ValueError(f"{name} have values in [{lo:.4g}, {hi:.4g}]; expected model space [-1, 1] "
