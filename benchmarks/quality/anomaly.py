@@ -46,6 +46,7 @@ import torch
 import diffcore
 from benchmarks.quality.evaluator import CACHE_DIR, RESULTS_DIR, load_data, machine
 from diffcore import anomaly
+from diffcore.baselines import add_defects
 
 QUICK_DIR = CACHE_DIR / "anomaly-quick"
 DIGITS_RUN = CACHE_DIR / "digits-run"  # benchmarks/quality/digits.py's model
@@ -154,23 +155,6 @@ def tabular_seed(name: str, seed: int, recipe: dict[str, Any], workdir: Path) ->
 
 
 # --------------------------------------------------------------------------- images
-
-
-def add_defects(images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Half the images (by ``seed``) get a 3x3 patch set to +1 or inverted; (images, image labels,
-    pixel labels (N, H, W))."""
-    g = torch.Generator().manual_seed(seed)
-    n, _, h, w = images.shape
-    image_labels = torch.zeros(n, dtype=torch.bool)
-    image_labels[torch.randperm(n, generator=g)[: n // 2]] = True
-    pixel_labels = torch.zeros(n, h, w, dtype=torch.bool)
-    out = images.clone()
-    for i in image_labels.nonzero().flatten().tolist():
-        r, c = (int(v) for v in torch.randint(0, h - 2, (2,), generator=g))
-        bright = bool(torch.randint(0, 2, (1,), generator=g))
-        out[i, :, r : r + 3, c : c + 3] = 1.0 if bright else -out[i, :, r : r + 3, c : c + 3]
-        pixel_labels[i, r : r + 3, c : c + 3] = True
-    return out, image_labels, pixel_labels
 
 
 def classical_maps(train: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:

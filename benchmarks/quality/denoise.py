@@ -56,6 +56,7 @@ from benchmarks.quality.evaluator import (
     machine,
 )
 from diffcore import denoise as dn
+from diffcore.baselines import wiener, wiener_fit
 from diffcore.images import save_grid
 from diffcore.metrics import psnr, ssim
 
@@ -75,19 +76,6 @@ NLM_PATCHES = ((3, 2), (3, 4), (5, 3))  # (patch_size, patch_distance)
 
 # --------------------------------------------------------------------------- classical denoisers
 # All work on [0, 1] numpy images (N, 8, 8) with sigma on that scale; diffcore works in model space.
-
-
-def wiener_fit(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (D,) and covariance (D, D) of the flattened training images, float64."""
-    flat = train.flatten(1).double()
-    return flat.mean(0), torch.cov(flat.T)
-
-
-def wiener(y: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The linear MMSE estimate under a Gaussian prior N(mean, cov): mean + C (C + s^2 I)^-1 (y - mean)."""
-    flat = y.flatten(1).double()
-    gain = torch.linalg.solve(cov + sigma**2 * torch.eye(cov.shape[0], dtype=torch.float64), cov)  # symmetric C, A
-    return (mean + (flat - mean) @ gain.T).reshape(y.shape).float()
 
 
 def _per_image(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:

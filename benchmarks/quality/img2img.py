@@ -47,6 +47,7 @@ from benchmarks.quality.evaluator import (
     machine,
 )
 from diffcore import img2img
+from diffcore.baselines import knn_fill
 from diffcore.images import save_grid
 from diffcore.metrics import frechet_distance, psnr, ssim
 
@@ -114,12 +115,6 @@ def train_model(name: str, model: dict[str, Any], recipe: dict[str, Any], folder
 
 
 # --------------------------------------------------------------------------- baselines and scores
-
-
-def knn_fill(train: torch.Tensor, train_keys: torch.Tensor, keys: torch.Tensor, k: int = 5) -> torch.Tensor:
-    """The mean of the ``k`` training images whose keys are nearest (L2) to each query key."""
-    dist = torch.cdist(keys.flatten(1).double(), train_keys.flatten(1).double())
-    return train[dist.topk(k, largest=False).indices].mean(dim=1)
 
 
 def known_part_ceiling(data: Any, name: str) -> float:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from diffcore import ops
+from diffcore.baselines import add_defects, knn_fill, wiener, wiener_fit
 from diffcore.cli import UsageError
 from diffcore.demo.report import Report
 from diffcore.pipeline import Pipeline
@@ -196,14 +197,6 @@ def _psnr(x: Tensor, y: Tensor) -> float:
     return float(psnr(x.clamp(-1, 1), y, data_range=2.0))
 
 
-def _knn_fill(train: Tensor, known: Tensor, known_mask: Tensor, k: int = 5) -> Tensor:
-    """Mean of the k training images nearest on the known pixels (the classical inpainting baseline)."""
-    a = (known * known_mask).reshape(len(known), -1)
-    b = (train * known_mask[:1]).reshape(len(train), -1)
-    idx = torch.cdist(a, b).topk(k, largest=False).indices
-    return train[idx].mean(dim=1)
-
-
 # --------------------------------------------------------------------------- the stages
 
 
@@ -304,8 +297,9 @@ def stage_img2img(pipe: Pipeline, data: Any, clf: Any, cfg: dict[str, Any], out:
     mask = img2img.region_mask("bottom-half", x.shape[-2], x.shape[-1]).to(x.dtype)  # 1 = missing
     known = x * (1 - mask)
     keep = (1 - mask).expand_as(x)
-    knn1 = _knn_fill(data.train, known, keep, k=1) * mask + known
-    knn = _knn_fill(data.train, known, keep) * mask + known
+    train_keys = data.train * keep[:1]  # the training images seen through the same mask
+    knn1 = knn_fill(data.train, train_keys, known, k=1) * mask + known
+    knn = knn_fill(data.train, train_keys, known) * mask + known
     shown = slice(0, min(10, m))
     strip_figure([("original", x[shown]), ("input", (known - mask)[shown]), ("RePaint", filled[shown]),
                   ("nearest train image", knn1[shown])],
@@ -342,20 +336,17 @@ def stage_denoise(pipe: Pipeline, data: Any, cfg: dict[str, Any], out: Path, rep
     _log("denoising at sigma 25, 50, 75")
     m = max(cfg["images"], 8)
     x = data.test[:m]
-    flat = data.train.reshape(len(data.train), -1).double()
-    mu, cov = flat.mean(0), torch.cov(flat.T)
+    mu, cov = wiener_fit(data.train)
     g = torch.Generator().manual_seed(0)
     rows, table, res = [], [], {}
     for sigma in SIGMAS:
         s_model = 2.0 * sigma / 255.0
         noisy = x + s_model * torch.randn(x.shape, generator=g)
         ours = denoise(pipe, noisy, sigma, sigma_scale=255.0, seed=0)
-        # Wiener / Gaussian-prior denoiser fitted on the train split: mu + C (C + s^2 I)^-1 (y - mu)
-        gain = cov @ torch.linalg.inv(cov + s_model**2 * torch.eye(cov.shape[0], dtype=torch.float64))
-        wiener = (mu + (noisy.reshape(m, -1).double() - mu) @ gain.T).float().reshape(x.shape).clamp(-1, 1)
-        res[sigma] = {"noisy": _psnr(noisy, x), "diffcore_mmse": _psnr(ours, x), "wiener": _psnr(wiener, x)}
+        linear = wiener(noisy, mu, cov, s_model).clamp(-1, 1)  # Gaussian-prior (Wiener) fitted on train
+        res[sigma] = {"noisy": _psnr(noisy, x), "diffcore_mmse": _psnr(ours, x), "wiener": _psnr(linear, x)}
         table.append([sigma, res[sigma]["noisy"], res[sigma]["diffcore_mmse"], res[sigma]["wiener"]])
-        rows += [(f"noisy, sigma {sigma}", noisy[:8]), ("diffcore", ours[:8]), ("Wiener", wiener[:8])]
+        rows += [(f"noisy, sigma {sigma}", noisy[:8]), ("diffcore", ours[:8]), ("Wiener", linear[:8])]
     rows.append(("clean", x[:8]))
     strip_figure(rows, out / "denoising.png", "denoising: noisy / diffcore (posterior mean) / Wiener, per sigma")
     s = rep.section("Denoising", "denoising")
@@ -366,22 +357,6 @@ def stage_denoise(pipe: Pipeline, data: Any, cfg: dict[str, Any], out: Path, rep
     s.table(["sigma (0..255)", "noisy PSNR", "diffcore mmse PSNR", "Wiener PSNR (baseline)"], table,
             f"PSNR in dB over {m} held-out digits")
     return {str(k): v for k, v in res.items()}
-
-
-def _defects(x: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Half the images get a 3x3 patch, bright or inverted: (images, image labels, pixel labels)."""
-    g = torch.Generator().manual_seed(seed)
-    x = x.clone()
-    n, _, h, w = x.shape
-    bad = torch.zeros(n, dtype=torch.bool)
-    bad[torch.randperm(n, generator=g)[: n // 2]] = True
-    pix = torch.zeros(n, h, w, dtype=torch.bool)
-    for i in bad.nonzero().flatten().tolist():
-        r, c = (int(v) for v in torch.randint(0, h - 2, (2,), generator=g))
-        patch = x[i, :, r:r + 3, c:c + 3]
-        x[i, :, r:r + 3, c:c + 3] = 1.0 if bool(torch.rand(1, generator=g) < 0.5) else -patch
-        pix[i, r:r + 3, c:c + 3] = True
-    return x, bad, pix
 
 
 def stage_anomaly(pipe: Pipeline, tab_pipe: Pipeline, data: Any, tab: dict[str, Any], out: Path,
@@ -395,7 +370,7 @@ def stage_anomaly(pipe: Pipeline, tab_pipe: Pipeline, data: Any, tab: dict[str, 
     from diffcore.anomaly import Calibration, detect, dte_scores
 
     _log("anomaly detection: digits with 3x3 defects")
-    x, bad, pix = _defects(data.test, seed=0)
+    x, bad, pix = add_defects(data.test, seed=0)
     det = detect(pipe, x, method="recon", seed=0, progress=True, **IMAGE_RECON)
     maps = det.maps.reshape(pix.shape)
     train_flat = data.train.reshape(len(data.train), -1).numpy()
