@@ -25,6 +25,10 @@ def wiener_fit(train: Tensor) -> tuple[Tensor, Tensor]:
 def wiener(y: Tensor, mean: Tensor, cov: Tensor, sigma: float) -> Tensor:
     """The linear MMSE estimate under a Gaussian prior N(mean, cov) for noise std ``sigma``:
     ``mean + C (C + sigma^2 I)^-1 (y - mean)``, float32, shaped like ``y``."""
+    if not sigma >= 0:
+        raise ValueError(f"sigma={sigma!r} must be >= 0")
+    if y[0].numel() != cov.shape[0]:
+        raise ValueError(f"images of {y[0].numel()} values do not match a prior over {cov.shape[0]}")
     flat = y.flatten(1).double()
     gain = torch.linalg.solve(cov + sigma**2 * torch.eye(cov.shape[0], dtype=torch.float64), cov)  # symmetric C, A
     return (mean + (flat - mean) @ gain.T).reshape(y.shape).float()
@@ -32,6 +36,10 @@ def wiener(y: Tensor, mean: Tensor, cov: Tensor, sigma: float) -> Tensor:
 
 def knn_fill(train: Tensor, train_keys: Tensor, keys: Tensor, k: int = 5) -> Tensor:
     """The mean of the ``k`` training images whose keys are nearest (L2) to each query key."""
+    if len(train_keys) != len(train):
+        raise ValueError(f"{len(train_keys)} training keys for {len(train)} training images")
+    if not 1 <= k <= len(train):
+        raise ValueError(f"k={k} must be between 1 and the {len(train)} training images")
     dist = torch.cdist(keys.flatten(1).double(), train_keys.flatten(1).double())
     return train[dist.topk(k, largest=False).indices].mean(dim=1)
 
@@ -39,6 +47,8 @@ def knn_fill(train: Tensor, train_keys: Tensor, keys: Tensor, k: int = 5) -> Ten
 def add_defects(images: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """Half the images (chosen by ``seed``) get a 3x3 patch set to +1 or inverted; returns
     (images, image labels (N,) bool, pixel labels (N, H, W) bool)."""
+    if images.dim() != 4 or images.shape[-1] < 3 or images.shape[-2] < 3:
+        raise ValueError(f"images have shape {tuple(images.shape)}; expected (N, C, H, W) with H, W >= 3")
     g = torch.Generator().manual_seed(seed)
     n, _, h, w = images.shape
     image_labels = torch.zeros(n, dtype=torch.bool)

@@ -41,3 +41,20 @@ def test_add_defects_marks_half_the_images_with_one_3x3_patch() -> None:
     assert not (changed & ~pix).any()  # nothing outside a patch changes
     again = add_defects(x, seed=3)
     assert all(torch.equal(a, b) for a, b in zip(again, (out, bad, pix)))
+
+
+def test_bad_arguments_are_named() -> None:
+    import pytest
+
+    train = torch.zeros(4, 1, 2, 2)
+    with pytest.raises(ValueError, match="k=5 must be between 1 and the 4"):
+        knn_fill(train, train, train[:1], k=5)
+    with pytest.raises(ValueError, match="3 training keys for 4"):
+        knn_fill(train, train[:3], train[:1])
+    mean, cov = wiener_fit(train)
+    with pytest.raises(ValueError, match="sigma=-1"):
+        wiener(train, mean, cov, -1.0)
+    with pytest.raises(ValueError, match="do not match a prior over 4"):
+        wiener(torch.zeros(1, 1, 3, 3), mean, cov, 0.1)
+    with pytest.raises(ValueError, match="H, W >= 3"):
+        add_defects(torch.zeros(2, 1, 2, 8), seed=0)

@@ -92,3 +92,8 @@ def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     f.write_text("x")
     with pytest.raises(Exception, match="not a directory"):
         demo.main(f, quick=True)
+
+
+def test_check_of_a_missing_page_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert check.main([str(tmp_path / "nope.html")]) == 1
+    assert "does not exist" in capsys.readouterr().err
