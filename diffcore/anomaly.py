@@ -7,6 +7,12 @@ Two scores, both for images (B, C, H, W) in [-1, 1] and standardized tabular vec
   per-pixel (per-feature) squared or absolute error, averaged over depths and noise draws, is the
   anomaly map (optionally Gaussian-smoothed); the score is its mean or max. ``steps=1`` with
   ``sampler="ddim"`` scores the error of the one-shot x0 prediction instead of a full denoise.
+  ``error="mahalanobis"`` scores the *signed* residual instead: its mean over depths and draws
+  (for one-step x0 predictions, a noise-smoothed score of the data density at x, by Tweedie's
+  formula) is whitened by the mean and covariance of the same residual on ``reference`` normal
+  data; the score is its squared Mahalanobis distance and the map the per-feature standardized
+  residual squared. On breast cancer it scored 0.010-0.020 AUROC above the absolute error
+  (development seeds 10-12, benchmarks/quality/anomaly.py). For inputs of at most 4096 values.
 - :func:`dte_scores` (diffusion-time estimation, after Livernoche et al. 2024, "DTE"): how much
   noise the model believes the input carries. DTE's analytic estimator reads the input as
   ``x = x0 + sigma * eps`` with x0 its nearest training sample: the posterior over sigma^2 is
@@ -54,6 +60,8 @@ __all__ = ["METHODS", "NOISES", "Calibration", "Detection", "check_input", "dept
 
 METHODS = ("recon", "dte")
 NOISES = ("gaussian", "simplex")
+ERRORS = ("squared", "abs", "mahalanobis")
+_MAHALANOBIS_MAX = 4096  # values per input: the covariance is D x D
 _F2, _G2 = 0.5 * (math.sqrt(3.0) - 1.0), (3.0 - math.sqrt(3.0)) / 6.0  # 2-D simplex skew / unskew
 
 
@@ -324,7 +332,7 @@ def reconstruction_scores(
     depth: float | Sequence[float] = 0.3,
     noise: Literal["gaussian", "simplex"] = "gaussian",
     repeats: int = 1,
-    error: Literal["squared", "abs"] = "squared",
+    error: Literal["squared", "abs", "mahalanobis"] = "squared",
     reduce: Literal["mean", "max"] = "mean",
     smooth: float = 0.0,
     sampler: str | None = "ddim",
@@ -334,6 +342,7 @@ def reconstruction_scores(
     progress: bool | None = None,
     schedule: Any = None,
     prediction: Any = None,
+    reference: Tensor | None = None,
 ) -> Detection:
     """Partial-diffusion reconstruction (AnoDDPM): noise ``x`` to each ``depth`` (``repeats``
     draws of ``noise`` each), denoise with ``sampler`` in ``steps`` steps, and average the
@@ -342,6 +351,10 @@ def reconstruction_scores(
     noise is for images only. The default ``sampler="ddim", steps=1`` scores the one-shot x0
     prediction, which on held-out digits localised defects better than a 10-step denoise (see
     benchmarks/quality/anomaly.py); ``None`` takes the model's sampler or step count.
+
+    ``error="mahalanobis"`` needs ``reference``: normal inputs (at least 2, in model space like
+    ``x``, e.g. the training rows) whose residual statistics whiten the scores; ``reduce`` and
+    ``smooth`` do not apply to its score.
 
     The noise of draw r at depth k is seeded from (seed, k, r) for the whole input, so scores do
     not depend on ``batch_size`` (for deterministic samplers). Returns a :class:`Detection`."""
@@ -352,8 +365,20 @@ def reconstruction_scores(
         raise ValueError(f"noise={noise!r}: expected one of {NOISES}")
     if noise == "simplex" and len(shape) != 3:
         raise ValueError("simplex noise is defined for images (C, H, W); use noise='gaussian' for vectors")
-    if error not in ("squared", "abs"):
-        raise ValueError(f"error={error!r}: expected 'squared' or 'abs'")
+    if error not in ERRORS:
+        raise ValueError(f"error={error!r}: expected one of {ERRORS}")
+    if error == "mahalanobis":
+        if reference is None:
+            raise ValueError("error='mahalanobis' needs reference= normal data (e.g. the training rows) to whiten "
+                             "the residuals with")
+        if math.prod(shape) > _MAHALANOBIS_MAX:
+            raise ValueError(f"error='mahalanobis' fits a covariance of {math.prod(shape)} values per input; at most "
+                             f"{_MAHALANOBIS_MAX} are supported: use error='abs' or 'squared' for inputs this large")
+        reference = check_input(reference, shape, name="reference").to(m.device)
+        if reference.shape[0] < 2:
+            raise ValueError(f"reference has {reference.shape[0]} sample(s); the residual statistics need at least 2")
+    elif reference is not None:
+        raise ValueError(f"reference is used by error='mahalanobis' only, not error={error!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats={repeats!r} must be an integer >= 1")
     starts = depth_timesteps(m.schedule, depth)
@@ -361,28 +386,58 @@ def reconstruction_scores(
     if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth < math.inf:
         raise ValueError(f"smooth={smooth!r} must be a finite number >= 0 (pixels)")
     sampler, steps = sampler or m.sampler, m.steps if steps is None else steps
-    chunks = _batches(x.shape[0], batch_size)
-    total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-    with _progress(len(starts) * repeats * len(chunks), "reconstruct", progress) as bar:
-        for k, t_start in enumerate(starts):
-            for r in range(repeats):
-                g = torch.Generator().manual_seed(int(seed) * 1_000_003 + k * 1009 + r)
-                eps = (simplex_noise(x.shape, generator=g, dtype=x.dtype) if noise == "simplex"
-                       else torch.randn(x.shape, generator=g, dtype=x.dtype)).to(x.device)
-                for b, part in enumerate(chunks):
-                    out = sample_from(m.fn, x[part], t_start, sampler=sampler, steps=steps, schedule=m.schedule,
-                                      prediction=m.param, noise=eps[part], seed=int(seed) + 7919 * (k * repeats + r)
-                                      + b)
-                    diff = out.to(torch.float64) - x[part].to(torch.float64)
-                    total[part] += diff**2 if error == "squared" else diff.abs()
-                    bar.update(1)
-    maps = _pixel_map(total / (len(starts) * repeats))
-    if smooth > 0 and maps.dim() == 3:
-        maps = gaussian_blur(maps, float(smooth))
+    inputs = [x] if reference is None else [x, reference]
+    chunks = [_batches(v.shape[0], batch_size) for v in inputs]
+    with _progress(len(starts) * repeats * sum(len(c) for c in chunks), "reconstruct", progress) as bar:
+        # the reference draws its own noise (seed offset): its statistics must not share x's draws
+        totals = [_residual_sum(m, v, c, starts, repeats, noise, error, sampler, steps, int(seed) + 104_729 * i, bar)
+                  for i, (v, c) in enumerate(zip(inputs, chunks))]
+    mean = [t / (len(starts) * repeats) for t in totals]
     settings = {"method": "recon", "depth": depth if isinstance(depth, (int, float)) else list(depth),
                 "timesteps": starts, "noise": noise, "repeats": repeats, "error": error, "reduce": reduce,
                 "smooth": smooth, "sampler": sampler, "steps": steps, "seed": seed}
+    if error == "mahalanobis":
+        scores, per_value = _mahalanobis(mean[0].flatten(1), mean[1].flatten(1))
+        settings["reference_size"] = int(reference.shape[0])  # type: ignore[union-attr]
+        return Detection(scores.cpu(), _pixel_map(per_value.reshape(x.shape)).cpu(), "recon", settings=settings)
+    maps = _pixel_map(mean[0])
+    if smooth > 0 and maps.dim() == 3:
+        maps = gaussian_blur(maps, float(smooth))
     return Detection(image_scores(maps, reduce), maps.cpu(), "recon", settings=settings)
+
+
+def _residual_sum(m: _Model, x: Tensor, chunks: list[slice], starts: list[float], repeats: int, noise: str,
+                  error: str, sampler: str, steps: int, seed: int, bar: Any) -> Tensor:
+    """Sum over depths and draws of the reconstruction residual of ``x``: squared, absolute, or
+    signed (``mahalanobis``), float64 shaped like ``x``."""
+    total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    for k, t_start in enumerate(starts):
+        for r in range(repeats):
+            g = torch.Generator().manual_seed(seed * 1_000_003 + k * 1009 + r)
+            eps = (simplex_noise(x.shape, generator=g, dtype=x.dtype) if noise == "simplex"
+                   else torch.randn(x.shape, generator=g, dtype=x.dtype)).to(x.device)
+            for b, part in enumerate(chunks):
+                out = sample_from(m.fn, x[part], t_start, sampler=sampler, steps=steps, schedule=m.schedule,
+                                  prediction=m.param, noise=eps[part], seed=seed + 7919 * (k * repeats + r) + b)
+                diff = out.to(torch.float64) - x[part].to(torch.float64)
+                total[part] += diff**2 if error == "squared" else diff.abs() if error == "abs" else diff
+                bar.update(1)
+    return total
+
+
+def _mahalanobis(resid: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
+    """Squared Mahalanobis distance (N,) of residual vectors to the reference residuals' mean,
+    under their covariance plus a ridge of 1e-3 x its mean variance (so that fewer reference
+    samples than dimensions still give an invertible matrix), and the per-value standardized
+    residual squared (N, D)."""
+    mu = ref.mean(dim=0)
+    centred = ref - mu
+    cov = centred.T @ centred / max(1, ref.shape[0] - 1)
+    ridge = 1e-3 * float(cov.diagonal().mean()) or 1e-12
+    cov = cov + ridge * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    d = resid - mu
+    scores = (d * torch.linalg.solve(cov, d.T).T).sum(dim=1)
+    return scores, d**2 / cov.diagonal()
 
 
 _SIGMA_CAP = 50.0  # VE noise 50x the data scale is pure noise: no grid level beyond it

@@ -207,8 +207,9 @@ def task_parser(task: str, params_cls: type, description: str | None = None) -> 
     """Build the parser for ``diffcore run TASK``: one ``--field-name`` option per init field.
 
     Supported field types: int, float, str, bool (``--flag [BOOL]`` / ``--no-flag``), Path,
-    ``Optional[...]`` of those, and ``Literal[...]`` (choices). A field's help text is
-    ``field(metadata={"help": ...})``.
+    ``Optional[...]`` of those, ``Literal[...]`` (choices), and ``list[X]`` or ``X | list[X]`` of
+    a scalar X (``--field V [V ...]``, always parsed as a list: the dataclass may collapse one
+    value). A field's help text is ``field(metadata={"help": ...})``.
     """
     parser = _Parser(prog=f"diffcore run {task}", description=description)
     hints = typing.get_type_hints(params_cls)
@@ -216,7 +217,7 @@ def task_parser(task: str, params_cls: type, description: str | None = None) -> 
         if not f.init:
             continue
         option = "--" + f.name.replace("_", "-")
-        convert, choices = _converter(task, f.name, hints.get(f.name, f.type))
+        convert, choices, many = _converter(task, f.name, hints.get(f.name, f.type))
         kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
         if f.default is not dataclasses.MISSING:
             kwargs["default"] = f.default
@@ -232,28 +233,38 @@ def task_parser(task: str, params_cls: type, description: str | None = None) -> 
                                 help=f"set {f.name} to false")
         else:
             metavar = None if choices else f.name.upper()
+            if many:
+                kwargs["nargs"] = "+"
             parser.add_argument(option, type=convert, choices=choices, metavar=metavar, **kwargs)
     return parser
 
 
-def _converter(task: str, field: str, hint: Any) -> tuple[Callable[[str], Any], list[Any] | None]:
-    """Map a field's type hint to (string converter, choices or None)."""
+def _converter(task: str, field: str, hint: Any) -> tuple[Callable[[str], Any], list[Any] | None, bool]:
+    """Map a field's type hint to (string converter, choices or None, several values?)."""
     origin = typing.get_origin(hint)
     if origin is Union or origin is types.UnionType:
         members = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(members) == 1:
             return _converter(task, field, members[0])
+        lists = [m for m in members if typing.get_origin(m) is list]
+        if len(members) == 2 and len(lists) == 1 and typing.get_args(lists[0]) == tuple(m for m in members
+                                                                                          if m is not lists[0]):
+            return _converter(task, field, lists[0])  # X | list[X]
+    elif origin is list:
+        args = typing.get_args(hint)
+        if len(args) == 1 and args[0] in _SCALARS and args[0] is not bool:
+            return args[0], None, True
     elif origin is Literal:
         values = list(typing.get_args(hint))
         kinds = {type(v) for v in values}
         if len(kinds) == 1 and kinds <= set(_SCALARS):
             kind = kinds.pop()
-            return (_parse_bool if kind is bool else kind), values
+            return (_parse_bool if kind is bool else kind), values, False
     elif hint in _SCALARS:
-        return (_parse_bool if hint is bool else hint), None
+        return (_parse_bool if hint is bool else hint), None, False
     raise plugins.PluginError(
         f"task {task!r}: field {field!r} has type {hint!r}; the command line supports "
-        "int, float, str, bool, Path, Optional[...] of those and Literal[...]"
+        "int, float, str, bool, Path, Optional[...] of those, Literal[...] and list[...] of a scalar"
     )
 
 

@@ -36,6 +36,7 @@ __all__ = ["Detect", "DetectError", "DetectParams", "load_table"]
 
 METHODS = ("recon", "dte")
 NOISES = ("gaussian", "simplex")
+ERRORS = ("squared", "abs", "mahalanobis")
 TABLE_SUFFIXES = (".csv", ".npy", ".npz")
 
 
@@ -88,19 +89,24 @@ class DetectParams:
     input: Path = field(metadata={"help": "images (PNG/JPEG/NPY/NPZ) or a table (CSV/NPY/NPZ, raw units) to score"})
     method: Literal["recon", "dte"] = field(default="recon", metadata={
         "help": "recon: partial-diffusion reconstruction error | dte: diffusion-time estimate"})
-    depth: float = field(default=0.3, metadata={
-        "help": "recon: noise depth, a fraction of the schedule in (0, 1] or a training timestep > 1"})
+    depth: float | list[float] = field(default=0.3, metadata={
+        "help": "recon: noise depth(s), fractions of the schedule in (0, 1] or training timesteps > 1; "
+                "errors are averaged over several"})
     noise: Literal["gaussian", "simplex"] = field(default="gaussian", metadata={
         "help": "recon: noise kind (simplex: images only)"})
     repeats: int = field(default=1, metadata={"help": "recon: noise draws averaged per image"})
-    error: Literal["squared", "abs"] = field(default="squared", metadata={
-        "help": "recon: per-pixel (per-feature) error"})
+    error: Literal["squared", "abs", "mahalanobis"] = field(default="squared", metadata={
+        "help": "recon: per-pixel (per-feature) error, or mahalanobis: the mean signed residual whitened by its "
+                "statistics on --reference normal data (inputs of <= 4096 values)"})
     reduce: Literal["mean", "max"] = field(default="mean", metadata={
         "help": "recon: image score = mean or max of the (smoothed) map"})
     smooth: float = field(default=0.0, metadata={"help": "recon: Gaussian blur of image maps, sigma in pixels"})
     sampler: str = field(default="ddim", metadata={"help": "recon: sampler name"})
     steps: int = field(default=1, metadata={"help": "recon: sampler steps (ddim, 1: the one-shot x0 prediction)"})
     levels: int = field(default=25, metadata={"help": "dte: noise levels evaluated per input"})
+    reference: Path | None = field(default=None, metadata={
+        "help": "recon --error mahalanobis: NORMAL data (same formats as --input, e.g. the training rows) whose "
+                "residual statistics whiten the scores"})
     calibrate: Path | None = field(default=None, metadata={
         "help": "held-out NORMAL data (same formats as --input) to fit the threshold on, or a calibration JSON"})
     fpr: float | None = field(default=None, metadata={
@@ -115,6 +121,12 @@ class DetectParams:
     def __post_init__(self) -> None:
         self.checkpoint, self.input, self.output = Path(self.checkpoint), Path(self.input), Path(self.output)
         self.calibrate = Path(self.calibrate) if self.calibrate is not None else None
+        self.reference = Path(self.reference) if self.reference is not None else None
+        if self.error not in ERRORS:
+            raise ValueError(f"error={self.error!r}: expected one of {ERRORS}")
+        if (self.error == "mahalanobis") != (self.reference is not None) and self.method == "recon":
+            raise ValueError("--error mahalanobis needs --reference (normal data), and --reference is used by "
+                             "--error mahalanobis only")
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}: expected one of {METHODS}")
         if self.noise not in NOISES:
@@ -125,8 +137,11 @@ class DetectParams:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
-        if not (isinstance(self.depth, (int, float)) and math.isfinite(self.depth) and self.depth > 0):
-            raise ValueError(f"depth={self.depth!r} must be a fraction in (0, 1] or a training timestep > 1")
+        if isinstance(self.depth, (list, tuple)) and len(self.depth) == 1:
+            self.depth = self.depth[0]
+        for d in self.depth if isinstance(self.depth, (list, tuple)) else [self.depth]:
+            if not (isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d > 0):
+                raise ValueError(f"depth={d!r} must be a fraction in (0, 1] or a training timestep > 1")
         if self.fpr is not None and self.quantile is not None:
             raise ValueError("give either --fpr or --quantile, not both")
         if (self.fpr is not None or self.quantile is not None) and self.calibrate is None:
@@ -166,6 +181,8 @@ class Detect:
         try:
             pipe = Pipeline.load(params.checkpoint)
             x = _load(params.input, pipe, "input")
+            if params.reference is not None and params.method == "recon":
+                options["reference"] = _load(params.reference, pipe, "reference data")
             calibration, normal_scores = None, None
             if params.calibrate is not None and params.calibrate.suffix.lower() == ".json":
                 _check_file(params.calibrate, "calibration", (".json",))
@@ -176,7 +193,8 @@ class Detect:
                                                **options).scores
                 target = {"quantile": params.quantile} if params.quantile is not None else \
                     {"fpr": 0.05 if params.fpr is None else params.fpr}
-                calibration = anomaly.Calibration.fit(normal_scores, method=params.method, settings=options, **target)
+                settings = {**options, "reference": str(params.reference)} if "reference" in options else options
+                calibration = anomaly.Calibration.fit(normal_scores, method=params.method, settings=settings, **target)
             result = anomaly.detect(pipe, x, method=params.method, calibration=calibration,
                                     batch_size=params.batch_size, **options)
         except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
@@ -301,10 +319,11 @@ def register_commands(cli: Any) -> None:
     p.add_argument("--checkpoint", required=True, type=Path, help=helps["checkpoint"])
     p.add_argument("--input", required=True, type=Path, help=helps["input"])
     p.add_argument("--method", choices=METHODS, default="recon", help=helps["method"])
-    p.add_argument("--depth", type=float, default=0.3, help=helps["depth"])
+    p.add_argument("--depth", type=float, nargs="+", default=0.3, help=helps["depth"])
     p.add_argument("--noise", choices=NOISES, default="gaussian", help=helps["noise"])
     p.add_argument("--repeats", type=int, default=1, help=helps["repeats"])
-    p.add_argument("--error", choices=("squared", "abs"), default="squared", help=helps["error"])
+    p.add_argument("--error", choices=ERRORS, default="squared", help=helps["error"])
+    p.add_argument("--reference", type=Path, default=None, help=helps["reference"])
     p.add_argument("--reduce", choices=("mean", "max"), default="mean", help=helps["reduce"])
     p.add_argument("--smooth", type=float, default=0.0, help=helps["smooth"])
     p.add_argument("--sampler", default="ddim", help=helps["sampler"])

@@ -124,6 +124,55 @@ def test_scores_are_deterministic_and_independent_of_batch_size(defects):
     assert torch.allclose(d1.scores, d2.scores, atol=1e-9)
 
 
+# --------------------------------------------------------------------------- whitened residual
+
+
+def test_mahalanobis_scores_whiten_the_mean_signed_residual(normals, defects):
+    """Reproduce the score by hand: residual x0hat - x of each draw, averaged; reference draws use
+    the seed offset; ridge-regularized covariance of the reference residuals."""
+    from diffcore.sampling import sample_from
+
+    reference = GM.sample(64, torch.Generator().manual_seed(5)).float().reshape(64, 1, 4, 4).clamp(-1, 1)
+    det = anomaly.reconstruction_scores(image_model, defects, depth=[0.2, 0.4], repeats=2, error="mahalanobis",
+                                        reference=reference, seed=3, **KW)
+    assert det.scores.shape == (24,) and det.maps.shape == (24, 4, 4) and det.settings["reference_size"] == 64
+    assert float(det.scores[:12].min()) > float(det.scores[12:].max())
+
+    def mean_residual(x, seed):
+        total = torch.zeros(x.shape, dtype=torch.float64)
+        for k, t in enumerate(anomaly.depth_timesteps(SCHED, [0.2, 0.4])):
+            for r in range(2):
+                eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + k * 1009 + r))
+                out = sample_from(image_model, x, t, sampler="ddim", steps=1, schedule=SCHED, prediction="epsilon",
+                                  noise=eps)
+                total += out.double() - x.double()
+        return (total / 4).flatten(1)
+
+    res, ref = mean_residual(defects, 3), mean_residual(reference, 3 + 104_729)
+    cov = torch.cov(ref.T)
+    cov += 1e-3 * cov.diagonal().mean() * torch.eye(16, dtype=torch.float64)
+    d = res - ref.mean(0)
+    want = torch.einsum("ni,ij,nj->n", d, torch.linalg.inv(cov), d)
+    assert torch.allclose(det.scores, want, rtol=1e-6)
+    assert torch.allclose(det.maps.flatten(1), d**2 / cov.diagonal(), rtol=1e-6)
+
+
+def test_mahalanobis_bad_arguments_are_named(normals):
+    with pytest.raises(ValueError, match="needs reference= normal data"):
+        anomaly.reconstruction_scores(image_model, normals, error="mahalanobis", **KW)
+    with pytest.raises(ValueError, match="reference is used by error='mahalanobis' only, not error='abs'"):
+        anomaly.reconstruction_scores(image_model, normals, error="abs", reference=normals, **KW)
+    with pytest.raises(ValueError, match="reference has 1 sample"):
+        anomaly.reconstruction_scores(image_model, normals, error="mahalanobis", reference=normals[:1], **KW)
+    with pytest.raises(ValueError, match="reference have 2 channel"):
+        anomaly.reconstruction_scores(image_model, normals, error="mahalanobis", reference=normals.repeat(1, 2, 1, 1),
+                                      **KW)
+    with pytest.raises(ValueError, match="error='cosine': expected one of"):
+        anomaly.reconstruction_scores(image_model, normals, error="cosine", **KW)
+    big = torch.zeros(2, 1, 65, 65)
+    with pytest.raises(ValueError, match="covariance of 4225 values per input; at most 4096"):
+        anomaly.reconstruction_scores(lambda x, t, c=None: x, big, error="mahalanobis", reference=big, **KW)
+
 # --------------------------------------------------------------------------- calibration
 
 
@@ -248,6 +297,16 @@ def test_detect_command_on_a_table(table_run, tmp_path, capsys):
     rows = list(csv.reader(out.read_text().splitlines()))
     assert len(rows) == 9 and {r[2] for r in rows[1:]} <= {"0", "1"} and "maps" not in summary
     assert (tmp_path / "t_hist.png").stat().st_size > 0
+    out = tmp_path / "m.json"  # the whitened residual, several depths, calibrated on the training rows
+    assert main(["detect", "--checkpoint", str(root / "run"), "--input", str(tmp_path / "rows.csv"), "--error",
+                 "mahalanobis", "--reference", str(root / "train.csv"), "--depth", "0.1", "0.3", "--repeats", "2",
+                 "--calibrate", str(root / "train.csv"), "--output", str(out)]) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    saved = json.loads(out.read_text())
+    assert len(saved["scores"]) == 8 and summary["params"]["depth"] == [0.1, 0.3]
+    calibration = json.loads((tmp_path / "m_calibration.json").read_text())
+    assert calibration["settings"]["error"] == "mahalanobis"
+    assert calibration["settings"]["reference"] == str(root / "train.csv")
 
 
 @pytest.mark.parametrize(
@@ -261,6 +320,10 @@ def test_detect_command_on_a_table(table_run, tmp_path, capsys):
         ("image", "rows.csv", [], "is a CSV table, but this model was trained on images"),
         ("image", "ok.npy", ["--fpr", "0.1"], "pass --calibrate"),
         ("image", "ok.npy", ["--depth", "0"], "depth=0.0 must be a fraction in (0, 1]"),
+        ("image", "ok.npy", ["--depth", "0.2", "-1"], "depth=-1.0 must be a fraction in (0, 1]"),
+        ("image", "ok.npy", ["--error", "mahalanobis"], "--error mahalanobis needs --reference"),
+        ("image", "ok.npy", ["--reference", "{tmp}/ok.npy"], "--error mahalanobis needs --reference"),
+        ("image", "ok.npy", ["--error", "mahalanobis", "--reference", "{tmp}/rgb.npy"], "have 3 channel(s)"),
         ("image", "ok.npy", ["--output", "{tmp}/x.txt"], "expected a file ending in .json or .csv"),
         ("table", "cols.csv", [], "table columns differ from training: missing ['c'], unexpected ['d']"),
         ("table", "nan.csv", [], "table column 'b', row 2: nan"),

@@ -217,13 +217,29 @@ def test_run_required_field_and_validation(capsys: pytest.CaptureFixture[str]) -
 
 def test_run_unsupported_field_type_names_the_field(capsys: pytest.CaptureFixture[str]) -> None:
     @dataclasses.dataclass
-    class ListParams:
-        sizes: list[int] = dataclasses.field(default_factory=list)
+    class DictParams:
+        sizes: dict[str, int] = dataclasses.field(default_factory=dict)
 
-    task = types.SimpleNamespace(name="lists", Params=ListParams, run=lambda params: {})
+    task = types.SimpleNamespace(name="dicts", Params=DictParams, run=lambda params: {})
+    plugins.register_plugin(plugin_module("dict_plugin", register_tasks=lambda register: register("dicts", task)))
+    code, _, err = run_cli(capsys, "run", "dicts")
+    assert code == 2 and "'sizes'" in err and "'dicts'" in err
+
+
+def test_run_list_fields_take_several_values(capsys: pytest.CaptureFixture[str]) -> None:
+    @dataclasses.dataclass
+    class ListParams:
+        sizes: list[int] = dataclasses.field(default_factory=lambda: [1])
+        depth: float | list[float] = 0.5
+
+    task = types.SimpleNamespace(name="lists", Params=ListParams, run=lambda params: dataclasses.asdict(params))
     plugins.register_plugin(plugin_module("list_plugin", register_tasks=lambda register: register("lists", task)))
-    code, _, err = run_cli(capsys, "run", "lists")
-    assert code == 2 and "'sizes'" in err and "'lists'" in err
+    code, out, _ = run_cli(capsys, "run", "lists", "--sizes", "2", "3", "--depth", "0.1", "0.4")
+    assert code == 0 and json.loads(out) == {"sizes": [2, 3], "depth": [0.1, 0.4]}
+    code, out, _ = run_cli(capsys, "run", "lists")
+    assert code == 0 and json.loads(out) == {"sizes": [1], "depth": 0.5}
+    code, _, err = run_cli(capsys, "run", "lists", "--sizes", "2", "x")
+    assert code == 2 and "invalid int value: 'x'" in err
 
 
 # --------------------------------------------------------------------------- plugin commands

@@ -62,6 +62,13 @@ TAB_TRAIN = {"steps": 1500, "batch_size": 64, "lr": 1e-3, "warmup_steps": 50, "l
              "ema_decay": 0.99, "log_every": 10**6, "checkpoint_every": 10**6}
 TAB_SCHEDULE, TAB_PREDICTION = "squaredcos_cap_v2", "epsilon"
 TAB_RECON = {"depth": [0.1, 0.2, 0.3, 0.5], "repeats": 16, "error": "abs", "sampler": "ddim", "steps": 1}
+# Added after the first full run (where recon, abs error, scored 0.952 +- 0.005 on breast cancer vs
+# OneClassSVM 0.963 +- 0.002) and chosen on development seeds 10, 11, 12 before rerunning seeds 0-2:
+# the mean *signed* residual whitened by its statistics on the training normals (error="mahalanobis",
+# reference = the training rows) scored 0.969 / 0.958 / 0.970 there, against abs error 0.963 / 0.938 /
+# 0.958, per-feature-standardized abs error 0.969 / 0.944 / 0.962 and OneClassSVM 0.967 / 0.958 / 0.970.
+# A log or quantile-normal transform of the features lowered every method (classical ones too).
+TAB_RECON_MAHALANOBIS = {**TAB_RECON, "error": "mahalanobis"}
 # Image recipe, chosen on development defect seeds 0 and 1 (the reported seeds are 3, 4, 5): the
 # one-shot x0 prediction (ddim, 1 step) localised defects better than a 10-step denoise, absolute
 # error slightly better than squared, and averaging more noise draws and depths 0.3-0.7 (the
@@ -140,11 +147,14 @@ def tabular_seed(name: str, seed: int, recipe: dict[str, Any], workdir: Path) ->
     data = diffcore.get("datasets", "tabular")(**options)
     test = anomaly.standardize(pipe, test_raw)
     scores = {k: auroc(labels, v) for k, v in classical_scores(data.train.numpy(), test.numpy(), seed).items()}
-    recon = anomaly.reconstruction_scores(pipe, test, seed=seed, progress=False, **TAB_RECON)
+    scores["diffcore_recon"] = auroc(labels, anomaly.reconstruction_scores(pipe, test, seed=seed, progress=False,
+                                                                           **TAB_RECON).scores)
+    maha = {**TAB_RECON_MAHALANOBIS, "reference": data.train}
+    recon = anomaly.reconstruction_scores(pipe, test, seed=seed, progress=False, **maha)
     dte = anomaly.dte_scores(pipe, test, seed=seed, progress=False)
-    scores["diffcore_recon"], scores["diffcore_dte"] = auroc(labels, recon.scores), auroc(labels, dte.scores)
+    scores["diffcore_recon_mahalanobis"], scores["diffcore_dte"] = auroc(labels, recon.scores), auroc(labels, dte.scores)
     # the threshold fitted on the held-out 10% of training normals, applied to the test normals
-    calib = anomaly.reconstruction_scores(pipe, data.test, seed=seed, progress=False, **TAB_RECON).scores
+    calib = anomaly.reconstruction_scores(pipe, data.test, seed=seed, progress=False, **maha).scores
     cal = anomaly.Calibration.fit(calib, fpr=0.05)
     flagged = cal.labels(recon.scores).numpy()
     return {"auroc": scores, "train_seconds": round(train_seconds, 1), "n_train": len(data.train),
@@ -300,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="digits model (default: benchmarks/quality/digits.py's outputs/quality/digits-run)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1 on shared cores)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/quality)")
+    ap.add_argument("--only", choices=("tabular", "images"), default=None,
+                    help="run one part and update its entries in an existing anomaly.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     folder = args.out or (QUICK_DIR if args.quick else RESULTS_DIR)
@@ -311,22 +323,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "image_seeds": list(image_seeds), "target": TARGET,
                               "tabular_recipe": {"model": MLP, "train": QUICK_TAB_TRAIN if args.quick else TAB_TRAIN,
                                                  "schedule": TAB_SCHEDULE, "prediction": TAB_PREDICTION,
-                                                 "recon": TAB_RECON, "dte": "defaults (25 levels, explained 0.5)"},
+                                                 "recon": TAB_RECON, "recon_mahalanobis": TAB_RECON_MAHALANOBIS,
+                                                 "dte": "defaults (25 levels, explained 0.5)"},
                               "image_recipe": {"recon": IMG_RECON, "variants": IMG_VARIANTS, "pixel_blur": PIXEL_BLUR}}
     hist_panels = []
     classical = ["isolation_forest", "lof", "ocsvm", "knn"]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("breast_cancer", "wine"):
+        for name in ("breast_cancer", "wine") if args.only != "images" else ():
             runs = []
             for seed in seeds:
                 print(f"[anomaly] {name} seed {seed}: training ...", flush=True)
                 runs.append(tabular_seed(name, seed, QUICK_TAB_TRAIN if args.quick else TAB_TRAIN, Path(tmp)))
             table = _aggregate(runs, "auroc")
             report[name] = {"anomalies": tabular_data(name)[2], "auroc": table, "per_seed": _strip(runs),
-                            "verdict": _verdict(table, ["diffcore_recon", "diffcore_dte"], classical, within_sd=True)}
+                            "verdict": _verdict(table, ["diffcore_recon_mahalanobis", "diffcore_recon", "diffcore_dte"],
+                                                classical, within_sd=True)}
             _print_table(f"{name} AUROC (mean +- s.d. over {len(seeds)} seeds)", table)
             print(f"  target met: {report[name]['verdict']['met']}")
-            hist_panels.append((f"{name}, diffcore recon (seed {seeds[0]})", *runs[0]["_hist"]))
+            hist_panels.append((f"{name}, diffcore recon mahalanobis (seed {seeds[0]})", *runs[0]["_hist"]))
+    if args.only == "tabular":
+        return _finish(report, folder, started, ["breast_cancer", "wine"])
     data = load_data("digits")
     if args.quick:
         QUICK_DIR.mkdir(parents=True, exist_ok=True)
@@ -369,11 +385,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hist_panels.append((f"digits, {main_map.replace('diffcore_', '')} (seed {image_seeds[0]})",
                         images[0]["_maps"][main_map].flatten(1).mean(1).numpy(), images[0]["_labels"][0].numpy()))
     hist_panels.append((f"digits, dte (seed {image_seeds[0]})", images[0]["_dte"].numpy(), images[0]["_labels"][0].numpy()))
-    plot_hist(hist_panels, folder / "anomaly_hist.png")
+    if args.only is None:  # the histogram figure shows both parts
+        plot_hist(hist_panels, folder / "anomaly_hist.png")
+    return _finish(report, folder, started, ["digits"] if args.only else None)
+
+
+def _finish(report: dict[str, Any], folder: Path, started: float, only: list[str] | None) -> dict[str, Any]:
+    """Write anomaly.json; with ``only``, update those entries of the existing file."""
     report["seconds"] = round(time.perf_counter() - started, 1)
     out = folder / "anomaly.json"
+    if only and out.exists():
+        previous = json.loads(out.read_text())
+        kept = {k: v for k, v in report.items() if k in only or k.endswith("_recipe")}
+        report = {**previous, **kept, "updated": {"parts": only, "machine": report["machine"],
+                                                  "seconds": report["seconds"]}}
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out} ({report['seconds']} s)")
+    print(f"wrote {out} ({report.get('updated', report)['seconds']} s)")
     return report
 
 
