@@ -5,6 +5,12 @@ produce the target. A task condition makes the source from a clean training batc
 user's input at inference time: ``super_resolution`` (the image downsampled by ``factor`` and
 upsampled back, so source and target share a size) and ``inpainting`` (the image with a masked
 region zeroed, plus the mask as one more channel).
+
+``dropout`` > 0 replaces the source of that fraction of training samples by the *null source*
+(:meth:`null`: no information: a zero image, and for inpainting a mask that says every pixel is
+missing), so one network also learns the source-free model and sampling can apply
+classifier-free guidance on the source (``translate(..., source_guidance=w)``), as
+InstructPix2Pix does for its image condition.
 """
 
 from __future__ import annotations
@@ -16,16 +22,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _check_dropout(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"task condition dropout={value!r} must be a number in [0, 1)")
+
+
+def _drop(concat: Tensor, null: Tensor, rate: float, generator: torch.Generator) -> Tensor:
+    """Replace each sample's source by ``null`` with probability ``rate`` (no draw when 0)."""
+    if rate <= 0:
+        return concat
+    drop = (torch.rand(concat.shape[0], generator=generator) < rate).to(concat.device)
+    return torch.where(drop.view(-1, *([1] * (concat.dim() - 1))), null, concat)
+
+
 @dataclass(frozen=True)
 class SuperResolution:
     """Source = the image average-pooled by ``factor`` then upsampled back (nearest)."""
 
     factor: int = 2
+    dropout: float = 0.0
     name: str = "super_resolution"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.factor, int) or self.factor < 2:
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 2:
             raise ValueError(f"super_resolution factor={self.factor!r} must be an integer >= 2")
+        _check_dropout(self.dropout)
 
     def channels(self, image_channels: int) -> int:
         return image_channels
@@ -42,11 +63,16 @@ class SuperResolution:
         """A user's low-resolution input (B, C, H/f, W/f) -> the source the model expects."""
         return F.interpolate(low, scale_factor=self.factor, mode="nearest")
 
+    def null(self, concat: Tensor) -> Tensor:
+        """The source-free condition for sources shaped like ``concat``: zeros."""
+        return torch.zeros_like(concat)
+
     def make(self, x0: Tensor, generator: torch.Generator) -> Tensor:
-        return self.source(x0)
+        concat = self.source(x0)
+        return _drop(concat, self.null(concat), self.dropout, generator)
 
     def config(self) -> dict:
-        return {"name": self.name, "factor": self.factor}
+        return {"name": self.name, "factor": self.factor, **({"dropout": self.dropout} if self.dropout else {})}
 
 
 @dataclass(frozen=True)
@@ -56,7 +82,11 @@ class Inpainting:
     Training masks are random rectangles covering 20-60% of the image, or one of its halves.
     """
 
+    dropout: float = 0.0
     name: str = "inpainting"
+
+    def __post_init__(self) -> None:
+        _check_dropout(self.dropout)
 
     def channels(self, image_channels: int) -> int:
         return image_channels + 1
@@ -86,12 +116,20 @@ class Inpainting:
                 masks[i, 0, top : top + mh, left : left + mw] = 1
         return masks
 
+    def null(self, concat: Tensor) -> Tensor:
+        """The source-free condition for sources shaped like ``concat``: a zero image whose mask
+        says every pixel is missing."""
+        null = torch.zeros_like(concat)
+        null[:, -1] = 1
+        return null
+
     def make(self, x0: Tensor, generator: torch.Generator) -> Tensor:
         masks = self.random_masks(x0.shape[0], x0.shape[-2], x0.shape[-1], generator).to(x0.device)
-        return self.source(x0, masks)
+        concat = self.source(x0, masks)
+        return _drop(concat, self.null(concat), self.dropout, generator)
 
     def config(self) -> dict:
-        return {"name": self.name}
+        return {"name": self.name, **({"dropout": self.dropout} if self.dropout else {})}
 
 
 TASK_CONDITIONS = {"super_resolution": SuperResolution, "inpainting": Inpainting}
@@ -101,4 +139,8 @@ TaskCondition = SuperResolution | Inpainting
 def make_task_condition(name: str, **options: object) -> TaskCondition:
     if name not in TASK_CONDITIONS:
         raise ValueError(f"task condition {name!r}: expected one of {sorted(TASK_CONDITIONS)}")
+    fields = {"super_resolution": ("factor", "dropout"), "inpainting": ("dropout",)}[name]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ValueError(f"task condition {name!r} has no option(s) {unknown}; its options: {list(fields)}")
     return TASK_CONDITIONS[name](**options)  # type: ignore[arg-type]

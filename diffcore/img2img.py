@@ -17,6 +17,7 @@ range, mask, strength), calls samplers by registry name and returns images clamp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -433,6 +434,7 @@ def translate(
     generator: torch.Generator | None = None,
     class_labels: Any = None,
     guidance_scale: float | None = None,
+    source_guidance: float | None = None,
     timestep_spacing: str = "trailing",
     resize: bool = False,
 ) -> Tensor:
@@ -444,9 +446,24 @@ def translate(
     sees the degraded source as extra input channels (``cond["concat"]``) at every step, starting
     from pure noise at the last training timestep (``timestep_spacing="trailing"``); with
     ``sampler="ddim", steps=1`` the result is the model's posterior-mean estimate E[x0 | source].
+
+    ``source_guidance`` w: classifier-free guidance on the source, for a model trained with
+    ``task_condition_options={"dropout": p}`` (p > 0): each step uses
+    ``null + w * (source - null)``, where ``null`` is the model's prediction without the source
+    (with the same class labels, if any). w = 1 is plain sampling; w > 1 trades diversity for
+    completions that follow the source more decisively. Not combinable with ``guidance_scale``.
     Returns (B, C, H, W) in [-1, 1].
     """
     condition = _task_condition(pipe)
+    if source_guidance is not None:
+        if isinstance(source_guidance, bool) or not isinstance(source_guidance, (int, float)) \
+                or not math.isfinite(source_guidance):
+            raise ValueError(f"source_guidance={source_guidance!r} must be a finite number")
+        if not condition.dropout:
+            raise ValueError("source_guidance needs a model trained with source dropout "
+                             "(task_condition_options={'dropout': 0.1}); this one was trained without it")
+        if guidance_scale is not None:
+            raise ValueError("give guidance_scale (class guidance) or source_guidance, not both")
     m = _resolve(pipe, None, None)
     if m.shape is None:
         raise ValueError("this pipeline does not know its image shape")
@@ -467,6 +484,9 @@ def translate(
         concat = condition.source(known, missing)
     n = concat.shape[0]
     cond, uncond = _conditioning(m, class_labels, n, {"concat": concat}, guidance_scale)
+    if source_guidance is not None:
+        uncond = {**(cond or {}), "concat": condition.null(concat)}
+        guidance_scale = float(source_guidance)
     g = generator if generator is not None else torch.Generator().manual_seed(0 if seed is None else seed)
     x_T = torch.randn((n, c, h, w), generator=g).to(m.device)
     out = sample(m.fn, x_T, sampler=sampler or m.sampler, steps=m.steps if steps is None else steps,

@@ -174,6 +174,8 @@ class TranslateParams:
         "help": "resize inputs (and masks) of another size, and convert RGB <-> grayscale, instead of refusing"})
     class_label: int | None = field(default=None, metadata={"help": "class label for a class-conditional model"})
     guidance_scale: float | None = field(default=None, metadata={"help": "classifier-free guidance scale"})
+    source_guidance: float | None = field(default=None, metadata={
+        "help": "paired: classifier-free guidance scale on the source (a model trained with source dropout)"})
     out: Path = field(default=Path("outputs/translate"), metadata={"help": "output folder"})
 
     def __post_init__(self) -> None:
@@ -192,6 +194,8 @@ class TranslateParams:
             raise ValueError("--mask is used by modes 'inpaint' and 'paired', not 'sdedit'")
         if self.guidance_scale is not None and not math.isfinite(self.guidance_scale):
             raise ValueError(f"guidance_scale={self.guidance_scale!r} must be a finite number")
+        if self.source_guidance is not None and self.mode != "paired":
+            raise ValueError(f"source_guidance is for mode 'paired' (a --task-condition model), not {self.mode!r}")
 
 
 class TranslateError(UsageError, ValueError):
@@ -227,7 +231,8 @@ class Translate:
                 out = img2img.repaint(pipe, images, mask, jump_length=params.jump_length, resample=params.resample,
                                       sampler=params.sampler or "ddpm", steps=params.steps or 50, **common)
             else:
-                out = img2img.translate(pipe, images, mask=mask, sampler=params.sampler, steps=params.steps, **common)
+                out = img2img.translate(pipe, images, mask=mask, sampler=params.sampler, steps=params.steps,
+                                        source_guidance=params.source_guidance, **common)
         except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
             raise _usage(exc) from exc
         files = _write(params, pipe, images, mask, out)
@@ -296,5 +301,7 @@ def register_commands(cli: Any) -> None:
     p.add_argument("--resize", action=argparse.BooleanOptionalAction, default=False, help=helps["resize"])
     p.add_argument("--class-label", dest="class_label", type=int, default=None, help=helps["class_label"])
     p.add_argument("--guidance-scale", dest="guidance_scale", type=float, default=None, help=helps["guidance_scale"])
+    p.add_argument("--source-guidance", dest="source_guidance", type=float, default=None,
+                   help=helps["source_guidance"])
     p.add_argument("--out", type=Path, default=Path("outputs/translate"), help=helps["out"])
     p.set_defaults(func=_cmd_translate)

@@ -3,12 +3,15 @@ and the SDEdit faithfulness/realism trade-off.
 
     .venv/bin/python -m benchmarks.quality.img2img              # full run: trains 3 models (cached)
     .venv/bin/python -m benchmarks.quality.img2img --quick      # smoke run: tiny models, 48 images
+    .venv/bin/python -m benchmarks.quality.img2img --only bottom_half   # one task; updates its entry
 
 Tasks, on the evaluator's held-out split (``benchmarks/quality/evaluator.py``: digits, seed 0,
 20% held out; every model trains on the train split only, with the fixed recipe below):
 
 - ``bottom_half``: the bottom half of each image is missing. Palette = a model trained with
-  ``task_condition="inpainting"`` (random halves and rectangles), run by :func:`diffcore.img2img.translate`.
+  ``task_condition="inpainting"`` (random halves and rectangles) and source dropout 0.1, run by
+  :func:`diffcore.img2img.translate`, unguided and with classifier-free guidance on the source
+  (``source_guidance`` 2 and 3: ``palette_source_guidance``).
 - ``super_resolution``: 4x4 (2x2 average pooling) -> 8x8, a ``task_condition="super_resolution"`` model.
 - baseline ``knn5``: the mean of the 5 training images nearest to the known part (top half /
   4x4 image); for bottom_half the known half is kept.
@@ -72,12 +75,14 @@ QUICK_TRAIN = {**TRAIN, "steps": 40, "batch_size": 32, "warmup_steps": 5, "check
 QUICK_SAMPLING = {"sampler": "dpmpp_2m", "steps": 8, "samples": 2, "seed": 0}
 QUICK_IMAGES = 48
 
-TASK_CONDITIONS = {"bottom_half": ("inpainting", {}), "super_resolution": ("super_resolution", {"factor": 2}),
+# Source dropout 0.1 (the null source = every pixel missing) lets translate() guide on the source.
+TASK_CONDITIONS = {"bottom_half": ("inpainting", {"dropout": 0.1}), "super_resolution": ("super_resolution", {"factor": 2}),
                    "sdedit": (None, {})}
 # SDEdit's strength is a fraction of the timesteps; the linear schedule leaves almost no signal in an
 # 8x8 image past t ~ 0.6 T (alpha_bar(0.6 T) ~ 0.03), which flattens the sweep above 0.5. The cosine
 # schedule (Nichol & Dhariwal 2021) spreads the loss of information over the whole range.
 SCHEDULES = {"bottom_half": "linear", "super_resolution": "linear", "sdedit": "squaredcos_cap_v2"}
+SOURCE_GUIDANCE = (2.0, 3.0)  # scales evaluated for models trained with source dropout (1 = unguided)
 SWEEP_REPEATS = 4  # each input edited 4 times per strength (different noise): a steadier FD
 
 
@@ -173,6 +178,21 @@ def paired_task(name: str, pipe: diffcore.Pipeline, ev: Evaluator, data: Any, tr
     for key in ("knn5", "palette", "palette_mean"):
         r = result[key]
         r["meets_target"] = r["label_accuracy"] >= TARGET["label_accuracy"] and r["psnr_db"] >= TARGET["psnr_db"]
+    if TASK_CONDITIONS[name][1].get("dropout"):
+        result["palette_source_guidance"] = {}
+        for w in SOURCE_GUIDANCE:
+            kw = {"mask": "bottom-half"} if name == "bottom_half" else {}
+            guided = _palette(pipe, truth if name == "bottom_half" else F.avg_pool2d(truth, 2), sampling,
+                              source_guidance=w, **kw)
+            per = [score(ev, s, truth, labels, feats) for s in guided]
+            entry = {"palette": {k: float(sum(r[k] for r in per) / len(per)) for k in per[0]},
+                     "palette_per_seed": per,
+                     "palette_mean": score(ev, torch.stack(guided).mean(0), truth, labels, feats)}
+            for key in ("palette", "palette_mean"):
+                r = entry[key]
+                r["meets_target"] = r["label_accuracy"] >= TARGET["label_accuracy"] and r["psnr_db"] >= TARGET["psnr_db"]
+            result["palette_source_guidance"][str(w)] = entry
+        result["sampling_seconds"] = round(time.perf_counter() - t0, 1)
     k = min(12, len(truth))
     save_grid(torch.cat([truth[:k], shown[:k], knn[:k], samples[0][:k], torch.stack(samples).mean(0)[:k]]),
               folder / f"img2img_{name}.png", nrow=k)
@@ -240,7 +260,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (default 1: on a shared 2-core machine 2 threads oversubscribe)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/quality)")
+    ap.add_argument("--only", nargs="+", choices=list(TASK_CONDITIONS), default=None,
+                    help="run these tasks only and update their entries in an existing img2img.json")
     args = ap.parse_args(argv)
+    tasks = args.only or list(TASK_CONDITIONS)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, recipe, sampling = (QUICK_MODEL, QUICK_TRAIN, QUICK_SAMPLING) if args.quick else (MODEL, TRAIN, SAMPLING)
@@ -254,18 +277,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     truth, labels = data.test[:n], data.test_labels[:n]
     report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "target": TARGET, "model": model,
                               "train": recipe, "sampling": sampling, "dataset": DATASETS["digits"], "n": n}
-    for name in ("bottom_half", "super_resolution"):
+    for name in [t for t in ("bottom_half", "super_resolution") if t in tasks]:
         pipe, info = train_model(name, model, recipe, models, args.retrain)
         report[name] = {"training": info, **paired_task(name, pipe, ev, data, truth, labels, sampling, folder)}
         _print_task(name, report[name])
-    pipe, info = train_model("sdedit", model, recipe, models, args.retrain)
-    strengths = (0.2, 0.5, 0.8) if args.quick else STRENGTHS
-    report["sdedit"] = {"training": info, **sdedit_sweep(pipe, ev, data, truth, sampling, strengths, folder)}
-    for p in report["sdedit"]["points"]:
-        print(f"  sdedit strength {p['strength']:.1f}: L2 to input {p['l2_to_input']:.3f}  FD {p['fd']:.2f}")
-    print(f"  sdedit monotone: {report['sdedit']['monotone']}")
+    if "sdedit" in tasks:
+        pipe, info = train_model("sdedit", model, recipe, models, args.retrain)
+        strengths = (0.2, 0.5, 0.8) if args.quick else STRENGTHS
+        report["sdedit"] = {"training": info, **sdedit_sweep(pipe, ev, data, truth, sampling, strengths, folder)}
+        for p in report["sdedit"]["points"]:
+            print(f"  sdedit strength {p['strength']:.1f}: L2 to input {p['l2_to_input']:.3f}  FD {p['fd']:.2f}")
+        print(f"  sdedit monotone: {report['sdedit']['monotone']}")
     report["seconds"] = round(time.perf_counter() - started, 1)
     out = folder / "img2img.json"
+    if args.only and out.exists():  # keep the other tasks' entries of the last full run
+        previous = json.loads(out.read_text())
+        report = {**previous, **{k: v for k, v in report.items() if k in tasks},
+                  "updated": {"tasks": tasks, "machine": report["machine"], "seconds": report["seconds"]}}
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out} ({report['seconds']} s)")
     return report
@@ -279,6 +307,12 @@ def _print_task(name: str, r: dict[str, Any]) -> None:
         verdict = f"  target {'met' if s['meets_target'] else 'missed'}"
         print(f"  {key:13s} PSNR {s['psnr_db']:6.2f} dB  SSIM {s['ssim']:.3f}  label acc {s['label_accuracy']:.3f}  "
               f"FD {s['fd']:7.2f}{verdict}")
+    for w, entry in r.get("palette_source_guidance", {}).items():
+        for key in ("palette", "palette_mean"):
+            s = entry[key]
+            verdict = f"  target {'met' if s['meets_target'] else 'missed'}"
+            print(f"  {key + ' w=' + w:13s} PSNR {s['psnr_db']:6.2f} dB  SSIM {s['ssim']:.3f}  label acc "
+                  f"{s['label_accuracy']:.3f}  FD {s['fd']:7.2f}{verdict}")
 
 
 if __name__ == "__main__":
