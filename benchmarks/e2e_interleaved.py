@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=6, help="timed rounds per case (each runs both sides)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--quick", action="store_true", help="one small case, few steps (a smoke run)")
+    ap.add_argument("--case", action="append", default=None, metavar="UNET:BATCH",
+                    help="run only these cases, e.g. small:64 (repeatable)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "e2e_cpu_interleaved")
     args = ap.parse_args(argv)
     if args.rounds < 1:
@@ -55,9 +57,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if e2e.DEVICE.type != "cpu":
         raise SystemExit("this script times the CPU; set DIFFCORE_BENCH_DEVICE=cpu")
+    plan = QUICK_PLAN if args.quick else PLAN
+    if args.case:
+        wanted = {(c.split(":")[0], int(c.split(":")[1])) for c in args.case if c.count(":") == 1
+                  and c.split(":")[1].isdigit()}
+        if len(wanted) != len(args.case) or not wanted <= set(PLAN):
+            raise SystemExit(f"--case {args.case}: expected UNET:BATCH among {[f'{u}:{b}' for u, b in PLAN]}")
+        plan = {k: v for k, v in PLAN.items() if k in wanted}
     rows = []
     clock = {"unet": 0.0}
-    for (unet_name, batch), steps in (QUICK_PLAN if args.quick else PLAN).items():
+    for (unet_name, batch), steps in plan.items():
         unet = e2e._unet(unet_name)
         forward = unet.forward
 
