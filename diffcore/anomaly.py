@@ -374,7 +374,7 @@ def reconstruction_scores(
         if math.prod(shape) > _MAHALANOBIS_MAX:
             raise ValueError(f"error='mahalanobis' fits a covariance of {math.prod(shape)} values per input; at most "
                              f"{_MAHALANOBIS_MAX} are supported: use error='abs' or 'squared' for inputs this large")
-        reference = check_input(reference, shape, name="reference").to(m.device)
+        reference = check_input(reference, shape, name="reference").to(m.device, x.dtype)
         if reference.shape[0] < 2:
             raise ValueError(f"reference has {reference.shape[0]} sample(s); the residual statistics need at least 2")
     elif reference is not None:
@@ -433,7 +433,11 @@ def _mahalanobis(resid: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
     mu = ref.mean(dim=0)
     centred = ref - mu
     cov = centred.T @ centred / max(1, ref.shape[0] - 1)
-    ridge = 1e-3 * float(cov.diagonal().mean()) or 1e-12
+    spread = float(cov.diagonal().mean())
+    if not spread > 0:
+        raise ValueError("the reference's residuals do not vary (zero variance): give error='mahalanobis' more "
+                         "diverse normal reference data, or use error='abs' or 'squared'")
+    ridge = 1e-3 * spread
     cov = cov + ridge * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
     d = resid - mu
     scores = (d * torch.linalg.solve(cov, d.T).T).sum(dim=1)
@@ -556,10 +560,33 @@ def detect(
     :func:`dte_scores`) and, with a ``calibration``, label it (True = anomaly)."""
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {METHODS}")
-    result = (reconstruction_scores if method == "recon" else dte_scores)(pipe_or_model, x, **options)
     if calibration is not None:
         if calibration.method and calibration.method != method:
             raise ValueError(f"the calibration was fitted on {calibration.method!r} scores, not {method!r}")
+        _check_settings(calibration.settings, options)
+    result = (reconstruction_scores if method == "recon" else dte_scores)(pipe_or_model, x, **options)
+    if calibration is not None:
         result.labels = calibration.labels(result.scores)
         result.threshold = calibration.threshold
     return result
+
+
+# Settings that change the scale of a score: a threshold fitted under one value is meaningless under another.
+_SCORE_SETTINGS = ("depth", "noise", "repeats", "error", "reduce", "smooth", "sampler", "steps", "levels",
+                   "explained", "t_max")
+
+
+def _check_settings(saved: dict[str, Any], options: dict[str, Any]) -> None:
+    """Refuse scoring with settings that differ from those the calibration was fitted under
+    (only settings both sides name are compared; the seed and batch size may differ)."""
+
+    def norm(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [norm(v) for v in value] if len(value) != 1 else norm(value[0])
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    for key in _SCORE_SETTINGS:
+        if key in saved and key in options and norm(saved[key]) != norm(options[key]):
+            raise ValueError(f"the calibration was fitted with {key}={saved[key]!r}, but these scores use "
+                             f"{key}={options[key]!r}; refit it (--calibrate with normal data) or use the same {key}")
+

@@ -124,9 +124,10 @@ class DetectParams:
         self.reference = Path(self.reference) if self.reference is not None else None
         if self.error not in ERRORS:
             raise ValueError(f"error={self.error!r}: expected one of {ERRORS}")
-        if (self.error == "mahalanobis") != (self.reference is not None) and self.method == "recon":
+        if (self.error == "mahalanobis") != (self.reference is not None) and self.method == "recon" or \
+                self.reference is not None and self.method != "recon":
             raise ValueError("--error mahalanobis needs --reference (normal data), and --reference is used by "
-                             "--error mahalanobis only")
+                             "--method recon --error mahalanobis only")
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}: expected one of {METHODS}")
         if self.noise not in NOISES:

@@ -172,6 +172,27 @@ def test_mahalanobis_bad_arguments_are_named(normals):
     big = torch.zeros(2, 1, 65, 65)
     with pytest.raises(ValueError, match="covariance of 4225 values per input; at most 4096"):
         anomaly.reconstruction_scores(lambda x, t, c=None: x, big, error="mahalanobis", reference=big, **KW)
+    # a model that ignores its input: every residual is the same, nothing to whiten with
+    flat = {"schedule": SCHED, "prediction": "sample", "progress": False}
+    with pytest.raises(ValueError, match="residuals do not vary"):
+        anomaly.reconstruction_scores(lambda x, t, c=None: torch.zeros_like(x), torch.ones(3, 4),
+                                      error="mahalanobis", reference=torch.ones(10, 4), **flat)
+    # a float64 reference (e.g. from numpy) is cast to the input's dtype
+    a = anomaly.reconstruction_scores(image_model, normals, error="mahalanobis", reference=normals, **KW)
+    b = anomaly.reconstruction_scores(image_model, normals, error="mahalanobis", reference=normals.double(), **KW)
+    assert torch.allclose(a.scores, b.scores)
+
+
+def test_a_calibration_refuses_scores_made_with_other_settings(normals, defects):
+    scores = anomaly.reconstruction_scores(image_model, normals, depth=[0.2, 0.4], error="abs", **KW).scores
+    cal = anomaly.Calibration.fit(scores, fpr=0.1, method="recon", settings={"depth": [0.2, 0.4], "error": "abs"})
+    ok = anomaly.detect(image_model, defects, calibration=cal, depth=[0.2, 0.4], error="abs", seed=5, **KW)
+    assert ok.labels is not None
+    for key, value, message in [("error", "squared", "fitted with error='abs', but these scores use error='squared'"),
+                                ("depth", 0.3, "fitted with depth=[0.2, 0.4]")]:
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            anomaly.detect(image_model, defects, calibration=cal, **{"depth": [0.2, 0.4], "error": "abs", key: value},
+                           **KW)
 
 # --------------------------------------------------------------------------- calibration
 
@@ -307,6 +328,10 @@ def test_detect_command_on_a_table(table_run, tmp_path, capsys):
     calibration = json.loads((tmp_path / "m_calibration.json").read_text())
     assert calibration["settings"]["error"] == "mahalanobis"
     assert calibration["settings"]["reference"] == str(root / "train.csv")
+    # reusing that threshold for another error kind is refused, not silently misapplied
+    assert main(["detect", "--checkpoint", str(root / "run"), "--input", str(tmp_path / "rows.csv"), "--depth", "0.1",
+                 "0.3", "--repeats", "2", "--calibrate", str(tmp_path / "m_calibration.json")]) == 2
+    assert "fitted with error='mahalanobis', but these scores use error='squared'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -324,6 +349,7 @@ def test_detect_command_on_a_table(table_run, tmp_path, capsys):
         ("image", "ok.npy", ["--error", "mahalanobis"], "--error mahalanobis needs --reference"),
         ("image", "ok.npy", ["--reference", "{tmp}/ok.npy"], "--error mahalanobis needs --reference"),
         ("image", "ok.npy", ["--error", "mahalanobis", "--reference", "{tmp}/rgb.npy"], "have 3 channel(s)"),
+        ("image", "ok.npy", ["--method", "dte", "--reference", "{tmp}/ok.npy"], "--reference is used by --method recon"),
         ("image", "ok.npy", ["--output", "{tmp}/x.txt"], "expected a file ending in .json or .csv"),
         ("table", "cols.csv", [], "table columns differ from training: missing ['c'], unexpected ['d']"),
         ("table", "nan.csv", [], "table column 'b', row 2: nan"),

@@ -290,6 +290,7 @@ def test_source_guidance(paired, digits):
     one = img2img.translate(inp, x, mask="bottom-half", steps=4, seed=2, source_guidance=1.0)
     three = img2img.translate(inp, x, mask="bottom-half", steps=4, seed=2, source_guidance=3.0)
     assert torch.allclose(plain, one, atol=1e-5)
+    assert torch.equal(one, img2img.translate(inp, x, mask="bottom-half", steps=4, seed=2, source_guidance=np.float32(1)))
     assert torch.equal(three[..., :4, :], x[..., :4, :]) and three.min() >= -1 and three.max() <= 1
     # by hand: the sampler sees null + w * (source - null), the null source = every pixel missing
     mask = img2img.region_mask("bottom-half", 8, 8).expand(4, 1, 8, 8)
