@@ -36,10 +36,11 @@ from diffcore.samplers import SAMPLERS as BUILTIN_SAMPLERS
 from sampler_cases import diffcore_case, diffusers_case, layout_of, program_for
 
 # name -> (shape, most timed rounds); every case is float32
+# (a 16K run takes ~1 ms: with 10 rounds the minimum still carried warm-up noise of +-50%)
 SIZES: dict[str, tuple[tuple[int, ...], int]] = {
-    "16K": ((1, 4, 64, 64), 10),
-    "256K": ((4, 4, 128, 128), 5),
-    "1M": ((4, 4, 256, 256), 3),
+    "16K": ((1, 4, 64, 64), 100),
+    "256K": ((4, 4, 128, 128), 20),
+    "1M": ((4, 4, 256, 256), 5),
     "8M": ((8, 4, 512, 512), 2),
 }
 # A case whose untimed (memory) run takes seconds gets fewer timed rounds: as many as fit in
