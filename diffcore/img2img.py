@@ -457,10 +457,10 @@ def translate(
     condition = _task_condition(pipe)
     if source_guidance is not None:
         try:
-            w = float(source_guidance)
+            source_scale = float(source_guidance)
         except (TypeError, ValueError, RuntimeError):
-            w = math.nan
-        if isinstance(source_guidance, bool) or not math.isfinite(w):
+            source_scale = math.nan
+        if isinstance(source_guidance, bool) or not math.isfinite(source_scale):
             raise ValueError(f"source_guidance={source_guidance!r} must be a finite number")
         if not condition.dropout:
             raise ValueError("source_guidance needs a model trained with source dropout "
@@ -489,7 +489,7 @@ def translate(
     cond, uncond = _conditioning(m, class_labels, n, {"concat": concat}, guidance_scale)
     if source_guidance is not None:
         uncond = {**(cond or {}), "concat": condition.null(concat)}
-        guidance_scale = w
+        guidance_scale = source_scale
     g = generator if generator is not None else torch.Generator().manual_seed(0 if seed is None else seed)
     x_T = torch.randn((n, c, h, w), generator=g).to(m.device)
     out = sample(m.fn, x_T, sampler=sampler or m.sampler, steps=m.steps if steps is None else steps,

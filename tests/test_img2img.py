@@ -283,9 +283,20 @@ def test_source_dropout_trains_the_null_source():
         make_task_condition("inpainting", factor=2)
 
 
-def test_source_guidance(paired, digits):
+def test_source_guidance(paired, digits, monkeypatch):
     inp = diffcore.Pipeline.load(paired / "inpaint-dropout")
     x = digits[:4]
+    # what translate hands the sampler (this briefly trained model's samples mostly clip to +-1, so
+    # compare the arguments as well as the outputs)
+    seen = []
+    real_sample = img2img.sample
+    monkeypatch.setattr(img2img, "sample", lambda *a, **k: seen.append(k) or real_sample(*a, **k))
+    for w in (2.5, np.float32(4)):
+        img2img.translate(inp, x, mask="bottom-half", steps=2, seed=2, source_guidance=w)
+    assert [k["guidance_scale"] for k in seen] == [2.5, 4.0]
+    assert torch.equal(seen[0]["uncond"]["concat"][:, 1:], torch.ones_like(x))  # null source: all missing
+    assert torch.equal(seen[0]["uncond"]["concat"][:, :1], torch.zeros_like(x))
+    monkeypatch.undo()
     plain = img2img.translate(inp, x, mask="bottom-half", steps=4, seed=2)
     one = img2img.translate(inp, x, mask="bottom-half", steps=4, seed=2, source_guidance=1.0)
     three = img2img.translate(inp, x, mask="bottom-half", steps=4, seed=2, source_guidance=3.0)
