@@ -55,13 +55,17 @@ from diffcore.schedules import EDMSchedule
 if TYPE_CHECKING:
     from diffcore.pipeline import Pipeline
 
-__all__ = ["METHODS", "NOISES", "Calibration", "Detection", "check_input", "depth_timesteps", "detect",
+__all__ = ["ERRORS", "IMAGE_RECIPE", "METHODS", "NOISES", "TABLE_RECIPE", "Calibration", "Detection", "check_input", "depth_timesteps", "detect",
            "dte_scores", "gaussian_blur", "image_scores", "reconstruction_scores", "simplex_noise", "standardize"]
 
 METHODS = ("recon", "dte")
 NOISES = ("gaussian", "simplex")
 ERRORS = ("squared", "abs", "mahalanobis")
 _MAHALANOBIS_MAX = 4096  # values per input: the covariance is D x D
+# reconstruction_scores settings chosen by benchmarks/quality/anomaly.py on development seeds (the
+# demo and the benchmark both use these): one-shot x0 predictions averaged over depths and draws.
+IMAGE_RECIPE = {"depth": [0.3, 0.4, 0.5, 0.6, 0.7], "repeats": 16, "error": "abs", "sampler": "ddim", "steps": 1}
+TABLE_RECIPE = {"depth": [0.1, 0.2, 0.3, 0.5], "repeats": 16, "error": "abs", "sampler": "ddim", "steps": 1}
 _F2, _G2 = 0.5 * (math.sqrt(3.0) - 1.0), (3.0 - math.sqrt(3.0)) / 6.0  # 2-D simplex skew / unskew
 
 

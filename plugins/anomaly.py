@@ -29,14 +29,12 @@ import numpy as np
 import torch
 from diffcore_plugins.img2img import _check_file, _read_array, load_images
 
+from diffcore.anomaly import ERRORS, METHODS, NOISES
 from diffcore.cli import UsageError
 from diffcore.plugins import hookimpl
 
 __all__ = ["Detect", "DetectError", "DetectParams", "load_table"]
 
-METHODS = ("recon", "dte")
-NOISES = ("gaussian", "simplex")
-ERRORS = ("squared", "abs", "mahalanobis")
 TABLE_SUFFIXES = (".csv", ".npy", ".npz")
 
 

@@ -261,6 +261,21 @@ def machine() -> dict[str, Any]:
             "kernels": diffcore.ops.backend(), "loadavg_at_start": loadavg()}
 
 
+def write_report(out: Path, report: dict[str, Any], only: list[str] | None = None, label: str = "parts",
+                 keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Write a results JSON. With ``only`` (a partial run's entries) and an existing file, update
+    those entries (and ``keep``: e.g. the recipes) in it and record the partial run under
+    ``updated``; the other entries stay those of the last full run."""
+    if only and out.exists():
+        previous = json.loads(out.read_text())
+        kept = {k: v for k, v in report.items() if k in only or k in keep}
+        report = {**previous, **kept,
+                  "updated": {label: only, "machine": report["machine"], "seconds": report["seconds"]}}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out} ({report.get('updated', report)['seconds']} s)")
+    return report
+
+
 def rss_mb() -> dict[str, float]:
     """Current and peak resident memory of this process in MiB (/proc, else ru_maxrss).
 

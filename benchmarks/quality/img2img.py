@@ -48,6 +48,7 @@ from benchmarks.quality.evaluator import (
     load_data,
     load_evaluator,
     machine,
+    write_report,
 )
 from diffcore import img2img
 from diffcore.baselines import knn_fill
@@ -124,20 +125,9 @@ def train_model(name: str, model: dict[str, Any], recipe: dict[str, Any], folder
 # --------------------------------------------------------------------------- baselines and scores
 
 
-def known_part_ceiling(data: Any, name: str) -> float:
-    """Held-out accuracy of an RBF SVM that sees only the known part (top half / 4x4 image): about
-    the best label accuracy any completion can reach, since a completion is a function of that part."""
-    from sklearn.svm import SVC
-
-    def part(x: torch.Tensor) -> torch.Tensor:
-        return (x[..., :4, :] if name == "bottom_half" else F.avg_pool2d(x, 2)).flatten(1)
-
-    svm = SVC(C=3.0).fit(part(data.train).numpy(), data.train_labels.numpy())
-    return float(svm.score(part(data.test).numpy(), data.test_labels.numpy()))
-
-
 def known_part_classifiers(data: Any, name: str) -> dict[str, float]:
-    """Held-out accuracy of several classifiers that see only the known part (the ceiling's spread)."""
+    """Held-out accuracy of classifiers that see only the known part (top half / 4x4 image): about
+    the best label accuracy any completion can reach, since a completion is a function of that part."""
     from sklearn.ensemble import ExtraTreesClassifier
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.neural_network import MLPClassifier
@@ -175,43 +165,38 @@ def paired_task(name: str, pipe: diffcore.Pipeline, ev: Evaluator, data: Any, tr
     if name == "bottom_half":
         mask = img2img.region_mask("bottom-half", 8, 8)
         keep = mask.expand_as(truth) == 0
-        samples = _palette(pipe, truth, sampling, mask="bottom-half")
+        source, kw = truth, {"mask": "bottom-half"}
+        samples = _palette(pipe, source, sampling, **kw)
         knn = torch.where(keep, truth, knn_fill(data.train, data.train[..., :4, :], truth[..., :4, :]))
         shown = torch.where(keep, truth, torch.zeros_like(truth))
         assert all(torch.equal(s[keep], truth[keep]) for s in samples)  # the known pixels are the input's
     else:
         low = F.avg_pool2d(truth, 2)
-        samples = _palette(pipe, low, sampling)
+        source, kw = low, {}
+        samples = _palette(pipe, source, sampling)
         knn = knn_fill(data.train, F.avg_pool2d(data.train, 2), low)
         shown = F.interpolate(low, scale_factor=2, mode="nearest")
     seconds = time.perf_counter() - t0
-    single = [score(ev, s, truth, labels, feats) for s in samples]
+
+    def judged(r: dict[str, float]) -> dict[str, Any]:
+        return {**r, "meets_target": r["label_accuracy"] >= TARGET["label_accuracy"] and r["psnr_db"] >= TARGET["psnr_db"]}
+
+    def palette_scores(draws: list[torch.Tensor]) -> dict[str, Any]:
+        """One sample per image (averaged over the draws' seeds) and the mean of the draws."""
+        per = [score(ev, s, truth, labels, feats) for s in draws]
+        return {"palette": judged({k: float(sum(r[k] for r in per) / len(per)) for k in per[0]}),
+                "palette_per_seed": per,
+                "palette_mean": judged(score(ev, torch.stack(draws).mean(0), truth, labels, feats))}
+
+    classifiers = known_part_classifiers(data, name)
     result = {
-        "knn5": score(ev, knn, truth, labels, feats),
-        "palette": {k: float(sum(r[k] for r in single) / len(single)) for k in single[0]},
-        "palette_per_seed": single,
-        "palette_mean": score(ev, torch.stack(samples).mean(0), truth, labels, feats),
-        "known_part_svm_accuracy": known_part_ceiling(data, name),
-        "known_part_classifiers": known_part_classifiers(data, name),
+        "knn5": judged(score(ev, knn, truth, labels, feats)), **palette_scores(samples),
+        "known_part_svm_accuracy": classifiers["svm_rbf_c3"], "known_part_classifiers": classifiers,
         "samples": len(samples), "n": len(truth), "sampling_seconds": round(seconds, 1),
     }
-    for key in ("knn5", "palette", "palette_mean"):
-        r = result[key]
-        r["meets_target"] = r["label_accuracy"] >= TARGET["label_accuracy"] and r["psnr_db"] >= TARGET["psnr_db"]
     if TASK_CONDITIONS[name][1].get("dropout"):
-        result["palette_source_guidance"] = {}
-        for w in SOURCE_GUIDANCE:
-            kw = {"mask": "bottom-half"} if name == "bottom_half" else {}
-            guided = _palette(pipe, truth if name == "bottom_half" else F.avg_pool2d(truth, 2), sampling,
-                              source_guidance=w, **kw)
-            per = [score(ev, s, truth, labels, feats) for s in guided]
-            entry = {"palette": {k: float(sum(r[k] for r in per) / len(per)) for k in per[0]},
-                     "palette_per_seed": per,
-                     "palette_mean": score(ev, torch.stack(guided).mean(0), truth, labels, feats)}
-            for key in ("palette", "palette_mean"):
-                r = entry[key]
-                r["meets_target"] = r["label_accuracy"] >= TARGET["label_accuracy"] and r["psnr_db"] >= TARGET["psnr_db"]
-            result["palette_source_guidance"][str(w)] = entry
+        result["palette_source_guidance"] = {
+            str(w): palette_scores(_palette(pipe, source, sampling, source_guidance=w, **kw)) for w in SOURCE_GUIDANCE}
         result["sampling_seconds"] = round(time.perf_counter() - t0, 1)
     k = min(12, len(truth))
     save_grid(torch.cat([truth[:k], shown[:k], knn[:k], samples[0][:k], torch.stack(samples).mean(0)[:k]]),
@@ -311,14 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  sdedit strength {p['strength']:.1f}: L2 to input {p['l2_to_input']:.3f}  FD {p['fd']:.2f}")
         print(f"  sdedit monotone: {report['sdedit']['monotone']}")
     report["seconds"] = round(time.perf_counter() - started, 1)
-    out = folder / "img2img.json"
-    if args.only and out.exists():  # keep the other tasks' entries of the last full run
-        previous = json.loads(out.read_text())
-        report = {**previous, **{k: v for k, v in report.items() if k in tasks},
-                  "updated": {"tasks": tasks, "machine": report["machine"], "seconds": report["seconds"]}}
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out} ({report.get('updated', report)['seconds']} s)")
-    return report
+    return write_report(folder / "img2img.json", report, tasks if args.only else None, label="tasks")
 
 
 def _print_task(name: str, r: dict[str, Any]) -> None:

@@ -75,8 +75,6 @@ QUICK: dict[str, Any] = {
     "samples": {"grid_per_class": 2, "eval_per_class": 2, "prompts_n": 2, "images": 8, "repaint_steps": 4,
                 "repaint_jump": 2, "repaint_resample": 2, "repaint_draws": 2},
 }
-IMAGE_RECON = {"depth": [0.3, 0.4, 0.5, 0.6, 0.7], "repeats": 16, "error": "abs", "sampler": "ddim", "steps": 1}
-TABLE_RECON = {"depth": [0.1, 0.2, 0.3, 0.5], "repeats": 16, "error": "abs", "sampler": "ddim", "steps": 1}
 SIGMAS = (25, 50, 75)  # denoising, on the 0..255 scale
 STRENGTHS = (0.2, 0.4, 0.6, 0.8)
 GUIDANCE = (0.0, 1.0, 3.0, 5.0)
@@ -367,6 +365,8 @@ def stage_anomaly(pipe: Pipeline, tab_pipe: Pipeline, data: Any, tab: dict[str, 
     from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
     from sklearn.svm import OneClassSVM
 
+    from diffcore.anomaly import IMAGE_RECIPE as IMAGE_RECON
+    from diffcore.anomaly import TABLE_RECIPE as TABLE_RECON
     from diffcore.anomaly import Calibration, detect, dte_scores
 
     _log("anomaly detection: digits with 3x3 defects")
