@@ -3,14 +3,15 @@
 ``Denoiser(x, level)`` calls ``model(c_in * x, t, cond)`` exactly as a diffusers pipeline calls
 its UNet (the scaled model input and the timestep tensor) and returns a :class:`Prediction`:
 the raw output(s) plus the ``(a, b)`` with ``x0 = a*x + b*out``. The x0 conversion and the
-classifier-free-guidance combination happen later inside the fused sampler step.
+classifier-free-guidance combination happen later inside the fused sampler step;
+:meth:`Denoiser.predict_x0` runs that step once for the x0 estimate alone.
 """
 
 from __future__ import annotations
 
 import math
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,11 +115,25 @@ class Denoiser:
 
     def raise_deferred(self) -> None:
         """Raise for the first step whose (device-side) finiteness check failed."""
-        for step, ok in self._deferred:
+        for step, ok in self.take_deferred():
             if not bool(ok):
-                self._deferred.clear()
                 raise NonFiniteModelOutput(f"step {step}: model output contains NaN or inf")
+
+    def take_deferred(self) -> list[tuple[int, Tensor]]:
+        """The pending device-side finiteness checks, ``(step, finite)`` per model output with
+        ``finite`` a 0-dim bool tensor, in call order; the pending list is emptied."""
+        taken, self._deferred = self._deferred, []
+        return taken
+
+    def reset_deferred(self) -> None:
+        """Drop the pending device-side finiteness checks (e.g. those of a warm-up run)."""
         self._deferred.clear()
+
+    @property
+    def constants(self) -> tuple[Tensor, ...]:
+        """The device tensors this denoiser made and reuses across calls (the guidance ``[w, 1]``
+        per device): a CUDA graph that reads them must keep them alive."""
+        return tuple(self._guidance_cache.values())
 
     def time_table(self, times: list[list[float]], x: Tensor) -> Tensor:
         """(steps, B) model-time tensors built once, so a sampling loop makes none per step;
@@ -168,6 +183,38 @@ class Denoiser:
             guidance = const
         return Prediction(a, b, uncond=uncond, cond=cond, guidance=guidance)
 
+    def predict_x0(self, x: Tensor, level: Level | Sequence[Level], step: int = 0) -> Tensor:
+        """The model's x0 estimate on state ``x`` (B, ...) at ``level`` (one for the batch, or a
+        sequence with one per sample); ``x`` is not modified.
+
+        It is the fused sampler step (:func:`diffcore.ops.sampler_step`, or
+        :func:`~diffcore.ops.cfg_sampler_step` with guidance) run once on a copy of ``x`` with
+        the row ``[c_x, c_x0, c_z] = [0, 1, 0]``: ``x0 = a*x + b*out`` with ``out`` the model
+        output, or ``r*(uncond + w*(cond - uncond))`` under guidance (rescale factor r of
+        Lin et al. 2023), computed exactly as every sampler step computes it.
+        """
+        levels = [level] if isinstance(level, Level) else list(level)
+        if len(levels) == 1:
+            pred = self(x, levels[0], step)
+            heads = [(pred.a, pred.b)]
+        elif len(levels) == x.shape[0]:
+            t = self.time_table([[lv.t] for lv in levels], x)[0]
+            c_in = self.scale_table([[lv] for lv in levels], x)[0]
+            pred = self(x, levels[0], step, t=t, c_in=c_in)
+            heads = [self.param.x0_coeffs(lv.alpha, lv.std) for lv in levels]
+        else:
+            raise ValueError(f"got {len(levels)} levels for a batch of {x.shape[0]}; expected 1 or {x.shape[0]}")
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        coeffs = torch.tensor([[a, b, 0.0, 1.0, 0.0] for a, b in heads], dtype=dtype).to(x.device)
+        x0 = x.clone()
+        if pred.out is not None:
+            ops.sampler_step(x0, pred.out, coeffs[0] if len(heads) == 1 else coeffs)
+        else:
+            assert pred.uncond is not None and pred.cond is not None and pred.guidance is not None
+            ops.cfg_sampler_step(x0, pred.uncond, pred.cond, pred.guidance, coeffs[0] if len(heads) == 1 else coeffs)
+        self.raise_deferred()
+        return x0
+
     def _guidance_const(self, device: torch.device) -> Tensor:
         """``[w, 1]`` on ``device``, made once: a host->device copy cannot happen inside a CUDA graph."""
         cached = self._guidance_cache.get(device)
@@ -186,19 +233,3 @@ def _cat(uncond: Any, cond: Any) -> Any:
         return list(uncond) + list(cond)
     raise TypeError(f"cannot batch conditioning of type {type(cond).__name__}; pass uncond=None")
 
-
-def apply_step(
-    x: Tensor,
-    pred: Prediction,
-    rows: Tensor,
-    history: Tensor | None = None,
-    noise: Tensor | None = None,
-    writes: tuple[int, ...] = (),
-) -> Tensor:
-    """Run the fused op for ``pred``: ``rows`` is the flat coefficient vector after ``[a, b]``."""
-    head = torch.tensor([pred.a, pred.b], dtype=rows.dtype, device=rows.device)
-    coeffs = torch.cat([head, rows])
-    if pred.out is not None:
-        return ops.sampler_step(x, pred.out, coeffs, history, noise, writes)
-    assert pred.uncond is not None and pred.cond is not None and pred.guidance is not None
-    return ops.cfg_sampler_step(x, pred.uncond, pred.cond, pred.guidance, coeffs, history, noise, writes)

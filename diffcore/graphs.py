@@ -91,15 +91,14 @@ def capture_cuda(loop: Loop, inputs: tuple[Tensor, ...], denoiser: Any, keep: tu
     with torch.cuda.stream(side):  # warm-up: lazy initialisation must not happen during capture
         loop(x.clone())
     torch.cuda.current_stream(x.device).wait_stream(side)
-    denoiser._deferred.clear()
+    denoiser.reset_deferred()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         loop(x)
-        deferred = list(denoiser._deferred)  # (step, finite) per model output, made inside the graph
+        deferred = denoiser.take_deferred()  # (step, finite) per model output, made inside the graph
         flags = torch.stack([ok for _, ok in deferred]) if deferred else None
-    denoiser._deferred.clear()
-    # the guidance constants were made during the warm-up, outside the graph's pool
-    keep = (*keep, *denoiser._guidance_cache.values())
+    # the denoiser's constants were made during the warm-up, outside the graph's pool
+    keep = (*keep, *denoiser.constants)
     return Captured(graph.replay, inputs, flags, tuple(s for s, _ in deferred), keep)
 
 
@@ -365,7 +364,7 @@ def run_cached(
         if key is not None:
             store.store(key, owner, entry, variant)
     if isinstance(entry, CaptureFailed):
-        denoiser._deferred.clear()
+        denoiser.reset_deferred()
         it = iter(leaves)  # the caller's own conditioning
         denoiser.cond, denoiser.uncond = replace_leaves(denoiser.cond, it), replace_leaves(denoiser.uncond, it)
         loop, _ = build()
