@@ -8,10 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffcore import ops
 from diffcore.denoiser import Denoiser
+from diffcore.ops.philox import ADD_NOISE_OFFSET
 from diffcore.parameterization import Parameterization, make_parameterization
 from diffcore.schedules import DiscreteSchedule, EDMSchedule, Schedule
-from diffcore.timesteps import make_plan, partial_plan, plan_from_sigmas
+from diffcore.timesteps import Plan, make_plan, partial_plan, plan_from_sigmas
+
+Sampler = Callable[..., Tensor]
 
 
 def resolve_sampler(sampler: str | Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -86,57 +90,22 @@ def sample(
         sigmas: explicit decreasing VE noise levels to visit instead of ``steps`` spaced ones.
         sampler_options: extra sampler options (e.g. ``{"order": 3}`` for unipc).
     """
-    if not isinstance(x_T, Tensor):
-        raise TypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
-    if not x_T.is_floating_point():
-        raise TypeError(f"x_T must be floating point, got dtype {x_T.dtype}")
-    if x_T.dim() < 1 or x_T.numel() == 0:
-        raise ValueError(f"x_T must be a non-empty batch (B, ...), got shape {tuple(x_T.shape)}")
-    if not bool(torch.isfinite(x_T).all()):
-        raise ValueError("x_T contains NaN or inf")
-    fn = resolve_sampler(sampler)
-    sched = resolve_schedule(schedule)
-    param = make_parameterization(prediction)
-    options = dict(sampler_options or {})
-    if eta is not None:
-        accepted = getattr(fn, "options", None)
-        if accepted is not None and "eta" not in accepted:
-            if eta != 0:
-                raise ValueError(f"sampler {getattr(fn, 'name', fn)!r} is deterministic; eta={eta} must be None or 0")
-        else:
-            options["eta"] = eta
+    _check_batch("x_T", x_T)
+    fn, sched, param = _resolve(sampler, schedule, prediction)
+    options = _options(fn, eta, sampler_options)
     if sigmas is not None:
         plan = plan_from_sigmas(sched, sigmas)
     else:
-        plan = make_plan(
-            sched,
-            steps,
-            timestep_spacing,
-            getattr(fn, "plan_style", "karras"),
-            rule=getattr(fn, "plan_rule", "next"),
-        )
-    denoiser = Denoiser(
-        model,
-        param,
-        timestep_dtype=plan.timestep_dtype,
-        cond=cond,
-        uncond=uncond,
-        guidance_scale=guidance_scale,
-        guidance_rescale=guidance_rescale,
-        check_finite=check_finite,
-    )
-    if seed is not None and generator is not None:
-        raise ValueError("pass either generator (torch RNG noise) or seed (in-kernel Philox noise), not both")
-    if cuda_graph and generator is not None:  # graphs need in-kernel noise: derive its seed
-        seed, generator = int(torch.randint(0, 2**62, (1,), generator=generator)), None
-    if seed is None and generator is None:  # default: in-kernel noise seeded from torch's global RNG
-        seed = int(torch.randint(0, 2**62, (1,)))
+        plan = make_plan(sched, steps, timestep_spacing, getattr(fn, "plan_style", "karras"),
+                         rule=getattr(fn, "plan_rule", "next"))
+    denoiser = Denoiser(model, param, timestep_dtype=plan.timestep_dtype, cond=cond, uncond=uncond,
+                        guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, check_finite=check_finite)
+    seed, generator = _noise_source(seed, generator, cuda_graph)
     if seed is not None:
         options["seed"] = seed
     if cuda_graph:
         options["cuda_graph"] = True
-    x = x_T * plan.init_scale
-    return fn(denoiser, x, plan, generator=generator, callback=callback, **options)
+    return fn(denoiser, x_T * plan.init_scale, plan, generator=generator, callback=callback, **options)
 
 
 @torch.no_grad()
@@ -170,49 +139,93 @@ def sample_from(
     different ``t_start`` step in the same fused ops with per-sample coefficients, ``steps`` each.
     ``t_start`` is a training timestep of a discrete schedule or the sigma of an EDM schedule.
     """
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1 or x.numel() == 0:
-        raise TypeError(f"x must be a non-empty floating-point tensor (B, ...), got {getattr(x, 'shape', type(x))}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x contains NaN or inf")
-    fn = resolve_sampler(sampler)
-    sched = resolve_schedule(schedule)
-    param = make_parameterization(prediction)
-    starts = torch.as_tensor(t_start, dtype=torch.float64).reshape(-1).cpu()
-    if starts.numel() == 1:
-        starts = starts.expand(x.shape[0])
-    if starts.shape[0] != x.shape[0]:
-        raise ValueError(f"t_start has {starts.shape[0]} values for a batch of {x.shape[0]}")
-    plans = {v: partial_plan(sched, steps, v) for v in sorted(set(starts.tolist()))}
-    per_sample = [plans[v] for v in starts.tolist()]
+    _check_batch("x", x)
+    fn, sched, param = _resolve(sampler, schedule, prediction)
+    starts = _starts(t_start, x.shape[0])
+    plans = {v: partial_plan(sched, steps, v) for v in sorted(set(starts))}
     if len(plans) > 1 and not hasattr(fn, "program"):
         raise ValueError(f"sampler {getattr(fn, 'name', fn)!r} cannot mix start levels in one batch")
     options = dict(sampler_options or {})
-    if seed is not None and generator is not None:
-        raise ValueError("pass either generator (torch RNG noise) or seed (in-kernel Philox noise), not both")
-    if seed is None and generator is None:
-        seed = int(torch.randint(0, 2**62, (1,)))
-    if add_noise:
-        if noise is None:
-            from diffcore import ops
-
-            noise = (torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if generator is not None
-                     else ops.philox_noise_like(x, seed, offset=2**40))
-        elif noise.shape != x.shape:
-            raise ValueError(f"noise has shape {tuple(noise.shape)} but x has shape {tuple(x.shape)}")
-        shape = (-1, *([1] * (x.dim() - 1)))
-        alpha = torch.tensor([p.level(0)[0] for p in per_sample], dtype=x.dtype, device=x.device).reshape(shape)
-        std = torch.tensor([p.level(0)[1] for p in per_sample], dtype=x.dtype, device=x.device).reshape(shape)
-        state = alpha * x + std * noise.to(x.device, x.dtype)
-    else:
-        state = x.clone()
+    seed, generator = _noise_source(seed, generator)
+    per_sample = [plans[v] for v in starts]
+    state = _noised(x, per_sample, noise, generator, seed) if add_noise else x.clone()
     denoiser = Denoiser(model, param, timestep_dtype=torch.float32, cond=cond, uncond=uncond,
                         guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, check_finite=check_finite)
     if len(plans) == 1:
-        kw = {"seed": seed} if generator is None else {}
+        kw = {"seed": seed} if seed is not None else {}
         return fn(denoiser, state, per_sample[0], generator=generator, callback=callback, **kw, **options)
     from diffcore.samplers.program import run_program
 
     resolved = fn.resolve(options)  # type: ignore[attr-defined]
     programs = {v: fn.build(p, **resolved) for v, p in plans.items()}  # type: ignore[attr-defined]
-    return run_program(denoiser, state, [programs[v] for v in starts.tolist()], generator=generator,
-                       seed=seed if generator is None else None, callback=callback)
+    return run_program(denoiser, state, [programs[v] for v in starts], generator=generator, seed=seed,
+                       callback=callback)
+
+
+def _check_batch(name: str, x: Any) -> None:
+    """Raise unless ``x`` is a non-empty, finite, floating-point (B, ...) tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
+    if x.dim() < 1 or x.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty batch (B, ...), got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def _resolve(sampler: str | Sampler, schedule: str | Schedule,
+             prediction: str | Parameterization) -> tuple[Sampler, Schedule, Parameterization]:
+    """The sampler, schedule and parameterization objects of names or objects."""
+    return resolve_sampler(sampler), resolve_schedule(schedule), make_parameterization(prediction)
+
+
+def _options(fn: Sampler, eta: float | None, sampler_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The sampler's keyword options: ``sampler_options`` plus ``eta`` where the sampler takes it
+    (a deterministic sampler accepts only eta None or 0)."""
+    options = dict(sampler_options or {})
+    if eta is not None:
+        accepted = getattr(fn, "options", None)
+        if accepted is not None and "eta" not in accepted:
+            if eta != 0:
+                raise ValueError(f"sampler {getattr(fn, 'name', fn)!r} is deterministic; eta={eta} must be None or 0")
+        else:
+            options["eta"] = eta
+    return options
+
+
+def _noise_source(seed: int | None, generator: torch.Generator | None,
+                  cuda_graph: bool = False) -> tuple[int | None, torch.Generator | None]:
+    """``(seed, generator)`` with exactly one set: a CUDA graph needs in-kernel noise, so its seed
+    is drawn from ``generator``; with neither, in-kernel noise seeded from torch's global RNG."""
+    ops.check_noise_source(seed, generator)
+    if cuda_graph and generator is not None:
+        seed, generator = int(torch.randint(0, 2**62, (1,), generator=generator)), None
+    if seed is None and generator is None:
+        seed = int(torch.randint(0, 2**62, (1,)))
+    return seed, generator
+
+
+def _starts(t_start: float | Tensor, batch: int) -> list[float]:
+    """One start time per sample of a batch of ``batch`` (a single value is shared)."""
+    starts = torch.as_tensor(t_start, dtype=torch.float64).reshape(-1).cpu()
+    if starts.numel() == 1:
+        starts = starts.expand(batch)
+    if starts.shape[0] != batch:
+        raise ValueError(f"t_start has {starts.shape[0]} values for a batch of {batch}")
+    return starts.tolist()
+
+
+def _noised(x: Tensor, plans: list[Plan], noise: Tensor | None, generator: torch.Generator | None,
+            seed: int | None) -> Tensor:
+    """Clean ``x`` noised to each sample's start level, ``alpha*x + std*noise``; ``noise`` given,
+    else drawn from ``generator``, else from the Philox stream of ``seed``."""
+    if noise is None:
+        noise = (torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if generator is not None
+                 else ops.philox_noise_like(x, seed, offset=ADD_NOISE_OFFSET))  # type: ignore[arg-type]
+    elif noise.shape != x.shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)} but x has shape {tuple(x.shape)}")
+    shape = (-1, *([1] * (x.dim() - 1)))
+    alpha = torch.tensor([p.level(0)[0] for p in plans], dtype=x.dtype, device=x.device).reshape(shape)
+    std = torch.tensor([p.level(0)[1] for p in plans], dtype=x.dtype, device=x.device).reshape(shape)
+    return alpha * x + std * noise.to(x.device, x.dtype)

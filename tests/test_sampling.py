@@ -107,23 +107,29 @@ def test_callback_sees_every_step():
 
 
 def test_sampling_loop_allocates_nothing_per_step_beyond_the_model(monkeypatch):
-    """With the op replaced by an in-place stand-in, per-step allocations of x's size come only
-    from the model's output; history and noise buffers are allocated once."""
-    from diffcore.samplers import program
+    """With the fused kernels the loop calls (``ops.step_kernels``) replaced by an in-place
+    stand-in, per-step allocations of x's size come only from the model's output; history and
+    noise buffers are allocated once."""
+    from diffcore import ops
 
-    def inplace_step(x, m, coeffs, history=None, noise=None, writes=(), **kw):
+    calls = []
+
+    def inplace_step(x, *args):  # (x, ..., writes, seed, offset), as the op schemas
+        calls.append(args[-1])
         x.mul_(0.5)
-        return x
 
-    monkeypatch.setattr(program.ops, "sampler_step", inplace_step)
+    monkeypatch.setattr(ops, "step_kernels", lambda device: (inplace_step, inplace_step))
     x = torch.randn(4, 64, 64)
     out_buf = torch.randn(4, 64, 64)
     big = x.numel() * x.element_size()
 
     def full_size_allocations(sampler: str, steps: int) -> int:
+        calls.clear()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-            diffcore.sample(lambda x_, t: out_buf.clone(), x, sampler=sampler, steps=steps, schedule=LINEAR,
-                            generator=torch.Generator().manual_seed(0), check_finite=False)
+            out = diffcore.sample(lambda x_, t: out_buf.clone(), x, sampler=sampler, steps=steps, schedule=LINEAR,
+                                  generator=torch.Generator().manual_seed(0), check_finite=False)
+        assert calls == list(range(steps)), f"{sampler}: the stand-in ran at steps {calls}"
+        torch.testing.assert_close(out, x * 0.5**steps, rtol=0, atol=0)  # only the stand-in touched x
         return sum(1 for e in prof.events() if e.cpu_memory_usage >= big and not e.cpu_children)
 
     for sampler in ("unipc", "dpmpp_3m_sde", "lms", "ddpm"):
@@ -186,11 +192,17 @@ def test_sample_from_mixes_start_levels_in_one_batch(sampler):
     starts = torch.tensor([100.0, 100.0, 400.0, 400.0, 999.0, 999.0])
     model = exact_model(GM, LINEAR)
     mixed = diffcore.sample_from(model, x, starts, sampler=sampler, steps=8, schedule=LINEAR, noise=noise, seed=3)
+    kw = dict(sampler=sampler, steps=8, schedule=LINEAR, seed=3)
     for lo in (0, 2, 4):
-        alone = diffcore.sample_from(model, x[lo:lo + 2], float(starts[lo]), sampler=sampler, steps=8, schedule=LINEAR,
-                                     noise=noise[lo:lo + 2], seed=3)
-        if sampler != "ddpm":  # ddpm's in-kernel noise is indexed by position in the batch
+        # the same batch layout, every sample at this level: equal rows, ddpm's noise included
+        # (in-kernel noise is keyed by the position in the batch, and the step)
+        whole = diffcore.sample_from(model, x, float(starts[lo]), noise=noise, **kw)
+        assert torch.allclose(mixed[lo:lo + 2], whole[lo:lo + 2], atol=1e-10)
+        if sampler != "ddpm":  # a deterministic sampler does not depend on the rest of the batch either
+            alone = diffcore.sample_from(model, x[lo:lo + 2], float(starts[lo]), noise=noise[lo:lo + 2], **kw)
             assert torch.allclose(mixed[lo:lo + 2], alone, atol=1e-10)
+    other_seed = diffcore.sample_from(model, x, starts, noise=noise, **{**kw, "seed": 4})
+    assert torch.equal(other_seed, mixed) == (sampler != "ddpm")  # only ddpm draws step noise
     # low strength stays close to the input, full strength forgets it
     d = (mixed - x).norm(dim=1)
     assert d[:2].mean() < d[4:].mean()
