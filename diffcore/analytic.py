@@ -28,7 +28,8 @@ class GaussianMixture:
     def __post_init__(self) -> None:
         k, d = self.means.shape
         if self.stds.shape != (k, d) or self.weights.shape != (k,):
-            raise ValueError(f"means {tuple(self.means.shape)}, stds {tuple(self.stds.shape)}, weights {tuple(self.weights.shape)} disagree")
+            raise ValueError(f"means {tuple(self.means.shape)}, stds {tuple(self.stds.shape)}, "
+                             f"weights {tuple(self.weights.shape)} disagree")
         if not bool((self.stds > 0).all()) or not bool((self.weights > 0).all()):
             raise ValueError("stds and weights must be positive")
 
@@ -38,7 +39,8 @@ class GaussianMixture:
         angles = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
         means = torch.zeros(k, dim, dtype=torch.float64)
         means[:, 0], means[:, 1] = radius * angles.cos(), radius * angles.sin()
-        return cls(means, torch.full((k, dim), std, dtype=torch.float64), torch.full((k,), 1.0 / k, dtype=torch.float64))
+        stds = torch.full((k, dim), std, dtype=torch.float64)
+        return cls(means, stds, torch.full((k,), 1.0 / k, dtype=torch.float64))
 
     @property
     def dim(self) -> int:

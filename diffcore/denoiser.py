@@ -139,7 +139,9 @@ class Denoiser:
         """(steps, B) model-time tensors built once, so a sampling loop makes none per step;
         ``times`` holds one list per program (one program: shared by the batch)."""
         col = torch.tensor(times, dtype=torch.float64).to(self.timestep_dtype).T  # (steps, P)
-        return col.expand(col.shape[0], x.shape[0]).contiguous().to(x.device) if col.shape[1] == 1 else col.contiguous().to(x.device)
+        if col.shape[1] == 1:
+            col = col.expand(col.shape[0], x.shape[0])
+        return col.contiguous().to(x.device)
 
     def scale_table(self, levels: list[list[Level]], x: Tensor) -> list[Tensor | float]:
         """Per step, the model-input scale c_in: a float shared by the batch, or a broadcastable
@@ -219,7 +221,8 @@ class Denoiser:
         """``[w, 1]`` on ``device``, made once: a host->device copy cannot happen inside a CUDA graph."""
         cached = self._guidance_cache.get(device)
         if cached is None:
-            cached = torch.tensor([float(self.guidance_scale), 1.0], dtype=torch.float32).to(device)  # type: ignore[arg-type]
+            w = float(self.guidance_scale)  # type: ignore[arg-type]
+            cached = torch.tensor([w, 1.0], dtype=torch.float32).to(device)
             self._guidance_cache[device] = cached
         return cached
 

@@ -282,3 +282,21 @@ def test_bad_inputs_raise_naming_the_shape() -> None:
         model(torch.randn(2, 1, 30, 30), torch.tensor([1, 2]))
     with pytest.raises(ValueError, match=r"t has shape \(3,\)"):
         model(torch.randn(2, 1, 28, 28), torch.tensor([1, 2, 3]))
+
+
+def test_unet_parameter_layout_and_output_are_pinned() -> None:
+    """Checkpoints keep loading: the state_dict names, shapes and order, and the output of fixed
+    weights, are those of the UNet before its constructor was split into builders."""
+    import hashlib
+
+    model = randomize_(unet(**{**IMAGE_CONFIGS["digits8"], **FULL_COND, "attention_resolutions": [8, 4]}))
+    layout = "\n".join(f"{k} {tuple(v.shape)}" for k, v in model.state_dict().items())
+    assert len(model.state_dict()) == 204
+    digest = "16521a080d4fa2146a1eb7a24ef449abf1587cd1b8cde23e61c32eac92ccd7c3"
+    assert hashlib.sha256(layout.encode()).hexdigest() == digest
+    x, t, cond = image_inputs(model)
+    with torch.no_grad():
+        y = model(x, t, cond).double()
+    want = torch.tensor([0.0126460642, -0.4125607014, -0.4548767805, -0.6901251078], dtype=torch.float64)
+    torch.testing.assert_close(y.flatten()[:4], want, rtol=1e-4, atol=1e-5)
+    assert abs(y.sum().item() - -54.218917563557625) < 1e-3

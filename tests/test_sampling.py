@@ -68,7 +68,8 @@ def _cond_model(x, t, cond=None):
 def test_guidance_scale_one_equals_the_conditional_model():
     cond = torch.ones(64, 3, dtype=torch.float64)
     plain = diffcore.sample(lambda x, t: _cond_model(x, t, cond), _x(), sampler="dpmpp_2m", steps=10, schedule=LINEAR)
-    guided = diffcore.sample(_cond_model, _x(), sampler="dpmpp_2m", steps=10, schedule=LINEAR, cond=cond, guidance_scale=1.0)
+    guided = diffcore.sample(_cond_model, _x(), sampler="dpmpp_2m", steps=10, schedule=LINEAR, cond=cond,
+                             guidance_scale=1.0)
     assert torch.allclose(plain, guided, atol=1e-10)
 
 
@@ -102,7 +103,8 @@ def test_batched_uncond_equals_separate_calls_and_rescale_matches_formula():
 
 def test_callback_sees_every_step():
     seen = []
-    diffcore.sample(exact_model(GM, LINEAR), _x(), sampler="heun", steps=6, schedule=LINEAR, callback=lambda d: seen.append(d["i"]))
+    diffcore.sample(exact_model(GM, LINEAR), _x(), sampler="heun", steps=6, schedule=LINEAR,
+                    callback=lambda d: seen.append(d["i"]))
     assert seen == list(range(11))  # heun: 2 * steps - 1 model calls
 
 
@@ -150,7 +152,8 @@ def _nan_at(step):
 
 
 BAD = [
-    (dict(model=lambda x, t: torch.zeros(64, 4, dtype=torch.float64)), ValueError, r"model output has shape \(64, 4\) but x has shape \(64, 3\)"),
+    (dict(model=lambda x, t: torch.zeros(64, 4, dtype=torch.float64)), ValueError,
+     r"model output has shape \(64, 4\) but x has shape \(64, 3\)"),
     (dict(steps=0), ValueError, "steps=0"),
     (dict(sampler="euler_maruyama_9000"), KeyError, "dpmpp_2m"),
     (dict(schedule="quadratic"), KeyError, "linear"),
@@ -233,4 +236,5 @@ def test_sample_from_bad_input(kw, exc, text):
     args = dict(t_start=200.0)
     args.update(kw)
     with pytest.raises(exc, match=text):
-        diffcore.sample_from(exact_model(GM, LINEAR), GM.sample(4, torch.Generator().manual_seed(0)), schedule=LINEAR, **args)
+        diffcore.sample_from(exact_model(GM, LINEAR), GM.sample(4, torch.Generator().manual_seed(0)), schedule=LINEAR,
+                             **args)

@@ -128,7 +128,8 @@ def test_pipeline_roundtrip_and_class_guidance(tmp_path):
 def test_parameterizations_and_weightings_train(tmp_path, prediction, weighting, schedule):
     model = dict(TINY, time_input="sigma" if schedule == "edm" else "timestep")
     pipe = diffcore.train("digits", "unet", 2, tmp_path, dataset_options=DATA, model_config=model, schedule=schedule,
-                          prediction=prediction, loss_weighting=weighting, batch_size=8, log_every=1, bf16=(weighting == "edm"))
+                          prediction=prediction, loss_weighting=weighting, batch_size=8, log_every=1,
+                          bf16=(weighting == "edm"))
     losses = [json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert torch.isfinite(pipe.generate(2, steps=3)).all()
@@ -147,7 +148,8 @@ def test_objective_noises_with_the_parameterization_target():
         want = {"epsilon": eps, "sample": x0, "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[name]
         assert torch.allclose(target, want, atol=1e-5)
         snr = abar[:, 0] / (1 - abar[:, 0])
-        expect = {"epsilon": snr.clamp(max=5) / snr, "v_prediction": snr.clamp(max=5) / (snr + 1), "sample": snr.clamp(max=5)}[name]
+        expect = {"epsilon": snr.clamp(max=5) / snr, "v_prediction": snr.clamp(max=5) / (snr + 1),
+                  "sample": snr.clamp(max=5)}[name]
         assert torch.allclose(weight, expect, rtol=1e-4)
 
 
@@ -202,7 +204,8 @@ def test_torchrun_ddp_two_processes(tmp_path):
     assert [c["checkpoint"] for c in checkpoints] == [2, 4]  # written once each: only rank 0 writes
     for c in checkpoints:
         assert len(c["rank_checksums"]) == 2 and c["rank_checksums"][0] == c["rank_checksums"][1]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "loss.png", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "loss.png",
+                                                     "metrics.jsonl"]
     _, meta = load_checkpoint(out / "checkpoint.safetensors")
     assert meta["world_size"] == 2 and meta["step"] == 4
 
@@ -245,3 +248,30 @@ def test_safetensors_whose_header_length_starts_with_0x80_loads(tmp_path):
         pytest.fail("no header length with low byte 0x80 in the padding range")
     tensors, meta = load_checkpoint(path)
     assert torch.equal(tensors["w"], torch.arange(3.0)) and len(meta["pad"]) == pad
+
+
+@pytest.mark.parametrize(
+    "model, shape, meta, classes, want",
+    [
+        ("unet", (5, 1, 8, 8), {"channels": 1, "height": 8}, 10,
+         {"in_channels": 1, "image_size": 8, "num_classes": 10, "base_channels": 64, "channel_mult": [1, 2],
+          "attention_resolutions": [4]}),
+        ("unet", (5, 3, 28, 28), {}, 0,
+         {"in_channels": 3, "image_size": 28, "num_classes": 0, "base_channels": 64, "channel_mult": [1, 2, 2],
+          "attention_resolutions": [7]}),
+        ("unet", (5, 3, 64, 64), {"channels": 3, "height": 64}, 2,
+         {"in_channels": 3, "image_size": 64, "num_classes": 2}),
+        ("mlp", (5, 30), {}, 2, {"dim": 30, "num_classes": 2}),
+        ("mlp", (5, 7), {}, None, {"dim": 7, "num_classes": 0}),
+    ],
+)
+def test_default_model_config_comes_from_the_factory(model, shape, meta, classes, want):
+    """The built-ins' default_config(data) give the configs diffcore.train has always picked."""
+    from types import SimpleNamespace
+
+    from diffcore.training.api import default_model_config
+
+    data = SimpleNamespace(train=torch.zeros(shape), meta=meta, num_classes=classes)
+    assert default_model_config(model, data) == want
+    assert diffcore.get("models", model).default_config(data) == want
+    diffcore.get("models", model)(**want)  # a config the model accepts

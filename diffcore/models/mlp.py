@@ -82,6 +82,11 @@ class MLP(nn.Module):
         self.norm_out = nn.LayerNorm(hidden)
         self.out = zero_(nn.Linear(hidden, dim))
 
+    @staticmethod
+    def default_config(data: Any) -> dict[str, Any]:
+        """The config ``diffcore.train`` picks for a table dataset ``data``: its width and classes."""
+        return {"dim": int(data.train.shape[1]), "num_classes": int(getattr(data, "num_classes", 0) or 0)}
+
     def forward(self, x: Tensor, t: Tensor, cond: Mapping[str, Any] | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x has shape {tuple(x.shape)}: expected (B, {self.dim})")

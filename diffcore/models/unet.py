@@ -87,113 +87,45 @@ class UNet(nn.Module):
         groups: int = 32,
     ) -> None:
         super().__init__()
-        in_channels = check_int("in_channels", in_channels, 1)
-        out_channels = in_channels if out_channels is None else check_int("out_channels", out_channels, 1)
-        image_size = check_int("image_size", image_size, 1)
-        base_channels = check_int("base_channels", base_channels, 1)
-        channel_mult = check_int_list("channel_mult", channel_mult, 1, allow_empty=False)
-        num_res_blocks = check_int("num_res_blocks", num_res_blocks, 1)
-        attention_resolutions = check_int_list("attention_resolutions", attention_resolutions, 1, allow_empty=True)
-        num_heads = check_int("num_heads", num_heads, 1)
-        dropout = check_dropout(dropout)
-        num_classes = check_int("num_classes", num_classes, 0)
-        context_dim = check_int("context_dim", context_dim, 0)
-        concat_channels = check_int("concat_channels", concat_channels, 0)
-        time_input = check_time_input(time_input)
-        groups = check_int("groups", groups, 1)
+        cfg = check_config(
+            in_channels=in_channels, out_channels=out_channels, image_size=image_size, base_channels=base_channels,
+            channel_mult=channel_mult, num_res_blocks=num_res_blocks, attention_resolutions=attention_resolutions,
+            num_heads=num_heads, dropout=dropout, num_classes=num_classes, context_dim=context_dim,
+            concat_channels=concat_channels, time_input=time_input, groups=groups,
+        )
+        self.config: dict[str, Any] = cfg
+        self.in_channels = cfg["in_channels"]
+        self.num_classes = cfg["num_classes"]
+        self.context_dim = cfg["context_dim"]
+        self.concat_channels = cfg["concat_channels"]
+        self.downsample_factor = 2 ** (len(cfg["channel_mult"]) - 1)
+        blocks = _Blocks(cfg)
+        self.embed = NoiseLevelEmbedding(cfg["base_channels"], blocks.emb_dim, cfg["time_input"], cfg["num_classes"])
+        if self.context_dim:
+            self.null_context = nn.Parameter(torch.randn(1, 1, self.context_dim) * 0.02)
+        ch = blocks.width(0)
+        self.conv_in = nn.Conv2d(self.in_channels + self.concat_channels, ch, 3, padding=1)
+        self.down, skips = blocks.down_path(ch)
+        ch = skips[-1]
+        self.mid = Stage([blocks.res(ch, ch), blocks.attn(ch), blocks.res(ch, ch)])
+        self.up = blocks.up_path(skips)
+        ch = blocks.width(0)
+        self.out = nn.Sequential(nn.GroupNorm(cfg["groups"], ch), nn.SiLU(),
+                                 zero_(nn.Conv2d(ch, cfg["out_channels"], 3, padding=1)))
 
-        levels = len(channel_mult)
-        factor = 2 ** (levels - 1)
-        if image_size % factor:
-            raise ValueError(
-                f"image_size={image_size} is not divisible by 2**(len(channel_mult) - 1) = {factor} "
-                f"(channel_mult={channel_mult} downsamples {levels - 1} times)"
-            )
-        resolutions = [image_size // 2**i for i in range(levels)]
-        for res in attention_resolutions:
-            if res not in resolutions:
-                raise ValueError(
-                    f"attention_resolutions contains {res}, which is not a feature-map size of this UNet; "
-                    f"image_size={image_size} with channel_mult={channel_mult} has sizes {resolutions}"
-                )
-        for mult in channel_mult:
-            ch = base_channels * mult
-            if ch % groups:
-                raise ValueError(
-                    f"groups={groups} does not divide {ch} channels (base_channels={base_channels} x {mult}); "
-                    f"choose groups dividing base_channels * every channel_mult entry (e.g. 8)"
-                )
-        attn_levels = [i for i, r in enumerate(resolutions) if r in attention_resolutions] + [levels - 1]
-        for i in attn_levels:
-            ch = base_channels * channel_mult[i]
-            if ch % num_heads:
-                raise ValueError(
-                    f"num_heads={num_heads} does not divide the {ch} channels of the attention at size {resolutions[i]}"
-                )
-
-        self.config: dict[str, Any] = {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "image_size": image_size,
-            "base_channels": base_channels,
-            "channel_mult": channel_mult,
-            "num_res_blocks": num_res_blocks,
-            "attention_resolutions": attention_resolutions,
-            "num_heads": num_heads,
-            "dropout": dropout,
-            "num_classes": num_classes,
-            "context_dim": context_dim,
-            "concat_channels": concat_channels,
-            "time_input": time_input,
-            "groups": groups,
-        }
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.context_dim = context_dim
-        self.concat_channels = concat_channels
-        self.downsample_factor = factor
-
-        emb_dim = 4 * base_channels
-        self.embed = NoiseLevelEmbedding(base_channels, emb_dim, time_input, num_classes)
-        if context_dim:
-            self.null_context = nn.Parameter(torch.randn(1, 1, context_dim) * 0.02)
-
-        def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, dropout, groups)
-
-        def attn(c: int) -> AttentionBlock:
-            return AttentionBlock(c, num_heads, groups, context_dim)
-
-        ch = base_channels * channel_mult[0]
-        self.conv_in = nn.Conv2d(in_channels + concat_channels, ch, 3, padding=1)
-        skips = [ch]
-        self.down = nn.ModuleList()
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                blocks: list[nn.Module] = [res(ch, base_channels * mult)]
-                ch = base_channels * mult
-                if resolutions[level] in attention_resolutions:
-                    blocks.append(attn(ch))
-                self.down.append(Stage(blocks))
-                skips.append(ch)
-            if level != levels - 1:
-                self.down.append(Stage([Downsample(ch)]))
-                skips.append(ch)
-
-        self.mid = Stage([res(ch, ch), attn(ch), res(ch, ch)])
-
-        self.up = nn.ModuleList()
-        for level in reversed(range(levels)):
-            for i in range(num_res_blocks + 1):
-                blocks = [res(ch + skips.pop(), base_channels * channel_mult[level])]
-                ch = base_channels * channel_mult[level]
-                if resolutions[level] in attention_resolutions:
-                    blocks.append(attn(ch))
-                if level != 0 and i == num_res_blocks:
-                    blocks.append(Upsample(ch))
-                self.up.append(Stage(blocks))
-
-        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), zero_(nn.Conv2d(ch, out_channels, 3, padding=1)))
+    @staticmethod
+    def default_config(data: Any) -> dict[str, Any]:
+        """The config ``diffcore.train`` picks for an image dataset ``data``: its channels, size and
+        classes, and the ``digits`` (size <= 8) or ``mnist``-like (size <= 32) depth and attention."""
+        meta = getattr(data, "meta", {}) or {}
+        size = int(meta.get("height", data.train.shape[-1]))
+        cfg: dict[str, Any] = {"in_channels": int(meta.get("channels", data.train.shape[1])), "image_size": size,
+                               "num_classes": int(getattr(data, "num_classes", 0) or 0)}
+        if size <= 8:
+            cfg.update(base_channels=64, channel_mult=[1, 2], attention_resolutions=[4])
+        elif size <= 32:
+            cfg.update(base_channels=64, channel_mult=[1, 2, 2], attention_resolutions=[size // 4])
+        return cfg
 
     def forward(self, x: Tensor, t: Tensor, cond: Mapping[str, Any] | None = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -232,3 +164,114 @@ class UNet(nn.Module):
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, mask)
         return self.out(h)
+
+
+def check_config(**raw: Any) -> dict[str, Any]:
+    """The validated UNet config (``out_channels`` None -> ``in_channels``); raises ValueError /
+    TypeError naming a bad value or a geometry the network cannot have."""
+    cfg: dict[str, Any] = {"in_channels": check_int("in_channels", raw["in_channels"], 1)}
+    out = raw["out_channels"]
+    cfg["out_channels"] = cfg["in_channels"] if out is None else check_int("out_channels", out, 1)
+    cfg["image_size"] = check_int("image_size", raw["image_size"], 1)
+    cfg["base_channels"] = check_int("base_channels", raw["base_channels"], 1)
+    cfg["channel_mult"] = check_int_list("channel_mult", raw["channel_mult"], 1, allow_empty=False)
+    cfg["num_res_blocks"] = check_int("num_res_blocks", raw["num_res_blocks"], 1)
+    cfg["attention_resolutions"] = check_int_list("attention_resolutions", raw["attention_resolutions"], 1,
+                                                  allow_empty=True)
+    cfg["num_heads"] = check_int("num_heads", raw["num_heads"], 1)
+    cfg["dropout"] = check_dropout(raw["dropout"])
+    for name in ("num_classes", "context_dim", "concat_channels"):
+        cfg[name] = check_int(name, raw[name], 0)
+    cfg["time_input"] = check_time_input(raw["time_input"])
+    cfg["groups"] = check_int("groups", raw["groups"], 1)
+    _check_geometry(cfg)
+    return cfg
+
+
+def _check_geometry(cfg: dict[str, Any]) -> None:
+    """Sizes divisible by the downsampling, attention at existing sizes, groups and heads dividing
+    the channels they split."""
+    size, mult, base = cfg["image_size"], cfg["channel_mult"], cfg["base_channels"]
+    levels = len(mult)
+    factor = 2 ** (levels - 1)
+    if size % factor:
+        raise ValueError(
+            f"image_size={size} is not divisible by 2**(len(channel_mult) - 1) = {factor} "
+            f"(channel_mult={mult} downsamples {levels - 1} times)"
+        )
+    resolutions = [size // 2**i for i in range(levels)]
+    for res in cfg["attention_resolutions"]:
+        if res not in resolutions:
+            raise ValueError(
+                f"attention_resolutions contains {res}, which is not a feature-map size of this UNet; "
+                f"image_size={size} with channel_mult={mult} has sizes {resolutions}"
+            )
+    for m in mult:
+        if (base * m) % cfg["groups"]:
+            raise ValueError(
+                f"groups={cfg['groups']} does not divide {base * m} channels (base_channels={base} x {m}); "
+                f"choose groups dividing base_channels * every channel_mult entry (e.g. 8)"
+            )
+    attn_levels = [i for i, r in enumerate(resolutions) if r in cfg["attention_resolutions"]] + [levels - 1]
+    for i in attn_levels:
+        ch = base * mult[i]
+        if ch % cfg["num_heads"]:
+            raise ValueError(
+                f"num_heads={cfg['num_heads']} does not divide the {ch} channels of the attention "
+                f"at size {resolutions[i]}"
+            )
+
+
+class _Blocks:
+    """Builds the UNet's blocks from its validated config, in the order (and so with the random
+    initial weights) of the original constructor."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.emb_dim = 4 * cfg["base_channels"]
+        self.levels = len(cfg["channel_mult"])
+        self.resolutions = [cfg["image_size"] // 2**i for i in range(self.levels)]
+
+    def width(self, level: int) -> int:
+        return self.cfg["base_channels"] * self.cfg["channel_mult"][level]
+
+    def res(self, cin: int, cout: int) -> ResBlock:
+        return ResBlock(cin, cout, self.emb_dim, self.cfg["dropout"], self.cfg["groups"])
+
+    def attn(self, c: int) -> AttentionBlock:
+        return AttentionBlock(c, self.cfg["num_heads"], self.cfg["groups"], self.cfg["context_dim"])
+
+    def _attends(self, level: int) -> bool:
+        return self.resolutions[level] in self.cfg["attention_resolutions"]
+
+    def down_path(self, ch: int) -> tuple[nn.ModuleList, list[int]]:
+        """The down stages from ``ch`` input channels, and the channels of every skip connection
+        (conv_in's first; the last is the width at the bottom)."""
+        down, skips = nn.ModuleList(), [ch]
+        for level in range(self.levels):
+            for _ in range(self.cfg["num_res_blocks"]):
+                blocks: list[nn.Module] = [self.res(ch, self.width(level))]
+                ch = self.width(level)
+                if self._attends(level):
+                    blocks.append(self.attn(ch))
+                down.append(Stage(blocks))
+                skips.append(ch)
+            if level != self.levels - 1:
+                down.append(Stage([Downsample(ch)]))
+                skips.append(ch)
+        return down, skips
+
+    def up_path(self, skips: list[int]) -> nn.ModuleList:
+        """The mirrored up stages, each taking the last unused skip connection."""
+        skips = list(skips)
+        up, ch = nn.ModuleList(), skips[-1]
+        for level in reversed(range(self.levels)):
+            for i in range(self.cfg["num_res_blocks"] + 1):
+                blocks: list[nn.Module] = [self.res(ch + skips.pop(), self.width(level))]
+                ch = self.width(level)
+                if self._attends(level):
+                    blocks.append(self.attn(ch))
+                if level != 0 and i == self.cfg["num_res_blocks"]:
+                    blocks.append(Upsample(ch))
+                up.append(Stage(blocks))
+        return up

@@ -7,6 +7,7 @@ group (gloo on CPU, nccl on CUDA) and trains with DistributedDataParallel; rank 
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import os
 from pathlib import Path
@@ -23,26 +24,21 @@ from diffcore.training.trainer import Trainer
 
 
 def default_model_config(model: str, data: Any) -> dict[str, Any]:
-    """Model config that fits ``data``: channels / size / classes for images, dim for tables.
-
-    A model factory with a ``default_config(data)`` attribute provides its own."""
+    """Model config that fits ``data``, from the factory's ``default_config(data)`` attribute
+    (the built-ins: channels / size / classes for images, dim / classes for tables); ``{}`` for a
+    factory without one."""
     factory = get("models", model)
     if hasattr(factory, "default_config"):
         return dict(factory.default_config(data))
-    meta = getattr(data, "meta", {}) or {}
-    classes = int(getattr(data, "num_classes", 0) or 0)
-    if model == "unet":
-        size = int(meta.get("height", data.train.shape[-1]))
-        cfg: dict[str, Any] = {"in_channels": int(meta.get("channels", data.train.shape[1])), "image_size": size,
-                               "num_classes": classes}
-        if size <= 8:
-            cfg.update(base_channels=64, channel_mult=[1, 2], attention_resolutions=[4])
-        elif size <= 32:
-            cfg.update(base_channels=64, channel_mult=[1, 2, 2], attention_resolutions=[size // 4])
-        return cfg
-    if model == "mlp":
-        return {"dim": int(data.train.shape[1]), "num_classes": classes}
     return {}
+
+
+def _takes(factory: Any, name: str) -> bool:
+    """Whether ``factory`` has a parameter called ``name``."""
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no introspectable signature
+        return False
 
 
 def _maybe_init_distributed() -> bool:
@@ -98,7 +94,7 @@ def train(
 
         caption_set = _caption_set(captions)
     model_cfg = default_model_config(model, data)
-    if condition is not None and model == "unet":
+    if condition is not None and _takes(get("models", model), "concat_channels"):  # the degraded image as input
         model_cfg["concat_channels"] = condition.channels(int(data.shape[0]))
     model_cfg = {**model_cfg, **(model_config or {})}
     torch.manual_seed(train_cfg.seed)  # the initial weights depend only on the seed

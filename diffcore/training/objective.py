@@ -66,7 +66,8 @@ class Objective:
     def _weights(self, alpha: Tensor, std: Tensor) -> Tensor:
         if self.weighting == "uniform":
             return torch.ones_like(alpha)
-        b = torch.tensor([self.param.x0_coeffs(a, s)[1] for a, s in zip(alpha.tolist(), std.tolist())], dtype=torch.float64)
+        b = torch.tensor([self.param.x0_coeffs(a, s)[1] for a, s in zip(alpha.tolist(), std.tolist())],
+                         dtype=torch.float64)
         return x0_weight(self.weighting, alpha, std, gamma=self.min_snr_gamma, sigma_data=self.sigma_data) * b**2
 
     def draw(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -180,7 +180,8 @@ class Trainer:
         if meta.get("kind") != "training":
             raise CheckpointError(f"{file} is not a training checkpoint (kind={meta.get('kind')!r})")
         if int(meta.get("world_size", 1)) != self.world:
-            raise CheckpointError(f"{file} was written by {meta.get('world_size')} processes; resuming with {self.world}")
+            raise CheckpointError(f"{file} was written by {meta.get('world_size')} processes; "
+                                  f"resuming with {self.world}")
         saved_model = meta["run"].get("model")
         if saved_model != self.run.get("model"):
             raise CheckpointError(f"{file} holds model {saved_model}, not {self.run.get('model')}")
@@ -207,7 +208,8 @@ class Trainer:
             atomic_write_json(self.out / "config.json", self.run)
         net: nn.Module = self.model
         if self.world > 1:
-            net = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         metrics_path = self.out / "metrics.jsonl"
         bar = tqdm(total=c.steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
         window, seen, t0 = [], 0, time.perf_counter()
@@ -218,7 +220,8 @@ class Trainer:
                 group["lr"] = self.lr_at(self.step)
             loss = self._loss(net)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {self.step}: training loss is {loss.item()}; lower lr or check the data")
+                raise FloatingPointError(
+                    f"step {self.step}: training loss is {loss.item()}; lower lr or check the data")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if c.grad_clip > 0:
