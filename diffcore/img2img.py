@@ -28,6 +28,7 @@ from torch import Tensor
 
 from diffcore import ops
 from diffcore.denoiser import Denoiser
+from diffcore.ops.philox import REPAINT_JUMP_OFFSET, REPAINT_KNOWN_OFFSET, REPAINT_START_OFFSET
 from diffcore.parameterization import Parameterization, make_parameterization
 from diffcore.sampling import resolve_sampler, resolve_schedule, sample, sample_from
 from diffcore.schedules import EDMSchedule, Schedule
@@ -358,8 +359,7 @@ def repaint(
     fn = resolve_sampler(sampler)
     if not hasattr(fn, "program"):
         raise ValueError(f"repaint needs a coefficient-program sampler (e.g. 'ddpm'); {sampler!r} is not one")
-    plan = make_plan(m.schedule, steps, timestep_spacing, getattr(fn, "plan_style", "karras"),
-                     rule=getattr(fn, "plan_rule", "next"))
+    plan = make_plan(m.schedule, steps, timestep_spacing, getattr(fn, "plan_style", "karras"))
     program = fn.program(plan)
     if program.slots or len(program.steps) != plan.steps:
         raise ValueError(f"repaint runs the sampler one step at a time; {sampler!r} keeps history or takes several "
@@ -395,14 +395,14 @@ def repaint(
 
     keep = missing == 0
     x = torch.randn(x_known.shape, generator=g, dtype=x_known.dtype).to(x_known.device) * plan.init_scale
-    x = torch.where(keep, noised(x_known, n, 0, 2**40 + 2), x)
+    x = torch.where(keep, noised(x_known, n, 0, REPAINT_START_OFFSET), x)
     for k, (direction, i) in enumerate(walk):
         if direction == "down":
             x = run_program(denoiser, x, Program(steps=[program.steps[i]], slots=0), generator=generator, seed=seeds[k])
-            known = x_known if i + 1 == n else noised(x_known, i, k, 2**40)
+            known = x_known if i + 1 == n else noised(x_known, i, k, REPAINT_KNOWN_OFFSET)
             x = torch.where(keep, known, x)
         else:
-            x = noised(x, n + 1 + i, k, 2**40 + 1)
+            x = noised(x, n + 1 + i, k, REPAINT_JUMP_OFFSET)
     return torch.where(keep, x_known, x.clamp(-1, 1))
 
 

@@ -96,8 +96,7 @@ def sample(
     if sigmas is not None:
         plan = plan_from_sigmas(sched, sigmas)
     else:
-        plan = make_plan(sched, steps, timestep_spacing, getattr(fn, "plan_style", "karras"),
-                         rule=getattr(fn, "plan_rule", "next"))
+        plan = make_plan(sched, steps, timestep_spacing, getattr(fn, "plan_style", "karras"))
     denoiser = Denoiser(model, param, timestep_dtype=plan.timestep_dtype, cond=cond, uncond=uncond,
                         guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, check_finite=check_finite)
     seed, generator = _noise_source(seed, generator, cuda_graph)

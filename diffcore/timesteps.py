@@ -6,10 +6,8 @@ the VE noise level ``sigmas[i]``, the state-space signal scale ``alphas[i]`` and
 discrete schedules, so the model input needs no scaling, and ``alpha = 1`` for EDM), and the
 model time ``timesteps[i]`` for ``i < n``.
 
-Each diffusers scheduler spaces timesteps its own way; a sampler names the diffusers family it
-follows so diffcore reproduces its levels exactly: ``"ddim"`` (DDIM/DDPM), ``"dpm"``
-(DPMSolverMultistep/UniPC) and ``"karras"`` (Euler, Euler ancestral, Heun, LMS; fractional
-timesteps from sigma interpolation).
+Each diffusers scheduler spaces timesteps its own way; a sampler names its preset in
+:data:`PLAN_PRESETS` so diffcore reproduces the levels of the diffusers scheduler it follows.
 """
 
 from __future__ import annotations
@@ -24,7 +22,28 @@ from torch import Tensor
 from diffcore.schedules import DiscreteSchedule, EDMSchedule, Schedule, exponential_sigmas, karras_sigmas
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
-PLAN_STYLES = ("ddim", "dpm", "karras")
+
+
+@dataclass(frozen=True)
+class PlanPreset:
+    """How one diffusers scheduler family places its levels.
+
+    ``grid``: ``"train"`` timesteps on the training grid (DDIM/DDPM), ``"dpm"`` the n+1-point
+    spacing of the multistep solvers, ``"karras"`` sigmas interpolated at fractional timesteps.
+    ``target``: ``"next"`` steps land on the next level; ``"ddim"`` on ``t - T // steps``.
+    """
+
+    grid: str
+    target: str
+    follows: str
+
+
+PLAN_PRESETS: dict[str, PlanPreset] = {
+    "ddim": PlanPreset("train", "ddim", "DDIMScheduler"),
+    "ddpm": PlanPreset("train", "next", "DDPMScheduler"),
+    "dpm": PlanPreset("dpm", "next", "DPMSolverMultistepScheduler, UniPCMultistepScheduler"),
+    "karras": PlanPreset("karras", "next", "Euler-, EulerAncestral-, Heun- and LMSDiscreteScheduler"),
+}
 
 
 @dataclass(frozen=True)
@@ -87,8 +106,8 @@ def _check(steps: int, spacing: str, style: str, schedule: Schedule) -> None:
         raise ValueError(f"steps={steps!r} must be an integer >= 1")
     if spacing not in TIMESTEP_SPACINGS:
         raise ValueError(f"timestep_spacing={spacing!r}: expected one of {TIMESTEP_SPACINGS}")
-    if style not in PLAN_STYLES:
-        raise ValueError(f"plan style {style!r}: expected one of {PLAN_STYLES}")
+    if style not in PLAN_PRESETS:
+        raise ValueError(f"plan preset {style!r}: expected one of {sorted(PLAN_PRESETS)}")
     if isinstance(schedule, DiscreteSchedule) and steps > schedule.num_train_timesteps:
         raise ValueError(f"steps={steps} exceeds num_train_timesteps={schedule.num_train_timesteps}")
     if not isinstance(schedule, (DiscreteSchedule, EDMSchedule)):
@@ -210,17 +229,16 @@ def _karras_plan(schedule: DiscreteSchedule, n: int, spacing: str) -> Plan:
     return Plan(ts, sigmas, alphas, stds, init_ve * float(alphas[0]), torch.float32, *_next_targets(alphas, stds))
 
 
-def make_plan(schedule: Schedule, steps: int, spacing: str = "leading", style: str = "karras", *, rule: str = "next") -> Plan:
-    """The noise levels ``steps`` sampler steps visit on ``schedule``, spaced like diffusers' ``style``.
-
-    ``rule="ddim"`` reproduces DDIMScheduler's step target ``t - num_train_timesteps // steps``.
-    """
+def make_plan(schedule: Schedule, steps: int, spacing: str = "leading", style: str = "karras") -> Plan:
+    """The noise levels ``steps`` sampler steps visit on ``schedule``, placed as the diffusers
+    scheduler of preset ``style`` (a key of :data:`PLAN_PRESETS`) places them."""
     _check(steps, spacing, style, schedule)
+    preset = PLAN_PRESETS[style]
     if isinstance(schedule, EDMSchedule):
         plan = _edm_plan(schedule, steps)
-    elif style == "ddim":
-        plan = _ddim_plan(schedule, steps, spacing, rule)
-    elif style == "dpm":
+    elif preset.grid == "train":
+        plan = _ddim_plan(schedule, steps, spacing, preset.target)
+    elif preset.grid == "dpm":
         plan = _dpm_plan(schedule, steps, spacing)
     else:
         plan = _karras_plan(schedule, steps, spacing)

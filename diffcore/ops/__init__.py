@@ -20,6 +20,7 @@ from diffcore.ops import philox, reference
 __all__ = [
     "backend",
     "cfg_rescale_factor",
+    "check_noise_source",
     "check_seed",
     "check_step",
     "step_kernels",
@@ -252,6 +253,14 @@ StepFn = Callable[..., None]
 def check_seed(seed: int | None, offset: int = 0) -> None:
     """Raise unless ``seed`` is None or a valid Philox seed (and ``offset`` a valid offset)."""
     _check_seed(seed, offset, None)
+
+
+def check_noise_source(seed: int | None, generator: torch.Generator | None) -> None:
+    """Raise unless at most one noise source is given: ``generator`` (torch RNG) or ``seed``
+    (in-kernel Philox), and ``seed`` is a valid Philox seed."""
+    if seed is not None and generator is not None:
+        raise ValueError("pass either generator (torch RNG noise) or seed (in-kernel Philox noise), not both")
+    check_seed(seed)
 
 
 def step_kernels(device: torch.device | str) -> tuple[StepFn, StepFn]:

@@ -15,6 +15,13 @@ import math
 import torch
 from torch import Tensor
 
+# Counter offsets of the Philox streams. Sampler step k of a run draws at offset k; the streams
+# below are not sampler steps and sit far above any step count, so no two streams of one seed overlap.
+ADD_NOISE_OFFSET = 2**40  # noise added to clean data at the start level (sample_from: SDEdit, reconstruction)
+REPAINT_KNOWN_OFFSET = 2**40  # RePaint: the known region noised to the level a step lands on (per walk seed)
+REPAINT_JUMP_OFFSET = 2**40 + 1  # RePaint: a state noised back up one level (the resampling jump)
+REPAINT_START_OFFSET = 2**40 + 2  # RePaint: the known region noised to the start level
+
 _MASK32 = 0xFFFFFFFF
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85

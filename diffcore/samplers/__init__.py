@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from diffcore.samplers.base import ProgramSampler
+from diffcore.samplers.base import ProgramSampler, program_sampler
+from diffcore.samplers.builder import Builder, History, Point
 from diffcore.samplers.ddim import ddim, euler, euler_ancestral
 from diffcore.samplers.ddpm import ddpm
 from diffcore.samplers.dpmpp import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde
+from diffcore.samplers.expr import Expr
 from diffcore.samplers.heun import heun
 from diffcore.samplers.lms import lms
 from diffcore.samplers.unipc import unipc
@@ -15,4 +17,4 @@ SAMPLERS: dict[str, ProgramSampler] = {
     for s in (ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, unipc, lms)
 }
 
-__all__ = ["SAMPLERS", "ProgramSampler"]
+__all__ = ["SAMPLERS", "Builder", "Expr", "History", "Point", "ProgramSampler", "program_sampler"]

@@ -1,10 +1,12 @@
-"""The sampler contract and the wrapper that makes a coefficient program callable.
+"""The sampler contract and the wrapper that makes an authored sampler callable.
 
 A sampler is any callable ``sampler(denoiser, x, plan, *, generator=None, callback=None,
-**options) -> Tensor`` that integrates from level 0 of ``plan`` to its end point (built-ins
-also take ``seed`` for in-kernel Philox noise and ``cuda_graph``). Optional
-attributes: ``plan_style`` (``"ddim"``, ``"dpm"`` or ``"karras"``: which diffusers timestep
-spacing it follows, default ``"karras"``) and ``options`` (a dict of option defaults).
+**options) -> Tensor`` that integrates from level 0 of ``plan`` to its end point; diffcore always
+passes ``seed`` (in-kernel Philox noise; None when ``generator`` is used) and built-ins also take
+``cuda_graph``. Optional attributes: ``plan_style`` (a key of
+:data:`diffcore.timesteps.PLAN_PRESETS`, default ``"karras"``) and ``options`` (option defaults).
+
+Built-ins are written with :func:`program_sampler` over a :class:`~diffcore.samplers.builder.Builder`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 from torch import Tensor
 
 from diffcore.denoiser import Denoiser
+from diffcore.samplers.builder import Author, Builder
 from diffcore.samplers.program import Callback, Program, run_program
-from diffcore.timesteps import Plan
+from diffcore.timesteps import PLAN_PRESETS, Plan
 
 
 def check_eta(eta: object, name: str) -> float:
@@ -29,15 +32,17 @@ def check_eta(eta: object, name: str) -> float:
 
 @dataclass(frozen=True)
 class ProgramSampler:
-    """A sampler defined by a program builder ``build(plan, **options) -> Program``."""
+    """A sampler authored as ``author(builder, **options)`` (see :mod:`diffcore.samplers.builder`)."""
 
     name: str
-    build: Callable[..., Program]
-    plan_style: str
-    plan_rule: str = "next"  # "ddim": step targets follow DDIMScheduler's t - T // steps
+    author: Author
+    plan_style: str = "karras"
     options: dict[str, Any] = field(default_factory=dict)
     stochastic: bool = False
-    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.plan_style not in PLAN_PRESETS:
+            raise ValueError(f"sampler {self.name!r}: plan_style={self.plan_style!r}: expected one of {sorted(PLAN_PRESETS)}")
 
     def resolve(self, options: dict[str, Any]) -> dict[str, Any]:
         """Options with defaults filled in; unknown names raise listing the known ones."""
@@ -50,6 +55,12 @@ class ProgramSampler:
         if "eta" in merged:
             merged["eta"] = check_eta(merged["eta"], self.name)
         return merged
+
+    def build(self, plan: Plan, **resolved: Any) -> Program:
+        """The program over ``plan`` for already resolved options."""
+        builder = Builder(plan, self.name)
+        self.author(builder, **resolved)
+        return builder.build()
 
     def program(self, plan: Plan, **options: Any) -> Program:
         return self.build(plan, **self.resolve(options))
@@ -68,3 +79,15 @@ class ProgramSampler:
     ) -> Tensor:
         program = self.program(plan, **options)
         return run_program(denoiser, x, program, generator=generator, seed=seed, callback=callback, cuda_graph=cuda_graph)
+
+
+def program_sampler(
+    name: str, *, plan_style: str = "karras", stochastic: bool = False, **options: Any
+) -> Callable[[Author], ProgramSampler]:
+    """Decorator: ``@program_sampler("euler", plan_style="karras")`` over ``author(b, **options)``;
+    keyword ``options`` are the sampler's options and their defaults."""
+
+    def wrap(author: Author) -> ProgramSampler:
+        return ProgramSampler(name, author, plan_style, dict(options), stochastic)
+
+    return wrap

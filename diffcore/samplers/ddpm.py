@@ -1,49 +1,34 @@
 """DDPM ancestral sampling (Ho et al. 2020, eq. 6-7 and Alg. 2) over a timestep subsequence.
 
-The posterior q(x' | x, x0) between consecutive levels, in VE units (s = std / alpha):
-mean ``x0 + (s'^2 / s^2) (x - x0)``, variance ``s'^2 (s^2 - s'^2) / s^2`` ("fixed_small", the
-posterior variance) or the forward-step variance ``s^2 - s'^2`` ("fixed_large"), both scaled
-by alpha' into the state space.
+The posterior q(x' | x, x0) between consecutive levels, in VE units with q = s'^2 / s^2: mean
+``x0 + q (x - x0) = x0 + (s'^2 / s) d`` and variance ``s'^2 (1 - q)`` ("fixed_small", the
+posterior variance) or the forward-step variance ("fixed_large", 1 - abar / abar' on the
+variance-preserving state). Both forms stay finite at zero terminal SNR (s = inf).
 """
 
 from __future__ import annotations
 
 import math
 
-from diffcore.samplers.base import ProgramSampler
-from diffcore.samplers.program import Cols, Program, Step, level_of
-from diffcore.timesteps import Plan
+from diffcore.samplers.base import program_sampler
+from diffcore.samplers.builder import Builder
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
 
-def _ddpm(plan: Plan, variance_type: str) -> Program:
+@program_sampler("ddpm", plan_style="ddpm", stochastic=True, variance_type="fixed_small")
+def ddpm(b: Builder, variance_type: str) -> None:
+    """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) with fixed_small or fixed_large variance."""
     if variance_type not in VARIANCE_TYPES:
         raise ValueError(f"ddpm: variance_type={variance_type!r}: expected one of {VARIANCE_TYPES}")
-    cols = Cols(0)
-    prog = Program()
-    for i in range(plan.steps):
-        alpha, std = plan.level(i)
-        alpha_to, std_to = plan.target(i)
-        # q = alpha^2 std'^2 / (alpha'^2 std^2) = s'^2 / s^2; stays finite at zero terminal SNR
-        q = (alpha * std_to) ** 2 / (alpha_to * std) ** 2
-        c_x = alpha * std_to**2 / (alpha_to * std**2)  # alpha' q / alpha
-        c_x0 = alpha_to * (1.0 - q)
-        post_var = std_to**2 * (1.0 - q)
-        # forward-step variance from level i+1 to level i: 1 - abar/abar' on a VP state
-        fwd_var = std**2 - (alpha / alpha_to) ** 2 * std_to**2
-        var = post_var if variance_type == "fixed_small" else fwd_var
-        var = max(var, 1e-20) if std_to > 0 else 0.0
-        row = cols.row(x=c_x, x0=c_x0, z=math.sqrt(var))
-        prog.steps.append(Step(level_of(plan, i), row[None], noise=True, sigma=float(plan.sigmas[i + 1])))
-    return prog
-
-
-ddpm = ProgramSampler(
-    "ddpm",
-    _ddpm,
-    plan_style="ddim",
-    options={"variance_type": "fixed_small"},
-    stochastic=True,
-    doc="DDPM ancestral sampling (Ho et al. 2020, Alg. 2) with fixed_small or fixed_large variance.",
-)
+    for i in range(b.steps):
+        p = b.model(i)
+        s, s_to = p.sigma, p.sigma_to
+        q = (s_to / s) ** 2
+        if s_to == 0:
+            var = 0.0
+        elif variance_type == "fixed_small":
+            var = max(s_to * s_to * (1.0 - q), 1e-20 / p.alpha_to**2)
+        else:  # (std^2 - (alpha / alpha')^2 std'^2) / alpha'^2, with std = alpha s
+            var = max(p.level.std**2 * (1.0 - q), 1e-20) / p.alpha_to**2
+        b.update(p.x0 + s_to * s_to / s * p.d + math.sqrt(var) * b.noise)

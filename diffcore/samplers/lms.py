@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffcore.samplers.base import ProgramSampler
-from diffcore.samplers.program import Cols, Program, Step, level_of, ve_sigma
-from diffcore.timesteps import Plan
+from diffcore.samplers.base import program_sampler
+from diffcore.samplers.builder import Builder
 
 
 def lms_coefficients(sigmas: list[float], s_from: float, s_to: float) -> np.ndarray:
@@ -28,37 +27,16 @@ def lms_coefficients(sigmas: list[float], s_from: float, s_to: float) -> np.ndar
     return out
 
 
-def _lms(plan: Plan, order: int) -> Program:
+@program_sampler("lms", plan_style="karras", order=4)
+def lms(b: Builder, order: int) -> None:
+    """Linear multistep of order <= 4 in sigma (k-diffusion / diffusers LMSDiscrete)."""
     if not isinstance(order, int) or not 1 <= order <= 4:
         raise ValueError(f"lms: order={order!r} must be an integer in [1, 4]")
-    slots = order - 1
-    cols = Cols(slots)
-    prog = Program(slots=slots)
-    ring: list[int] = []  # slots holding d_{i-1}, d_{i-2}, ... (newest first)
-    for i in range(plan.steps):
-        alpha, std = plan.level(i)
-        alpha_to, std_to = plan.target(i)
-        cur = min(i + 1, order)
-        nodes = [ve_sigma(*plan.level(i - j)) for j in range(cur)]
-        c = lms_coefficients(nodes, nodes[0], ve_sigma(alpha_to, std_to) if alpha_to > 0 else 0.0)
-        # x'_state = alpha' (x / alpha + c_0 d_i + sum_{j>=1} c_j d_{i-j}),  d_i = (x - alpha x0) / std
-        row = cols.row(x=alpha_to / alpha + alpha_to * c[0] / std, x0=-alpha_to * c[0] * alpha / std)
-        for j in range(1, cur):
-            row[cols.h(ring[j - 1])] = alpha_to * c[j]
-        rows, writes = [row], ()
-        if slots and i < plan.steps - 1:
-            slot = ring[-1] if len(ring) == slots else len(ring)
-            rows.append(cols.row(x=1.0 / std, x0=-alpha / std))
-            writes = (slot,)
-            ring = [slot] + [s for s in ring if s != slot]
-        prog.steps.append(Step(level_of(plan, i), np.stack(rows), writes=writes, sigma=float(plan.sigmas[i + 1])))
-    return prog
-
-
-lms = ProgramSampler(
-    "lms",
-    _lms,
-    plan_style="karras",
-    options={"order": 4},
-    doc="Linear multistep of order <= 4 in sigma (k-diffusion / diffusers LMSDiscrete).",
-)
+    ds = b.history(order - 1) if order > 1 else None  # d_{i-1}, d_{i-2}, ...
+    for i in range(b.steps):
+        p = b.model(i)
+        c = lms_coefficients([b.sigma(i - j) for j in range(min(i + 1, order))], p.sigma, p.sigma_to)
+        x_next = p.x + c[0] * p.d + sum(c[j] * ds[j - 1] for j in range(1, len(c)))  # type: ignore[index]
+        if ds is not None:
+            ds.push(p.d)
+        b.update(x_next)

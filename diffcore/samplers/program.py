@@ -1,15 +1,16 @@
 """Samplers as coefficient programs, and the one loop that runs them.
 
-A built-in sampler is a function of the plan alone: it emits a :class:`Program`, a list of
-:class:`Step` (the level the model is evaluated at, the float64 rows of linear coefficients
-over ``[x, x0, h_0..h_{K-1}, z]`` and the history slots written). :func:`run_program` turns the
+A built-in sampler is a function of the plan alone (written with :mod:`diffcore.samplers.builder`):
+it emits a :class:`Program`, a list of :class:`Step` (the level the model is evaluated at, the
+float64 rows of linear coefficients over ``[x, x0, h_0..h_{K-1}, z]`` in state units and the
+history slots written; row 0 is the next state, row j the new value of slot ``writes[j-1]``, and
+every row reads the values from before the step). :func:`run_program` turns the
 program into one coefficient table on the device, preallocates the history and noise buffers,
 and runs ``model -> fused op`` per step: no per-step allocation beyond the model's own output.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,31 +21,7 @@ from torch import Tensor
 
 from diffcore import graphs, ops
 from diffcore.denoiser import Denoiser
-from diffcore.timesteps import Level, Plan
-
-
-class Cols:
-    """Column indices of a coefficient row for ``slots`` history slots."""
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self.width = 3 + slots
-        self.x, self.x0, self.z = 0, 1, 2 + slots
-
-    def h(self, j: int) -> int:
-        return 2 + j
-
-    def row(self, **named: float) -> np.ndarray:
-        """A row from keyword coefficients ``x=``, ``x0=``, ``z=``."""
-        r = np.zeros(self.width)
-        for k, v in named.items():
-            r[getattr(self, k)] = v
-        return r
-
-    def unit(self, col: int) -> np.ndarray:
-        r = np.zeros(self.width)
-        r[col] = 1.0
-        return r
+from diffcore.timesteps import Level
 
 
 @dataclass
@@ -60,26 +37,10 @@ class Step:
 
 @dataclass
 class Program:
+    """The steps of one sampling run and the number of history slots they use."""
+
     steps: list[Step] = field(default_factory=list)
     slots: int = 0
-
-
-def level_of(plan: Plan, i: int) -> Level:
-    t = plan.final_timestep if i == plan.steps else float(plan.timesteps[i])
-    return Level(t, float(plan.alphas[i]), float(plan.stds[i]))
-
-
-def lam(alpha: float, std: float) -> float:
-    """Half log-SNR, lambda = log(alpha / std); +inf at std = 0, -inf at alpha = 0."""
-    if std == 0:
-        return math.inf
-    if alpha == 0:
-        return -math.inf
-    return math.log(alpha) - math.log(std)
-
-
-def ve_sigma(alpha: float, std: float) -> float:
-    return math.inf if alpha == 0 else std / alpha
 
 
 def _vectors(program: Program, denoiser: Denoiser) -> list[np.ndarray]:
@@ -190,8 +151,7 @@ def run_program(
     :data:`diffcore.graphs.cache`: a later identical run only copies ``x`` (and the conditioning)
     in and replays.
     """
-    if seed is not None and generator is not None:
-        raise ValueError("pass either generator (torch RNG noise) or seed (in-kernel Philox noise), not both")
+    ops.check_noise_source(seed, generator)
     programs = program if isinstance(program, list) else [program]
     if len(programs) not in (1, x.shape[0]):
         raise ValueError(f"got {len(programs)} programs for a batch of {x.shape[0]}")
@@ -202,7 +162,6 @@ def run_program(
         return _run_graphed(denoiser, x, programs, seed=seed, stochastic=stochastic, callback=callback)
     table, times, scales, history = _buffers(denoiser, x, programs)
     noise = torch.empty_like(x) if stochastic and seed is None else None
-    ops.check_seed(seed)
     _check_static(x, main, table, history, noise)
     _loop(denoiser, x, main, table, times, scales, history, noise, generator, seed, callback)
     denoiser.raise_deferred()
@@ -235,7 +194,6 @@ def _run_graphed(denoiser: Denoiser, x: Tensor, programs: list[Program], *, seed
                  callback: Callback | None) -> Tensor:
     """The loop as one CUDA graph, replayed from :data:`diffcore.graphs.cache` when an identical
     run (model, program, shapes, conditioning structure, guidance, seed if stochastic) was captured."""
-    ops.check_seed(seed)
     graphs.check_capturable(x, stochastic=stochastic, seed=seed, callback=callback)
     main = programs[0]
     per = [_vectors(p, denoiser) for p in programs]

@@ -1,10 +1,10 @@
-"""UniPC (Zhao et al. 2023, "UniPC", Alg. 1-2 with B(h) = e^h - 1, "bh2"), data prediction.
+"""UniPC (Zhao et al. 2023, "UniPC", Alg. 1-2 with B(h) = e^h - 1, "bh2"), data prediction, VE units.
 
 Each step first applies the corrector UniC to the current point, using the model output just
 computed there (no extra evaluation), then the predictor UniP of order p to the next level.
-The corrected point is kept in a history slot because the next corrector starts from it.
-Order schedule and ``lower_order_final`` follow diffusers' UniPCMultistepScheduler; the
-rho coefficients solve the same small linear systems (eq. 8 of the paper) in float64.
+The corrected point is kept in a history because the next corrector starts from it. Order
+schedule and ``lower_order_final`` follow diffusers' UniPCMultistepScheduler; the rho
+coefficients solve the same small linear systems (eq. 8 of the paper) in float64.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-from diffcore.samplers.base import ProgramSampler
-from diffcore.samplers.program import Cols, Program, Step, lam, level_of
-from diffcore.timesteps import Plan
+from diffcore.samplers.base import program_sampler
+from diffcore.samplers.builder import Builder, half_log_snr
+from diffcore.samplers.expr import Expr
 
 
 def _b_vector(h: float, order: int) -> tuple[np.ndarray, float, float]:
@@ -33,85 +33,45 @@ def _b_vector(h: float, order: int) -> tuple[np.ndarray, float, float]:
     return np.array(b), h_phi_1, b_h
 
 
-def _update(cols: Cols, x_col: np.ndarray, x0_cols: list[np.ndarray], lams: list[float], lam_to: float,
-            alpha_to: float, std_to: float, std_from: float, order: int, corrector: bool,
-            x0_new: np.ndarray | None = None) -> np.ndarray:
-    """Row of UniP (``corrector=False``) or UniC over the columns.
-
-    ``x0_cols[k]`` is the column vector of the model output at ``lams[k]`` (k=0 the step start);
-    ``x0_new`` (corrector only) is the output at the step end.
-    """
-    h = lam_to - lams[0]
+def _uni(x: Expr, x0s: list[Expr], lams: list[float], sigma_from: float, sigma_to: float,
+         x0_new: Expr | None = None) -> Expr:
+    """UniP (``x0_new`` None) or UniC of order ``len(x0s)`` from state ``x`` at ``lams[0]`` to
+    ``sigma_to``: ``x0s[k]`` is the model output at ``lams[k]``, ``x0_new`` the one at the end."""
+    order = len(x0s)
+    h = half_log_snr(sigma_to) - lams[0]
     b, h_phi_1, b_h = _b_vector(h, order)
     rks = [(lams[k] - lams[0]) / h for k in range(1, order)]
-    d1s = [(x0_cols[k] - x0_cols[0]) / rks[k - 1] for k in range(1, order)]
-    ratio = 0.0 if std_to == 0.0 else std_to / std_from
-    out = ratio * x_col - alpha_to * h_phi_1 * x0_cols[0]
-    if corrector:
-        assert x0_new is not None
-        if order == 1:
-            rhos = np.array([0.5])
-        else:
-            r = np.array([[rk ** (i - 1) for rk in rks + [1.0]] for i in range(1, order + 1)])
-            rhos = np.linalg.solve(r, b)
-        res = sum((rhos[k] * d1s[k] for k in range(order - 1)), np.zeros(cols.width))
-        return out - alpha_to * b_h * (res + rhos[-1] * (x0_new - x0_cols[0]))
+    d1s = [(x0s[k] - x0s[0]) / rks[k - 1] for k in range(1, order)]
+    out = (sigma_to / sigma_from) * x - h_phi_1 * x0s[0]
+    r = np.array([[rk ** (i - 1) for rk in rks + [1.0]] for i in range(1, order + 1)])
+    if x0_new is not None:  # corrector: rho solves the full system
+        rhos = np.array([0.5]) if order == 1 else np.linalg.solve(r, b)
+        return out - b_h * (sum(rhos[k] * d1s[k] for k in range(order - 1)) + rhos[-1] * (x0_new - x0s[0]))
     if order == 1:
         return out
-    if order == 2:
-        rhos = np.array([0.5])
-    else:
-        r = np.array([[rk ** (i - 1) for rk in rks + [1.0]] for i in range(1, order + 1)])
-        rhos = np.linalg.solve(r[:-1, :-1], b[:-1])
-    res = sum((rhos[k] * d1s[k] for k in range(order - 1)), np.zeros(cols.width))
-    return out - alpha_to * b_h * res
+    rhos = np.array([0.5]) if order == 2 else np.linalg.solve(r[:-1, :-1], b[:-1])
+    return out - b_h * sum(rhos[k] * d1s[k] for k in range(order - 1))
 
 
-def _unipc(plan: Plan, order: int, lower_order_final: bool) -> Program:
+@program_sampler("unipc", plan_style="dpm", order=2, lower_order_final=True)
+def unipc(b: Builder, order: int, lower_order_final: bool) -> None:
+    """UniPC-bh2 predictor-corrector (Zhao et al. 2023), data prediction."""
     if not isinstance(order, int) or not 1 <= order <= 3:
         raise ValueError(f"unipc: order={order!r} must be an integer in [1, 3]")
-    n = plan.steps
-    slots = order + 1  # x0 history (order slots) + the corrected point
-    last_slot = order
-    cols = Cols(slots)
-    prog = Program(slots=slots)
-    lams = [lam(*plan.level(i)) for i in range(n)]
-    ring: list[int] = []  # slots of x0_{i-1}, x0_{i-2}, ... (newest first)
+    x0s, start = b.history(order), b.history(1)  # x0_{i-1}, x0_{i-2}, ...; the last corrected point
+    lams = [half_log_snr(b.sigma(i)) for i in range(b.steps)]
     prev_order = 0
-    for i in range(n):
-        alpha, std = plan.level(i)
-        alpha_to, std_to = plan.target(i)
-        this_order = min(order, i + 1, n - i if lower_order_final else order)
-        if std_to == 0.0:  # lambda' = inf: only the first-order update is defined
+    for i in range(b.steps):
+        p = b.model(i)
+        this_order = min(order, i + 1, b.steps - i if lower_order_final else order)
+        if p.sigma_to == 0:  # lambda' = inf: only the first-order update is defined
             this_order = 1
-        x0_cur = cols.unit(cols.x0)
-        hist = [cols.unit(cols.h(s)) for s in ring]
-        if i == 0:
-            x_c = cols.unit(cols.x)
-        else:  # corrector from the previous step's start (slot last_slot) to this level
-            prev_alpha, prev_std = plan.level(i - 1)
-            x_c = _update(cols, cols.unit(cols.h(last_slot)), hist[:prev_order], lams[i - 1 :: -1][:prev_order],
-                          lams[i], alpha, std, prev_std, prev_order, True, x0_cur)
-        x0_list = [x0_cur] + hist[: this_order - 1]
-        lam_list = [lams[i - k] for k in range(this_order)]
-        x_next = _update(cols, x_c, x0_list, lam_list, lam(alpha_to, std_to), alpha_to, std_to, std, this_order, False)
-        rows, writes = [x_next], []
-        if i < n - 1:
-            slot = ring[-1] if len(ring) == order else len(ring)
-            rows.append(x0_cur)
-            writes.append(slot)
-            rows.append(x_c)
-            writes.append(last_slot)
-            ring = [slot] + [s for s in ring if s != slot]
-        prog.steps.append(Step(level_of(plan, i), np.stack(rows), writes=tuple(writes), sigma=float(plan.sigmas[i + 1])))
+        hist = [x0s[k] for k in range(len(x0s))]
+        x_c = p.x if i == 0 else _uni(start[0], hist[:prev_order], lams[i - 1::-1][:prev_order],
+                                      b.sigma(i - 1), p.sigma, p.x0)
+        x_next = _uni(x_c, [p.x0] + hist[: this_order - 1], [lams[i - k] for k in range(this_order)],
+                      p.sigma, p.sigma_to)
+        x0s.push(p.x0)
+        start.push(x_c)
+        b.update(x_next)
         prev_order = this_order
-    return prog
-
-
-unipc = ProgramSampler(
-    "unipc",
-    _unipc,
-    plan_style="dpm",
-    options={"order": 2, "lower_order_final": True},
-    doc="UniPC-bh2 predictor-corrector (Zhao et al. 2023), data prediction.",
-)

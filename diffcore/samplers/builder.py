@@ -1,0 +1,231 @@
+"""Sampler authoring in sigma (VE) units: record model calls and linear updates as a program.
+
+A sampler is a function ``author(b: Builder, **options)`` that walks the plan like a k-diffusion
+sampler loop, except that it records each model call and the linear update after it instead of
+computing tensors::
+
+    for i in range(b.steps):
+        p = b.model(i)                        # the model evaluated at plan level i
+        b.update(p.x0 + p.sigma_to * p.d)     # DDIM / Euler to the next level
+
+Everything is in VE units (Karras et al. 2022): ``x`` is the state divided by its signal scale
+alpha, ``sigma = std / alpha`` and ``d = (x - x0) / sigma`` is the probability-flow ODE derivative
+(k-diffusion's ``to_d``). The builder converts once to the sampler state ``alpha * x``, so one
+author serves variance-preserving, flow and EDM schedules. History slots hold VE quantities.
+At zero terminal SNR the first level has sigma = inf and ``x`` is undefined: samplers that run on
+such plans (DDIM, DDPM) write ``x0 + c * d``, which stays finite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffcore.samplers.expr import Expr
+from diffcore.samplers.program import Program, Step
+from diffcore.timesteps import Level, Plan
+
+
+def ve_sigma(alpha: float, std: float) -> float:
+    """VE noise level ``std / alpha``; inf at alpha = 0."""
+    return math.inf if alpha == 0 else std / alpha
+
+
+def half_log_snr(sigma: float) -> float:
+    """lambda = log(alpha / std) = -log(sigma); +inf at sigma = 0, -inf at sigma = inf."""
+    return math.inf if sigma == 0 else -math.log(sigma)
+
+
+def plan_level(plan: Plan, i: int) -> Level:
+    """Level ``i`` of ``plan`` (``i = plan.steps`` is its end point)."""
+    t = plan.final_timestep if i == plan.steps else float(plan.timesteps[i])
+    return Level(t, float(plan.alphas[i]), float(plan.stds[i]))
+
+
+@dataclass(frozen=True)
+class Point:
+    """One model evaluation: where it happens and the VE expressions it provides.
+
+    ``sigma_to`` is the VE level a plain :meth:`Builder.update` lands on (the plan's next level,
+    or diffusers' DDIM target); ``alpha``/``alpha_to`` are the state scales there, for samplers
+    defined on variance-preserving states (DDPM's ``fixed_large``).
+    """
+
+    step: int
+    level: Level
+    sigma: float
+    sigma_to: float
+    alpha_to: float
+
+    @property
+    def alpha(self) -> float:
+        return self.level.alpha
+
+    @property
+    def x(self) -> Expr:
+        """The VE state ``x_state / alpha``."""
+        return Expr({"x": math.inf if self.alpha == 0 else 1.0 / self.alpha}, self.step)
+
+    @property
+    def x0(self) -> Expr:
+        """The model's estimate of the clean sample."""
+        return Expr({"x0": 1.0}, self.step)
+
+    @property
+    def d(self) -> Expr:
+        """``(x - x0) / sigma``, the ODE derivative dx/dsigma (the eps estimate)."""
+        if self.level.std == 0:
+            raise ValueError("the derivative d is undefined at sigma = 0")
+        return Expr({"x": 1.0 / self.level.std, "x0": -self.alpha / self.level.std}, self.step)
+
+
+class History:
+    """The last ``size`` values pushed (VE units), newest first: ``h[0]`` is the latest push.
+
+    A push made during a step becomes ``h[0]`` from the next model evaluation on; the builder
+    keeps each value in a history slot of the fused op, reusing the slot of the oldest value.
+    """
+
+    def __init__(self, builder: Builder, size: int) -> None:
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"history size={size!r} must be an integer >= 1")
+        self._slots = list(range(builder.slots, builder.slots + size))
+        self._ring: list[int] = []  # filled slots, newest first
+        self._pending: tuple[int, Expr] | None = None
+        builder.slots += size
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def __getitem__(self, j: int) -> Expr:
+        if not 0 <= j < len(self._ring):
+            raise IndexError(f"history holds {len(self._ring)} value(s); [{j}] does not exist yet")
+        return Expr({self._ring[j]: 1.0})
+
+    def push(self, value: Expr) -> None:
+        """Keep ``value`` (built from the current evaluation) for later steps."""
+        if self._pending is not None:
+            raise ValueError("one push per history per update")
+        slot = self._ring[-1] if len(self._ring) == len(self._slots) else self._slots[len(self._ring)]
+        self._pending = (slot, value)
+
+    def _commit(self) -> tuple[int, Expr] | None:
+        write, self._pending = self._pending, None
+        if write is not None:
+            self._ring = [write[0]] + [s for s in self._ring if s != write[0]]
+        return write
+
+
+@dataclass
+class _Record:
+    point: Point
+    x_next: Expr  # in state units
+    writes: list[tuple[int, Expr]]
+    sigma: float
+
+
+class Builder:
+    """Records a sampler's model calls and updates over ``plan`` (see the module docstring)."""
+
+    def __init__(self, plan: Plan, name: str = "sampler") -> None:
+        self.plan = plan
+        self.name = name
+        self.steps = plan.steps
+        self.slots = 0
+        self.noise = Expr({"z": 1.0})
+        self._histories: list[History] = []
+        self._records: list[_Record] = []
+        self._open: Point | None = None
+
+    def sigma(self, i: int) -> float:
+        """VE sigma of plan level ``i`` (``i = steps`` is the end point)."""
+        return ve_sigma(float(self.plan.alphas[i]), float(self.plan.stds[i]))
+
+    def history(self, size: int) -> History:
+        """A :class:`History` of ``size`` values; create histories before the first model call."""
+        if self._records or self._open is not None:
+            raise ValueError("create histories before the first model call")
+        h = History(self, size)
+        self._histories.append(h)
+        return h
+
+    def model(self, i: int) -> Point:
+        """Evaluate the model at plan level ``i``; a plain update lands on the plan's target of i."""
+        if not 0 <= i <= self.steps:
+            raise ValueError(f"level {i} is outside the plan's 0..{self.steps}")
+        alpha_to, std_to = self.plan.target(i) if i < self.steps else (math.nan, math.nan)
+        return self._evaluate(plan_level(self.plan, i), ve_sigma(alpha_to, std_to), alpha_to)
+
+    def model_at(self, sigma: float) -> Point:
+        """Evaluate the model at VE noise level ``sigma`` (e.g. a midpoint); updates name their target."""
+        return self._evaluate(self.plan.level_at(sigma), math.nan, math.nan)
+
+    def _evaluate(self, level: Level, sigma_to: float, alpha_to: float) -> Point:
+        if self._open is not None:
+            raise ValueError(f"sampler {self.name!r}: each model call needs its update() before the next")
+        self._open = Point(len(self._records), level, ve_sigma(level.alpha, level.std), sigma_to, alpha_to)
+        return self._open
+
+    def update(self, x_next: Expr, *, level: int | None = None, sigma: float | None = None) -> None:
+        """The new state (VE units) after the open model call, landing on plan level ``level``,
+        on VE ``sigma``, or by default on the call's ``sigma_to``; pushed history values are written."""
+        p = self._open
+        if p is None:
+            raise ValueError(f"sampler {self.name!r}: update() needs a model() call first")
+        if level is not None:
+            land = plan_level(self.plan, level)
+            alpha, sigma_land = land.alpha, ve_sigma(land.alpha, land.std)
+        elif sigma is not None:
+            alpha, sigma_land = self.plan.level_at(sigma).alpha, float(sigma)
+        elif math.isnan(p.sigma_to):
+            raise ValueError(f"sampler {self.name!r}: an update after model_at() needs level= or sigma=")
+        else:
+            alpha, sigma_land = p.alpha_to, p.sigma_to
+        writes = [w for w in (h._commit() for h in self._histories) if w is not None]
+        for e in [x_next, *(v for _, v in writes)]:
+            if e.step not in (None, p.step):
+                raise ValueError(f"sampler {self.name!r}: an update uses x/x0 of an earlier model call")
+        self._records.append(_Record(p, x_next * alpha, writes, sigma_land))
+        self._open = None
+
+    def build(self) -> Program:
+        """The program: per model call, rows over ``[x, x0, h_0..h_{K-1}, z]`` in state units."""
+        if self._open is not None:
+            raise ValueError(f"sampler {self.name!r}: the last model call has no update()")
+        live = _live_writes(self._records)
+        steps = []
+        for k, rec in enumerate(self._records):
+            kept = [(slot, e) for slot, e in rec.writes if (k, slot) in live]
+            rows = np.stack([self._row(e, k) for e in [rec.x_next, *(e for _, e in kept)]])
+            steps.append(Step(rec.point.level, rows, writes=tuple(s for s, _ in kept),
+                              noise=bool(np.any(rows[:, -1] != 0)), sigma=rec.sigma))
+        return Program(steps=steps, slots=self.slots)
+
+    def _row(self, e: Expr, k: int) -> np.ndarray:
+        row = np.zeros(3 + self.slots)
+        for term, c in e.terms.items():
+            row[{"x": 0, "x0": 1, "z": 2 + self.slots}[term] if isinstance(term, str) else 2 + term] += c
+        if not np.isfinite(row).all():
+            raise ValueError(f"sampler {self.name!r}: step {k} has a non-finite coefficient {row.tolist()}; at "
+                             "sigma = inf (zero terminal SNR) write updates as x0 + c * d")
+        return row
+
+
+def _live_writes(records: list[_Record]) -> set[tuple[int, int]]:
+    """(step, slot) of the history writes some later step reads before the slot is written again."""
+    live = set()
+    for k, rec in enumerate(records):
+        for slot, _ in rec.writes:
+            for later in records[k + 1:]:
+                if any(slot in e.terms for e in [later.x_next, *(v for _, v in later.writes)]):
+                    live.add((k, slot))
+                    break
+                if any(s == slot for s, _ in later.writes):
+                    break
+    return live
+
+
+Author = Callable[..., None]
