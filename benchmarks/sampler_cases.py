@@ -55,7 +55,7 @@ def program_for(name: str, steps: int) -> tuple[Plan, Program]:
     if not hasattr(sampler, "program"):
         pytest.skip(f"sampler {name!r} is not a coefficient program")
     schedule = diffcore.get("schedules", "linear")(**SCHEDULE)
-    plan = make_plan(schedule, steps, "leading", sampler.plan_style, rule=sampler.plan_rule)
+    plan = make_plan(schedule, steps, "leading", sampler.plan_style)
     return plan, sampler.program(plan)
 
 

@@ -158,7 +158,7 @@ def test_e2e_sampling(benchmark: Any, unet_name: str, batch: int, sampler: str, 
         entry = graphs.cache.last()
         assert isinstance(entry, graphs.Captured), f"the loop was not captured: {entry}"
         fn = diffcore.get("samplers", sampler)
-        init = x_T * make_plan(spec.schedule, steps, spec.timestep_spacing, fn.plan_style, rule=fn.plan_rule).init_scale
+        init = x_T * make_plan(spec.schedule, steps, spec.timestep_spacing, fn.plan_style).init_scale
 
         def run() -> torch.Tensor:
             return graphs.replay(entry, init.clone(), [])
