@@ -1,7 +1,8 @@
 """Native extension build for diffcore (all metadata lives in pyproject.toml).
 
-Builds ``diffcore._C`` from ``csrc/*.cpp`` (plus ``csrc/cuda/*.cu`` when torch is a
-CUDA build and nvcc is found). The extension is optional: when there are no sources,
+Builds ``diffcore._C`` from ``csrc/*.cpp`` (op schemas and shared checks) and
+``csrc/cpu/*.cpp`` (CPU kernels), plus ``csrc/cuda/*.cu`` (CUDA kernels) when torch is a
+CUDA build and nvcc is found. The extension is optional: when there are no sources,
 torch is not importable, ``DIFFCORE_BUILD_NATIVE=0`` is set, or compilation fails,
 the install still succeeds and diffcore uses its pure-Torch reference kernels.
 """
@@ -45,7 +46,7 @@ def _native_extensions() -> tuple[list[Any], type, str | None]:
     """Return (ext_modules, build_ext class, reason nothing is built or None)."""
     if os.environ.get("DIFFCORE_BUILD_NATIVE", "1").strip().lower() in {"0", "false", "no", "off"}:
         return [], _SetuptoolsBuildExt, "DIFFCORE_BUILD_NATIVE=0"
-    cpp_sources = _sources("csrc/*.cpp")
+    cpp_sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     cuda_sources = _sources("csrc/cuda/*.cu")
     if not cpp_sources and not cuda_sources:
         return [], _SetuptoolsBuildExt, "no C++ sources in csrc/"

@@ -1,11 +1,21 @@
-// Host-side description of one fused-op launch, shared by the CPU and CUDA backends.
+// The seam between the shared op bodies (csrc/ops.cpp: argument checks, layout handling) and the
+// kernels of one device (csrc/cpu/, csrc/cuda/). A device file defines a Kernels struct and
+// registers the ops for its dispatch key:
+//   TORCH_LIBRARY_IMPL(diffcore, CPU, m) { impl_ops<CpuKernels>(m); }
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <type_traits>
 
 #include "step_math.h"
 
 namespace diffcore {
+
+// Accumulation type of a kernel on scalar_t: double for double, float for float/half/bfloat16.
+template <typename scalar_t>
+using acc_type_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
 
 // Everything a sampler-step kernel needs, after validation and layout handling: all tensors are
 // dense with x's strides, so element i of every operand sits at offset i from its base pointer.
@@ -13,17 +23,17 @@ struct StepLaunch {
   at::ScalarType dtype;
   int device = -1;  // CUDA device index of the operands
   void* x = nullptr;
-  const void* m = nullptr;   // model output (plain step)
-  const void* u = nullptr;   // uncond (guided step)
-  const void* c = nullptr;   // cond (guided step)
+  const void* m = nullptr;  // model output (plain step)
+  const void* u = nullptr;  // uncond (guided step)
+  const void* c = nullptr;  // cond (guided step)
   void* hist = nullptr;
-  int64_t slot_stride = 0;   // elements between history slots
-  int K = 0;                 // history slots
-  const void* z = nullptr;   // noise tensor, or null
-  bool philox = false;       // in-kernel counter-based noise from (seed, offset)
+  int64_t slot_stride = 0;  // elements between history slots
+  int K = 0;                // history slots
+  const void* z = nullptr;  // noise tensor, or null
+  bool philox = false;      // in-kernel counter-based noise from (seed, offset)
   uint64_t seed = 0, offset = 0;
-  const void* coeffs = nullptr;  // acc_t, [B or 1, width]
-  int64_t coeff_stride = 0;      // 0: one vector for the batch
+  const void* coeffs = nullptr;    // acc_t, [B or 1, width]
+  int64_t coeff_stride = 0;        // 0: one vector for the batch
   const void* guidance = nullptr;  // acc_t [B or 1, 2]: (w, r)
   int64_t guidance_stride = 0;
   int W = 0;
@@ -32,14 +42,59 @@ struct StepLaunch {
   int64_t per_sample = 0;  // elements per batch sample
 };
 
-void launch_step_cpu(const StepLaunch& s);
-#ifdef DIFFCORE_WITH_CUDA
-void launch_step_cuda(const StepLaunch& s);
-void launch_forward_noise_cuda(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t,
-                               const at::Tensor& table, at::Tensor& x_t, at::Tensor& target);
-at::Tensor cfg_rescale_factor_cuda(const at::Tensor& uncond, const at::Tensor& cond, const at::Tensor& scale,
-                                   double phi);
-void fill_philox_cuda(at::Tensor& out, uint64_t seed, uint64_t offset);
-#endif
+// The kernels one device supplies (as static member functions of its Kernels struct). They run
+// after the shared checks, on the device of their operands:
+//   step(s)                                  sampler_step / cfg_sampler_step on a StepLaunch
+//   forward_noise(x0, noise, t, table, x_t, target)
+//                                            contiguous x0, noise, x_t, target; t int64 (B);
+//                                            table (T, 4) in the accumulation dtype
+//   rescale_factor(u, c, w, phi, out)        contiguous u, c; w float64 (1) or (B); out (B) in the
+//                                            accumulation dtype (float32, float64 for float64)
+//   philox_fill(out, seed, offset)           out dense (non-overlapping), filled in memory order
+using StepKernel = void (*)(const StepLaunch&);
+using ForwardNoiseKernel = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    at::Tensor&, at::Tensor&);
+using RescaleKernel = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, at::Tensor&);
+using PhiloxKernel = void (*)(at::Tensor&, uint64_t, uint64_t);
+
+// Shared op bodies (ops.cpp): validate with TORCH_CHECK, bring the operands into the layout the
+// kernel takes, run it, write the results back. m is set for sampler_step; u, c and guidance for
+// cfg_sampler_step.
+void run_step(StepKernel kernel, at::Tensor& x, const at::Tensor* m, const at::Tensor* u, const at::Tensor* c,
+              const at::Tensor* guidance, const at::Tensor& coeffs, const c10::optional<at::Tensor>& history,
+              const c10::optional<at::Tensor>& noise, at::IntArrayRef writes, int64_t seed, int64_t offset);
+std::tuple<at::Tensor, at::Tensor> run_forward_noise(ForwardNoiseKernel kernel, const at::Tensor& x0,
+                                                     const at::Tensor& noise, const at::Tensor& t,
+                                                     const at::Tensor& table);
+at::Tensor run_cfg_rescale_factor(RescaleKernel kernel, const at::Tensor& uncond, const at::Tensor& cond,
+                                  const at::Tensor& scale, double phi);
+void run_philox_normal_(PhiloxKernel kernel, at::Tensor& out, int64_t seed, int64_t offset);
+
+// Registers the five ops of TORCH_LIBRARY(diffcore) (csrc/ops.cpp) with Kernels' functions.
+template <class Kernels>
+void impl_ops(torch::Library& m) {
+  m.impl("forward_noise",
+         [](const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t, const at::Tensor& table) {
+           return run_forward_noise(&Kernels::forward_noise, x0, noise, t, table);
+         });
+  m.impl("sampler_step", [](at::Tensor x, const at::Tensor& model_out, const at::Tensor& coeffs,
+                            const c10::optional<at::Tensor>& history, const c10::optional<at::Tensor>& noise,
+                            at::IntArrayRef writes, int64_t seed, int64_t offset) {
+    run_step(&Kernels::step, x, &model_out, nullptr, nullptr, nullptr, coeffs, history, noise, writes, seed, offset);
+  });
+  m.impl("cfg_sampler_step", [](at::Tensor x, const at::Tensor& uncond, const at::Tensor& cond,
+                                const at::Tensor& guidance, const at::Tensor& coeffs,
+                                const c10::optional<at::Tensor>& history, const c10::optional<at::Tensor>& noise,
+                                at::IntArrayRef writes, int64_t seed, int64_t offset) {
+    run_step(&Kernels::step, x, nullptr, &uncond, &cond, &guidance, coeffs, history, noise, writes, seed, offset);
+  });
+  m.impl("cfg_rescale_factor",
+         [](const at::Tensor& uncond, const at::Tensor& cond, const at::Tensor& scale, double phi) {
+           return run_cfg_rescale_factor(&Kernels::rescale_factor, uncond, cond, scale, phi);
+         });
+  m.impl("philox_normal_", [](at::Tensor out, int64_t seed, int64_t offset) {
+    run_philox_normal_(&Kernels::philox_fill, out, seed, offset);
+  });
+}
 
 }  // namespace diffcore

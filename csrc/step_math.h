@@ -39,6 +39,25 @@ DC_HD void step_point(acc_t xv, acc_t m, const acc_t* co, const acc_t* hv, acc_t
   }
 }
 
+// ---- Guidance rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
+// Flawed", eq. 15-16): factor = phi * std(cond) / std(cfg) + (1 - phi) per sample, where
+// cfg = u + w * (c - u) and std is the unbiased standard deviation over the sample's n elements.
+// Both backends sum in double: sums = [sum c, sum c^2, sum cfg, sum cfg^2].
+
+DC_HD void rescale_accumulate(double* sums, double u, double c, double w) {
+  const double g = u + w * (c - u);
+  sums[0] += c;
+  sums[1] += c * c;
+  sums[2] += g;
+  sums[3] += g * g;
+}
+
+DC_HD double rescale_finish(const double* sums, int64_t n, double phi) {
+  const double var_c = fmax(0.0, (sums[1] - sums[0] * sums[0] / n) / (n - 1));
+  const double var_g = fmax(0.0, (sums[3] - sums[2] * sums[2] / n) / (n - 1));
+  return phi * sqrt(var_c) / sqrt(var_g) + (1.0 - phi);
+}
+
 // ---- Philox4x32-10 (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3") ----
 // Element i of a step's noise uses counter (i / 4, offset) and key seed; two Box-Muller pairs
 // turn the four 32-bit words into four standard normals. diffcore/ops/philox.py is the same
@@ -57,8 +76,8 @@ DC_HD void philox_round(uint32_t* ctr, const uint32_t* key) {
 }
 
 DC_HD void philox4x32_10(uint64_t seed, uint64_t group, uint64_t offset, uint32_t* out) {
-  uint32_t ctr[4] = {static_cast<uint32_t>(group), static_cast<uint32_t>(group >> 32),
-                     static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)};
+  uint32_t ctr[4] = {static_cast<uint32_t>(group), static_cast<uint32_t>(group >> 32), static_cast<uint32_t>(offset),
+                     static_cast<uint32_t>(offset >> 32)};
   uint32_t key[2] = {static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32)};
   for (int r = 0; r < 10; ++r) {
     if (r > 0) {

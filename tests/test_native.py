@@ -14,9 +14,9 @@ from diffcore import ops
 from diffcore.analytic import GaussianMixture, exact_model
 from diffcore.samplers import SAMPLERS
 
-NATIVE = ops.backend("cpu") != "reference" or os.environ.get("DIFFCORE_KERNELS") == "reference"
+NATIVE_CPU = ops.backend("cpu") == "native-cpu"  # False when diffcore._C is missing or DIFFCORE_KERNELS=reference
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and ops.backend("cuda") == "native-cuda" else [])
-needs_native = pytest.mark.skipif(ops.backend("cpu") == "reference", reason="diffcore._C is not built")
+needs_native = pytest.mark.skipif(not NATIVE_CPU, reason="diffcore._C is not built or DIFFCORE_KERNELS=reference")
 
 
 def test_native_extension_is_built():
@@ -25,7 +25,18 @@ def test_native_extension_is_built():
         pytest.skip("DIFFCORE_BUILD_NATIVE=0")
     if os.environ.get("DIFFCORE_KERNELS") == "reference":
         pytest.skip("DIFFCORE_KERNELS=reference")
-    assert ops.backend("cpu") == "native-cpu"
+    assert NATIVE_CPU, f"diffcore.ops.backend('cpu') is {ops.backend('cpu')!r}, expected 'native-cpu'"
+
+
+@needs_native
+@pytest.mark.parametrize("op", ["forward_noise", "sampler_step", "cfg_sampler_step", "cfg_rescale_factor", "philox_normal_"])
+def test_each_device_registers_its_kernels(op):
+    """csrc/cpu/ registers every op for CPU; csrc/cuda/ for CUDA, in a CUDA build only."""
+    from diffcore import _C
+
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+    assert has_kernel(f"diffcore::{op}", "CPU")
+    assert has_kernel(f"diffcore::{op}", "CUDA") == _C.has_cuda()
 
 
 def _both(fn, monkeypatch):
