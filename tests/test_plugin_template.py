@@ -48,14 +48,14 @@ def test_sampler_runs_through_diffcore_sample_at_second_order(installed):
 import json, math, torch, diffcore
 from diffcore.analytic import GaussianMixture, exact_model
 from diffcore.schedules import EDMSchedule, karras_sigmas
-assert "dpm_2" in diffcore.available("samplers")
+assert "ralston" in diffcore.available("samplers")
 gm = GaussianMixture.ring(k=4, radius=2.0, std=0.5, dim=2); s = EDMSchedule()
 x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 exact = gm.ode_solution(x * 80.0, 80.0, 0.1, steps=1000)
-errs = [(diffcore.sample(exact_model(gm, s), x, sampler="dpm_2", schedule=s,
+errs = [(diffcore.sample(exact_model(gm, s), x, sampler="ralston", schedule=s,
          sigmas=karras_sigmas(0.1, 80.0, n + 1, 7.0)) - exact).pow(2).mean().sqrt().item() for n in (24, 48)]
 linear = diffcore.get("schedules", "linear")()
-y = diffcore.sample(exact_model(gm, linear), x, sampler="dpm_2", steps=15, schedule=linear)
+y = diffcore.sample(exact_model(gm, linear), x, sampler="ralston", steps=15, schedule=linear)
 print(json.dumps({"order": math.log2(errs[0] / errs[1]), "finite": bool(torch.isfinite(y).all())}))
 """
     result = json.loads(_python(code, installed))
@@ -65,11 +65,11 @@ print(json.dumps({"order": math.log2(errs[0] / errs[1]), "finite": bool(torch.is
 
 def test_task_runs_through_the_cli(installed):
     out = subprocess.run(
-        [sys.executable, "-m", "diffcore", "run", "mixture-fidelity", "--sampler", "dpm_2", "--steps", "12", "--points", "64"],
+        [sys.executable, "-m", "diffcore", "run", "mixture-fidelity", "--sampler", "ralston", "--steps", "12", "--points", "64"],
         env=installed, check=True, capture_output=True, text=True,
     ).stdout
     result = json.loads(out)
-    assert result["sampler"] == "dpm_2" and result["steps"] == 12
+    assert result["sampler"] == "ralston" and result["steps"] == 12
     assert 0 < result["rms_error"] < 0.1 and math.isfinite(result["rms_error"])
     bad = subprocess.run(
         [sys.executable, "-m", "diffcore", "run", "mixture-fidelity", "--steps", "0"], env=installed, capture_output=True, text=True
@@ -79,4 +79,4 @@ def test_task_runs_through_the_cli(installed):
 
 def test_disabling_autoload_hides_the_plugin(installed):
     env = dict(installed, DIFFCORE_DISABLE_PLUGIN_AUTOLOAD="1")
-    assert "dpm_2" not in json.loads(_python("import json, diffcore; print(json.dumps(diffcore.available('samplers')))", env))
+    assert "ralston" not in json.loads(_python("import json, diffcore; print(json.dumps(diffcore.available('samplers')))", env))

@@ -10,11 +10,13 @@ from diffcore.samplers.dpmpp import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde
 from diffcore.samplers.expr import Expr
 from diffcore.samplers.heun import heun
 from diffcore.samplers.lms import lms
+from diffcore.samplers.singlestep import dpm_2, dpm_2_ancestral, dpmpp_2s, dpmpp_2s_ancestral, dpmpp_sde
 from diffcore.samplers.unipc import unipc
 
 SAMPLERS: dict[str, ProgramSampler] = {
     s.name: s
-    for s in (ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, unipc, lms)
+    for s in (ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, unipc, lms,
+              dpm_2, dpm_2_ancestral, dpmpp_2s, dpmpp_2s_ancestral, dpmpp_sde)
 }
 
 __all__ = ["SAMPLERS", "Builder", "Expr", "History", "Point", "ProgramSampler", "program_sampler"]

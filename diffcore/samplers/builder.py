@@ -125,6 +125,7 @@ class _Record:
     x_next: Expr  # in state units
     writes: list[tuple[int, Expr]]
     sigma: float
+    span: tuple[float, float] | None
 
 
 class Builder:
@@ -139,6 +140,7 @@ class Builder:
         self._histories: list[History] = []
         self._records: list[_Record] = []
         self._open: Point | None = None
+        self._span: tuple[float, float] | None = None
 
     def sigma(self, i: int) -> float:
         """VE sigma of plan level ``i`` (``i = steps`` is the end point)."""
@@ -151,6 +153,14 @@ class Builder:
         h = History(self, size)
         self._histories.append(h)
         return h
+
+    def noise_between(self, sigma: float, sigma_next: float) -> Expr:
+        """The step's noise as the standard-normal increment of the run's Brownian path between
+        two VE levels (:mod:`diffcore.samplers.brownian`): one path per seed at any step count."""
+        if self._open is None:
+            raise ValueError(f"sampler {self.name!r}: noise_between() belongs to a model call's update")
+        self._span = (float(sigma), float(sigma_next))
+        return self.noise
 
     def model(self, i: int) -> Point:
         """Evaluate the model at plan level ``i``; a plain update lands on the plan's target of i."""
@@ -188,8 +198,8 @@ class Builder:
         for e in [x_next, *(v for _, v in writes)]:
             if e.step not in (None, p.step):
                 raise ValueError(f"sampler {self.name!r}: an update uses x/x0 of an earlier model call")
-        self._records.append(_Record(p, x_next * alpha, writes, sigma_land))
-        self._open = None
+        self._records.append(_Record(p, x_next * alpha, writes, sigma_land, self._span))
+        self._open, self._span = None, None
 
     def build(self) -> Program:
         """The program: per model call, rows over ``[x, x0, h_0..h_{K-1}, z]`` in state units."""
@@ -200,8 +210,9 @@ class Builder:
         for k, rec in enumerate(self._records):
             kept = [(slot, e) for slot, e in rec.writes if (k, slot) in live]
             rows = np.stack([self._row(e, k) for e in [rec.x_next, *(e for _, e in kept)]])
-            steps.append(Step(rec.point.level, rows, writes=tuple(s for s, _ in kept),
-                              noise=bool(np.any(rows[:, -1] != 0)), sigma=rec.sigma))
+            noise = bool(np.any(rows[:, -1] != 0))
+            steps.append(Step(rec.point.level, rows, writes=tuple(s for s, _ in kept), noise=noise,
+                              sigma=rec.sigma, span=rec.span if noise else None))
         return Program(steps=steps, slots=self.slots)
 
     def _row(self, e: Expr, k: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from diffcore import graphs, ops
 from diffcore.denoiser import Denoiser
+from diffcore.samplers.brownian import BrownianPath
 from diffcore.timesteps import Level
 
 
@@ -33,6 +34,7 @@ class Step:
     writes: tuple[int, ...] = ()
     noise: bool = False
     sigma: float = 0.0  # VE noise level after the step, for callbacks
+    span: tuple[float, float] | None = None  # Brownian noise: the increment between these VE levels
 
 
 @dataclass
@@ -109,13 +111,17 @@ def _loop(
     generator: torch.Generator | None,
     seed: int | None,
     callback: Callback | None,
+    brownian: BrownianPath | None = None,
 ) -> None:
     # Everything static was checked once in run_program; the native op re-checks in C++.
     step, cfg_step = ops.step_kernels(x.device)
     for k, (st, coeffs) in enumerate(zip(program.steps, table)):
         pred = denoiser(x, st.level, step=k, t=times[k], c_in=scales[k])
         z, step_seed = None, -1
-        if st.noise:
+        if st.span is not None:
+            assert brownian is not None
+            z = brownian.noise(*st.span)
+        elif st.noise:
             if seed is not None:  # counter-based noise drawn inside the fused kernel
                 step_seed = seed
             else:
@@ -163,7 +169,12 @@ def run_program(
     table, times, scales, history = _buffers(denoiser, x, programs)
     noise = torch.empty_like(x) if stochastic and seed is None else None
     _check_static(x, main, table, history, noise)
-    _loop(denoiser, x, main, table, times, scales, history, noise, generator, seed, callback)
+    brownian = None
+    if any(st.span is not None for st in main.steps):
+        if len(programs) > 1:
+            raise ValueError("Brownian-noise samplers cannot mix start levels in one batch")
+        brownian = BrownianPath(x, seed if seed is not None else int(torch.randint(0, 2**62, (1,), generator=generator)))
+    _loop(denoiser, x, main, table, times, scales, history, noise, generator, seed, callback, brownian)
     denoiser.raise_deferred()
     return x
 
@@ -205,7 +216,8 @@ def _run_graphed(denoiser: Denoiser, x: Tensor, programs: list[Program], *, seed
         def loop(state: Tensor) -> None:
             if history is not None:  # as in an eager run, where history starts at zero
                 history.zero_()
-            _loop(denoiser, state, main, table, times, scales, history, None, None, seed, None)
+            brownian = BrownianPath(state, seed) if any(st.span for st in main.steps) and seed is not None else None
+            _loop(denoiser, state, main, table, times, scales, history, None, None, seed, None, brownian)
 
         return loop, (table, times, scales, history)
 

@@ -2,7 +2,7 @@
 
 It samples the closed-form Gaussian mixture of diffcore.analytic with any registered sampler and
 reports the RMS distance to the exact probability-flow solution and the share of samples that
-land near a mixture mode. ``diffcore run mixture-fidelity --sampler dpm_2 --steps 20``.
+land near a mixture mode. ``diffcore run mixture-fidelity --sampler ralston --steps 20``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from diffcore.schedules import EDMSchedule, karras_sigmas
 
 @dataclass
 class Params:
-    sampler: str = "dpm_2"
+    sampler: str = "ralston"
     steps: int = 20
     points: int = 256
     seed: int = 0
