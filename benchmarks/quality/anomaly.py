@@ -16,15 +16,16 @@ Tabular, seeds 0, 1, 2 (the seed sets the split, the model's initialisation and 
   nearest training samples.
 
 Images, defect seeds 3, 4, 5 (0 and 1 were used to develop the recipe): the evaluator's split of
-digits (seed 0, 20% held out). Half of the 359 held-out digits (chosen by the seed) get a 3x3 defect at a random place: the patch set to the maximum (+1) or
-inverted (-x), half each; the pixel labels are the patch (including pixels a bright patch left
-unchanged on a stroke: the ``oracle`` row, the true change |x - x_clean|, shows the ceiling this
-sets). The diffusion model is benchmarks/quality/digits.py's class-conditional UNet used
-unconditionally (null label); it was trained on the train split, all normal. Classical
-image-level detectors run on flattened pixels; pixel-level baselines are kNN reconstruction
-(mean of the 5 nearest training images, per-pixel |error|) and PCA reconstruction (components
-keeping 90% of the variance). Pixel AUROC is reported on the raw maps and on maps blurred by a
-Gaussian of 0.7 px (the same blur for every method). Image AUROC of a map is its mean.
+digits (seed 0, 20% held out). Half of the 359 held-out digits (chosen by the seed) get a 3x3 defect
+at a random place: the patch set to the maximum (+1) or inverted (-x), half each; the pixel labels
+are the patch (including pixels a bright patch left unchanged on a stroke: the ``oracle`` row, the
+true change |x - x_clean|, shows the ceiling this sets). The diffusion model is
+benchmarks/quality/digits.py's class-conditional UNet used unconditionally (null label); it was
+trained on the train split, all normal. Classical image-level detectors run on flattened pixels;
+pixel-level baselines are kNN reconstruction (mean of the 5 nearest training images, per-pixel
+|error|) and PCA reconstruction (components keeping 90% of the variance). Pixel AUROC is reported on
+the raw maps and on maps blurred by a Gaussian of 0.7 px (the same blur for every method). Image
+AUROC of a map is its mean.
 
 Writes ``benchmarks/results/quality/anomaly.json``, ``anomaly_roc.png``, ``anomaly_maps.png`` and
 ``anomaly_hist.png`` (``--quick``: ``outputs/quality/anomaly-quick/``).
@@ -46,6 +47,7 @@ import diffcore
 from benchmarks.quality.evaluator import CACHE_DIR, RESULTS_DIR, load_data, machine, write_report
 from diffcore import anomaly
 from diffcore.baselines import add_defects
+from diffcore.evaluation import DETECTORS, auroc, classical_maps, classical_scores, normal_split
 
 QUICK_DIR = CACHE_DIR / "anomaly-quick"
 DIGITS_RUN = CACHE_DIR / "digits-run"  # benchmarks/quality/digits.py's model
@@ -84,33 +86,13 @@ IMG_VARIANTS: dict[str, dict[str, Any]] = {
     "recon_gaussian_d0.5_denoise10": {"depth": 0.5, "noise": "gaussian", "steps": 10, "repeats": 4},
 }
 PIXEL_BLUR = 0.7
+TREES = 200  # IsolationForest's (the other detectors: diffcore.evaluation.anomaly's settings)
 QUICK_TAB_TRAIN = {**TAB_TRAIN, "steps": 60}
-
-
-def auroc(labels: Any, scores: Any) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(np.asarray(labels).reshape(-1), np.asarray(scores, dtype=np.float64).reshape(-1)))
 
 
 def summary(values: list[float]) -> dict[str, Any]:
     return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
             "per_seed": values}
-
-
-def classical_scores(train: np.ndarray, test: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """Anomaly scores (higher = more anomalous) of the four classical detectors."""
-    from sklearn.ensemble import IsolationForest
-    from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
-    from sklearn.svm import OneClassSVM
-
-    knn = NearestNeighbors(n_neighbors=5).fit(train)
-    return {
-        "isolation_forest": -IsolationForest(n_estimators=200, random_state=seed).fit(train).score_samples(test),
-        "lof": -LocalOutlierFactor(n_neighbors=20, novelty=True).fit(train).score_samples(test),
-        "ocsvm": -OneClassSVM(gamma="scale", nu=0.1).fit(train).score_samples(test),
-        "knn": knn.kneighbors(test)[0].mean(axis=1),
-    }
 
 
 # --------------------------------------------------------------------------- tabular
@@ -128,12 +110,7 @@ def tabular_data(name: str) -> tuple[np.ndarray, np.ndarray, str]:
 
 def tabular_seed(name: str, seed: int, recipe: dict[str, Any], workdir: Path) -> dict[str, Any]:
     x, anomalous, _ = tabular_data(name)
-    rng = np.random.default_rng(seed)
-    normal = rng.permutation(np.flatnonzero(~anomalous))
-    n_train = int(0.6 * len(normal))
-    train_raw = x[normal[:n_train]]
-    test_raw = np.concatenate([x[normal[n_train:]], x[anomalous]])
-    labels = np.r_[np.zeros(len(normal) - n_train), np.ones(int(anomalous.sum()))]
+    train_raw, test_raw, labels = normal_split(x, anomalous, 0.6, seed)
     path = workdir / f"{name}-{seed}.npz"
     np.savez(path, x=train_raw)
     options = {"path": str(path), "holdout": 0.1, "seed": seed}
@@ -145,13 +122,15 @@ def tabular_seed(name: str, seed: int, recipe: dict[str, Any], workdir: Path) ->
     train_seconds = time.perf_counter() - t0
     data = diffcore.get("datasets", "tabular")(**options)
     test = anomaly.standardize(pipe, test_raw)
-    scores = {k: auroc(labels, v) for k, v in classical_scores(data.train.numpy(), test.numpy(), seed).items()}
+    classical = classical_scores(data.train.numpy(), test.numpy(), seed, trees=TREES)
+    scores = {k: auroc(labels, v) for k, v in classical.items()}
     scores["diffcore_recon"] = auroc(labels, anomaly.reconstruction_scores(pipe, test, seed=seed, progress=False,
                                                                            **TAB_RECON).scores)
     maha = {**TAB_RECON_MAHALANOBIS, "reference": data.train}
     recon = anomaly.reconstruction_scores(pipe, test, seed=seed, progress=False, **maha)
     dte = anomaly.dte_scores(pipe, test, seed=seed, progress=False)
-    scores["diffcore_recon_mahalanobis"], scores["diffcore_dte"] = auroc(labels, recon.scores), auroc(labels, dte.scores)
+    scores["diffcore_recon_mahalanobis"] = auroc(labels, recon.scores)
+    scores["diffcore_dte"] = auroc(labels, dte.scores)
     # the threshold fitted on the held-out 10% of training normals, applied to the test normals
     calib = anomaly.reconstruction_scores(pipe, data.test, seed=seed, progress=False, **maha).scores
     cal = anomaly.Calibration.fit(calib, fpr=0.05)
@@ -166,22 +145,11 @@ def tabular_seed(name: str, seed: int, recipe: dict[str, Any], workdir: Path) ->
 # --------------------------------------------------------------------------- images
 
 
-def classical_maps(train: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-pixel |x - reconstruction| of the kNN (k = 5) and PCA (90% variance) baselines."""
-    from sklearn.decomposition import PCA
-
-    nearest = torch.cdist(x.flatten(1).double(), train.flatten(1).double()).topk(5, largest=False).indices
-    knn = train[nearest].mean(dim=1)
-    pca = PCA(n_components=0.9, svd_solver="full").fit(train.flatten(1).numpy())
-    rec = torch.from_numpy(pca.inverse_transform(pca.transform(x.flatten(1).numpy()))).reshape(x.shape).float()
-    return {"knn_reconstruction": (knn - x).abs().mean(dim=1), "pca_reconstruction": (rec - x).abs().mean(dim=1)}
-
-
 def image_seed(pipe: diffcore.Pipeline, data: Any, seed: int, variants: dict[str, dict[str, Any]],
                recon: dict[str, Any]) -> dict[str, Any]:
     x, image_labels, pixel_labels = add_defects(data.test, seed)
-    image_auroc = {k: auroc(image_labels, v)
-                   for k, v in classical_scores(data.train.flatten(1).numpy(), x.flatten(1).numpy(), seed).items()}
+    classical = classical_scores(data.train.flatten(1).numpy(), x.flatten(1).numpy(), seed, trees=TREES)
+    image_auroc = {k: auroc(image_labels, v) for k, v in classical.items()}
     maps = classical_maps(data.train, x)
     maps["oracle"] = (x - data.test).abs().mean(dim=1)
     seconds = {}
@@ -302,6 +270,40 @@ def _print_table(title: str, table: dict[str, Any]) -> None:
         print(f"  {name:34s} {s['mean']:.3f} +- {s['sd']:.3f}")
 
 
+def tabular(report: dict[str, Any], seeds: tuple[int, ...], quick: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Both tables, every seed: fills ``report[name]``; returns the histogram panels of the first seed."""
+    hist_panels = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("breast_cancer", "wine"):
+            runs = []
+            for seed in seeds:
+                print(f"[anomaly] {name} seed {seed}: training ...", flush=True)
+                runs.append(tabular_seed(name, seed, QUICK_TAB_TRAIN if quick else TAB_TRAIN, Path(tmp)))
+            table = _aggregate(runs, "auroc")
+            report[name] = {"anomalies": tabular_data(name)[2], "auroc": table, "per_seed": _strip(runs),
+                            "verdict": _verdict(table, ["diffcore_recon_mahalanobis", "diffcore_recon", "diffcore_dte"],
+                                                list(DETECTORS), within_sd=True)}
+            _print_table(f"{name} AUROC (mean +- s.d. over {len(seeds)} seeds)", table)
+            print(f"  target met: {report[name]['verdict']['met']}")
+            hist_panels.append((f"{name}, diffcore recon mahalanobis (seed {seeds[0]})", *runs[0]["_hist"]))
+    return hist_panels
+
+
+def digits_model(checkpoint: Path, quick: bool, data: Any) -> tuple[diffcore.Pipeline, dict[str, dict[str, Any]]]:
+    """digits.py's model and every image variant (quick: a 30-step model, 64 test images, 2 variants)."""
+    if quick:
+        QUICK_DIR.mkdir(parents=True, exist_ok=True)
+        pipe = diffcore.train("digits", "unet", 30, QUICK_DIR / "run", dataset_options={"seed": 0, "holdout": 0.2},
+                              model_config={"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
+                                            "attention_resolutions": [], "groups": 8},
+                              batch_size=32, warmup_steps=5, log_every=10, checkpoint_every=100)
+        data.test = data.test[:64]
+        return pipe, dict(list(IMG_VARIANTS.items())[:2])
+    if not (checkpoint / "checkpoint.safetensors").exists() and not checkpoint.is_file():
+        raise SystemExit(f"no checkpoint at {checkpoint}: run benchmarks/quality/digits.py first")
+    return diffcore.Pipeline.load(checkpoint), IMG_VARIANTS
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny models, few seeds and steps")
@@ -325,37 +327,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                  "recon": TAB_RECON, "recon_mahalanobis": TAB_RECON_MAHALANOBIS,
                                                  "dte": "defaults (25 levels, explained 0.5)"},
                               "image_recipe": {"recon": IMG_RECON, "variants": IMG_VARIANTS, "pixel_blur": PIXEL_BLUR}}
-    hist_panels = []
-    classical = ["isolation_forest", "lof", "ocsvm", "knn"]
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in ("breast_cancer", "wine") if args.only != "images" else ():
-            runs = []
-            for seed in seeds:
-                print(f"[anomaly] {name} seed {seed}: training ...", flush=True)
-                runs.append(tabular_seed(name, seed, QUICK_TAB_TRAIN if args.quick else TAB_TRAIN, Path(tmp)))
-            table = _aggregate(runs, "auroc")
-            report[name] = {"anomalies": tabular_data(name)[2], "auroc": table, "per_seed": _strip(runs),
-                            "verdict": _verdict(table, ["diffcore_recon_mahalanobis", "diffcore_recon", "diffcore_dte"],
-                                                classical, within_sd=True)}
-            _print_table(f"{name} AUROC (mean +- s.d. over {len(seeds)} seeds)", table)
-            print(f"  target met: {report[name]['verdict']['met']}")
-            hist_panels.append((f"{name}, diffcore recon mahalanobis (seed {seeds[0]})", *runs[0]["_hist"]))
+    hist_panels = [] if args.only == "images" else tabular(report, seeds, args.quick)
     if args.only == "tabular":
         return _finish(report, folder, started, ["breast_cancer", "wine"])
     data = load_data("digits")
-    if args.quick:
-        QUICK_DIR.mkdir(parents=True, exist_ok=True)
-        pipe = diffcore.train("digits", "unet", 30, QUICK_DIR / "run", dataset_options={"seed": 0, "holdout": 0.2},
-                              model_config={"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
-                                            "attention_resolutions": [], "groups": 8},
-                              batch_size=32, warmup_steps=5, log_every=10, checkpoint_every=100)
-        data.test = data.test[:64]
-        variants = dict(list(IMG_VARIANTS.items())[:2])
-    else:
-        if not (args.checkpoint / "checkpoint.safetensors").exists() and not args.checkpoint.is_file():
-            raise SystemExit(f"no checkpoint at {args.checkpoint}: run benchmarks/quality/digits.py first")
-        pipe = diffcore.Pipeline.load(args.checkpoint)
-        variants = IMG_VARIANTS
+    pipe, variants = digits_model(args.checkpoint, args.quick, data)
     images = []
     for seed in image_seeds:
         print(f"[anomaly] digits seed {seed} ...", flush=True)
@@ -369,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "verdict_pixel": _verdict(img_table["pixel_auroc"], [*ours, "diffcore_dte"], pixel_classical, margin=0.03),
         "verdict_pixel_blur": _verdict(img_table["pixel_auroc_blur"], [*ours, "diffcore_dte"], pixel_classical,
                                        margin=0.03),
-        "verdict_image": _verdict(img_table["image_auroc"], [*ours, "diffcore_dte"], [*classical, *pixel_classical]),
+        "verdict_image": _verdict(img_table["image_auroc"], [*ours, "diffcore_dte"], [*DETECTORS, *pixel_classical]),
     }
     for key in ("image_auroc", "pixel_auroc", "pixel_auroc_blur"):
         _print_table(f"digits {key} (mean +- s.d. over {len(image_seeds)} seeds)", img_table[key])
@@ -383,7 +359,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     main_map = shown[0]
     hist_panels.append((f"digits, {main_map.replace('diffcore_', '')} (seed {image_seeds[0]})",
                         images[0]["_maps"][main_map].flatten(1).mean(1).numpy(), images[0]["_labels"][0].numpy()))
-    hist_panels.append((f"digits, dte (seed {image_seeds[0]})", images[0]["_dte"].numpy(), images[0]["_labels"][0].numpy()))
+    hist_panels.append((f"digits, dte (seed {image_seeds[0]})", images[0]["_dte"].numpy(),
+                        images[0]["_labels"][0].numpy()))
     if args.only is None:  # the histogram figure shows both parts
         plot_hist(hist_panels, folder / "anomaly_hist.png")
     return _finish(report, folder, started, ["digits"] if args.only else None)

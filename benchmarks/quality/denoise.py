@@ -54,11 +54,13 @@ from benchmarks.quality.evaluator import (
     RESULTS_DIR,
     load_data,
     machine,
+    split_check,
 )
 from diffcore import denoise as dn
 from diffcore.baselines import wiener, wiener_fit
 from diffcore.images import save_grid
-from diffcore.metrics import psnr, ssim
+from diffcore.evaluation import psnr_db
+from diffcore.metrics import ssim
 
 QUICK_DIR = CACHE_DIR / "denoise-quick"
 DIGITS_RUN = CACHE_DIR / "digits-run"  # benchmarks/quality/digits.py's model
@@ -136,7 +138,7 @@ def tune(method: str, clean: torch.Tensor, noisy: torch.Tensor, sigma_u: float) 
         grid = [{"h": h, "patch_size": p, "patch_distance": d} for h in NLM_H for p, d in NLM_PATCHES]
     fn = tv if method == "tv" else nl_means
     y = _unit(noisy)
-    scores = [psnr(_model(fn(y, sigma_u, **params)), clean, 2.0) for params in grid]
+    scores = [psnr_db(_model(fn(y, sigma_u, **params)), clean) for params in grid]
     best = int(np.argmax(scores))
     return {**grid[best], "train_psnr_db": round(float(scores[best]), 3)}
 
@@ -157,9 +159,7 @@ def load_pipeline(checkpoint: Path | None, quick: bool) -> tuple[Any, dict[str, 
         if not (path / "checkpoint.safetensors").exists():
             training = train_model(path, None, quick)
     pipe = diffcore.Pipeline.load(path)
-    got = dict(pipe.dataset.get("meta", {}).get("options", {}))
-    split_ok = pipe.dataset.get("name") == "digits" and got.get("limit") is None and all(
-        got.get(k) == v for k, v in DATASETS["digits"]["options"].items())
+    split_ok = split_check(pipe)["matches"]
     return pipe, {"checkpoint": str(path), "trained_here": training, "split_matches_evaluator": split_ok,
                   "schedule": pipe.schedule.config(), "prediction": pipe.param.config(),
                   "num_classes": pipe.num_classes, "parameters": sum(p.numel() for p in pipe.model.parameters())}
@@ -167,7 +167,7 @@ def load_pipeline(checkpoint: Path | None, quick: bool) -> tuple[Any, dict[str, 
 
 def _score(out: torch.Tensor, clean: torch.Tensor, seconds: float, **extra: Any) -> dict[str, Any]:
     out = out.float().clamp(-1, 1)
-    return {"psnr_db": round(psnr(out, clean, 2.0), 3), "ssim": round(ssim(out, clean, 2.0), 4),
+    return {"psnr_db": round(psnr_db(out, clean), 3), "ssim": round(ssim(out, clean, 2.0), 4),
             "seconds": round(seconds, 2), **extra}
 
 
@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for sigma in SIGMAS:
         res, outs = evaluate_sigma(sigma, pipe, data, clean, tune_clean, sampling, has)
         report[f"sigma_{sigma}"] = res
-        rows += [outs[name][:k] for name in ("noisy", "wiener", "diffcore_mmse", f"diffcore_mean_k{sampling['samples']}",
+        rows += [outs[name][:k] for name in ("noisy", "wiener", "diffcore_mmse",
+                                             f"diffcore_mean_k{sampling['samples']}",
                                               "diffcore_sample")]
     save_grid(torch.cat(rows), folder / "denoise.png", nrow=k)
     report["png_rows"] = ["clean"] + [f"sigma {s}: {r}" for s in SIGMAS for r in

@@ -12,28 +12,24 @@ sample counts, seeds, the machine and its load) is written into the JSON.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks.quality.evaluator import (
     CACHE_DIR,
-    RESULTS_DIR,
-    balanced_labels,
-    baselines,
-    labeled_grid,
-    load_data,
-    load_evaluator,
+    class_run_parser,
     loadavg,
     machine,
+    score_setup,
     train_timed,
+    write_class_run,
 )
+from diffcore.evaluation import balanced_labels
 
 # The fixed recipe: all of it goes to diffcore.train and into the results JSON.
 RECIPE: dict[str, Any] = {
@@ -107,20 +103,61 @@ def generate_and_score(pipe: Any, ev: Any, data: Any, *, n: int, sampler: str, s
     return row, x
 
 
+def sweep(pipe: Any, ev: Any, data: Any, ev_cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """Score the guidance scales (dpmpp_2m, 20 steps), the dpmpp_2m step counts and the other
+    samplers at the headline guidance; returns the rows and the headline configuration's samples."""
+    gen = {"n": ev_cfg["n_samples"], "seed": ev_cfg["seed"], "spacing": ev_cfg["timestep_spacing"]}
+    g_main = ev_cfg["guidance"]
+    rows: list[dict[str, Any]] = []
+    main_x = None
+    for g in ev_cfg["guidance_scales"]:
+        row, x = generate_and_score(pipe, ev, data, sampler="dpmpp_2m", steps=20, guidance=g, **gen)
+        rows.append(row)
+        if g == g_main:
+            main_x = x
+    for steps in ev_cfg["dpmpp_2m_steps"]:
+        if steps != 20:
+            rows.append(generate_and_score(pipe, ev, data, sampler="dpmpp_2m", steps=steps, guidance=g_main, **gen)[0])
+    for sampler in ev_cfg["other_samplers_at_20"]:
+        rows.append(generate_and_score(pipe, ev, data, sampler=sampler, steps=20, guidance=g_main, **gen)[0])
+    assert main_x is not None
+    return rows, main_x
+
+
+def summary(report: dict[str, Any], rows: list[dict[str, Any]], ev_cfg: dict[str, Any],
+            n_heldout: int) -> dict[str, Any]:
+    """The headline configuration's scores against :data:`TARGETS`."""
+    g_main = ev_cfg["guidance"]
+
+    def pick(steps: int, guidance: float = g_main, sampler: str = "dpmpp_2m") -> dict[str, Any]:
+        return next(r for r in rows if r["sampler"] == sampler and r["steps"] == steps and r["guidance"] == guidance)
+
+    head = pick(20)
+    fd10, fd50 = pick(10)["fd"], pick(ev_cfg["dpmpp_2m_steps"][-1])["fd"]
+    checks = {
+        "train_wall_s": (report.get("training", {}).get("wall_s"), "<="),
+        "fd": (head["fd"], "<="),
+        "class_accuracy": (head["class_accuracy"], ">="),
+        "nn_ratio": (head["nn_ratio"], ">="),
+        "fd10_over_fd50": (fd10 / fd50, "<="),
+    }
+    return {
+        "headline": f"dpmpp_2m, 20 steps, guidance {g_main:g}, {ev_cfg['n_samples']} samples vs {n_heldout} held-out",
+        **{k: {"value": v, "target": f"{op} {TARGETS[k]}",
+               "met": None if v is None else (v <= TARGETS[k] if op == "<=" else v >= TARGETS[k])}
+           for k, (v, op) in checks.items()},
+        "fd_real_vs_real": report["baselines"]["real_vs_real"]["fd_train_subset_vs_heldout"],
+        "fd_gaussian_mixture": report["baselines"]["gaussian_mixture"]["fd"],
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, help=f"training iterations (default {RECIPE['steps']})")
-    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
-    ap.add_argument("--run-dir", type=Path, default=CACHE_DIR / "digits-run")
-    ap.add_argument("--quick", action="store_true", help="smoke mode: a few steps, few samples")
+    ap = class_run_parser(__doc__, RECIPE["steps"], CACHE_DIR / "digits-run", THREADS)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help="override a recipe entry (experiments; the JSON records it), e.g. lr=5e-4 "
                          "or model_config.base_channels=64")
     ap.add_argument("--eval-only", action="store_true", help="score the checkpoint in --run-dir")
     ap.add_argument("--light", action="store_true", help="score only guidance 1 with dpmpp_2m (experiments)")
-    ap.add_argument("--threads", type=int, default=THREADS,
-                    help=f"torch intra-op threads (default {THREADS}: as fast as 2 for this model, and "
-                         "robust when another job shares the cores)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -135,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         recipe.update(steps=args.steps or 20, batch_size=32, warmup_steps=5)
         ev_cfg.update(n_samples=100, guidance_scales=[1.0], dpmpp_2m_steps=[10, 20], other_samplers_at_20=[],
                       grid_per_class=4)
-    recipe.update(checkpoint_every=recipe["steps"], log_every=min(recipe["log_every"], recipe["steps"]))  # one checkpoint at the end: no I/O in the timing
+    # one checkpoint at the end: no I/O in the timing
+    recipe.update(checkpoint_every=recipe["steps"], log_every=min(recipe["log_every"], recipe["steps"]))
     name = "digits_quick" if args.quick else "digits"
     report: dict[str, Any] = {"benchmark": "digits 8x8, class-conditional", "machine": machine(),
                               "recipe": recipe, "eval": ev_cfg, "targets": TARGETS, "argv": argv or sys.argv[1:]}
@@ -149,58 +187,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pipe, report["training"] = train_timed(recipe, args.run_dir)
         print(json.dumps({"training": report["training"]}), flush=True)
 
-    data = load_data("digits")
-    ev = load_evaluator("digits", data)
-    report["evaluator"] = {k: ev.meta[k] for k in ("recipe", "heldout_accuracy", "feature_scale", "n_train", "n_heldout")}
-    report["baselines"] = baselines(ev, data, ev_cfg["n_samples"])
-    n, seed, spacing, g_main = ev_cfg["n_samples"], ev_cfg["seed"], ev_cfg["timestep_spacing"], ev_cfg["guidance"]
-    gen = {"n": n, "seed": seed, "spacing": spacing}
-
-    rows: list[dict[str, Any]] = []
-    main_x = None
-    for g in ev_cfg["guidance_scales"]:
-        row, x = generate_and_score(pipe, ev, data, sampler="dpmpp_2m", steps=20, guidance=g, **gen)
-        rows.append(row)
-        if g == g_main:
-            main_x = x
-    for steps in ev_cfg["dpmpp_2m_steps"]:
-        if steps != 20:
-            rows.append(generate_and_score(pipe, ev, data, sampler="dpmpp_2m", steps=steps, guidance=g_main, **gen)[0])
-    for sampler in ev_cfg["other_samplers_at_20"]:
-        rows.append(generate_and_score(pipe, ev, data, sampler=sampler, steps=20, guidance=g_main, **gen)[0])
-    report["samples"] = rows
+    data, ev = score_setup("digits", report, ev_cfg["n_samples"])
+    report["samples"], main_x = sweep(pipe, ev, data, ev_cfg)
     report["loadavg_at_end"] = loadavg()
-
-    def pick(steps: int, guidance: float = g_main, sampler: str = "dpmpp_2m") -> dict[str, Any]:
-        return next(r for r in rows if r["sampler"] == sampler and r["steps"] == steps and r["guidance"] == guidance)
-
-    head = pick(20)
-    fd10, fd50 = pick(10)["fd"], pick(ev_cfg["dpmpp_2m_steps"][-1])["fd"]
-    checks = {
-        "train_wall_s": (report.get("training", {}).get("wall_s"), "<="),
-        "fd": (head["fd"], "<="),
-        "class_accuracy": (head["class_accuracy"], ">="),
-        "nn_ratio": (head["nn_ratio"], ">="),
-        "fd10_over_fd50": (fd10 / fd50, "<="),
-    }
-    report["summary"] = {
-        "headline": f"dpmpp_2m, 20 steps, guidance {g_main:g}, {n} samples vs {len(data.test)} held-out",
-        **{k: {"value": v, "target": f"{op} {TARGETS[k]}",
-               "met": None if v is None else (v <= TARGETS[k] if op == "<=" else v >= TARGETS[k])}
-           for k, (v, op) in checks.items()},
-        "fd_real_vs_real": report["baselines"]["real_vs_real"]["fd_train_subset_vs_heldout"],
-        "fd_gaussian_mixture": report["baselines"]["gaussian_mixture"]["fd"],
-    }
+    report["summary"] = summary(report, report["samples"], ev_cfg, len(data.test))
     print(json.dumps(report["summary"], indent=1))
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    per = ev_cfg["grid_per_class"]
-    order = torch.cat([torch.nonzero(balanced_labels(10, n) == c).squeeze(1)[:per] for c in range(10)])
-    assert main_x is not None
-    labeled_grid(main_x[order], [str(c) for c in range(10)], args.out / f"{name}_samples.png", scale=6)
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"wrote {args.out / (name + '.json')} and {args.out / (name + '_samples.png')}")
-    return report
+    return write_class_run(args.out, name, report, main_x, ev_cfg["grid_per_class"], scale=6)
 
 
 if __name__ == "__main__":

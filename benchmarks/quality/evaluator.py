@@ -1,14 +1,10 @@
-"""The quality evaluator: a small CNN classifier whose penultimate features define a Frechet
-distance (FD), plus the real-vs-real and Gaussian-mixture baselines.
+"""The quality benchmarks' evaluators and harness: which data and classifier recipe each dataset
+uses, the real-vs-real and Gaussian-mixture baselines, and the machine/timing/report helpers
+shared by digits.py, mnist.py and the task benchmarks.
 
-Feature scale: the features are multiplied by one constant, fixed when the classifier is
-trained, that gives the train split's features a mean per-dimension variance of 1 (trace of
-their covariance = feature_dim). FD then does not depend on the arbitrary scale of a ReLU
-layer, and FDs of evaluators with the same feature_dim are on one scale.
-
-The classifier is trained deterministically on the TRAIN split of the dataset (never on the
-held-out split) and cached under ``outputs/quality/`` as a safetensors checkpoint whose JSON
-metadata holds its recipe; a cached file whose recipe differs is retrained.
+The evaluator itself (a small CNN whose penultimate features define a Frechet distance (FD),
+trained deterministically on the TRAIN split and cached by recipe) lives in the library,
+:mod:`diffcore.evaluation`, which the demo uses too; its cache here is ``outputs/quality/``.
 
     .venv/bin/python -m benchmarks.quality.evaluator            # both evaluators + baselines
     .venv/bin/python -m benchmarks.quality.evaluator --dataset digits
@@ -26,16 +22,16 @@ import platform
 import resource
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import diffcore
-from diffcore.metrics import frechet_distance, nearest_neighbour_ratio
-from diffcore.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from diffcore import evaluation
+from diffcore.evaluation import Evaluator
+from diffcore.metrics import frechet_distance
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = ROOT / "outputs" / "quality"
@@ -67,107 +63,6 @@ def load_data(name: str) -> Any:
     return diffcore.get("datasets", spec["dataset"])(**spec["options"])
 
 
-class SmallCNN(nn.Module):
-    """Two 3x3 conv layers (the last ``pools`` followed by 2x2 max-pooling), a ``feature_dim``
-    ReLU layer (the FD features) and a linear head. Input (B, 1, H, W) in [-1, 1]."""
-
-    def __init__(self, image_size: int, num_classes: int, channels: list[int], pools: int, feature_dim: int,
-                 dropout: float) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        cin, size = 1, image_size
-        for i, c in enumerate(channels):
-            layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU()]
-            if i >= len(channels) - pools:
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
-            cin = c
-        self.conv = nn.Sequential(*layers, nn.Flatten())
-        self.hidden = nn.Sequential(nn.Linear(cin * size * size, feature_dim), nn.ReLU())
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.hidden(self.conv(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-
-@dataclass
-class Evaluator:
-    """A trained classifier: ``features`` for FD, ``predict`` for class accuracy."""
-
-    name: str
-    net: SmallCNN
-    meta: dict[str, Any]
-
-    @property
-    def accuracy(self) -> float:
-        return float(self.meta["heldout_accuracy"])
-
-    @torch.no_grad()
-    def features(self, x: Tensor, batch: int = 1000) -> Tensor:
-        """(N, feature_dim) float64 penultimate features of images in [-1, 1] (clamped), scaled."""
-        return _raw_features(self.net, x, batch) * float(self.meta["feature_scale"])
-
-    @torch.no_grad()
-    def predict(self, x: Tensor, batch: int = 1000) -> Tensor:
-        self.net.eval()
-        x = x.float().clamp(-1, 1)
-        return torch.cat([self.net(x[i : i + batch]).argmax(dim=1) for i in range(0, len(x), batch)])
-
-    def score(self, samples: Tensor, labels: Tensor | None, data: Any) -> dict[str, float]:
-        """FD vs the held-out split, accuracy on ``labels`` (the prompted classes) and the
-        nearest-neighbour ratio vs the train split, for samples in [-1, 1] (clamped)."""
-        samples = samples.float().clamp(-1, 1)
-        out = {
-            "fd": frechet_distance(self.features(samples), self.features(data.test)),
-            "nn_ratio": nearest_neighbour_ratio(samples, data.train, data.test),
-            "n": len(samples),
-        }
-        if labels is not None:
-            out["class_accuracy"] = float((self.predict(samples) == labels).float().mean())
-        return out
-
-
-@torch.no_grad()
-def _raw_features(net: SmallCNN, x: Tensor, batch: int = 1000) -> Tensor:
-    net.eval()
-    x = x.float().clamp(-1, 1)
-    return torch.cat([net.features(x[i : i + batch]) for i in range(0, len(x), batch)]).double()
-
-
-def _train_classifier(name: str, data: Any, recipe: dict[str, Any]) -> tuple[SmallCNN, dict[str, Any]]:
-    torch.manual_seed(recipe["seed"])
-    g = torch.Generator().manual_seed(recipe["seed"])
-    net = SmallCNN(data.train.shape[-1], data.num_classes, recipe["channels"], recipe["pools"],
-                   recipe["feature_dim"], recipe["dropout"])
-    opt = torch.optim.AdamW(net.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    x, y = data.train, data.train_labels
-    steps = recipe["epochs"] * -(-len(x) // recipe["batch_size"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps)
-    t0 = time.perf_counter()
-    net.train()
-    for _ in range(recipe["epochs"]):
-        order = torch.randperm(len(x), generator=g)
-        for i in range(0, len(x), recipe["batch_size"]):
-            idx = order[i : i + recipe["batch_size"]]
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    net.eval()
-    with torch.no_grad():
-        acc = float((torch.cat([net(data.test[i : i + 1000]).argmax(1) for i in range(0, len(data.test), 1000)])
-                     == data.test_labels).float().mean())
-    raw = _raw_features(net, x)
-    scale = (raw.shape[1] / float(torch.cov(raw.T).trace())) ** 0.5
-    meta = {"name": name, "dataset": DATASETS[name], "recipe": recipe, "heldout_accuracy": acc, "feature_scale": scale,
-            "train_seconds": round(time.perf_counter() - t0, 1), "n_train": len(x), "n_heldout": len(data.test)}
-    return net, meta
-
-
 def load_evaluator(name: str, data: Any | None = None, cache_dir: Path = CACHE_DIR, verbose: bool = True) -> Evaluator:
     """The evaluator for ``name``: from the cache when its recipe matches, else trained and cached.
 
@@ -175,74 +70,35 @@ def load_evaluator(name: str, data: Any | None = None, cache_dir: Path = CACHE_D
     """
     if name not in RECIPES:
         raise ValueError(f"evaluator {name!r}: expected one of {sorted(RECIPES)}")
-    recipe = RECIPES[name]
     data = data if data is not None else load_data(name)
-    file = Path(cache_dir) / f"evaluator-{name}.safetensors"
-    net = SmallCNN(data.train.shape[-1], data.num_classes, recipe["channels"], recipe["pools"],
-                   recipe["feature_dim"], recipe["dropout"])
-    meta = None
-    if file.exists():
-        try:
-            tensors, cached = load_checkpoint(file)
-            same = cached.get("recipe") == recipe and cached.get("dataset") == json.loads(json.dumps(DATASETS[name]))
-            if same and "feature_scale" in cached:
-                net.load_state_dict(tensors)
-                meta = cached
-        except (CheckpointError, RuntimeError) as exc:
-            print(f"[evaluator] ignoring cache {file}: {exc}")
-    if meta is None:
-        if verbose:
-            print(f"[evaluator] training the {name} classifier ({recipe['epochs']} epochs)...", flush=True)
-        net, meta = _train_classifier(name, data, recipe)
-        save_checkpoint(file, net.state_dict(), meta)
-    net.eval().requires_grad_(False)
-    if verbose:
-        print(f"[evaluator] {name}: held-out accuracy {meta['heldout_accuracy']:.4f} ({file})", flush=True)
-    if meta["heldout_accuracy"] < MIN_ACCURACY:
-        raise RuntimeError(f"the {name} evaluator reaches {meta['heldout_accuracy']:.4f} < {MIN_ACCURACY} held-out accuracy")
-    return Evaluator(name, net, meta)
+    ev = evaluation.load_evaluator(name, data, RECIPES[name], DATASETS[name],
+                                   Path(cache_dir) / f"evaluator-{name}.safetensors", verbose)
+    if ev.accuracy < MIN_ACCURACY:
+        raise RuntimeError(f"the {name} evaluator reaches {ev.accuracy:.4f} < {MIN_ACCURACY} held-out accuracy")
+    return ev
+
+
+def split_check(pipe: Any, name: str = "digits") -> dict[str, Any]:
+    """Whether the model was trained on the evaluator's train split (else FD / NN vs held-out mislead)."""
+    got = dict(pipe.dataset.get("meta", {}).get("options", {}))
+    want = DATASETS[name]["options"]
+    same = pipe.dataset.get("name") == DATASETS[name]["dataset"] and got.get("limit") is None and all(
+        got.get(k) == v for k, v in want.items())
+    return {"model_split": got, "evaluator_split": want, "matches": same}
 
 
 # --------------------------------------------------------------------------- baselines
 
 
-def gaussian_mixture_samples(data: Any, labels: Tensor, seed: int = 0, jitter: float = 1e-4) -> Tensor:
-    """Samples of a class-conditional Gaussian: per class the mean and covariance of the train
-    split's flattened images (+ ``jitter`` * I, since constant border pixels have zero variance),
-    clamped to [-1, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    x = data.train.flatten(1).double()
-    out = torch.empty(len(labels), x.shape[1], dtype=torch.float64)
-    for c in range(data.num_classes):
-        rows = x[data.train_labels == c]
-        mu = rows.mean(0)
-        cov = torch.cov(rows.T) + jitter * torch.eye(x.shape[1], dtype=torch.float64)
-        chol = torch.linalg.cholesky(cov)
-        pick = (labels == c).nonzero().squeeze(1)
-        z = torch.randn(len(pick), x.shape[1], generator=g, dtype=torch.float64)
-        out[pick] = mu + z @ chol.T
-    return out.float().reshape(len(labels), *data.shape).clamp(-1, 1)
-
-
-def balanced_labels(num_classes: int, n: int) -> Tensor:
-    """``n`` labels cycling 0..K-1 (equal counts when K divides n)."""
-    return torch.arange(n) % num_classes
-
-
 def baselines(ev: Evaluator, data: Any, n: int, seed: int = 0) -> dict[str, Any]:
     """Real-vs-real FD (train split vs held-out split; also a random n-image train subset, the
     sample count the models are scored with) and the class-conditional Gaussian mixture."""
-    feats_test = ev.features(data.test)
-    g = torch.Generator().manual_seed(seed)
-    subset = data.train[torch.randperm(len(data.train), generator=g)[: min(n, len(data.train))]]
-    labels = balanced_labels(data.num_classes, n)
-    gmm = ev.score(gaussian_mixture_samples(data, labels, seed), labels, data)
+    labels = evaluation.balanced_labels(data.num_classes, n)
+    gmm = ev.score(evaluation.class_gaussian_samples(data, labels, seed), labels, data)
+    subset = evaluation.real_fd(ev, data, n, seed)
     return {
-        "real_vs_real": {"fd_train_vs_heldout": frechet_distance(ev.features(data.train), feats_test),
-                         "n_train": len(data.train),
-                         "fd_train_subset_vs_heldout": frechet_distance(ev.features(subset), feats_test),
-                         "n_subset": len(subset), "n_heldout": len(data.test),
-                         "heldout_accuracy": ev.accuracy},
+        "real_vs_real": {"fd_train_vs_heldout": frechet_distance(ev.features(data.train), ev.features(data.test)),
+                         "n_train": len(data.train), **subset, "heldout_accuracy": ev.accuracy},
         "gaussian_mixture": gmm,
     }
 
@@ -331,6 +187,45 @@ def train_timed(recipe: dict[str, Any], out: Path) -> tuple[Any, dict[str, Any]]
         "peak_rss_is_training_only": reset,
         "loadavg_before": load0, "loadavg_after": loadavg(),
     }
+
+
+EVALUATOR_FACTS = ("recipe", "heldout_accuracy", "feature_scale", "n_train", "n_heldout")
+
+
+def class_run_parser(doc: str, steps: int, run_dir: Path, threads: int) -> argparse.ArgumentParser:
+    """The options digits.py and mnist.py share: --steps, --out, --run-dir, --quick, --threads."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, help=f"training iterations (default {steps})")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    ap.add_argument("--run-dir", type=Path, default=run_dir)
+    ap.add_argument("--quick", action="store_true", help="smoke mode: a few steps, few samples")
+    ap.add_argument("--threads", type=int, default=threads,
+                    help=f"torch intra-op threads (default {threads}: as fast as 2 for these models, and "
+                         "robust when another job shares the cores)")
+    return ap
+
+
+def score_setup(name: str, report: dict[str, Any], n: int) -> tuple[Any, Evaluator]:
+    """The data and evaluator of ``name``; records the evaluator's facts and the baselines at ``n``
+    samples in ``report``."""
+    data = load_data(name)
+    ev = load_evaluator(name, data)
+    report["evaluator"] = {k: ev.meta[k] for k in EVALUATOR_FACTS}
+    report["baselines"] = baselines(ev, data, n)
+    return data, ev
+
+
+def write_class_run(out: Path, name: str, report: dict[str, Any], samples: Tensor, per_class: int,
+                    scale: int) -> dict[str, Any]:
+    """Write ``name.json`` and ``name_samples.png`` (``per_class`` samples per row, one row per class,
+    from ``samples`` generated for :func:`diffcore.evaluation.balanced_labels` over 10 classes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    labels = evaluation.balanced_labels(10, len(samples))
+    order = torch.cat([torch.nonzero(labels == c).squeeze(1)[:per_class] for c in range(10)])
+    labeled_grid(samples[order], [str(c) for c in range(10)], out / f"{name}_samples.png", scale=scale)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"wrote {out / (name + '.json')} and {out / (name + '_samples.png')}")
+    return report
 
 
 def labeled_grid(x: Tensor, row_labels: list[str], path: Path, scale: int | None = None) -> Path:

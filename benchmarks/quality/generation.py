@@ -34,17 +34,9 @@ import torch
 import diffcore
 from benchmarks.quality.digits import EVAL as DIGITS_EVAL
 from benchmarks.quality.digits import RECIPE as DIGITS_RECIPE
-from benchmarks.quality.evaluator import (
-    CACHE_DIR,
-    DATASETS,
-    RESULTS_DIR,
-    Evaluator,
-    load_data,
-    load_evaluator,
-    machine,
-    train_timed,
-)
-from diffcore.metrics import frechet_distance
+from benchmarks.quality.evaluator import CACHE_DIR, RESULTS_DIR, load_data, load_evaluator, machine
+from benchmarks.quality.evaluator import split_check, train_timed
+from diffcore.evaluation import Evaluator, real_fd
 from diffcore.samplers import SAMPLERS
 from diffcore_plugins.generation import GenerateParams, generate_samples, load_pipeline, num_classes
 
@@ -86,23 +78,6 @@ def train_model(out: Path, steps: int | None, quick: bool) -> dict[str, Any]:
     recipe["checkpoint_every"] = recipe["steps"]
     print(f"[generation] training the digits recipe for {recipe['steps']} steps -> {out}", flush=True)
     return train_timed(recipe, out)[1]
-
-
-def split_check(pipe: Any) -> dict[str, Any]:
-    """Whether the model was trained on the evaluator's train split (else FD / NN vs held-out mislead)."""
-    got = dict(pipe.dataset.get("meta", {}).get("options", {}))
-    want = DATASETS["digits"]["options"]
-    same = pipe.dataset.get("name") == "digits" and got.get("limit") is None and all(
-        got.get(k) == v for k, v in want.items())
-    return {"model_split": got, "evaluator_split": want, "matches": same}
-
-
-def real_baseline(ev: Evaluator, data: Any, n: int, seed: int) -> dict[str, float]:
-    """FD of n real train images vs the held-out split: the floor a perfect generator reaches at this n."""
-    g = torch.Generator().manual_seed(seed)
-    subset = data.train[torch.randperm(len(data.train), generator=g)[: min(n, len(data.train))]]
-    return {"fd_train_subset_vs_heldout": frechet_distance(ev.features(subset), ev.features(data.test)),
-            "n_subset": len(subset), "n_heldout": len(data.test), "evaluator_heldout_accuracy": ev.accuracy}
 
 
 def seconds_per_eval(pipe: Any, batch_size: int, seed: int) -> float:
@@ -212,7 +187,7 @@ def plot(results: list[dict[str, Any]], baseline: dict[str, float], path: Path, 
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="run folder of a class-conditional digits model trained on the evaluator's split "
@@ -230,6 +205,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samplers", default=None, help="comma-separated subset (default: every built-in sampler)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 samples, steps 2 and 4, tiny model")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/quality)")
+    return ap
+
+
+def _checkpoint(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]:
+    """The model to evaluate (trained first when it is missing and training is allowed) and its
+    training facts (None when it was not trained here)."""
+    if args.checkpoint is not None:
+        checkpoint = args.checkpoint
+    elif args.quick:
+        checkpoint = QUICK_DIR / "model"
+    else:
+        checkpoint = DIGITS_RUN if (DIGITS_RUN / "checkpoint.safetensors").exists() else TRAIN_DIR
+    if (checkpoint / "checkpoint.safetensors").exists() or checkpoint.is_file():
+        return checkpoint, None
+    if args.train_steps is None and not args.quick and args.checkpoint is not None:
+        raise SystemExit(f"no checkpoint at {checkpoint}: pass --checkpoint RUN_DIR of a class-conditional "
+                         "digits model, or add --train-steps N to train digits.py's recipe there")
+    return checkpoint, train_model(checkpoint, args.train_steps, args.quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
 
@@ -242,18 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--samplers: unknown {unknown}; known: {diffcore.available('samplers')}")
 
-    if args.checkpoint is not None:
-        checkpoint = args.checkpoint
-    elif quick:
-        checkpoint = QUICK_DIR / "model"
-    else:
-        checkpoint = DIGITS_RUN if (DIGITS_RUN / "checkpoint.safetensors").exists() else TRAIN_DIR
-    training = None
-    if not (checkpoint / "checkpoint.safetensors").exists() and not checkpoint.is_file():
-        if args.train_steps is None and not quick and args.checkpoint is not None:
-            raise SystemExit(f"no checkpoint at {checkpoint}: pass --checkpoint RUN_DIR of a class-conditional "
-                             "digits model, or add --train-steps N to train digits.py's recipe there")
-        training = train_model(checkpoint, args.train_steps, quick)
+    checkpoint, training = _checkpoint(args)
+    if training is not None:
         t0 = time.perf_counter()  # the budget is for the evaluation, not the training
 
     data = load_data("digits")
@@ -279,14 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = sweep(pipe, checkpoint, runs, n, args.seed, args.batch_size, ev, data)
     wall = time.perf_counter() - start
-    baseline = real_baseline(ev, data, n, args.seed)
+    # FD of n real train images vs the held-out split: the floor a perfect generator reaches at this n
+    baseline = {**real_fd(ev, data, n, args.seed), "evaluator_heldout_accuracy": ev.accuracy}
 
     report = {
         "machine": machine(),
-        "checkpoint": {"path": str(checkpoint), "trained_here": training, "train_steps": pipe.run.get("train", {}).get("steps"),
+        "checkpoint": {"path": str(checkpoint), "trained_here": training,
+                       "train_steps": pipe.run.get("train", {}).get("steps"),
                        "model": pipe.run.get("model"), "schedule": pipe.run.get("schedule"),
                        "prediction": pipe.run.get("prediction"), "split": split},
-        "settings": {"n": n, "ms_per_image_eval": round(per_eval * 1e3, 3), "estimated_seconds": round(estimate, 1), "seed": args.seed, "batch_size": args.batch_size, "quick": quick, "steps": list(steps),
+        "settings": {"n": n, "ms_per_image_eval": round(per_eval * 1e3, 3), "estimated_seconds": round(estimate, 1),
+                     "seed": args.seed, "batch_size": args.batch_size, "quick": quick, "steps": list(steps),
                      "sweep_guidance": SWEEP_GUIDANCE, "guidance": list(GUIDANCE),
                      "guidance_sampler": GUIDANCE_SAMPLER, "guidance_steps": guidance_steps,
                      "labels": "balanced over classes",

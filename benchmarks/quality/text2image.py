@@ -97,7 +97,8 @@ def score_prompts(pipe: Pipeline, ev: Any, data: Any, prompts: list[str], labels
     return out, x
 
 
-def evaluate(pipe: Pipeline, ev: Any, data: Any, recipe: dict[str, Any], scales: tuple[float, ...]) -> tuple[dict, dict]:
+def evaluate(pipe: Pipeline, ev: Any, data: Any, recipe: dict[str, Any],
+             scales: tuple[float, ...]) -> tuple[dict, dict]:
     """Per scale: held-out-paraphrase accuracy (also per template and digit) and training-prompt accuracy."""
     cs, cfg = caption_set("digits"), recipe["eval"]
     pairs = cs.heldout_pairs()
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "scales": scales,
         }
         pairs = caption_set("digits").heldout_pairs()
-        save_grid_by_digit(grids[float(best)], pairs, recipe["eval"]["n_per_prompt"], out_dir / f"text2image_{name}.png")
+        save_grid_by_digit(grids[float(best)], pairs, recipe["eval"]["n_per_prompt"],
+                           out_dir / f"text2image_{name}.png")
     if "minilm" in report["encoders"]:
         res = report["encoders"]["minilm"]
         report["target_met"] = res["best_heldout_accuracy"] >= TARGET and res["accuracy_rises_with_scale"]

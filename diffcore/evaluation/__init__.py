@@ -1,0 +1,56 @@
+"""How diffcore's tasks are evaluated: one home for the judges and baselines that the demo
+(``diffcore demo``) and the quality benchmarks (``benchmarks/quality``) both use.
+
+- :mod:`~diffcore.evaluation.classifier`: the small-CNN evaluator (FD features, class
+  predictions, cached by recipe) and the logistic-regression pixel classifier.
+- :mod:`~diffcore.evaluation.generation`: balanced labels, the per-class Gaussian baseline and
+  the real-vs-real FD floor.
+- :mod:`~diffcore.evaluation.anomaly`: AUROC, the semi-supervised split, classical detectors and
+  reconstruction maps.
+- :mod:`~diffcore.evaluation.images`: PSNR of restored images.
+- :mod:`~diffcore.evaluation.convergence`: sampler errors against the exact ODE solution on a
+  Gaussian mixture and the estimated order of convergence.
+
+The classical denoising and inpainting baselines (Wiener, kNN fill) and the synthetic defects
+are in :mod:`diffcore.baselines`; the metrics themselves (FD, NN ratio, PSNR, SSIM) in
+:mod:`diffcore.metrics`.
+"""
+
+from __future__ import annotations
+
+from diffcore.evaluation.anomaly import DETECTORS, auroc, classical_maps, classical_scores, nearest_train, normal_split
+from diffcore.evaluation.classifier import (
+    Evaluator,
+    SmallCNN,
+    label_accuracy,
+    load_evaluator,
+    pixel_classifier,
+    train_evaluator,
+)
+from diffcore.evaluation.convergence import estimated_order, mixture_log_density, rms_error, sampler_errors
+from diffcore.evaluation.images import psnr_db
+from diffcore.evaluation.generation import balanced_labels, class_gaussian_samples, real_fd, train_subset
+
+__all__ = [
+    "DETECTORS",
+    "Evaluator",
+    "SmallCNN",
+    "auroc",
+    "balanced_labels",
+    "class_gaussian_samples",
+    "classical_maps",
+    "classical_scores",
+    "estimated_order",
+    "label_accuracy",
+    "load_evaluator",
+    "mixture_log_density",
+    "nearest_train",
+    "normal_split",
+    "pixel_classifier",
+    "psnr_db",
+    "real_fd",
+    "rms_error",
+    "sampler_errors",
+    "train_evaluator",
+    "train_subset",
+]
