@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from diffcore.demo import study as demo
+from diffcore.evaluation import estimated_order
+from diffcore_plugins.demo import study as demo
 
 # estimated order -> (lowest, highest) accepted
 EXPECTED_ORDER = {
@@ -98,12 +99,15 @@ def test_gallery_samples_are_near_the_data(study: tuple[Path, dict[str, Any]]) -
 
 def test_order_fit_helper() -> None:
     steps = [10, 20, 40]
-    assert demo.estimated_order(steps, [3.0 / n**2 for n in steps]) == pytest.approx(2.0)
+    assert estimated_order(steps, [3.0 / n**2 for n in steps]) == pytest.approx(2.0)
+    assert estimated_order([48, 96], [0.4, 0.1]) == pytest.approx(2.0)  # two points: the exact slope
+    with pytest.raises(ValueError, match="paired"):
+        estimated_order([10, 20], [1.0])
 
 
 def test_unwritable_out_dir_is_named(tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     target = blocker / "out"
-    with pytest.raises(OSError, match="a_file/out.*not writable"):
+    with pytest.raises(ValueError, match="a_file/out.*not writable"):
         demo.main(target, quick=True)

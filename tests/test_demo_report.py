@@ -5,15 +5,19 @@ One quick run (tiny models and budgets; its numbers mean nothing) is shared by t
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from diffcore import demo
-from diffcore.demo import check
-from diffcore.demo.report import Report
+import diffcore
+from diffcore_plugins.demo import app as demo
+from diffcore_plugins.demo import check
+from diffcore_plugins.demo.recipes import QUICK
+from diffcore_plugins.demo.report import Report
+from diffcore_plugins.demo.runs import train_or_reuse
 
 SECTIONS = ("training", "generation", "text2image", "img2img", "denoising", "anomaly", "samplers")
 
@@ -78,22 +82,36 @@ def test_check_reports_a_missing_image(tmp_path: Path) -> None:
 
 def test_rerun_reuses_checkpoint_and_new_recipe_retrains(run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, _ = run
-    recipe = {**demo.QUICK["tabular"], "dataset": "tabular", "steps": 3,
-              "dataset_options": {"path": str(out / "data" / "breast_cancer_benign_train.csv"), "holdout": 0.1, "seed": 0}}
-    _, first = demo.train_or_reuse("t", recipe, tmp_path, retrain=False)
-    _, second = demo.train_or_reuse("t", recipe, tmp_path, retrain=False)
+    recipe = {**QUICK["tabular"], "dataset": "tabular", "steps": 3,
+              "dataset_options": {"path": str(out / "data" / "breast_cancer_benign_train.csv"), "holdout": 0.1,
+                                  "seed": 0}}
+    _, first = train_or_reuse("t", recipe, tmp_path, retrain=False)
+    _, second = train_or_reuse("t", recipe, tmp_path, retrain=False)
     assert first["reused"] is False and second["reused"] is True
-    _, third = demo.train_or_reuse("t", {**recipe, "steps": 4}, tmp_path, retrain=False)
+    _, third = train_or_reuse("t", {**recipe, "steps": 4}, tmp_path, retrain=False)
     assert third["reused"] is False
 
 
 def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(Exception, match="not a directory"):
+    with pytest.raises(ValueError, match="not a directory"):
         demo.main(f, quick=True)
 
 
 def test_check_of_a_missing_page_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert check.main([str(tmp_path / "nope.html")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_library_does_not_import_the_demo() -> None:
+    """The demo is an application on top of diffcore: no module of the library imports it."""
+    for path in Path(diffcore.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n.startswith(("diffcore_plugins.demo", "diffcore.demo")) for n in names), path

@@ -3,7 +3,7 @@
 A report is a list of sections; a section holds paragraphs, tables and figures (PNG files in the
 report's folder, referenced by relative name, so the folder can be moved or zipped as a whole).
 The HTML page carries a small script that marks, once the page has loaded, how many of its images
-decoded (``data-images-ok`` / ``data-images-total`` on ``<body>``): :mod:`diffcore.demo.check`
+decoded (``data-images-ok`` / ``data-images-total`` on ``<body>``): :mod:`diffcore_plugins.demo.check`
 reads that back from headless Chromium.
 """
 

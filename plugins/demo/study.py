@@ -15,9 +15,7 @@ Writes ``samplers.png`` (error vs steps), ``samples.png`` (scatter) and ``sample
 from __future__ import annotations
 
 import json
-import math
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,18 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffcore_plugins.demo.runs import prepare_out
 from torch import Tensor
 
 import diffcore
 from diffcore import ops
 from diffcore.analytic import GaussianMixture, exact_model
-from diffcore.cli import UsageError
-from diffcore.schedules import EDMSchedule, karras_sigmas
+from diffcore.evaluation import estimated_order, mixture_log_density, rms_error, sampler_errors
+from diffcore.schedules import EDMSchedule
 
 DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m", "unipc", "lms")
 GALLERY = ("dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde")
 SIGMA_MAX, SIGMA_MIN, RHO = 80.0, 0.05, 7.0
-RING = {"k": 8, "radius": 2.0, "std": 0.25, "dim": 2}
+RING: dict[str, Any] = {"k": 8, "radius": 2.0, "std": 0.25, "dim": 2}
 
 
 @dataclass(frozen=True)
@@ -55,52 +54,6 @@ class StudyConfig:
 QUICK = StudyConfig(points=128, reference_steps=200, gallery_points=300)
 
 
-class OutputFolderError(UsageError, PermissionError):
-    """The demo's output folder cannot be created or written (the CLI prints it as one error line)."""
-
-
-def prepare_out(out: str | Path) -> Path:
-    """Create ``out`` and check that a file can be written in it; raise :class:`OutputFolderError`."""
-    path = Path(out)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        raise OutputFolderError(f"demo: output folder '{path}' is not writable ({exc.strerror or exc})") from exc
-    return path
-
-
-def rms_error(x: Tensor, ref: Tensor) -> float:
-    """sqrt(mean over points of ||x - ref||^2) for (N, D) tensors."""
-    return float((x.to(torch.float64) - ref).pow(2).sum(-1).mean().sqrt())
-
-
-def estimated_order(steps: list[int], errors: list[float]) -> float:
-    """Minus the least-squares slope of log(error) against log(steps)."""
-    lx = torch.tensor(steps, dtype=torch.float64).log()
-    ly = torch.tensor(errors, dtype=torch.float64).log()
-    lx, ly = lx - lx.mean(), ly - ly.mean()
-    return float(-(lx * ly).sum() / (lx * lx).sum())
-
-
-def log_density(gm: GaussianMixture, x: Tensor) -> Tensor:
-    """log p(x) of each row of x (N, D) under the mixture."""
-    z = (x.to(torch.float64)[:, None, :] - gm.means[None]) / gm.stds[None]
-    comp = -0.5 * (z**2).sum(-1) - gm.stds.log().sum(-1)[None] - 0.5 * gm.dim * math.log(2 * math.pi)
-    return torch.logsumexp(comp + gm.weights.log()[None], dim=1)
-
-
-def _counted(model: Callable[..., Tensor]) -> tuple[Callable[..., Tensor], list[int]]:
-    calls = [0]
-
-    def wrapped(x: Tensor, t: Tensor, *rest: Any) -> Tensor:
-        calls[0] += 1
-        return model(x, t, *rest)
-
-    return wrapped, calls
-
-
 def accuracy_study(gm: GaussianMixture, cfg: StudyConfig, tick: Callable[[str], None]) -> dict[str, Any]:
     """Errors of every deterministic sampler against the RK4 solution, per step count."""
     sched = EDMSchedule(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO)
@@ -112,14 +65,8 @@ def accuracy_study(gm: GaussianMixture, cfg: StudyConfig, tick: Callable[[str], 
     errors: dict[str, list[float]] = {}
     evaluations: dict[str, list[int]] = {}
     for name in DETERMINISTIC:
-        errors[name], evaluations[name] = [], []
-        for n in cfg.steps:
-            tick(f"{name} {n} steps")
-            model, calls = _counted(exact_model(gm, sched, prediction="epsilon"))
-            x = diffcore.sample(model, x_T, sampler=name, schedule=sched, prediction="epsilon",
-                                sigmas=karras_sigmas(SIGMA_MIN, SIGMA_MAX, n + 1, RHO))
-            errors[name].append(rms_error(x, ref))
-            evaluations[name].append(calls[0])
+        errors[name], evaluations[name] = sampler_errors(gm, sched, name, x_T, ref, cfg.steps, sigma_min=SIGMA_MIN,
+                                                         sigma_max=SIGMA_MAX, rho=RHO, tick=tick)
     fit = list(cfg.steps[-cfg.finest:])
     orders = {name: estimated_order(fit, errs[-cfg.finest:]) for name, errs in errors.items()}
     return {
@@ -250,7 +197,7 @@ def main(out: str | Path = "outputs/demo", *, quick: bool = False) -> dict[str, 
         study = {"data": {"mixture": "GaussianMixture.ring", **RING, "seed": cfg.seed}, "points": cfg.points,
                  **study}
         samples = gallery(gm, cfg, tick)
-        scores = {name: float(log_density(gm, x).mean()) for name, x in samples.items()}
+        scores = {name: float(mixture_log_density(gm, x).mean()) for name, x in samples.items()}
         files = {"samplers_png": path / "samplers.png", "samples_png": path / "samples.png",
                  "samplers_json": path / "samplers.json"}
         tick("plot errors")

@@ -1,10 +1,10 @@
-"""Check that every image of a demo report loads: ``python -m diffcore.demo.check outputs/demo/report.html``.
+"""Check that every image of a demo report loads: ``python -m diffcore_plugins.demo.check outputs/demo/report.html``.
 
 Two checks. The static one always runs: every ``<img src>`` of the page names a file beside it
 that Pillow decodes. The browser one runs where a headless Chromium is installed (Debian:
 ``apt-get install chromium-headless-shell`` or ``chromium``; or set ``DIFFCORE_CHROMIUM``): the
 page is opened with ``--dump-dom`` and the counts its own script writes on ``<body>`` once loaded
-(see :mod:`diffcore.demo.report`) must say that every image decoded. Exit status 0 when both
+(see :mod:`diffcore_plugins.demo.report`) must say that every image decoded. Exit status 0 when both
 pass (or the browser is absent and the static check passes), 1 otherwise.
 """
 

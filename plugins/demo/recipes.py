@@ -1,0 +1,51 @@
+"""The demo's fixed recipes: what each model trains with and how many samples each stage draws.
+
+``FULL`` is ``make demo`` (~15 min on 2 cores, most of it training); ``QUICK`` shrinks every budget
+(a smoke run for tests; its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["FULL", "GUIDANCE", "QUICK", "SIGMAS", "STRENGTHS"]
+
+DIGITS_UNET = {"base_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 2, "attention_resolutions": [],
+               "num_heads": 4, "dropout": 0.0, "groups": 8}
+COMMON = {"schedule": "squaredcos_cap_v2", "schedule_options": {"num_train_timesteps": 1000},
+          "prediction": "v_prediction", "sampler": "dpmpp_2m", "sample_steps": 20, "lr": 1e-3,
+          "lr_schedule": "cosine", "grad_clip": 1.0, "loss_weighting": "min_snr", "min_snr_gamma": 5.0, "seed": 0}
+
+# The fixed budgets of the full demo (~15 min on 2 cores, most of it training).
+FULL: dict[str, Any] = {
+    "digits": {**COMMON, "dataset": "digits", "dataset_options": {"seed": 0, "holdout": 0.2}, "model": "unet",
+               "model_config": DIGITS_UNET, "steps": 600, "batch_size": 128, "warmup_steps": 50,
+               "ema_decay": 0.995, "label_dropout": 0.2},
+    "text": {**COMMON, "dataset": "digits", "dataset_options": {"seed": 0, "holdout": 0.2}, "model": "text_unet",
+             "model_config": {"unet": {"in_channels": 1, "image_size": 8, "base_channels": 32, "channel_mult": [1, 2],
+                                       "num_res_blocks": 1, "attention_resolutions": [4], "groups": 8, "num_heads": 4},
+                              "encoder": {"name": "builtin", "config": {"dim": 64, "layers": 1, "heads": 4,
+                                                                       "max_length": 16}}},
+             "captions": "digits", "text_dropout": 0.1, "steps": 700, "batch_size": 64, "warmup_steps": 50,
+             "ema_decay": 0.995},
+    # the recipes of benchmarks/quality/anomaly.py (chosen there on development seeds)
+    "tabular": {"schedule": "squaredcos_cap_v2", "prediction": "epsilon", "sampler": "ddim", "sample_steps": 20,
+                "model": "mlp", "model_config": {"hidden": 128, "depth": 3}, "steps": 1500, "batch_size": 64,
+                "lr": 1e-3, "warmup_steps": 50, "lr_schedule": "cosine", "ema_decay": 0.99, "seed": 0},
+    "samples": {"grid_per_class": 10, "eval_per_class": 30, "prompts_n": 8, "images": 40, "repaint_steps": 25,
+                "repaint_jump": 5, "repaint_resample": 3, "repaint_draws": 4},
+}
+QUICK: dict[str, Any] = {
+    "digits": {**FULL["digits"], "model_config": {**DIGITS_UNET, "base_channels": 8, "num_res_blocks": 1},
+               "steps": 12, "batch_size": 32, "warmup_steps": 2, "sample_steps": 4},
+    "text": {**FULL["text"], "model_config": {"unet": {**FULL["text"]["model_config"]["unet"], "base_channels": 8},
+                                              "encoder": {"name": "builtin", "config": {"dim": 16, "layers": 1,
+                                                                                        "heads": 2, "max_length": 16}}},
+             "steps": 12, "batch_size": 16, "warmup_steps": 2, "sample_steps": 4},
+    "tabular": {**FULL["tabular"], "steps": 30, "batch_size": 32, "warmup_steps": 2, "sample_steps": 4},
+    "samples": {"grid_per_class": 2, "eval_per_class": 2, "prompts_n": 2, "images": 8, "repaint_steps": 4,
+                "repaint_jump": 2, "repaint_resample": 2, "repaint_draws": 2},
+}
+SIGMAS = (25, 50, 75)  # denoising, on the 0..255 scale
+STRENGTHS = (0.2, 0.4, 0.6, 0.8)
+GUIDANCE = (0.0, 1.0, 3.0, 5.0)
