@@ -215,3 +215,43 @@ def test_dpmpp_sde_follows_one_path_at_any_step_count() -> None:
                             sigmas=torch.cat([karras_sigmas(0.05, 80.0, 50, 7.0), torch.zeros(1, dtype=torch.float64)]),
                             seed=124)
     assert (other - ref).norm().item() > 2 * e50  # another seed is another path
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpm_adaptive_matches_k_diffusion(order: int) -> None:
+    """Same steps accepted and rejected, same model evaluations, same result (k-diffusion's float32
+    times aside), integrating from sigma_max to sigma_min."""
+    k = _kdiffusion_sampling()
+    sched = EDMSchedule()
+    x_T = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    model = exact_model(MIXTURE, sched)
+    info: dict = {}
+    out = diffcore.sample(model, x_T, sampler="dpm_adaptive", schedule=sched, sigmas=[80.0, 0.05],
+                          sampler_options={"order": order, "info": info})
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x - sigma[:, None] * model(x, sigma)
+
+    ref, ref_info = k.sample_dpm_adaptive(denoiser, x_T * 80.0, 0.05, 80.0, order=order, disable=True, return_info=True)
+    assert info["nfe"] == ref_info["nfe"] and info["n_reject"] == ref_info["n_reject"]
+    assert _rel(out, ref) <= 1e-4
+
+
+def test_dpm_adaptive_tightens_with_rtol_and_ends_at_zero() -> None:
+    sched = EDMSchedule()
+    x_T = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = MIXTURE.ode_solution(x_T * 80.0, 80.0, 0.01, steps=2000)
+    runs = {}
+    for rtol in (0.1, 0.01):
+        info: dict = {}
+        out = diffcore.sample(exact_model(MIXTURE, sched), x_T, sampler="dpm_adaptive", schedule=sched,
+                              sigmas=[80.0, 0.01], sampler_options={"rtol": rtol, "atol": rtol / 10, "info": info})
+        runs[rtol] = ((out - exact).pow(2).mean().sqrt().item(), info["nfe"])
+    assert runs[0.01][0] < runs[0.1][0] and runs[0.01][1] > runs[0.1][1]
+    info = {}
+    final = diffcore.sample(exact_model(MIXTURE, sched), x_T, sampler="dpm_adaptive", schedule=sched, steps=10,
+                            sampler_options={"info": info})
+    assert torch.isfinite(final).all() and info["nfe"] == 3 * info["steps"] + 1  # + the denoising call at sigma 0
+    with pytest.raises(ValueError, match="order"):
+        diffcore.sample(exact_model(MIXTURE, sched), x_T, sampler="dpm_adaptive", schedule=sched,
+                        sampler_options={"order": 4})

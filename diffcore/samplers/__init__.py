@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from diffcore.samplers.base import ProgramSampler, program_sampler
+from diffcore.samplers.adaptive import dpm_adaptive
+from diffcore.samplers.base import ProgramSampler, Sampler, program_sampler
 from diffcore.samplers.builder import Builder, History, Point
 from diffcore.samplers.ddim import ddim, euler, euler_ancestral
 from diffcore.samplers.ddpm import ddpm
@@ -13,10 +14,10 @@ from diffcore.samplers.lms import lms
 from diffcore.samplers.singlestep import dpm_2, dpm_2_ancestral, dpmpp_2s, dpmpp_2s_ancestral, dpmpp_sde
 from diffcore.samplers.unipc import unipc
 
-SAMPLERS: dict[str, ProgramSampler] = {
+SAMPLERS: dict[str, Sampler] = {
     s.name: s
     for s in (ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, unipc, lms,
-              dpm_2, dpm_2_ancestral, dpmpp_2s, dpmpp_2s_ancestral, dpmpp_sde)
+              dpm_2, dpm_2_ancestral, dpmpp_2s, dpmpp_2s_ancestral, dpmpp_sde, dpm_adaptive)
 }
 
-__all__ = ["SAMPLERS", "Builder", "Expr", "History", "Point", "ProgramSampler", "program_sampler"]
+__all__ = ["SAMPLERS", "Builder", "Expr", "History", "Point", "ProgramSampler", "Sampler", "program_sampler"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -22,6 +22,15 @@ from diffcore.denoiser import Denoiser
 from diffcore.samplers.builder import Author, Builder
 from diffcore.samplers.program import Callback, Program, run_program
 from diffcore.timesteps import PLAN_PRESETS, Plan
+
+
+class Sampler(Protocol):
+    """The sampler contract (see the module docstring); ``name`` is its registry name."""
+
+    name: str
+
+    def __call__(self, denoiser: Denoiser, x: Tensor, plan: Plan, *, generator: torch.Generator | None = None,
+                 callback: Callback | None = None, **options: Any) -> Tensor: ...
 
 
 def check_eta(eta: object, name: str) -> float:
