@@ -5,6 +5,7 @@
 // The math is defined by diffcore/ops/reference.py; csrc/step_math.h holds the per-element
 // formulas the CPU and CUDA kernels share. Every op validates its inputs with TORCH_CHECK so a
 // direct torch.ops.diffcore call can never read out of bounds.
+#include <ATen/MemoryOverlap.h>
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -84,6 +85,11 @@ int64_t check_step(const at::Tensor& x, const at::Tensor* m, const at::Tensor* u
   TORCH_CHECK(is_float_type(x.scalar_type()), "diffcore: x must be float32/float64/float16/bfloat16, got ",
               x.scalar_type());
   TORCH_CHECK(x.dim() >= 1 && x.numel() > 0, "diffcore: x must be a non-empty batch, got shape ", x.sizes());
+  TORCH_CHECK(!(x.requires_grad() && x.is_leaf() && at::GradMode::is_enabled()),
+              "diffcore: x is a leaf tensor that requires grad and the step updates it in place; "
+              "sample under torch.no_grad() or pass x.detach()");
+  TORCH_CHECK(at::has_internal_overlap(x) != at::MemOverlap::Yes,
+              "diffcore: x has overlapping memory (e.g. an expanded tensor); the step writes it in place");
   if (m != nullptr) check_operand("model_out", *m, x);
   if (u != nullptr) {
     check_operand("uncond", *u, x);
@@ -98,6 +104,10 @@ int64_t check_step(const at::Tensor& x, const at::Tensor* m, const at::Tensor* u
                 "; expected (slots, ", x.sizes(), ")");
     K = h.size(0);
     TORCH_CHECK(K >= 1 && K <= kMaxSlots, "diffcore: history has ", K, " slots; the kernels support 1..", kMaxSlots);
+    TORCH_CHECK(at::has_internal_overlap(h) != at::MemOverlap::Yes,
+                "diffcore: history has overlapping memory (e.g. stride 0); each slot needs its own storage");
+    TORCH_CHECK(!x.storage().is_alias_of(h.storage()) || at::get_overlap_status(x, h) == at::MemOverlapStatus::No,
+                "diffcore: x shares memory with history; the step reads every slot before it writes x");
   }
   if (noise.has_value()) check_operand("noise", *noise, x);
   TORCH_CHECK(!(noise.has_value() && seed >= 0), "diffcore: pass either a noise tensor or a seed, not both");

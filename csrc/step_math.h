@@ -55,7 +55,9 @@ DC_HD void rescale_accumulate(double* sums, double u, double c, double w) {
 DC_HD double rescale_finish(const double* sums, int64_t n, double phi) {
   const double var_c = fmax(0.0, (sums[1] - sums[0] * sums[0] / n) / (n - 1));
   const double var_g = fmax(0.0, (sums[3] - sums[2] * sums[2] / n) / (n - 1));
-  return phi * sqrt(var_c) / sqrt(var_g) + (1.0 - phi);
+  // A guided output with zero spread (e.g. a model that outputs a constant) cannot be rescaled to
+  // the conditional spread: leave it as is rather than divide 0 by 0.
+  return var_g > 0.0 ? phi * sqrt(var_c) / sqrt(var_g) + (1.0 - phi) : 1.0;
 }
 
 // ---- Philox4x32-10 (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3") ----

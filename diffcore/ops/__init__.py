@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 _KERNELS_ENV = "DIFFCORE_KERNELS"
+MAX_HISTORY_SLOTS = 4  # the native kernels' limit (csrc/ops.h kMaxSlots); the reference enforces it too
 _native_state: dict[str, object] = {}
 
 
@@ -114,12 +115,32 @@ def _check_coeffs(name: str, c: Tensor, x: Tensor, width: int, per_row: int | No
     )
 
 
+def _span(t: Tensor) -> tuple[int, int]:
+    """[first, last] byte addresses ``t`` touches."""
+    last = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if n > 1)
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size() - 1
+
+
+def _overlapping(a: Tensor, b: Tensor) -> bool:
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a0 <= b1 and b0 <= a1
+
+
+def _self_overlapping(t: Tensor) -> bool:
+    return any(st == 0 and n > 1 for n, st in zip(t.shape, t.stride()))
+
+
 def _check_step_args(
     x: Tensor, coeffs: Tensor, history: Tensor | None, noise: Tensor | None, writes: Sequence[int]
 ) -> list[int]:
     _check_float("x", x)
     if x.dim() < 1:
         raise ValueError("x must have a batch dimension")
+    if x.requires_grad and x.is_leaf and torch.is_grad_enabled():
+        raise RuntimeError("x is a leaf tensor that requires grad and the step updates it in place; "
+                           "sample under torch.no_grad() or pass x.detach()")
+    if _self_overlapping(x):
+        raise ValueError(f"x has overlapping memory (stride {tuple(x.stride())}); the step writes it in place")
     k = 0
     if history is not None:
         _check_float("history", history)
@@ -130,6 +151,13 @@ def _check_step_args(
         if history.device != x.device or history.dtype != x.dtype:
             raise ValueError(f"history is {history.dtype} on {history.device}; x is {x.dtype} on {x.device}")
         k = history.shape[0]
+        if _self_overlapping(history):
+            raise ValueError(f"history has overlapping memory (stride {tuple(history.stride())}); "
+                             "each slot needs its own storage")
+        if _overlapping(x, history):
+            raise ValueError("x shares memory with history; the step reads every slot before it writes x")
+        if k > MAX_HISTORY_SLOTS:
+            raise ValueError(f"history has {k} slots; the kernels support at most {MAX_HISTORY_SLOTS}")
     if noise is not None:
         _check_like("noise", noise, x)
     writes = [int(w) for w in writes]
@@ -240,6 +268,8 @@ def cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor | float, phi:
     if not 0.0 <= phi <= 1.0:
         raise ValueError(f"guidance rescale phi={phi} must be in [0, 1]")
     scale_t = scale if isinstance(scale, Tensor) else torch.as_tensor(scale, dtype=torch.float32, device=uncond.device)
+    if scale_t.device != uncond.device:
+        raise ValueError(f"scale is on {scale_t.device} but uncond is on {uncond.device}")
     if scale_t.dim() not in (0, 1) or (scale_t.dim() == 1 and scale_t.shape[0] != uncond.shape[0]):
         raise ValueError(f"scale has shape {tuple(scale_t.shape)}; expected a scalar or ({uncond.shape[0]},)")
     if _native(uncond.device):

@@ -6,15 +6,18 @@ import torch
 from torch import Tensor
 
 
-@torch.library.register_fake("diffcore::forward_noise")
-def _forward_noise(x0: Tensor, noise: Tensor, t: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(x0, memory_format=torch.contiguous_format), torch.empty_like(x0, memory_format=torch.contiguous_format)
-
-
 def _same_device(x: Tensor, *others: Tensor | None) -> None:
+    """A call mixing meta (fake) tensors with real ones reaches the fake kernel; refuse it rather
+    than return uninitialized memory."""
     for t in others:
         if t is not None and t.device != x.device:
             raise RuntimeError(f"diffcore: operands are on {t.device} and {x.device}; expected one device")
+
+
+@torch.library.register_fake("diffcore::forward_noise")
+def _forward_noise(x0: Tensor, noise: Tensor, t: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
+    _same_device(x0, noise, t, table)
+    return torch.empty_like(x0, memory_format=torch.contiguous_format), torch.empty_like(x0, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("diffcore::sampler_step")
@@ -31,6 +34,7 @@ def _cfg_sampler_step(x, uncond, cond, guidance, coeffs, history, noise, writes,
 
 @torch.library.register_fake("diffcore::cfg_rescale_factor")
 def _cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor, phi: float) -> Tensor:
+    _same_device(uncond, cond, scale)
     dtype = torch.float64 if uncond.dtype == torch.float64 else torch.float32
     return uncond.new_empty((uncond.shape[0],), dtype=dtype)
 

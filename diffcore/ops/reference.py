@@ -119,7 +119,8 @@ def cfg_sampler_step(
 
 def cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor, phi: float) -> Tensor:
     """Per-sample factor of guidance rescale (Lin et al. 2023, "Common Diffusion Noise Schedules
-    and Sample Steps are Flawed", eq. 15-16): ``phi * std(cond) / std(cfg) + (1 - phi)``.
+    and Sample Steps are Flawed", eq. 15-16): ``phi * std(cond) / std(cfg) + (1 - phi)``, and 1
+    where ``std(cfg) = 0``.
 
     ``scale`` is a scalar or (B,) tensor of guidance scales; returns a (B,) float32/64 tensor.
     """
@@ -130,4 +131,5 @@ def cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor, phi: float) 
     dims = list(range(1, u.dim()))
     std_cond = c.std(dim=dims)
     std_cfg = cfg.std(dim=dims)
-    return phi * std_cond / std_cfg + (1.0 - phi)
+    # a guided output with zero spread cannot be rescaled: factor 1 instead of 0 / 0
+    return torch.where(std_cfg > 0, phi * std_cond / std_cfg + (1.0 - phi), torch.ones_like(std_cfg))
