@@ -112,18 +112,51 @@ class EDM(Parameterization):
         return {"name": self.name, "sigma_data": self.sigma_data}
 
 
+@dataclass(frozen=True)
+class Flow(Parameterization):
+    """The network predicts the velocity ``v = eps - x0`` of the straight path
+    ``x_t = (1 - t) x0 + t eps`` (rectified flow: Liu et al. 2023, eq. 1; Lipman et al. 2023;
+    diffusers' ``flow_prediction``). On any state ``alpha x0 + std eps`` the model sees the flow
+    state ``x / (alpha + std)`` at ``t = std / (alpha + std)``, so ``x0 = (x - std v) / (alpha + std)``;
+    on a flow state (alpha = 1 - t, std = t) that is ``x0 = x - t v``."""
+
+    name = "flow"
+
+    @staticmethod
+    def _norm(alpha: float, std: float) -> float:
+        norm = alpha + std
+        return 1.0 if abs(norm - 1.0) <= 1e-12 else norm  # a flow state up to float64 rounding
+
+    def x0_coeffs(self, alpha: float, std: float) -> tuple[float, float]:
+        norm = self._norm(alpha, std)
+        return 1.0 / norm, -std / norm
+
+    def input_scale(self, alpha: float, std: float) -> float:
+        return 1.0 / self._norm(alpha, std)
+
+    def target_coeffs(self, alpha: float, std: float) -> tuple[float, float]:
+        return -1.0, 1.0
+
+
 PARAMETERIZATIONS: dict[str, type[Parameterization]] = {
     "epsilon": Epsilon,
     "sample": Sample,
     "v_prediction": VPrediction,
     "edm": EDM,
+    "flow": Flow,
 }
+
+# names other libraries use for the same parameterization (diffusers' ``prediction_type``)
+ALIASES = {"flow_prediction": "flow"}
 
 
 def make_parameterization(prediction: str | Parameterization, **kwargs: float) -> Parameterization:
-    """Parameterization by name (``epsilon``, ``sample``, ``v_prediction``, ``edm``) or pass-through."""
+    """Parameterization by name (``epsilon``, ``sample``, ``v_prediction``, ``edm``, ``flow``; or
+    diffusers' ``flow_prediction``) or pass-through."""
     if isinstance(prediction, Parameterization):
         return prediction
-    if prediction not in PARAMETERIZATIONS:
-        raise ValueError(f"prediction={prediction!r}: expected one of {sorted(PARAMETERIZATIONS)}")
-    return PARAMETERIZATIONS[prediction](**kwargs)
+    name = ALIASES.get(prediction, prediction) if isinstance(prediction, str) else prediction
+    if name not in PARAMETERIZATIONS:
+        raise ValueError(f"prediction={prediction!r}: expected one of {sorted(PARAMETERIZATIONS)} "
+                         f"(or an alias {sorted(ALIASES)})")
+    return PARAMETERIZATIONS[name](**kwargs)

@@ -1,21 +1,33 @@
-"""Noise schedules: the noise level of every training timestep (discrete) or a sigma range (EDM).
+"""Noise schedules: the noise level of every training timestep (discrete), a sigma range (EDM) or
+the time of a straight flow path (flow matching, :class:`FlowSchedule`).
 
 Names and keywords follow diffusers (``num_train_timesteps``, ``beta_start``, ``beta_end``,
 ``rescale_betas_zero_snr``, ``steps_offset``) so a diffusers scheduler config maps one to one.
 All tables are float64. Build one by name through the registry::
 
     diffcore.get("schedules", "scaled_linear")(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012)
+
+Every schedule maps a VE noise level ``sigma`` (= std / alpha) to its state ``(alpha, std)``
+(:meth:`state`) and to the time its model is given (:meth:`sigma_to_t`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
 SIGMA_SPACINGS = ("timesteps", "karras", "exponential")
+
+
+def vp_from_sigma(sigmas: Tensor) -> tuple[Tensor, Tensor]:
+    """Variance-preserving state (alpha, std) = (1, sigma) / sqrt(1 + sigma^2) of VE sigmas; inf -> (0, 1)."""
+    alphas = torch.where(torch.isinf(sigmas), torch.zeros_like(sigmas), 1 / (1 + sigmas**2).sqrt())
+    stds = torch.where(torch.isinf(sigmas), torch.ones_like(sigmas), sigmas * alphas)
+    return alphas, stds
 
 
 def linear_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> Tensor:
@@ -109,6 +121,10 @@ class DiscreteSchedule:
         abar = self.alphas_cumprod_clamped() if clamp_zero_snr else self.alphas_cumprod
         return ((1 - abar) / abar).sqrt()
 
+    def state(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha, std) of VE ``sigma`` on this variance-preserving schedule."""
+        return vp_from_sigma(sigma.to(torch.float64))
+
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """Fractional timestep of each VE sigma, by linear interpolation in log sigma."""
         log_sigmas = self.train_sigmas().log()
@@ -154,11 +170,148 @@ class EDMSchedule:
     def kind(self) -> str:
         return "continuous"
 
+    def state(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha, std) = (1, sigma): the EDM state is the VE state."""
+        sigma = sigma.to(torch.float64)
+        return torch.ones_like(sigma), sigma.clone()
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """The model is given sigma itself."""
+        return sigma.to(torch.float64).clone()
+
     def config(self) -> dict:
         return {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "rho": self.rho}
 
 
-Schedule = DiscreteSchedule | EDMSchedule
+FLOW_SPACINGS = ("timesteps", "karras", "exponential", "beta")
+TIME_SHIFT_TYPES = ("exponential", "linear")
+
+
+def calculate_shift(
+    image_seq_len: int,
+    base_image_seq_len: int = 256,
+    max_image_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """Dynamic-shift exponent mu for a latent of ``image_seq_len`` tokens: linear in the sequence
+    length from ``base_shift`` at ``base_image_seq_len`` to ``max_shift`` at ``max_image_seq_len``
+    (Flux; Esser et al. 2024, "Scaling Rectified Flow Transformers", sec. 5.3.2)."""
+    if image_seq_len <= 0 or base_image_seq_len == max_image_seq_len:
+        raise ValueError(f"need image_seq_len > 0 and base_image_seq_len != max_image_seq_len, got "
+                         f"{image_seq_len}, {base_image_seq_len}, {max_image_seq_len}")
+    slope = (max_shift - base_shift) / (max_image_seq_len - base_image_seq_len)
+    return float(image_seq_len * slope + base_shift - slope * base_image_seq_len)
+
+
+def shift_times(t: Tensor, shift: float) -> Tensor:
+    """``s t / (1 + (s - 1) t)``: the time shift of Esser et al. 2024, eq. 23 (s > 1: noisier)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def stretch_to_terminal(t: Tensor, terminal: float) -> Tensor:
+    """Scale ``1 - t`` so the last time equals ``terminal`` (LTX-Video's shift_terminal)."""
+    if not float(t[-1]) < 1:
+        raise ValueError(f"shift_terminal={terminal} cannot stretch times that end at 1 (one step from t = 1); "
+                         "use steps >= 2")
+    return 1 - (1 - t) / ((1 - t[-1]) / (1 - terminal))  # diffusers' operation order
+
+
+@dataclass(frozen=True)
+class FlowSchedule:
+    """Flow matching on the straight path ``x_t = (1 - t) x0 + t eps``, t in [0, 1] (rectified flow,
+    Liu et al. 2023; Esser et al. 2024): the state is ``alpha = 1 - t``, ``std = t``, the VE level
+    ``sigma = t / (1 - t)`` and the model is given ``t * num_train_timesteps`` (SD3, Flux).
+
+    Keywords mean what they mean in diffusers' FlowMatchEulerDiscreteScheduler: ``shift`` maps t to
+    ``shift_times(t, shift)``; with ``use_dynamic_shifting`` the shift is ``exp(mu)``
+    (``time_shift_type="exponential"``) or ``mu`` (``"linear"``), mu set with :meth:`with_mu` or
+    :meth:`with_image_seq_len`; ``shift_terminal`` stretches sampling times to end there.
+    ``sigma_spacing`` respaces the sampling times (``karras`` with ``rho``, ``exponential``,
+    ``beta``) between their ends, as diffusers' use_karras/exponential/beta_sigmas do.
+    """
+
+    num_train_timesteps: int = 1000
+    shift: float = 1.0
+    use_dynamic_shifting: bool = False
+    base_shift: float = 0.5
+    max_shift: float = 1.15
+    base_image_seq_len: int = 256
+    max_image_seq_len: int = 4096
+    shift_terminal: float | None = None
+    time_shift_type: str = "exponential"
+    sigma_spacing: str = "timesteps"
+    rho: float = 7.0
+    mu: float | None = None
+    name: str = "flow"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, field_name: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"{field_name}={getattr(self, field_name)!r}: {what}")
+
+        n = self.num_train_timesteps
+        need(isinstance(n, int) and not isinstance(n, bool) and n >= 2, "num_train_timesteps", "must be an integer >= 2")
+        need(self.shift > 0, "shift", "must be > 0")
+        need(self.time_shift_type in TIME_SHIFT_TYPES, "time_shift_type", f"expected one of {TIME_SHIFT_TYPES}")
+        need(self.sigma_spacing in FLOW_SPACINGS, "sigma_spacing", f"expected one of {FLOW_SPACINGS}")
+        need(self.rho > 0, "rho", "must be > 0")
+        need(self.shift_terminal is None or 0 < self.shift_terminal < 1, "shift_terminal", "must be in (0, 1)")
+        need(self.mu is None or math.isfinite(self.mu), "mu", "must be a finite number")
+        need(self.mu is None or self.time_shift_type == "exponential" or self.mu > 0, "mu",
+             "must be > 0 for time_shift_type='linear'")
+
+    @property
+    def kind(self) -> str:
+        return "flow"
+
+    def with_mu(self, mu: float) -> FlowSchedule:
+        """This schedule with the dynamic-shift exponent ``mu`` (diffusers' ``set_timesteps(mu=...)``)."""
+        return replace(self, mu=float(mu))
+
+    def with_image_seq_len(self, image_seq_len: int) -> FlowSchedule:
+        """This schedule with mu of :func:`calculate_shift` for ``image_seq_len`` latent tokens."""
+        return self.with_mu(calculate_shift(image_seq_len, self.base_image_seq_len, self.max_image_seq_len,
+                                            self.base_shift, self.max_shift))
+
+    def effective_shift(self) -> float:
+        """The s of :func:`shift_times`: ``shift``, or ``exp(mu)`` / ``mu`` under dynamic shifting."""
+        if not self.use_dynamic_shifting:
+            return float(self.shift)
+        if self.mu is None:
+            raise ValueError("use_dynamic_shifting=True needs mu: use schedule.with_mu(mu) or "
+                             "schedule.with_image_seq_len(n)")
+        return math.exp(self.mu) if self.time_shift_type == "exponential" else float(self.mu)
+
+    def train_times(self, u: Tensor) -> Tensor:
+        """Training times from draws ``u`` in [0, 1]: shifted as sampling is (unshifted under dynamic
+        shifting without mu, as diffusers' training scripts do for Flux)."""
+        if self.use_dynamic_shifting and self.mu is None:
+            return u.to(torch.float64)
+        return shift_times(u.to(torch.float64), self.effective_shift())
+
+    def state(self, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha, std) = (1 - t, t) with ``t = sigma / (1 + sigma)``; sigma = inf -> (0, 1)."""
+        t = flow_time(sigma)
+        return 1 - t, t
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """Model time ``t * num_train_timesteps`` of VE ``sigma``."""
+        return flow_time(sigma) * self.num_train_timesteps
+
+    def config(self) -> dict:
+        """Keyword arguments that rebuild this schedule with :func:`make_schedule`."""
+        return {"name": self.name, **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}}
+
+
+def flow_time(sigma: Tensor) -> Tensor:
+    """Flow time ``t = sigma / (1 + sigma)`` of VE sigma (1 at sigma = inf)."""
+    sigma = sigma.to(torch.float64)
+    return torch.where(torch.isinf(sigma), torch.ones_like(sigma), sigma / (1 + sigma))
+
+
+Schedule = DiscreteSchedule | EDMSchedule | FlowSchedule
+SCHEDULE_TYPES = (DiscreteSchedule, EDMSchedule, FlowSchedule)
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> Tensor:
@@ -171,6 +324,15 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
 def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> Tensor:
     """n sigmas from sigma_max down to sigma_min, uniform in log sigma."""
     return torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
+
+
+def beta_sigmas(sigma_min: float, sigma_max: float, n: int, a: float = 0.6, b: float = 0.6) -> Tensor:
+    """n sigmas from sigma_max down to sigma_min at the quantiles ``1 - i / (n - 1)`` of Beta(a, b)
+    (Lee et al. 2024, "Beta Sampling is All You Need", with their a = b = 0.6)."""
+    from scipy.stats import beta  # scikit-learn's dependency; imported only for this spacing
+
+    q = torch.from_numpy(beta.ppf(1 - np.linspace(0, 1, n), a, b)).to(torch.float64)
+    return sigma_min + q * (sigma_max - sigma_min)
 
 
 def _discrete(name: str, spacing: str = "timesteps"):
@@ -215,6 +377,27 @@ def _discrete(name: str, spacing: str = "timesteps"):
     return build
 
 
+def flow(
+    num_train_timesteps: int = 1000,
+    shift: float = 1.0,
+    use_dynamic_shifting: bool = False,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+    base_image_seq_len: int = 256,
+    max_image_seq_len: int = 4096,
+    shift_terminal: float | None = None,
+    time_shift_type: str = "exponential",
+    *,
+    sigma_spacing: str = "timesteps",
+    rho: float = 7.0,
+    mu: float | None = None,
+) -> FlowSchedule:
+    """Build the ``flow`` schedule (diffusers' FlowMatchEulerDiscreteScheduler keywords; see
+    :class:`FlowSchedule`)."""
+    return FlowSchedule(num_train_timesteps, shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len,
+                        max_image_seq_len, shift_terminal, time_shift_type, sigma_spacing, rho, mu)
+
+
 SCHEDULES = {
     "linear": _discrete("linear"),
     "scaled_linear": _discrete("scaled_linear"),
@@ -223,11 +406,14 @@ SCHEDULES = {
     "karras": _discrete("karras", "karras"),
     "exponential": _discrete("exponential", "exponential"),
     "edm": EDMSchedule,
+    "flow": flow,
 }
 
 
 def make_schedule(name: str, **kwargs: object) -> Schedule:
     """Rebuild a schedule from :meth:`config` output (used by checkpoints)."""
+    if name == "flow":
+        return flow(**kwargs)  # type: ignore[arg-type]
     if name in ("karras", "exponential") or kwargs.get("sigma_spacing") not in (None, "timesteps"):
         spacing = kwargs.pop("sigma_spacing", name)
         kwargs.setdefault("beta_schedule", name if name in _BETA_FUNCTIONS else "linear")

@@ -3,11 +3,16 @@
 A :class:`Plan` holds, in float64, for levels ``i = 0..n`` (level ``n`` is the end point):
 the VE noise level ``sigmas[i]``, the state-space signal scale ``alphas[i]`` and noise std
 ``stds[i]`` (the sampler state is ``x = alpha * x0 + std * eps``: variance preserving for
-discrete schedules, so the model input needs no scaling, and ``alpha = 1`` for EDM), and the
-model time ``timesteps[i]`` for ``i < n``.
+discrete schedules, so the model input needs no scaling, ``alpha = 1`` for EDM and
+``alpha = 1 - t, std = t`` for flow schedules), and the model time ``timesteps[i]`` for ``i < n``.
 
 Each diffusers scheduler spaces timesteps its own way; a sampler names its preset in
 :data:`PLAN_PRESETS` so diffcore reproduces the levels of the diffusers scheduler it follows.
+On a flow schedule the presets place the levels of diffusers' flow schedulers (the ``flow``
+field): FlowMatchEulerDiscreteScheduler for ``karras`` (and for ``ddim`` / ``ddpm``, which have
+no flow counterpart: DDIM is the Euler step on a flow path), DPMSolverMultistepScheduler and
+UniPCMultistepScheduler with ``use_flow_sigmas=True`` for ``dpm`` and ``unipc``; diffusers
+ignores ``timestep_spacing`` there, and so does diffcore.
 """
 
 from __future__ import annotations
@@ -19,9 +24,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore.schedules import DiscreteSchedule, EDMSchedule, Schedule, exponential_sigmas, karras_sigmas
+from diffcore.schedules import (
+    SCHEDULE_TYPES,
+    DiscreteSchedule,
+    EDMSchedule,
+    FlowSchedule,
+    Schedule,
+    beta_sigmas,
+    exponential_sigmas,
+    karras_sigmas,
+    shift_times,
+    stretch_to_terminal,
+    vp_from_sigma,
+)
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+FLOW_GRIDS = ("euler", "dpm", "unipc")
 
 
 @dataclass(frozen=True)
@@ -31,18 +49,22 @@ class PlanPreset:
     ``grid``: ``"train"`` timesteps on the training grid (DDIM/DDPM), ``"dpm"`` the n+1-point
     spacing of the multistep solvers, ``"karras"`` sigmas interpolated at fractional timesteps.
     ``target``: ``"next"`` steps land on the next level; ``"ddim"`` on ``t - T // steps``.
+    ``flow``: the levels on a flow schedule, one of :data:`FLOW_GRIDS` (see :func:`flow_times`).
     """
 
     grid: str
     target: str
     follows: str
+    flow: str = "euler"
 
 
 PLAN_PRESETS: dict[str, PlanPreset] = {
-    "ddim": PlanPreset("train", "ddim", "DDIMScheduler"),
-    "ddpm": PlanPreset("train", "next", "DDPMScheduler"),
-    "dpm": PlanPreset("dpm", "next", "DPMSolverMultistepScheduler, UniPCMultistepScheduler"),
-    "karras": PlanPreset("karras", "next", "Euler-, EulerAncestral-, Heun- and LMSDiscreteScheduler"),
+    "ddim": PlanPreset("train", "ddim", "DDIMScheduler", "euler"),
+    "ddpm": PlanPreset("train", "next", "DDPMScheduler", "euler"),
+    "dpm": PlanPreset("dpm", "next", "DPMSolverMultistepScheduler", "dpm"),
+    "unipc": PlanPreset("dpm", "next", "UniPCMultistepScheduler", "unipc"),
+    "karras": PlanPreset("karras", "next", "Euler-, EulerAncestral-, Heun- and LMSDiscreteScheduler; "
+                         "FlowMatchEuler- and FlowMatchHeunDiscreteScheduler", "euler"),
 }
 
 
@@ -68,7 +90,7 @@ class Plan:
     target_alphas: Tensor
     target_stds: Tensor
     final_timestep: float = 0.0  # model time at the end point (used when it is a positive level)
-    vp: bool = True  # variance-preserving state (discrete schedules); False: VE state, alpha = 1
+    state: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None  # VE sigma -> (alpha, std)
     sigma_to_t: Callable[[Tensor], Tensor] | None = None  # VE sigma -> model time
 
     @property
@@ -81,24 +103,15 @@ class Plan:
 
     def level_at(self, sigma: float) -> Level:
         """The level of VE noise ``sigma`` on this plan's schedule, e.g. a solver's midpoint."""
-        if not sigma >= 0 or self.sigma_to_t is None:
+        if not sigma >= 0 or self.sigma_to_t is None or self.state is None:
             raise ValueError(f"sigma={sigma} must be >= 0 on a plan that knows its schedule")
-        t = float(self.sigma_to_t(torch.tensor([sigma], dtype=torch.float64))[0])
-        if not self.vp:
-            return Level(t, 1.0, float(sigma))
-        alpha = 1.0 / (1.0 + sigma * sigma) ** 0.5
-        return Level(t, alpha, sigma * alpha)
+        s = torch.tensor([sigma], dtype=torch.float64)
+        alpha, std = self.state(s)
+        return Level(float(self.sigma_to_t(s)[0]), float(alpha[0]), float(std[0]))
 
     def target(self, i: int) -> tuple[float, float]:
         """(alpha, std) the step from level i lands on (level i+1 except diffusers' DDIM rule)."""
         return float(self.target_alphas[i]), float(self.target_stds[i])
-
-
-def vp_from_sigma(sigmas: Tensor) -> tuple[Tensor, Tensor]:
-    """State-space (alpha, std) of VE sigmas for a variance-preserving model; sigma=inf -> (0, 1)."""
-    alphas = torch.where(torch.isinf(sigmas), torch.zeros_like(sigmas), 1 / (1 + sigmas**2).sqrt())
-    stds = torch.where(torch.isinf(sigmas), torch.ones_like(sigmas), sigmas * alphas)
-    return alphas, stds
 
 
 def _check(steps: int, spacing: str, style: str, schedule: Schedule) -> None:
@@ -110,8 +123,9 @@ def _check(steps: int, spacing: str, style: str, schedule: Schedule) -> None:
         raise ValueError(f"plan preset {style!r}: expected one of {sorted(PLAN_PRESETS)}")
     if isinstance(schedule, DiscreteSchedule) and steps > schedule.num_train_timesteps:
         raise ValueError(f"steps={steps} exceeds num_train_timesteps={schedule.num_train_timesteps}")
-    if not isinstance(schedule, (DiscreteSchedule, EDMSchedule)):
-        raise TypeError(f"schedule must be a DiscreteSchedule or EDMSchedule, got {type(schedule).__name__}")
+    if not isinstance(schedule, SCHEDULE_TYPES):
+        raise TypeError(f"schedule must be a DiscreteSchedule, EDMSchedule or FlowSchedule, got "
+                        f"{type(schedule).__name__}")
 
 
 def _spaced(T: int, n: int, spacing: str, offset: int, extra: int) -> Tensor:
@@ -229,11 +243,78 @@ def _karras_plan(schedule: DiscreteSchedule, n: int, spacing: str) -> Plan:
     return Plan(ts, sigmas, alphas, stds, init_ve * float(alphas[0]), torch.float32, *_next_targets(alphas, stds))
 
 
+def _flow_shifted(schedule: FlowSchedule, u: np.ndarray, grid: str) -> np.ndarray:
+    """Shift sampling times ``u``, in the float64 operation order of the scheduler of ``grid``
+    (so DPM/UniPC timesteps truncate to the same integers as diffusers')."""
+    s = schedule.effective_shift()
+    if schedule.use_dynamic_shifting and grid != "dpm":  # FlowMatchEuler's and UniPC's time_shift(mu, 1, u)
+        e = s
+        with np.errstate(divide="ignore"):
+            return e / (e + (1 / u - 1))
+    return s * u / (1 + (s - 1) * u)
+
+
+def flow_times(schedule: FlowSchedule, n: int, grid: str = "euler") -> tuple[Tensor, bool]:
+    """The ``n`` descending sampling times t of a flow schedule as a diffusers flow scheduler
+    places them, and whether its model sees ``t * num_train_timesteps`` truncated to an integer.
+
+    ``euler``: FlowMatchEulerDiscreteScheduler, ``linspace(1, t_min, n)`` with t_min the shifted
+    last training time (1 / T under dynamic shifting), then shifted; ``dpm``:
+    DPMSolverMultistepScheduler(use_flow_sigmas), the shifted ``1 - linspace(1, 1/T, n + 1)``
+    without its 0; ``unipc``: UniPCMultistepScheduler(use_flow_sigmas), the shifted first n of
+    ``linspace(1, 1/T, n + 1)`` with a first time of 1 moved to ``1 - 1e-6``. Then
+    ``shift_terminal`` and the schedule's ``sigma_spacing`` (between the first and last time).
+    """
+    if grid not in FLOW_GRIDS:
+        raise ValueError(f"flow grid {grid!r}: expected one of {FLOW_GRIDS}")
+    T = schedule.num_train_timesteps
+    if grid == "euler":
+        t_min = 1 / T if schedule.use_dynamic_shifting else float(shift_times(torch.tensor(1 / T), schedule.shift))
+        u = np.linspace(1.0 * T, t_min * T, n) / T
+    elif grid == "dpm":
+        u = (1.0 - np.linspace(1, 1 / T, n + 1))[::-1][:-1]
+    else:
+        u = np.linspace(1, 1 / T, n + 1)[:-1]
+    t = _flow_shifted(schedule, np.ascontiguousarray(u), grid)
+    if schedule.shift_terminal:
+        t = stretch_to_terminal(torch.from_numpy(t), schedule.shift_terminal).numpy()
+    if grid == "unipc" and abs(t[0] - 1) < 1e-6:
+        t[0] -= 1e-6
+    times = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float64))
+    if schedule.sigma_spacing != "timesteps":
+        times = _flow_spaced(schedule, float(times[-1]), float(times[0]), n)
+    return times, grid != "euler"
+
+
+def _flow_spaced(schedule: FlowSchedule, lo: float, hi: float, n: int) -> Tensor:
+    """n flow times from hi down to lo in the schedule's ``sigma_spacing`` (karras, exponential, beta)."""
+    if schedule.sigma_spacing == "karras":
+        return karras_sigmas(lo, hi, n, schedule.rho)
+    if schedule.sigma_spacing == "exponential":
+        return exponential_sigmas(lo, hi, n)
+    return beta_sigmas(lo, hi, n)
+
+
+def _flow_plan(schedule: FlowSchedule, times: Tensor, integer: bool, final: float = 0.0) -> Plan:
+    """A plan through descending flow times ``times`` and the end time ``final``."""
+    t = _append(times, final)
+    sigmas = torch.where(t >= 1, torch.full_like(t, torch.inf), t / (1 - t))
+    model_t = times * schedule.num_train_timesteps
+    if integer:  # diffusers' multistep schedulers cast t * T to int64
+        model_t = torch.from_numpy((times.numpy() * schedule.num_train_timesteps).astype(np.int64)).to(torch.float64)
+    alphas, stds = 1 - t, t.clone()
+    plan = Plan(model_t, sigmas, alphas, stds, 1.0, torch.int64 if integer else torch.float32,
+                *_next_targets(alphas, stds), final * schedule.num_train_timesteps)
+    return _with_schedule(plan, schedule)
+
+
 def make_plan(schedule: Schedule, steps: int, spacing: str = "leading", style: str = "karras") -> Plan:
     """The noise levels ``steps`` sampler steps visit on ``schedule``, placed as the diffusers
     scheduler of preset ``style`` (a key of :data:`PLAN_PRESETS`) places them."""
     _check(steps, spacing, style, schedule)
     preset = PLAN_PRESETS[style]
+    if isinstance(schedule, FlowSchedule):
+        return _flow_plan(schedule, *flow_times(schedule, steps, preset.flow))
     if isinstance(schedule, EDMSchedule):
         plan = _edm_plan(schedule, steps)
     elif preset.grid == "train":
@@ -246,9 +327,7 @@ def make_plan(schedule: Schedule, steps: int, spacing: str = "leading", style: s
 
 
 def _with_schedule(plan: Plan, schedule: Schedule) -> Plan:
-    if isinstance(schedule, EDMSchedule):
-        return replace(plan, vp=False, sigma_to_t=lambda s: s.clone())
-    return replace(plan, vp=True, sigma_to_t=schedule.sigma_to_t)
+    return replace(plan, state=schedule.state, sigma_to_t=schedule.sigma_to_t)
 
 
 def plan_from_sigmas(schedule: Schedule, sigmas: Tensor | list[float]) -> Plan:
@@ -258,11 +337,8 @@ def plan_from_sigmas(schedule: Schedule, sigmas: Tensor | list[float]) -> Plan:
         raise ValueError(f"need at least 2 sigmas, got {sig.numel()}")
     if not bool((sig[1:] < sig[:-1]).all()) or float(sig[-1]) < 0:
         raise ValueError(f"sigmas must be strictly decreasing and >= 0, got {sig.tolist()}")
-    if isinstance(schedule, EDMSchedule):
-        alphas, stds, ts = torch.ones_like(sig), sig.clone(), sig.clone()
-    else:
-        alphas, stds = vp_from_sigma(sig)
-        ts = schedule.sigma_to_t(sig)
+    alphas, stds = schedule.state(sig)
+    ts = schedule.sigma_to_t(sig)
     plan = Plan(ts[:-1], sig, alphas, stds, float(stds[0]), torch.float32, *_next_targets(alphas, stds), float(ts[-1]))
     return _with_schedule(plan, schedule)
 
@@ -270,11 +346,15 @@ def plan_from_sigmas(schedule: Schedule, sigmas: Tensor | list[float]) -> Plan:
 def partial_plan(schedule: Schedule, steps: int, t_start: float) -> Plan:
     """``steps`` steps from model time ``t_start`` down to 0, for runs that start from data:
     SDEdit, denoising, partial-diffusion reconstruction. ``t_start`` is a (fractional) training
-    timestep of a discrete schedule, or the VE sigma of an EDM schedule. Timesteps are uniform
-    in t (sigma-spaced for karras / exponential / EDM schedules); the model sees their exact t."""
+    timestep of a discrete schedule, the VE sigma of an EDM schedule, or the model time
+    ``t * num_train_timesteps`` of a flow schedule. Timesteps are uniform in t (sigma-spaced for
+    karras / exponential / EDM schedules; on a flow schedule uniform before its shift, so the
+    levels are the shifted schedule's below t_start); the model sees their exact t."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps={steps!r} must be an integer >= 1")
     t0 = float(t_start)
+    if isinstance(schedule, FlowSchedule):
+        return _flow_partial_plan(schedule, steps, t0)
     if isinstance(schedule, EDMSchedule):
         if not schedule.sigma_min < t0:
             raise ValueError(f"start sigma {t0} must exceed the schedule's sigma_min={schedule.sigma_min}")
@@ -289,3 +369,18 @@ def partial_plan(schedule: Schedule, steps: int, t_start: float) -> Plan:
     if schedule.sigma_spacing != "timesteps":
         sig = _spaced_sigmas(schedule, float(train[0]), float(sig[0]), steps)
     return plan_from_sigmas(schedule, _append(sig, 0.0))
+
+
+def _flow_partial_plan(schedule: FlowSchedule, steps: int, t0: float) -> Plan:
+    T = schedule.num_train_timesteps
+    if not 0 < t0 <= T:
+        raise ValueError(f"start time {t0} must be in (0, {T}] (t * num_train_timesteps)")
+    s = schedule.effective_shift()
+    start = t0 / T
+    u0 = start / (s - (s - 1) * start)  # the inverse of shift_times
+    times = shift_times(torch.linspace(u0, 0, steps + 1, dtype=torch.float64)[:-1], s)
+    times[0] = start
+    if schedule.sigma_spacing != "timesteps":
+        lo = min(float(shift_times(torch.tensor(1 / T, dtype=torch.float64), s)), start / 2)
+        times = _flow_spaced(schedule, lo, start, steps)
+    return _flow_plan(schedule, times, integer=False)
