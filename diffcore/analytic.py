@@ -1,9 +1,11 @@
 """Closed-form data: a Gaussian mixture whose exact denoiser E[x0 | x_t] is known.
 
 It is the accuracy oracle of the samplers (tests, the sampler study of ``make demo``): the
-exact epsilon-model of the mixture plugs into :func:`diffcore.sample` like a trained network,
-and the probability-flow ODE solution is computed to high precision by RK4 in log sigma
-(for a single Gaussian it is exact in closed form).
+exact epsilon-model (or v-, x0- or flow velocity model) of the mixture plugs into
+:func:`diffcore.sample` like a trained network, and the probability-flow ODE solution is
+computed to high precision by RK4 in log sigma (for a single Gaussian it is exact in closed
+form). A flow path ``(1 - t) x0 + t eps`` is the VE path scaled by ``1 - t`` at
+``sigma = t / (1 - t)``, so its ODE solution is the VE one, rescaled.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffcore.schedules import DiscreteSchedule, EDMSchedule, Schedule
+from diffcore.parameterization import ALIASES
+from diffcore.schedules import DiscreteSchedule, EDMSchedule, FlowSchedule, Schedule
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,21 @@ class GaussianMixture:
         post = self.means[None] + a * self.stds[None] ** 2 / var * diff
         return (w[..., None] * post).sum(1).to(x.dtype)
 
+    def velocity(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The exact flow velocity ``E[eps - x0 | x_t] = (x - E[x0 | x_t]) / t`` on the path
+        ``x_t = (1 - t) x0 + t eps`` (Liu et al. 2023, eq. 2); t in (0, 1], scalar or (N,)."""
+        t64 = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        x0 = self.denoise(x, 1 - t64, t64).to(torch.float64)
+        return ((x.to(torch.float64) - x0) / t64[:, None]).to(x.dtype)
+
+    def flow_ode_solution(self, x: Tensor, t_from: float, t_to: float, steps: int = 4000) -> Tensor:
+        """The flow ODE ``dx/dt = velocity(x, t)`` from t_from < 1 to t_to > 0: the VE solution
+        between ``sigma = t / (1 - t)``, with ``x_ve = x / (1 - t)``."""
+        if not 1 > t_from > t_to > 0:
+            raise ValueError(f"need 1 > t_from > t_to > 0, got {t_from}, {t_to}")
+        x_ve = x.to(torch.float64) / (1 - t_from)
+        return (1 - t_to) * self.ode_solution(x_ve, t_from / (1 - t_from), t_to / (1 - t_to), steps)
+
     def ode_solution(self, x_ve: Tensor, sigma_from: float, sigma_to: float, steps: int = 4000) -> Tensor:
         """Probability-flow ODE in VE units from sigma_from to sigma_to > 0, RK4 in log sigma."""
         if not sigma_from > sigma_to > 0:
@@ -86,31 +104,21 @@ class GaussianMixture:
         return x
 
 
+PREDICTIONS = ("epsilon", "v_prediction", "sample", "flow")
+
+
 def exact_model(mixture: GaussianMixture, schedule: Schedule, prediction: str = "epsilon"):
-    """The exact ``model(x, t)`` of the mixture for ``schedule``: epsilon (or v, x0) prediction.
+    """The exact ``model(x, t)`` of the mixture for ``schedule``: epsilon (or v, x0, flow velocity)
+    prediction.
 
     ``t`` is a discrete (possibly fractional, linearly interpolated like diffusers) timestep for a
-    DiscreteSchedule and the VE sigma for an EDMSchedule; x is the sampler's state (N, D).
+    DiscreteSchedule, the VE sigma for an EDMSchedule and ``t * num_train_timesteps`` for a
+    FlowSchedule; x is the sampler's state (N, D).
     """
-    if prediction not in ("epsilon", "v_prediction", "sample"):
-        raise ValueError(f"prediction={prediction!r}: expected epsilon, v_prediction or sample")
-    if isinstance(schedule, DiscreteSchedule):
-        train = schedule.train_sigmas()
-
-        def levels(t: Tensor) -> tuple[Tensor, Tensor]:
-            t64 = t.to(torch.float64)
-            lo = t64.floor().long().clamp(0, train.shape[0] - 1)
-            hi = (lo + 1).clamp(max=train.shape[0] - 1)
-            s = train[lo] * (1 - (t64 - lo)) + train[hi] * (t64 - lo)
-            alpha = 1 / (1 + s**2).sqrt()
-            return alpha, s * alpha
-    elif isinstance(schedule, EDMSchedule):
-
-        def levels(t: Tensor) -> tuple[Tensor, Tensor]:
-            s = t.to(torch.float64)
-            return torch.ones_like(s), s
-    else:
-        raise TypeError(f"unsupported schedule {type(schedule).__name__}")
+    prediction = ALIASES.get(prediction, prediction)
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction={prediction!r}: expected one of {PREDICTIONS}")
+    levels = _levels(schedule)
 
     def model(x: Tensor, t: Tensor, cond: object = None) -> Tensor:
         alpha, std = levels(t)
@@ -122,9 +130,38 @@ def exact_model(mixture: GaussianMixture, schedule: Schedule, prediction: str = 
             out = eps
         elif prediction == "sample":
             out = x0
+        elif prediction == "flow":
+            out = eps - x0
         else:
             r = (a**2 + s**2).sqrt()
             out = (a * eps - s * x0) / r
         return out.to(x.dtype)
 
     return model
+
+
+def _levels(schedule: Schedule):
+    """Model time (B,) -> state (alpha, std), each (B,) float64, for ``schedule``."""
+    if isinstance(schedule, DiscreteSchedule):
+        train = schedule.train_sigmas()
+
+        def levels(t: Tensor) -> tuple[Tensor, Tensor]:
+            t64 = t.to(torch.float64)
+            lo = t64.floor().long().clamp(0, train.shape[0] - 1)
+            hi = (lo + 1).clamp(max=train.shape[0] - 1)
+            s = train[lo] * (1 - (t64 - lo)) + train[hi] * (t64 - lo)
+            alpha = 1 / (1 + s**2).sqrt()
+            return alpha, s * alpha
+
+        return levels
+    if isinstance(schedule, EDMSchedule):
+        return lambda t: (torch.ones_like(t, dtype=torch.float64), t.to(torch.float64))
+    if isinstance(schedule, FlowSchedule):
+        T = schedule.num_train_timesteps
+
+        def flow_levels(t: Tensor) -> tuple[Tensor, Tensor]:
+            tt = t.to(torch.float64) / T
+            return 1 - tt, tt
+
+        return flow_levels
+    raise TypeError(f"unsupported schedule {type(schedule).__name__}")

@@ -275,3 +275,63 @@ def test_default_model_config_comes_from_the_factory(model, shape, meta, classes
     assert default_model_config(model, data) == want
     assert diffcore.get("models", model).default_config(data) == want
     diffcore.get("models", model)(**want)  # a config the model accepts
+
+
+def test_flow_objective_noises_on_the_straight_path_with_the_velocity_target():
+    from diffcore.training.objective import draw_times
+
+    sched = diffcore.get("schedules", "flow")(shift=3.0)
+    obj = Objective(sched, make_parameterization("flow"), timestep_sampling="logit_normal")
+    index, table, time_, weight = obj.draw(4096, torch.Generator().manual_seed(0))
+    u = draw_times("logit_normal", 4096, torch.Generator().manual_seed(0))
+    t = 3 * u / (1 + 2 * u)  # the schedule's shift applies to training times as to sampling times
+    assert torch.allclose(time_.double(), 1000 * t, rtol=1e-6) and torch.equal(weight, torch.ones(4096))
+    x0, eps = torch.randn(4096, 3), torch.randn(4096, 3)
+    x_t, target = diffcore.ops.forward_noise(x0, eps, index, table.float())
+    tt = t.float()[:, None]
+    assert torch.allclose(x_t, (1 - tt) * x0 + tt * eps, atol=1e-5)
+    assert torch.allclose(target, eps - x0, atol=1e-6)
+    assert obj.input_scale(time_) is None  # a flow model sees its state unscaled
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "logit_normal", "mode"])
+def test_timestep_samplings_follow_sd3(sampling):
+    """Esser et al. 2024, eq. 19-20: logit-normal and mode sampling put weight mid-path; all stay in [0, 1]."""
+    from diffcore.training.objective import draw_times
+
+    u = draw_times(sampling, 200_000, torch.Generator().manual_seed(1), logit_mean=0.0, logit_std=1.0, mode_scale=1.29)
+    assert 0 <= float(u.min()) and float(u.max()) <= 1 and abs(float(u.mean()) - 0.5) < 0.01
+    middle = float(((u > 0.25) & (u < 0.75)).double().mean())
+    assert middle == pytest.approx({"uniform": 0.5, "logit_normal": 0.7281, "mode": 0.7328}[sampling], abs=0.01)
+    shifted = draw_times("logit_normal", 100_000, torch.Generator().manual_seed(1), logit_mean=1.0)
+    assert float(shifted.median()) == pytest.approx(1 / (1 + math.exp(-1.0)), abs=0.01)  # mean 1: noisier
+
+
+def test_bad_timestep_sampling_options_are_named():
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        diffcore.training.TrainConfig(timestep_sampling="cosmap")
+    with pytest.raises(ValueError, match="logit_std"):
+        diffcore.training.TrainConfig(logit_std=0.0)
+    with pytest.raises(ValueError, match="mode_scale"):
+        diffcore.training.TrainConfig(mode_scale=3.0)
+    with pytest.raises(ValueError, match="EDM"):
+        Objective(diffcore.get("schedules", "edm")(), make_parameterization("edm"), timestep_sampling="mode")
+
+
+def test_flow_training_resumes_exactly(tmp_path):
+    """diffcore.train(..., prediction="flow") on the flow schedule: finite velocity losses, a reloadable
+    run config, and N + resume + N steps equal to 2N steps as for diffusion models."""
+    kw = dict(schedule="flow", schedule_options={"shift": 3.0}, prediction="flow", timestep_sampling="mode")
+    _train(tmp_path / "once", 4, **kw)
+    _train(tmp_path / "twice", 2, **kw)
+    _train(tmp_path / "twice", 4, resume=True, **kw)
+    a, b = _weights(tmp_path / "once"), _weights(tmp_path / "twice")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    run = json.loads((tmp_path / "once" / "config.json").read_text())
+    assert run["prediction"] == {"name": "flow"} and run["schedule"]["name"] == "flow"
+    assert run["train"]["timestep_sampling"] == "mode"
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "once" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in x]
+    assert len(losses) == 4 and all(math.isfinite(v) and 0.5 < v < 5 for v in losses)
+    loaded = Pipeline.load(tmp_path / "once")
+    assert loaded.schedule == diffcore.get("schedules", "flow")(shift=3.0) and loaded.param.name == "flow"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from diffcore.training.objective import WEIGHTINGS
+from diffcore.training.objective import WEIGHTINGS, check_timestep_sampling
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -27,6 +27,10 @@ class TrainConfig:
     loss_weighting: str = "uniform"
     min_snr_gamma: float = 5.0
     sigma_data: float = 0.5
+    timestep_sampling: str = "uniform"  # uniform | logit_normal | mode (SD3); discrete and flow schedules
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
     label_dropout: float = 0.1
     bf16: bool = False
     checkpoint_every: int = 500
@@ -50,6 +54,7 @@ class TrainConfig:
         need(self.loss_weighting in WEIGHTINGS, "loss_weighting", f"expected one of {WEIGHTINGS}")
         need(self.min_snr_gamma > 0, "min_snr_gamma", "must be > 0")
         need(self.sigma_data > 0, "sigma_data", "must be > 0")
+        check_timestep_sampling(self.timestep_sampling, self.logit_std, self.mode_scale)
         need(0 <= self.label_dropout < 1, "label_dropout", "must be in [0, 1)")
         need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every", "must be >= 1")

@@ -62,7 +62,9 @@ class Trainer:
         self.config = config
         self.out = Path(out)
         self.run = run
-        self.objective = Objective(schedule, param, config.loss_weighting, config.min_snr_gamma, config.sigma_data)
+        self.objective = Objective(schedule, param, config.loss_weighting, config.min_snr_gamma, config.sigma_data,
+                                   timestep_sampling=config.timestep_sampling, logit_mean=config.logit_mean,
+                                   logit_std=config.logit_std, mode_scale=config.mode_scale)
         self.num_classes = int(getattr(data, "num_classes", 0) or 0)
         self.condition = condition  # paired translation: makes cond["concat"] from x0
         self.captions = captions  # text-to-image: captions.train(labels, generator) -> list[str]
