@@ -248,9 +248,8 @@ def _flow_shifted(schedule: FlowSchedule, u: np.ndarray, grid: str) -> np.ndarra
     (so DPM/UniPC timesteps truncate to the same integers as diffusers')."""
     s = schedule.effective_shift()
     if schedule.use_dynamic_shifting and grid != "dpm":  # FlowMatchEuler's and UniPC's time_shift(mu, 1, u)
-        e = s
         with np.errstate(divide="ignore"):
-            return e / (e + (1 / u - 1))
+            return s / (s + (1 / u - 1))
     return s * u / (1 + (s - 1) * u)
 
 
@@ -295,16 +294,16 @@ def _flow_spaced(schedule: FlowSchedule, lo: float, hi: float, n: int) -> Tensor
     return beta_sigmas(lo, hi, n)
 
 
-def _flow_plan(schedule: FlowSchedule, times: Tensor, integer: bool, final: float = 0.0) -> Plan:
-    """A plan through descending flow times ``times`` and the end time ``final``."""
-    t = _append(times, final)
+def _flow_plan(schedule: FlowSchedule, times: Tensor, integer: bool) -> Plan:
+    """A plan through descending flow times ``times`` down to t = 0."""
+    t = _append(times, 0.0)
     sigmas = torch.where(t >= 1, torch.full_like(t, torch.inf), t / (1 - t))
     model_t = times * schedule.num_train_timesteps
     if integer:  # diffusers' multistep schedulers cast t * T to int64
         model_t = torch.from_numpy((times.numpy() * schedule.num_train_timesteps).astype(np.int64)).to(torch.float64)
     alphas, stds = 1 - t, t.clone()
     plan = Plan(model_t, sigmas, alphas, stds, 1.0, torch.int64 if integer else torch.float32,
-                *_next_targets(alphas, stds), final * schedule.num_train_timesteps)
+                *_next_targets(alphas, stds))
     return _with_schedule(plan, schedule)
 
 
