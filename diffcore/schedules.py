@@ -162,7 +162,8 @@ class EDMSchedule:
 
     def __post_init__(self) -> None:
         if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}")
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
+                             f"sigma_max={self.sigma_max}")
         if self.rho <= 0:
             raise ValueError(f"rho={self.rho} must be > 0")
 
@@ -251,7 +252,8 @@ class FlowSchedule:
                 raise ValueError(f"{field_name}={getattr(self, field_name)!r}: {what}")
 
         n = self.num_train_timesteps
-        need(isinstance(n, int) and not isinstance(n, bool) and n >= 2, "num_train_timesteps", "must be an integer >= 2")
+        need(isinstance(n, int) and not isinstance(n, bool) and n >= 2, "num_train_timesteps",
+             "must be an integer >= 2")
         need(self.shift > 0, "shift", "must be > 0")
         need(self.time_shift_type in TIME_SHIFT_TYPES, "time_shift_type", f"expected one of {TIME_SHIFT_TYPES}")
         need(self.sigma_spacing in FLOW_SPACINGS, "sigma_spacing", f"expected one of {FLOW_SPACINGS}")
