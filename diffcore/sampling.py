@@ -10,9 +10,10 @@ from torch import Tensor
 
 from diffcore import ops
 from diffcore.denoiser import Denoiser
+from diffcore.guidance import Guidance, make_guidance
 from diffcore.ops.philox import ADD_NOISE_OFFSET
 from diffcore.parameterization import Parameterization, make_parameterization
-from diffcore.schedules import DiscreteSchedule, EDMSchedule, Schedule
+from diffcore.schedules import SCHEDULE_TYPES, Schedule
 from diffcore.timesteps import Plan, make_plan, partial_plan, plan_from_sigmas
 
 Sampler = Callable[..., Tensor]
@@ -35,7 +36,7 @@ def resolve_schedule(schedule: str | Schedule) -> Schedule:
         from diffcore.plugins import get
 
         return get("schedules", schedule)()
-    if not isinstance(schedule, (DiscreteSchedule, EDMSchedule)):
+    if not isinstance(schedule, SCHEDULE_TYPES):
         raise TypeError(f"schedule must be a name or a schedule object, got {type(schedule).__name__}")
     return schedule
 
@@ -56,6 +57,9 @@ def sample(
     uncond: Any = None,
     guidance_scale: float | None = None,
     guidance_rescale: float = 0.0,
+    guidance: str | Guidance = "cfg",
+    guidance_interval: Sequence[float] | None = None,
+    guidance_options: dict[str, Any] | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     sigmas: Sequence[float] | Tensor | None = None,
     sampler_options: dict[str, Any] | None = None,
@@ -85,7 +89,14 @@ def sample(
             Philox stream (seed, step): identical on every backend and capturable in a CUDA graph.
         cuda_graph: on CUDA, capture the whole loop (model included) in one CUDA graph and replay
             it; falls back to eager execution with a warning when the model cannot be captured.
-        cond, uncond, guidance_scale, guidance_rescale: conditioning and classifier-free guidance.
+        cond, uncond, guidance_scale, guidance_rescale: conditioning and classifier-free guidance
+            (w, and phi of Lin et al. 2023); for the ``*_cfg_pp`` samplers the scale is CFG++'s lambda.
+        guidance: ``"cfg"``, ``"apg"`` (adaptive projected guidance), ``"cfg_zero_star"``, or a
+            :class:`diffcore.guidance.Guidance` holding every guidance setting.
+        guidance_interval: ``(lo, hi)`` VE sigmas: guide only where ``lo < sigma <= hi``
+            (Kynkäänniemi et al. 2024); elsewhere the unconditional pass is skipped.
+        guidance_options: the method's options: apg ``eta``, ``norm_threshold``, ``momentum``;
+            cfg_zero_star ``zero_init_steps``.
         callback: called after every step with ``{"i", "t", "sigma", "x"}``.
         sigmas: explicit decreasing VE noise levels to visit instead of ``steps`` spaced ones.
         sampler_options: extra sampler options (e.g. ``{"order": 3}`` for unipc).
@@ -97,8 +108,10 @@ def sample(
         plan = plan_from_sigmas(sched, sigmas)
     else:
         plan = make_plan(sched, steps, timestep_spacing, getattr(fn, "plan_style", "karras"))
-    denoiser = Denoiser(model, param, timestep_dtype=plan.timestep_dtype, cond=cond, uncond=uncond,
-                        guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, check_finite=check_finite)
+    guide = make_guidance(guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval,
+                          options=guidance_options)
+    denoiser = Denoiser(model, param, timestep_dtype=plan.timestep_dtype, cond=cond, uncond=uncond, guidance=guide,
+                        check_finite=check_finite)
     seed, generator = _noise_source(seed, generator, cuda_graph)
     if seed is not None:
         options["seed"] = seed
@@ -125,6 +138,9 @@ def sample_from(
     uncond: Any = None,
     guidance_scale: float | None = None,
     guidance_rescale: float = 0.0,
+    guidance: str | Guidance = "cfg",
+    guidance_interval: Sequence[float] | None = None,
+    guidance_options: dict[str, Any] | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     sampler_options: dict[str, Any] | None = None,
     check_finite: bool = True,
@@ -137,6 +153,7 @@ def sample_from(
     sampler state at that level (e.g. ``sqrt(abar_t) * y`` for a noisy image y). Samples with
     different ``t_start`` step in the same fused ops with per-sample coefficients, ``steps`` each.
     ``t_start`` is a training timestep of a discrete schedule or the sigma of an EDM schedule.
+    Guidance arguments as in :func:`sample` (zero-init steps count from the start level).
     """
     _check_batch("x", x)
     fn, sched, param = _resolve(sampler, schedule, prediction)
@@ -148,8 +165,10 @@ def sample_from(
     seed, generator = _noise_source(seed, generator)
     per_sample = [plans[v] for v in starts]
     state = _noised(x, per_sample, noise, generator, seed) if add_noise else x.clone()
-    denoiser = Denoiser(model, param, timestep_dtype=torch.float32, cond=cond, uncond=uncond,
-                        guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, check_finite=check_finite)
+    guide = make_guidance(guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval,
+                          options=guidance_options)
+    denoiser = Denoiser(model, param, timestep_dtype=torch.float32, cond=cond, uncond=uncond, guidance=guide,
+                        check_finite=check_finite)
     if len(plans) == 1:
         kw = {"seed": seed} if seed is not None else {}
         return fn(denoiser, state, per_sample[0], generator=generator, callback=callback, **kw, **options)

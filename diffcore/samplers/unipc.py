@@ -53,7 +53,7 @@ def _uni(x: Expr, x0s: list[Expr], lams: list[float], sigma_from: float, sigma_t
     return out - b_h * sum(rhos[k] * d1s[k] for k in range(order - 1))
 
 
-@program_sampler("unipc", plan_style="dpm", order=2, lower_order_final=True)
+@program_sampler("unipc", plan_style="unipc", order=2, lower_order_final=True)
 def unipc(b: Builder, order: int, lower_order_final: bool) -> None:
     """UniPC-bh2 predictor-corrector (Zhao et al. 2023), data prediction."""
     if not isinstance(order, int) or not 1 <= order <= 3:
