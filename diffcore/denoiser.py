@@ -3,8 +3,9 @@
 ``Denoiser(x, level)`` calls ``model(c_in * x, t, cond)`` exactly as a diffusers pipeline calls
 its UNet (the scaled model input and the timestep tensor) and returns a :class:`Prediction`:
 the raw output(s) plus the ``(a, b)`` with ``x0 = a*x + b*out``. The x0 conversion and the
-classifier-free-guidance combination happen later inside the fused sampler step;
-:meth:`Denoiser.predict_x0` runs that step once for the x0 estimate alone.
+guidance combination (:mod:`diffcore.guidance`, folded into ``[w, r]``) happen later inside the
+fused sampler step; :meth:`Denoiser.predict_x0` runs that step once for the x0 estimate alone.
+A guidance method that does not fold (APG with momentum) gives the guided output ``out`` itself.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import torch
 from torch import Tensor
 
 from diffcore import ops
+from diffcore.guidance import Guidance, StepGuide, apply_factor, make_guidance, rescaled, rescaled_output, step_guides
 from diffcore.parameterization import Parameterization
 from diffcore.timesteps import Level
 
 
 @dataclass
 class Prediction:
-    """Raw model output(s) at a level and the coefficients that turn them into x0."""
+    """Raw model output(s) at a level and the coefficients that turn them into x0: ``out`` for the
+    plain fused step, or ``uncond``/``cond`` with ``guidance`` for the CFG step; a guidance
+    method computed in Torch sets ``out`` and keeps ``uncond``/``cond`` (CFG++ reads ``uncond``)."""
 
     a: float
     b: float
@@ -52,8 +56,9 @@ class Denoiser:
         timestep_dtype: dtype of the ``t`` tensor the model receives.
         cond / uncond: conditioning for the conditional and unconditional passes; with guidance
             and ``uncond`` None the unconditional pass calls ``model(x, t)`` without ``cond``.
-        guidance_scale: classifier-free guidance scale w (None: no guidance).
-        guidance_rescale: phi of Lin et al. 2023 (0: off).
+        guidance: a :class:`~diffcore.guidance.Guidance` (CFG, APG, CFG-Zero*, with interval).
+        guidance_scale / guidance_rescale: shorthand for ``guidance=CFG(scale, rescale)``
+            (None: no guidance); not together with ``guidance``.
         check_finite: raise :class:`NonFiniteModelOutput` naming the step when the model output
             holds NaN/inf (checked at once on CPU; on other devices at the end of sampling).
     """
@@ -66,28 +71,39 @@ class Denoiser:
         timestep_dtype: torch.dtype = torch.float32,
         cond: Any = None,
         uncond: Any = None,
+        guidance: Guidance | None = None,
         guidance_scale: float | None = None,
         guidance_rescale: float = 0.0,
         check_finite: bool = True,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
-        if guidance_scale is not None and not isinstance(guidance_scale, (int, float)):
-            raise TypeError(f"guidance_scale must be a number, got {type(guidance_scale).__name__}")
-        if not 0.0 <= guidance_rescale <= 1.0:
-            raise ValueError(f"guidance_rescale={guidance_rescale} must be in [0, 1]")
-        if guidance_rescale and guidance_scale is None:
-            raise ValueError("guidance_rescale needs guidance_scale")
+        if guidance is None:
+            guidance = make_guidance("cfg", guidance_scale, rescale=guidance_rescale)
+        elif not isinstance(guidance, Guidance):
+            raise TypeError(f"guidance must be a diffcore.guidance.Guidance, got {type(guidance).__name__}")
+        elif guidance_scale is not None or guidance_rescale:
+            raise ValueError("pass guidance or guidance_scale/guidance_rescale, not both")
         self.model = model
         self.param = parameterization
         self.timestep_dtype = timestep_dtype
         self.cond, self.uncond = cond, uncond
-        self.guidance_scale = guidance_scale
-        self.guidance_rescale = float(guidance_rescale)
+        self.guidance = guidance
         self.check_finite = check_finite
         self.evaluations = 0
         self._deferred: list[tuple[int, Tensor]] = []
         self._guidance_cache: dict[torch.device, Tensor] = {}
+        self._state: Tensor | None = None  # a Torch-side guidance method's memory (APG momentum)
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """The guidance scale w, or None without guidance."""
+        return None if self.guidance is None else float(self.guidance.scale)
+
+    @property
+    def guidance_rescale(self) -> float:
+        """Guidance rescale phi (0: off)."""
+        return 0.0 if self.guidance is None else float(self.guidance.rescale)
 
     def _call(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
         out = self.model(x, t) if cond is None else self.model(x, t, cond)
@@ -132,8 +148,8 @@ class Denoiser:
     @property
     def constants(self) -> tuple[Tensor, ...]:
         """The device tensors this denoiser made and reuses across calls (the guidance ``[w, 1]``
-        per device): a CUDA graph that reads them must keep them alive."""
-        return tuple(self._guidance_cache.values())
+        per device, a guidance method's state): a CUDA graph that reads them must keep them alive."""
+        return (*self._guidance_cache.values(), *(() if self._state is None else (self._state,)))
 
     def time_table(self, times: list[list[float]], x: Tensor) -> Tensor:
         """(steps, B) model-time tensors built once, so a sampling loop makes none per step;
@@ -156,18 +172,28 @@ class Denoiser:
         return out
 
     def __call__(
-        self, x: Tensor, level: Level, step: int = 0, t: Tensor | None = None, c_in: Tensor | float | None = None
+        self, x: Tensor, level: Level, step: int = 0, t: Tensor | None = None, c_in: Tensor | float | None = None,
+        guide: StepGuide | None = None,
     ) -> Prediction:
         """Evaluate the model at ``level`` on state ``x`` (B, ...); ``t`` and ``c_in`` override the
-        (B,) time tensor and input scale derived from ``level`` (per-sample levels)."""
+        (B,) time tensor and input scale derived from ``level`` (per-sample levels). ``step`` is
+        the index of this model evaluation in the run (CFG-Zero*'s zero-init counts it; APG's
+        momentum restarts at 0); ``guide`` is the step's precomputed guidance
+        (:func:`diffcore.guidance.step_guides`), by default decided from ``level`` and ``step``."""
         a, b = self.param.x0_coeffs(level.alpha, level.std)
+        if step == 0 and self._state is not None:  # a new run: forget the guidance method's memory
+            self._state.zero_()
+        if self.guidance is not None and guide is None:
+            guide = self.guide([level], step, x)
+        if guide is not None and guide.mode == "zero":
+            return Prediction(a, b, out=torch.zeros_like(x))
         if c_in is None:
             c_in = self.param.input_scale(level.alpha, level.std)
         x_in = x if isinstance(c_in, float) and c_in == 1.0 else x * c_in
         if t is None:
             t = torch.full((x.shape[0],), level.t, dtype=self.timestep_dtype, device=x.device)
         self.evaluations += 1
-        if self.guidance_scale is None:
+        if guide is None or guide.mode == "cond":
             return Prediction(a, b, out=self._validate(self._call(x_in, t, self.cond), x, step))
         if self.uncond is None:
             uncond = self._call(x_in, t, None)
@@ -176,14 +202,59 @@ class Denoiser:
             both = self._call(torch.cat([x_in, x_in]), torch.cat([t, t]), _cat(self.uncond, self.cond))
             uncond, cond = both.chunk(2)
         uncond, cond = self._validate(uncond, x, step), self._validate(cond, x, step)
-        w = float(self.guidance_scale)
-        const = self._guidance_const(x.device)
-        if self.guidance_rescale > 0:
-            r = ops.cfg_rescale_factor(uncond, cond, const[0], self.guidance_rescale)
-            guidance = torch.stack([torch.full_like(r, w), r], dim=1)
-        else:
-            guidance = const
-        return Prediction(a, b, uncond=uncond, cond=cond, guidance=guidance)
+        pair, out = self._combine(uncond, cond, guide)
+        return Prediction(a, b, out=out, uncond=uncond, cond=cond, guidance=pair)
+
+    def guide(self, levels: Sequence[Level], step: int, x: Tensor) -> StepGuide:
+        """The guidance of a call at ``levels`` (one, or one per sample) as evaluation ``step``,
+        without CFG++ factors; constant guidance reuses one device ``[w, 1]``."""
+        g = self.guidance
+        if g is None:
+            raise ValueError("this denoiser has no guidance")
+        on = {g.active_at(lv) for lv in levels}
+        if len(on) == 2:  # samples on both sides of the interval
+            return step_guides(g, [[lv] for lv in levels], [[1.0]] * len(levels), x, first=step)[0]
+        if step < g.zero_steps:
+            return StepGuide("zero")
+        return StepGuide("guided", pair=self._guidance_const(x.device)) if on == {True} else StepGuide("cond")
+
+    def _combine(self, u: Tensor, c: Tensor, guide: StepGuide) -> tuple[Tensor | None, Tensor | None]:
+        """``(pair, None)``: the op's ``[w, r]``; or ``(None, out)`` for a method computed in Torch."""
+        g = self.guidance
+        assert g is not None
+        if not g.fused:
+            out = g.combine(u, c, self._method_state(u), guide.active)
+            if g.rescale:
+                out = rescaled_output(out, c, g.rescale)
+            uf = u.to(out.dtype)
+            if guide.factor is not None:  # CFG++: u + f (m_g - u)
+                out = uf + guide.factor.to(out.dtype).reshape(-1, *([1] * (u.dim() - 1))) * (out - uf)
+            if guide.active is not None:
+                out = torch.where(guide.active.reshape(-1, *([1] * (u.dim() - 1))), out, c.to(out.dtype))
+            return None, out.to(u.dtype)
+        if g.constant:
+            return guide.pair, None  # [w * f, 1] from the table: CFG++ factor and interval included
+        if g.per_sample:
+            pair = g.pair(u, c)
+            if g.rescale:
+                pair = rescaled(pair, u, c, g.rescale)
+        else:  # CFG with rescale, as Lin et al. 2023
+            r = ops.cfg_rescale_factor(u, c, self._guidance_const(u.device)[0], g.rescale)
+            pair = torch.stack([torch.full_like(r, float(g.scale)), r], dim=1)
+        if guide.factor is not None:
+            pair = apply_factor(pair, guide.factor)
+        if guide.active is not None:
+            pair = torch.where(guide.active[:, None], pair, torch.ones_like(pair))
+        return pair, None
+
+    def _method_state(self, u: Tensor) -> Tensor:
+        """The (B, N) state of a Torch-side method: made once, zeroed by every evaluation 0."""
+        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+        shape = (u.shape[0], u[0].numel())
+        st = self._state
+        if st is None or st.shape != shape or st.dtype != dtype or st.device != u.device:
+            self._state = st = torch.zeros(shape, dtype=dtype, device=u.device)
+        return st
 
     def predict_x0(self, x: Tensor, level: Level | Sequence[Level], step: int = 0) -> Tensor:
         """The model's x0 estimate on state ``x`` (B, ...) at ``level`` (one for the batch, or a
@@ -202,7 +273,8 @@ class Denoiser:
         elif len(levels) == x.shape[0]:
             t = self.time_table([[lv.t] for lv in levels], x)[0]
             c_in = self.scale_table([[lv] for lv in levels], x)[0]
-            pred = self(x, levels[0], step, t=t, c_in=c_in)
+            guide = None if self.guidance is None else self.guide(levels, step, x)
+            pred = self(x, levels[0], step, t=t, c_in=c_in, guide=guide)
             heads = [self.param.x0_coeffs(lv.alpha, lv.std) for lv in levels]
         else:
             raise ValueError(f"got {len(levels)} levels for a batch of {x.shape[0]}; expected 1 or {x.shape[0]}")
@@ -221,7 +293,7 @@ class Denoiser:
         """``[w, 1]`` on ``device``, made once: a host->device copy cannot happen inside a CUDA graph."""
         cached = self._guidance_cache.get(device)
         if cached is None:
-            w = float(self.guidance_scale)  # type: ignore[arg-type]
+            w = float(self.guidance.scale)  # type: ignore[union-attr]
             cached = torch.tensor([w, 1.0], dtype=torch.float32).to(device)
             self._guidance_cache[device] = cached
         return cached

@@ -8,12 +8,13 @@ eagerly without trying again).
 
 **The graph cache.** A captured graph is kept in a bounded LRU :class:`GraphCache` (8 graphs,
 ``DIFFCORE_GRAPH_CACHE_SIZE`` or :func:`set_cache_size`; 0 turns caching off). A later
-``cuda_graph=True`` call with the same model object, the same program (plan, parameterization and
-coefficients), the same shape / stride / dtype / device of the state, the same conditioning
-structure (tensor shapes and dtypes, plus every non-tensor value), the same guidance settings and
-backend, and, for a stochastic sampler, the same ``seed``, replays it: the new state and
-conditioning tensors are copied into the graph's static input buffers, the graph is replayed and
-its output copied into the caller's state. Nothing is allocated per replay.
+``cuda_graph=True`` call with the same model object, the same program (plan, parameterization,
+coefficients and CFG++ factors), the same shape / stride / dtype / device of the state, the same
+conditioning structure (tensor shapes and dtypes, plus every non-tensor value), the same guidance
+(a :class:`~diffcore.guidance.Guidance`: method and settings) and backend, and, for a stochastic
+sampler, the same ``seed``, replays it: the new state and conditioning tensors are copied into the
+graph's static input buffers, the graph is replayed and its output copied into the caller's state.
+Nothing is allocated per replay.
 
 What a replay cannot see, by construction of CUDA graphs:
 
@@ -307,7 +308,7 @@ def graph_key(denoiser: Any, x: Tensor, program: Hashable, seed: int | None) -> 
     key = (
         id(owner), func, getattr(owner, "training", None), program,
         tuple(x.shape), x.stride(), x.dtype, x.device,
-        denoiser.timestep_dtype, denoiser.guidance_scale, denoiser.guidance_rescale, denoiser.check_finite,
+        denoiser.timestep_dtype, denoiser.guidance, denoiser.check_finite,
         structure(denoiser.cond), structure(denoiser.uncond),
         ops.backend(x.device), torch.is_grad_enabled(), _autocast(x.device.type),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from diffcore.samplers.adaptive import dpm_adaptive
 from diffcore.samplers.base import ProgramSampler, Sampler, program_sampler
 from diffcore.samplers.builder import Builder, History, Point
+from diffcore.samplers.cfg_pp import dpmpp_2m_cfg_pp, euler_ancestral_cfg_pp, euler_cfg_pp
 from diffcore.samplers.ddim import ddim, euler, euler_ancestral
 from diffcore.samplers.ddpm import ddpm
 from diffcore.samplers.dpmpp import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde
@@ -17,7 +18,8 @@ from diffcore.samplers.unipc import unipc
 SAMPLERS: dict[str, Sampler] = {
     s.name: s
     for s in (ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, unipc, lms,
-              dpm_2, dpm_2_ancestral, dpmpp_2s, dpmpp_2s_ancestral, dpmpp_sde, dpm_adaptive)
+              dpm_2, dpm_2_ancestral, dpmpp_2s, dpmpp_2s_ancestral, dpmpp_sde, dpm_adaptive,
+              euler_cfg_pp, euler_ancestral_cfg_pp, dpmpp_2m_cfg_pp)
 }
 
 __all__ = ["SAMPLERS", "Builder", "Expr", "History", "Point", "ProgramSampler", "Sampler", "program_sampler"]

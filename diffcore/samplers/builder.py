@@ -14,6 +14,15 @@ alpha, ``sigma = std / alpha`` and ``d = (x - x0) / sigma`` is the probability-f
 author serves variance-preserving, flow and EDM schedules. History slots hold VE quantities.
 At zero terminal SNR the first level has sigma = inf and ``x`` is undefined: samplers that run on
 such plans (DDIM, DDPM) write ``x0 + c * d``, which stays finite.
+
+CFG++ samplers (Chung et al. 2024) also read ``p.x0u``, the unconditional x0 (and ``p.du``, the
+derivative from it). The fused op computes one x0 per step, ``a*x + b*m`` with ``m`` a
+combination of the unconditional and conditional outputs, so a row ``al*x0 + be*x0u + ...`` is
+``(al + be) * x0'`` with ``x0'`` the x0 of guidance scaled by ``f = al / (al + be)``: the builder
+folds ``x0u`` into the x0 column and records ``f`` on the :class:`~diffcore.samplers.program.Step`.
+All rows of a step must share that ratio, except history values of ``x0u`` alone: those are
+written by a second fused op before the step (on the unconditional output), into slots the step
+does not read (give such a History one slot more than it reads).
 """
 
 from __future__ import annotations
@@ -77,9 +86,22 @@ class Point:
     @property
     def d(self) -> Expr:
         """``(x - x0) / sigma``, the ODE derivative dx/dsigma (the eps estimate)."""
+        return self._derivative("x0")
+
+    @property
+    def x0u(self) -> Expr:
+        """The unconditional model's x0 estimate (CFG++; needs guidance)."""
+        return Expr({"x0u": 1.0}, self.step)
+
+    @property
+    def du(self) -> Expr:
+        """``(x - x0u) / sigma``, the derivative from the unconditional x0 (CFG++'s renoising direction)."""
+        return self._derivative("x0u")
+
+    def _derivative(self, x0: str) -> Expr:
         if self.level.std == 0:
-            raise ValueError("the derivative d is undefined at sigma = 0")
-        return Expr({"x": 1.0 / self.level.std, "x0": -self.alpha / self.level.std}, self.step)
+            raise ValueError(f"the derivative d{'u' if x0 == 'x0u' else ''} is undefined at sigma = 0")
+        return Expr({"x": 1.0 / self.level.std, x0: -self.alpha / self.level.std}, self.step)
 
 
 class History:
@@ -210,19 +232,52 @@ class Builder:
         for k, rec in enumerate(self._records):
             kept = [(slot, e) for slot, e in rec.writes if (k, slot) in live]
             rows = np.stack([self._row(e, k) for e in [rec.x_next, *(e for _, e in kept)]])
+            uses_uncond = bool(np.any(rows[:, 2] != 0))
+            main, factor, side = self._fold(rows, [None, *(s for s, _ in kept)], k)
+            rows = np.stack([r for _, r in main])
             noise = bool(np.any(rows[:, -1] != 0))
-            steps.append(Step(rec.point.level, rows, writes=tuple(s for s, _ in kept), noise=noise,
-                              sigma=rec.sigma, span=rec.span if noise else None))
+            steps.append(Step(rec.point.level, rows, writes=tuple(s for s, _ in main[1:]), noise=noise,
+                              sigma=rec.sigma, span=rec.span if noise else None, uncond=uses_uncond, factor=factor,
+                              side_rows=np.stack([r for _, r in side]) if side else None,
+                              side_writes=tuple(s for s, _ in side)))
         return Program(steps=steps, slots=self.slots)
 
     def _row(self, e: Expr, k: int) -> np.ndarray:
-        row = np.zeros(3 + self.slots)
+        """Coefficients over ``[x, x0, x0u, h_0..h_{K-1}, z]``."""
+        row = np.zeros(4 + self.slots)
         for term, c in e.terms.items():
-            row[{"x": 0, "x0": 1, "z": 2 + self.slots}[term] if isinstance(term, str) else 2 + term] += c
+            row[{"x": 0, "x0": 1, "x0u": 2, "z": 3 + self.slots}[term] if isinstance(term, str) else 3 + term] += c
         if not np.isfinite(row).all():
             raise ValueError(f"sampler {self.name!r}: step {k} has a non-finite coefficient {row.tolist()}; at "
                              "sigma = inf (zero terminal SNR) write updates as x0 + c * d")
         return row
+
+    def _fold(self, rows: np.ndarray, slots: list[int | None], k: int
+              ) -> tuple[list[tuple[int | None, np.ndarray]], float, list[tuple[int, np.ndarray]]]:
+        """Split a step's ``[x, x0, x0u, ...]`` rows into the main op's rows (x0u folded into x0;
+        the CFG++ factor f) and the side op's history rows of x0u alone (x0u in the x0 column)."""
+        drop = lambda r: np.delete(r, 2)  # noqa: E731
+        if not np.any(rows[:, 2] != 0):
+            return [(s, drop(r)) for s, r in zip(slots, rows)], 1.0, []
+        side = [(s, r) for s, r in zip(slots, rows) if s is not None and r[1] == 0 and r[2] != 0]
+        main = [(s, r) for s, r in zip(slots, rows) if not any(s == t for t, _ in side)]
+        ratios = []
+        for _, r in main:
+            if r[1] != 0 or r[2] != 0:
+                if r[1] + r[2] == 0:
+                    raise ValueError(f"sampler {self.name!r}: step {k} uses x0 - x0u alone, which no guidance "
+                                     "scale gives; write it as a mix a*x0 + b*x0u with a + b != 0")
+                ratios.append(r[1] / (r[1] + r[2]))
+        if any(not math.isclose(f, ratios[0], rel_tol=1e-9, abs_tol=1e-12) for f in ratios):
+            raise ValueError(f"sampler {self.name!r}: step {k} mixes x0 and x0u in different ratios {ratios}; "
+                             "the fused op computes one x0 per step")
+        read = {j for _, r in main for j in range(self.slots) if r[3 + j] != 0}
+        for s, r in side:
+            if s in read or r[-1] != 0:
+                raise ValueError(f"sampler {self.name!r}: step {k} writes x0u to history slot {s}, which the step "
+                                 "also reads, or with noise; give the History one more slot")
+        folded = [(s, np.concatenate([r[:1], [r[1] + r[2]], r[3:]])) for s, r in main]
+        return folded, ratios[0] if ratios else 1.0, [(s, np.concatenate([r[:1], r[2:3], r[3:]])) for s, r in side]
 
 
 def _live_writes(records: list[_Record]) -> set[tuple[int, int]]:

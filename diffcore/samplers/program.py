@@ -21,13 +21,21 @@ from torch import Tensor
 
 from diffcore import graphs, ops
 from diffcore.denoiser import Denoiser
+from diffcore.guidance import StepGuide, step_guides
 from diffcore.samplers.brownian import BrownianPath
 from diffcore.timesteps import Level
 
 
 @dataclass
 class Step:
-    """One model evaluation and fused update."""
+    """One model evaluation and fused update.
+
+    A CFG++ step (``uncond``) reads the unconditional x0: its x0 is that of guidance scaled by
+    ``factor``, and ``side_rows`` (over the same columns, x0 meaning the unconditional x0) are
+    history values written by a fused op on the unconditional output before the step's own op.
+    Without guidance (or outside the guidance interval) the unconditional x0 is the model's x0,
+    so a CFG++ sampler is its base sampler there.
+    """
 
     level: Level
     rows: np.ndarray  # (1 + len(writes), 3 + slots)
@@ -35,6 +43,10 @@ class Step:
     noise: bool = False
     sigma: float = 0.0  # VE noise level after the step, for callbacks
     span: tuple[float, float] | None = None  # Brownian noise: the increment between these VE levels
+    uncond: bool = False  # reads the unconditional x0 (CFG++): needs guidance
+    factor: float = 1.0  # CFG++: the guidance scale of this step's x0 is factor * w
+    side_rows: np.ndarray | None = None  # (len(side_writes), 3 + slots)
+    side_writes: tuple[int, ...] = ()
 
 
 @dataclass
@@ -46,11 +58,26 @@ class Program:
 
 
 def _vectors(program: Program, denoiser: Denoiser) -> list[np.ndarray]:
+    """Per step its coefficient vector; a step with side rows is followed by the side op's vector,
+    whose row 0 keeps x as it is."""
     vectors = []
     for st in program.steps:
         a, b = denoiser.param.x0_coeffs(st.level.alpha, st.level.std)
         vectors.append(np.concatenate([[a, b], st.rows.reshape(-1)]))
+        if st.side_rows is not None:
+            keep_x = np.eye(1, st.rows.shape[1])[0]
+            vectors.append(np.concatenate([[a, b], keep_x, st.side_rows.reshape(-1)]))
     return vectors
+
+
+def _split(program: Program, views: list[Tensor]) -> tuple[list[Tensor], list[Tensor | None]]:
+    """The views of :func:`_table` as (main op per step, side op per step or None)."""
+    it = iter(views)
+    main, side = [], []
+    for st in program.steps:
+        main.append(next(it))
+        side.append(next(it) if st.side_rows is not None else None)
+    return main, side
 
 
 def _table(programs: list[Program], denoiser: Denoiser, x: Tensor,
@@ -77,12 +104,17 @@ def _signature(programs: list[Program], per: list[list[np.ndarray]], denoiser: D
     """Everything a captured loop bakes in from the programs: structure, coefficient vectors
     (x0 conversion included), model times and input scales, as a hashable."""
     main = programs[0]
-    shape = (len(programs), main.slots, tuple((st.writes, st.noise, st.rows.shape) for st in main.steps))
+    shape = (len(programs), main.slots, tuple(_structure(st) for st in main.steps))
     coeffs = np.concatenate([v for vs in per for v in vs]).tobytes()
     times = np.array([[st.level.t for st in p.steps] for p in programs], dtype=np.float64).tobytes()
     scales = np.array([[denoiser.param.input_scale(st.level.alpha, st.level.std) for st in p.steps] for p in programs],
                       dtype=np.float64).tobytes()
-    return shape, coeffs, times, scales
+    factors = np.array([[st.factor for st in p.steps] for p in programs], dtype=np.float64).tobytes()
+    return shape, coeffs, times, scales, factors
+
+
+def _structure(st: Step) -> tuple[Any, ...]:
+    return st.writes, st.noise, st.rows.shape, st.uncond, st.side_writes
 
 
 def check_same_structure(programs: list[Program]) -> None:
@@ -90,7 +122,7 @@ def check_same_structure(programs: list[Program]) -> None:
     ref = programs[0]
     for p in programs[1:]:
         same = p.slots == ref.slots and len(p.steps) == len(ref.steps) and all(
-            a.writes == b.writes and a.noise == b.noise and a.rows.shape == b.rows.shape for a, b in zip(p.steps, ref.steps)
+            _structure(a) == _structure(b) for a, b in zip(p.steps, ref.steps)
         )
         if not same:
             raise ValueError("per-sample programs differ in structure (steps, history slots, writes or noise)")
@@ -99,14 +131,23 @@ def check_same_structure(programs: list[Program]) -> None:
 Callback = Callable[[dict[str, Any]], None]
 
 
+@dataclass
+class _Run:
+    """The device buffers of one run, made before the loop (and before any graph capture)."""
+
+    table: list[Tensor]  # per step: the fused op's coefficients
+    side: list[Tensor | None]  # per step: the side op's coefficients (CFG++ history of x0u), or None
+    times: Tensor
+    scales: list[Tensor | float]
+    history: Tensor | None
+    guides: list[StepGuide] | None  # per step, with guidance
+
+
 def _loop(
     denoiser: Denoiser,
     x: Tensor,
     program: Program,
-    table: list[Tensor],
-    times: Tensor,
-    scales: list[Tensor | float],
-    history: Tensor | None,
+    run: _Run,
     noise: Tensor | None,
     generator: torch.Generator | None,
     seed: int | None,
@@ -115,8 +156,10 @@ def _loop(
 ) -> None:
     # Everything static was checked once in run_program; the native op re-checks in C++.
     step, cfg_step = ops.step_kernels(x.device)
-    for k, (st, coeffs) in enumerate(zip(program.steps, table)):
-        pred = denoiser(x, st.level, step=k, t=times[k], c_in=scales[k])
+    history = run.history
+    for k, (st, coeffs) in enumerate(zip(program.steps, run.table)):
+        guide = run.guides[k] if run.guides is not None else None
+        pred = denoiser(x, st.level, step=k, t=run.times[k], c_in=run.scales[k], guide=guide)
         z, step_seed = None, -1
         if st.span is not None:
             assert brownian is not None
@@ -128,6 +171,13 @@ def _loop(
                 assert noise is not None
                 torch.randn(x.shape, generator=generator, out=noise, dtype=x.dtype, device=x.device)
                 z = noise
+        side = run.side[k]
+        if side is not None:  # the unconditional x0 into history, before the step reads it
+            if pred.uncond is not None:
+                assert guide is not None
+                cfg_step(x, pred.uncond, pred.cond, guide.side, side, history, None, st.side_writes, -1, k)
+            else:  # no unconditional pass at this step: x0u is the x0 of the output
+                step(x, pred.out, side, history, None, st.side_writes, -1, k)
         if pred.out is not None:
             step(x, pred.out, coeffs, history, z, st.writes, step_seed, k)
         else:
@@ -166,39 +216,46 @@ def run_program(
     stochastic = any(st.noise for st in main.steps)
     if cuda_graph:
         return _run_graphed(denoiser, x, programs, seed=seed, stochastic=stochastic, callback=callback)
-    table, times, scales, history = _buffers(denoiser, x, programs)
+    run = _buffers(denoiser, x, programs)
     noise = torch.empty_like(x) if stochastic and seed is None else None
-    _check_static(x, main, table, history, noise)
+    _check_static(x, main, run, noise)
     brownian = None
     if any(st.span is not None for st in main.steps):
         if len(programs) > 1:
             raise ValueError("Brownian-noise samplers cannot mix start levels in one batch")
-        brownian = BrownianPath(x, seed if seed is not None else int(torch.randint(0, 2**62, (1,), generator=generator)))
-    _loop(denoiser, x, main, table, times, scales, history, noise, generator, seed, callback, brownian)
+        path_seed = seed if seed is not None else int(torch.randint(0, 2**62, (1,), generator=generator))
+        brownian = BrownianPath(x, path_seed)
+    _loop(denoiser, x, main, run, noise, generator, seed, callback, brownian)
     denoiser.raise_deferred()
     return x
 
 
-def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[list[np.ndarray]] | None = None,
-             ) -> tuple[list[Tensor], Tensor, list[Tensor | float], Tensor | None]:
-    """The coefficient table, model times, input scales and zeroed history of a run; every
-    host->device copy of the loop happens here, before any graph capture."""
+def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[list[np.ndarray]] | None = None) -> _Run:
+    """The coefficient tables, model times, input scales, zeroed history and per-step guidance of a
+    run; every host->device copy of the loop happens here, before any graph capture."""
     main = programs[0]
-    table = _table(programs, denoiser, x, per)
+    table, side = _split(main, _table(programs, denoiser, x, per))
     times = denoiser.time_table([[st.level.t for st in p.steps] for p in programs], x)
     scales = denoiser.scale_table([[st.level for st in p.steps] for p in programs], x)
     history = torch.zeros((main.slots, *x.shape), dtype=x.dtype, device=x.device) if main.slots else None
-    return table, times, scales, history
+    guides = None
+    if denoiser.guidance is not None:
+        guides = step_guides(denoiser.guidance, [[st.level for st in p.steps] for p in programs],
+                             [[st.factor for st in p.steps] for p in programs], x)
+    return _Run(table, side, times, scales, history, guides)
 
 
-def _check_static(x: Tensor, main: Program, table: list[Tensor], history: Tensor | None, noise: Tensor | None) -> None:
+def _check_static(x: Tensor, main: Program, run: _Run, noise: Tensor | None) -> None:
     """Check the loop's static arguments once (the native op re-checks in C++)."""
-    slots = main.slots
-    for k, (st, coeffs) in enumerate(zip(main.steps, table)):
+    slots, history = main.slots, run.history
+    for k, (st, coeffs, side) in enumerate(zip(main.steps, run.table, run.side)):
         if k == 0:
             ops.check_step(x, coeffs, history, noise if st.noise else None, st.writes)
         elif coeffs.shape[-1] != ops.coeff_width(slots, len(st.writes)) or any(not 0 <= w < slots for w in st.writes):
-            raise ValueError(f"program step {k}: {coeffs.shape[-1]} coefficients or writes {st.writes} do not fit {slots} slots")
+            raise ValueError(f"program step {k}: {coeffs.shape[-1]} coefficients or writes {st.writes} do not fit "
+                             f"{slots} slots")
+        if side is not None:
+            ops.check_step(x, side, history, None, st.side_writes)
 
 
 def _run_graphed(denoiser: Denoiser, x: Tensor, programs: list[Program], *, seed: int | None, stochastic: bool,
@@ -210,16 +267,16 @@ def _run_graphed(denoiser: Denoiser, x: Tensor, programs: list[Program], *, seed
     per = [_vectors(p, denoiser) for p in programs]
 
     def build() -> tuple[Callable[[Tensor], None], tuple[Any, ...]]:
-        table, times, scales, history = _buffers(denoiser, x, programs, per)
-        _check_static(x, main, table, history, None)
+        run = _buffers(denoiser, x, programs, per)
+        _check_static(x, main, run, None)
 
         def loop(state: Tensor) -> None:
-            if history is not None:  # as in an eager run, where history starts at zero
-                history.zero_()
+            if run.history is not None:  # as in an eager run, where history starts at zero
+                run.history.zero_()
             brownian = BrownianPath(state, seed) if any(st.span for st in main.steps) and seed is not None else None
-            _loop(denoiser, state, main, table, times, scales, history, None, None, seed, None, brownian)
+            _loop(denoiser, state, main, run, None, None, seed, None, brownian)
 
-        return loop, (table, times, scales, history)
+        return loop, (run,)
 
     def key() -> tuple[Any, Any, Any]:
         return graphs.graph_key(denoiser, x, _signature(programs, per, denoiser), seed if stochastic else None)
