@@ -7,7 +7,8 @@ error, and lets a PID controller (Söderlind 2003) accept the step or shrink it.
 steps is not known in advance, so this sampler runs its own loop (a model call per stage, the
 arithmetic in torch) instead of a precomputed coefficient program. Integration runs from the
 plan's first level to its smallest positive level; when the plan ends at sigma 0, a final
-denoising call lands there (one more model evaluation). Pass ``info={}`` in the sampler options
+denoising call lands there (one more model evaluation); a plan that starts at sigma = inf (zero
+terminal SNR, flow t = 1) first takes one exact first-order step to its next level. Pass ``info={}`` in the sampler options
 to receive ``nfe``, ``steps``, ``n_accept`` and ``n_reject``.
 """
 
@@ -22,6 +23,7 @@ from torch import Tensor
 from diffcore import ops
 from diffcore.denoiser import Denoiser
 from diffcore.samplers.base import check_eta
+from diffcore.samplers.builder import plan_level
 from diffcore.samplers.ddim import ancestral_split
 from diffcore.samplers.program import Callback
 from diffcore.timesteps import Plan
@@ -108,12 +110,12 @@ class AdaptiveSampler:
         if cuda_graph:
             raise ValueError("dpm_adaptive chooses its steps at run time and cannot be captured in a CUDA graph")
         ops.check_noise_source(seed, generator)
-        sigmas = [float(s) for s in plan.sigmas if float(s) > 0]
-        t_end, t = -math.log(min(sigmas)), -math.log(max(sigmas))
         solver = _Solver(denoiser, plan, x)
+        xv = x / plan.level(0)[0] if plan.level(0)[0] > 0 else self._from_pure_noise(solver, x, plan)
+        sigmas = [float(s) for s in plan.sigmas if 0 < float(s) < math.inf]
+        t_end, t = -math.log(min(sigmas)), -math.log(max(sigmas))
         pid = PIDController(o["h_init"], o["pcoeff"], o["icoeff"], o["dcoeff"], 1.5 if eta else o["order"],
                             o["accept_safety"])
-        xv = x / plan.level(0)[0]  # the VE state
         prev, steps, accepted = xv, 0, 0
         while t < t_end - 1e-5:
             t_next = min(t_end, t + pid.h)
@@ -137,6 +139,15 @@ class AdaptiveSampler:
             o["info"].update(nfe=solver.nfe, steps=steps, n_accept=accepted, n_reject=steps - accepted)
         end_alpha = plan.level(plan.steps)[0]
         return x.copy_(xv * end_alpha)
+
+    @staticmethod
+    def _from_pure_noise(solver: _Solver, x: Tensor, plan: Plan) -> Tensor:
+        """A plan that starts at sigma = inf (zero SNR, flow t = 1) has no log-sigma to adapt in:
+        one exact first-order step lands on its next level, ``x0 + sigma_1 * eps``, eps = x / std."""
+        level = plan_level(plan, 0)
+        solver.nfe += 1
+        x0 = solver.denoiser.predict_x0(x, level, step=0)
+        return x0 + float(plan.sigmas[1]) * (x / level.std)
 
     @staticmethod
     def _noise(like: Tensor, generator: torch.Generator | None, seed: int | None, k: int) -> Tensor:

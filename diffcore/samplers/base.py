@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from diffcore.denoiser import Denoiser
-from diffcore.samplers.builder import Author, Builder
+from diffcore.samplers.builder import FRAMES, Author, Builder
 from diffcore.samplers.program import Callback, Program, run_program
 from diffcore.timesteps import PLAN_PRESETS, Plan
 
@@ -48,10 +48,14 @@ class ProgramSampler:
     plan_style: str = "karras"
     options: dict[str, Any] = field(default_factory=dict)
     stochastic: bool = False
+    frame: str = "ve"
 
     def __post_init__(self) -> None:
         if self.plan_style not in PLAN_PRESETS:
-            raise ValueError(f"sampler {self.name!r}: plan_style={self.plan_style!r}: expected one of {sorted(PLAN_PRESETS)}")
+            raise ValueError(f"sampler {self.name!r}: plan_style={self.plan_style!r}: "
+                             f"expected one of {sorted(PLAN_PRESETS)}")
+        if self.frame not in FRAMES:
+            raise ValueError(f"sampler {self.name!r}: frame={self.frame!r}: expected one of {FRAMES}")
 
     def resolve(self, options: dict[str, Any]) -> dict[str, Any]:
         """Options with defaults filled in; unknown names raise listing the known ones."""
@@ -67,7 +71,7 @@ class ProgramSampler:
 
     def build(self, plan: Plan, **resolved: Any) -> Program:
         """The program over ``plan`` for already resolved options."""
-        builder = Builder(plan, self.name)
+        builder = Builder(plan, self.name, self.frame)
         self.author(builder, **resolved)
         return builder.build()
 
@@ -91,12 +95,13 @@ class ProgramSampler:
 
 
 def program_sampler(
-    name: str, *, plan_style: str = "karras", stochastic: bool = False, **options: Any
+    name: str, *, plan_style: str = "karras", stochastic: bool = False, frame: str = "ve", **options: Any
 ) -> Callable[[Author], ProgramSampler]:
     """Decorator: ``@program_sampler("euler", plan_style="karras")`` over ``author(b, **options)``;
-    keyword ``options`` are the sampler's options and their defaults."""
+    keyword ``options`` are the sampler's options and their defaults; ``frame="ode"`` runs a
+    generic ODE solver in its schedule's natural frame (flow time on flow schedules)."""
 
     def wrap(author: Author) -> ProgramSampler:
-        return ProgramSampler(name, author, plan_style, dict(options), stochastic)
+        return ProgramSampler(name, author, plan_style, dict(options), stochastic, frame)
 
     return wrap

@@ -15,6 +15,14 @@ author serves variance-preserving, flow and EDM schedules. History slots hold VE
 At zero terminal SNR the first level has sigma = inf and ``x`` is undefined: samplers that run on
 such plans (DDIM, DDPM) write ``x0 + c * d``, which stays finite.
 
+Frames: a sampler declared with ``frame="ode"`` (the generic one-step ODE solvers: Euler, Heun,
+DPM-Solver-2) is written in the same words but runs in its schedule's natural ODE frame. On a
+flow schedule that is flow time: ``x`` is the state over ``alpha + std`` (= 1),
+``sigma = t = std / (alpha + std)`` and ``d = (x - x0) / t`` the velocity, as in diffusers'
+FlowMatch schedulers (a Heun step averages slopes in t, not in VE sigma); elsewhere it is VE.
+Exponential integrators (DPM-Solver++, UniPC), ancestral/SDE samplers and LMS (whose warm-up
+steps are nearly exact only where the VE ODE is nearly linear, at large sigma) use the VE frame.
+
 CFG++ samplers (Chung et al. 2024) also read ``p.x0u``, the unconditional x0 (and ``p.du``, the
 derivative from it). The fused op computes one x0 per step, ``a*x + b*m`` with ``m`` a
 combination of the unconditional and conditional outputs, so a row ``al*x0 + be*x0u + ...`` is
@@ -36,6 +44,9 @@ import numpy as np
 from diffcore.samplers.expr import Expr
 from diffcore.samplers.program import Program, Step
 from diffcore.timesteps import Level, Plan
+
+
+FRAMES = ("ve", "ode")
 
 
 def ve_sigma(alpha: float, std: float) -> float:
@@ -68,6 +79,8 @@ class Point:
     sigma: float
     sigma_to: float
     alpha_to: float
+    scale: float = 0.0  # the frame's state scale here: alpha (VE frame) or alpha + std (flow frame)
+    scale_to: float = math.nan  # ... and at the default target
 
     @property
     def alpha(self) -> float:
@@ -75,8 +88,8 @@ class Point:
 
     @property
     def x(self) -> Expr:
-        """The VE state ``x_state / alpha``."""
-        return Expr({"x": math.inf if self.alpha == 0 else 1.0 / self.alpha}, self.step)
+        """The state in frame units, ``x_state / alpha`` in the VE frame."""
+        return Expr({"x": math.inf if self.scale == 0 else 1.0 / self.scale}, self.step)
 
     @property
     def x0(self) -> Expr:
@@ -101,7 +114,7 @@ class Point:
     def _derivative(self, x0: str) -> Expr:
         if self.level.std == 0:
             raise ValueError(f"the derivative d{'u' if x0 == 'x0u' else ''} is undefined at sigma = 0")
-        return Expr({"x": 1.0 / self.level.std, x0: -self.alpha / self.level.std}, self.step)
+        return Expr({"x": 1.0 / self.level.std, x0: -self.scale / self.level.std}, self.step)
 
 
 class History:
@@ -153,9 +166,12 @@ class _Record:
 class Builder:
     """Records a sampler's model calls and updates over ``plan`` (see the module docstring)."""
 
-    def __init__(self, plan: Plan, name: str = "sampler") -> None:
+    def __init__(self, plan: Plan, name: str = "sampler", frame: str = "ve") -> None:
+        if frame not in FRAMES:
+            raise ValueError(f"sampler {name!r}: frame={frame!r}: expected one of {FRAMES}")
         self.plan = plan
         self.name = name
+        self.frame = plan.ode_frame if frame == "ode" else "ve"
         self.steps = plan.steps
         self.slots = 0
         self.noise = Expr({"z": 1.0})
@@ -165,8 +181,21 @@ class Builder:
         self._span: tuple[float, float] | None = None
 
     def sigma(self, i: int) -> float:
-        """VE sigma of plan level ``i`` (``i = steps`` is the end point)."""
-        return ve_sigma(float(self.plan.alphas[i]), float(self.plan.stds[i]))
+        """Frame sigma (VE sigma, or flow time) of plan level ``i`` (``i = steps`` is the end point)."""
+        return self._time(float(self.plan.alphas[i]), float(self.plan.stds[i]))
+
+    def _scale(self, alpha: float, std: float) -> float:
+        return alpha + std if self.frame == "flow" else alpha
+
+    def _time(self, alpha: float, std: float) -> float:
+        scale = self._scale(alpha, std)
+        return math.inf if scale == 0 else std / scale
+
+    def _ve(self, sigma: float) -> float:
+        """VE sigma of frame sigma ``sigma``."""
+        if self.frame == "flow":
+            return math.inf if sigma >= 1 else sigma / (1.0 - sigma)
+        return float(sigma)
 
     def history(self, size: int) -> History:
         """A :class:`History` of ``size`` values; create histories before the first model call."""
@@ -181,7 +210,7 @@ class Builder:
         two VE levels (:mod:`diffcore.samplers.brownian`): one path per seed at any step count."""
         if self._open is None:
             raise ValueError(f"sampler {self.name!r}: noise_between() belongs to a model call's update")
-        self._span = (float(sigma), float(sigma_next))
+        self._span = (self._ve(sigma), self._ve(sigma_next))
         return self.noise
 
     def model(self, i: int) -> Point:
@@ -189,38 +218,38 @@ class Builder:
         if not 0 <= i <= self.steps:
             raise ValueError(f"level {i} is outside the plan's 0..{self.steps}")
         alpha_to, std_to = self.plan.target(i) if i < self.steps else (math.nan, math.nan)
-        return self._evaluate(plan_level(self.plan, i), ve_sigma(alpha_to, std_to), alpha_to)
+        return self._evaluate(plan_level(self.plan, i), self._time(alpha_to, std_to), alpha_to,
+                              self._scale(alpha_to, std_to))
 
     def model_at(self, sigma: float) -> Point:
-        """Evaluate the model at VE noise level ``sigma`` (e.g. a midpoint); updates name their target."""
-        return self._evaluate(self.plan.level_at(sigma), math.nan, math.nan)
+        """Evaluate the model at frame sigma ``sigma`` (e.g. a midpoint); updates name their target."""
+        return self._evaluate(self.plan.level_at(self._ve(sigma)), math.nan, math.nan)
 
-    def _evaluate(self, level: Level, sigma_to: float, alpha_to: float) -> Point:
+    def _evaluate(self, level: Level, sigma_to: float, alpha_to: float, scale_to: float = math.nan) -> Point:
         if self._open is not None:
             raise ValueError(f"sampler {self.name!r}: each model call needs its update() before the next")
-        self._open = Point(len(self._records), level, ve_sigma(level.alpha, level.std), sigma_to, alpha_to)
+        self._open = Point(len(self._records), level, self._time(level.alpha, level.std), sigma_to, alpha_to,
+                           self._scale(level.alpha, level.std), scale_to)
         return self._open
 
     def update(self, x_next: Expr, *, level: int | None = None, sigma: float | None = None) -> None:
-        """The new state (VE units) after the open model call, landing on plan level ``level``,
-        on VE ``sigma``, or by default on the call's ``sigma_to``; pushed history values are written."""
+        """The new state (frame units) after the open model call, landing on plan level ``level``,
+        on frame ``sigma``, or by default on the call's ``sigma_to``; pushed history values are written."""
         p = self._open
         if p is None:
             raise ValueError(f"sampler {self.name!r}: update() needs a model() call first")
-        if level is not None:
-            land = plan_level(self.plan, level)
-            alpha, sigma_land = land.alpha, ve_sigma(land.alpha, land.std)
-        elif sigma is not None:
-            alpha, sigma_land = self.plan.level_at(sigma).alpha, float(sigma)
+        if level is not None or sigma is not None:
+            land = plan_level(self.plan, level) if level is not None else self.plan.level_at(self._ve(sigma))
+            scale, sigma_land = self._scale(land.alpha, land.std), ve_sigma(land.alpha, land.std)
         elif math.isnan(p.sigma_to):
             raise ValueError(f"sampler {self.name!r}: an update after model_at() needs level= or sigma=")
         else:
-            alpha, sigma_land = p.alpha_to, p.sigma_to
+            scale, sigma_land = p.scale_to, self._ve(p.sigma_to)
         writes = [w for w in (h._commit() for h in self._histories) if w is not None]
         for e in [x_next, *(v for _, v in writes)]:
             if e.step not in (None, p.step):
                 raise ValueError(f"sampler {self.name!r}: an update uses x/x0 of an earlier model call")
-        self._records.append(_Record(p, x_next * alpha, writes, sigma_land, self._span))
+        self._records.append(_Record(p, x_next * scale, writes, sigma_land, self._span))
         self._open, self._span = None, None
 
     def build(self) -> Program:

@@ -36,7 +36,7 @@ def ddim(b: Builder, eta: float) -> None:
     _ancestral(b, eta)
 
 
-@program_sampler("euler", plan_style="karras")
+@program_sampler("euler", plan_style="karras", frame="ode")
 def euler(b: Builder) -> None:
     """Euler step of the probability-flow ODE (Karras et al. 2022, Alg. 1)."""
     _ancestral(b, 0.0)

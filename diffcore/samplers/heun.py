@@ -11,7 +11,7 @@ from diffcore.samplers.base import program_sampler
 from diffcore.samplers.builder import Builder
 
 
-@program_sampler("heun", plan_style="karras")
+@program_sampler("heun", plan_style="karras", frame="ode")
 def heun(b: Builder) -> None:
     """Heun's 2nd-order ODE solver (Karras et al. 2022, Alg. 1)."""
     d_first = b.history(1)

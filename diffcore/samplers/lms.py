@@ -7,6 +7,8 @@ with orders 1, 2, 3.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from diffcore.samplers.base import program_sampler
@@ -33,10 +35,15 @@ def lms(b: Builder, order: int) -> None:
     if not isinstance(order, int) or not 1 <= order <= 4:
         raise ValueError(f"lms: order={order!r} must be an integer in [1, 4]")
     ds = b.history(order - 1) if order > 1 else None  # d_{i-1}, d_{i-2}, ...
+    known = 0  # levels behind this one whose d is a node (sigma = inf, pure noise, is none)
     for i in range(b.steps):
         p = b.model(i)
-        c = lms_coefficients([b.sigma(i - j) for j in range(min(i + 1, order))], p.sigma, p.sigma_to)
+        if math.isinf(p.sigma):  # zero SNR / flow t = 1: the exact first-order step, x0 + s' d
+            b.update(p.x0 + p.sigma_to * p.d)
+            continue
+        c = lms_coefficients([b.sigma(i - j) for j in range(min(known, order - 1) + 1)], p.sigma, p.sigma_to)
         x_next = p.x + c[0] * p.d + sum(c[j] * ds[j - 1] for j in range(1, len(c)))  # type: ignore[index]
         if ds is not None:
             ds.push(p.d)
+        known += 1
         b.update(x_next)

@@ -25,7 +25,7 @@ def _exp_step(p: Point, x0: Expr, sigma_to: float) -> Expr:
     return sigma_to / p.sigma * p.x + _one_minus_exp(half_log_snr(sigma_to) - half_log_snr(p.sigma)) * x0
 
 
-@program_sampler("dpm_2", plan_style="karras")
+@program_sampler("dpm_2", plan_style="karras", frame="ode")
 def dpm_2(b: Builder) -> None:
     """DPM-Solver-2 (Lu et al. 2022, Alg. 1, r1 = 1/2): Euler to the log-midpoint, then the full
     step with the midpoint derivative (k-diffusion's sample_dpm_2, diffusers' KDPM2)."""
@@ -50,8 +50,8 @@ def dpm_2_ancestral(b: Builder, eta: float) -> None:
     for i in range(b.steps):
         p = b.model(i)
         s_down, s_up = ancestral_split(p.sigma, p.sigma_to, eta)
-        if s_down == 0:
-            b.update(p.x0)
+        if s_down == 0 or math.isinf(p.sigma):  # to sigma 0, or from pure noise: one first-order step
+            b.update(p.x0 + s_down * p.d + s_up * b.noise)
             continue
         s_mid = math.sqrt(p.sigma * s_down)
         start.push(p.x)
@@ -68,8 +68,8 @@ def dpmpp_2s_ancestral(b: Builder, eta: float) -> None:
     for i in range(b.steps):
         p = b.model(i)
         s_down, s_up = ancestral_split(p.sigma, p.sigma_to, eta)
-        if s_down == 0:
-            b.update(p.x0)
+        if s_down == 0 or math.isinf(p.sigma):  # to sigma 0, or from pure noise: one first-order step
+            b.update(p.x0 + s_down * p.d + s_up * b.noise)
             continue
         s_mid = math.sqrt(p.sigma * s_down)
         start.push(p.x)
@@ -87,8 +87,9 @@ def dpmpp_sde(b: Builder, eta: float) -> None:
     start = b.history(1)
     for i in range(b.steps):
         p = b.model(i)
-        if p.sigma_to == 0:
-            b.update(p.x0)
+        if p.sigma_to == 0 or math.isinf(p.sigma):  # to sigma 0, or from pure noise: one first-order step
+            down, up = ancestral_split(p.sigma, p.sigma_to, eta)
+            b.update(p.x0 + down * p.d + up * b.noise_between(p.sigma, p.sigma_to))
             continue
         s_mid = math.sqrt(p.sigma * p.sigma_to)
         down, up = ancestral_split(p.sigma, s_mid, eta)
