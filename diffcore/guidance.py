@@ -20,7 +20,9 @@ into the ``[w, r]`` of :func:`diffcore.ops.cfg_sampler_step` (``m = r * (u + w *
 Common settings: ``rescale`` (phi of Lin et al. 2023, applied to the guided output) and
 ``interval``, the VE noise levels ``lo < sigma <= hi`` where guidance applies (Kynkäänniemi et
 al. 2024); outside it a step uses the conditional output alone and skips the unconditional pass.
-A ``|r|`` that would be 0 is kept at ``1e-12`` (it changes ``m`` by ``1e-12 u``).
+At scale 1 every method is the conditional output and the unconditional pass is skipped (as
+diffusers' guiders and pipelines do), except at CFG++ steps. A ``|r|`` that would be 0 is kept at
+``1e-12`` (it changes ``m`` by ``1e-12 u``).
 
 CFG++ samplers (:mod:`diffcore.samplers.cfg_pp`) mix the guided and the unconditional x0 with
 a per-step factor ``f``; ``m = u + f (m_g - u)`` is again ``[w, r]``: ``r' = 1 + f (r - 1)``,
@@ -104,11 +106,15 @@ class Guidance:
         return 0
 
     def active(self, sigma: float) -> bool:
-        """Whether guidance applies at VE noise level ``sigma``."""
+        """Whether ``sigma`` (VE) is in the guidance interval."""
         return self.interval is None or self.interval[0] < sigma <= self.interval[1]
 
-    def active_at(self, level: Level) -> bool:
-        """Whether guidance applies at ``level`` (VE sigma ``std / alpha``, inf at alpha = 0)."""
+    def active_at(self, level: Level, reads_uncond: bool = False) -> bool:
+        """Whether a step at ``level`` needs the unconditional pass: in the interval, and a scale
+        other than 1 (at 1 every method is the conditional output, as diffusers' guiders have it)
+        or a CFG++ step (``reads_uncond``), which renoises with the unconditional x0 at any scale."""
+        if self.scale == 1.0 and not reads_uncond:
+            return False
         return self.active(math.inf if level.alpha == 0 else level.std / level.alpha)
 
     def pair(self, u: Tensor, c: Tensor) -> Tensor:
@@ -306,12 +312,15 @@ class StepGuide:
 
 
 def step_guides(guidance: Guidance, levels: Sequence[Sequence[Level]], factors: Sequence[Sequence[float]],
-                x: Tensor, first: int = 0) -> list[StepGuide]:
+                x: Tensor, first: int = 0, reads_uncond: Sequence[bool] | None = None) -> list[StepGuide]:
     """One :class:`StepGuide` per model evaluation, from the ``levels`` and CFG++ ``factors`` of
     each program, shape (programs, steps) with programs 1 (shared) or B; ``first`` is the index of
-    the first evaluation (for zero-init). Every device tensor comes from one host->device copy."""
+    the first evaluation (for zero-init), ``reads_uncond`` per step whether it is a CFG++ step.
+    Every device tensor comes from one host->device copy."""
     fac = np.asarray(factors, dtype=np.float64)
-    act = np.array([[guidance.active_at(lv) for lv in row] for row in levels], dtype=bool).reshape(fac.shape)
+    reads = list(reads_uncond) if reads_uncond is not None else [False] * fac.shape[1]
+    act = np.array([[guidance.active_at(lv, r) for lv, r in zip(row, reads)] for row in levels],
+                   dtype=bool).reshape(fac.shape)
     f_eff = np.where(act, fac, 1.0)
     ones = np.ones_like(f_eff)
     pair = np.stack([np.where(act, guidance.scale * f_eff, 1.0), ones], -1)  # (P, S, 2)

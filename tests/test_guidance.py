@@ -99,6 +99,8 @@ CASES = {
                  {"eta": 0.0, "norm_threshold": 2.0}),
     "apg-no-clip": (dict(guidance_scale=5.0, eta=0.5, adaptive_projected_guidance_rescale=0.0), APG,
                     {"eta": 0.5, "norm_threshold": 0.0}),
+    "apg-scale-1": (dict(guidance_scale=1.0, eta=0.0, adaptive_projected_guidance_rescale=2.0), APG,
+                    {"eta": 0.0, "norm_threshold": 2.0}),  # diffusers: the conditional output
     "apg-momentum": (dict(guidance_scale=7.5, eta=0.0, adaptive_projected_guidance_momentum=-0.5), APG,
                      {"eta": 0.0, "momentum": -0.5}),
     "apg-momentum-interval-rescale": (
@@ -140,6 +142,25 @@ def test_the_interval_skips_the_unconditional_pass_and_zero_init_the_model() -> 
     # steps 0, 1: no call; 2, 3: unconditional and conditional passes; 4..7: conditional only
     assert calls == [(2, B, True), (2, B, False), (3, B, True), (3, B, False)] + [(k, B, False) for k in range(4, 8)]
     assert den.evaluations == 6
+
+
+def test_scale_one_skips_the_unconditional_pass_except_for_cfg_pp() -> None:
+    calls: list = []
+
+    def counting(x, t, cond=None):
+        calls.append(x.shape[0])
+        return torch.tanh(x) * (t.reshape(-1, 1, 1) / 1000.0) + (0 if cond is None else 0.1 * cond.reshape(-1, 1, 1))
+
+    x = torch.randn(B, 2, 4, generator=torch.Generator().manual_seed(0))
+    kw = dict(steps=5, schedule="linear", seed=1, cond=COND, uncond=UNCOND, guidance_scale=1.0)
+    for guidance in ("cfg", "apg", "cfg_zero_star"):
+        calls.clear()
+        out = diffcore.sample(counting, x, sampler="euler", guidance=guidance, **kw)
+        assert calls == [B] * (5 if guidance != "cfg_zero_star" else 4)  # zero-init: one step without a call
+    calls.clear()
+    diffcore.sample(counting, x, sampler="euler_cfg_pp", **kw)
+    assert calls == [2 * B] * 4 + [B]  # lambda = 1 still renoises with x0u; the last step lands on x0
+    assert torch.isfinite(out).all()
 
 
 def test_mixed_interval_membership_in_one_batch_is_per_sample() -> None:

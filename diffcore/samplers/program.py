@@ -43,7 +43,7 @@ class Step:
     noise: bool = False
     sigma: float = 0.0  # VE noise level after the step, for callbacks
     span: tuple[float, float] | None = None  # Brownian noise: the increment between these VE levels
-    uncond: bool = False  # reads the unconditional x0 (CFG++): needs guidance
+    uncond: bool = False  # reads the unconditional x0 (CFG++)
     factor: float = 1.0  # CFG++: the guidance scale of this step's x0 is factor * w
     side_rows: np.ndarray | None = None  # (len(side_writes), 3 + slots)
     side_writes: tuple[int, ...] = ()
@@ -241,7 +241,8 @@ def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[l
     guides = None
     if denoiser.guidance is not None:
         guides = step_guides(denoiser.guidance, [[st.level for st in p.steps] for p in programs],
-                             [[st.factor for st in p.steps] for p in programs], x)
+                             [[st.factor for st in p.steps] for p in programs], x,
+                             reads_uncond=[st.uncond for st in main.steps])
     return _Run(table, side, times, scales, history, guides)
 
 
