@@ -1,17 +1,19 @@
 """The ``diffcore`` command line.
 
 Built-in commands: ``plugins`` (JSON of :func:`diffcore.plugins.plugin_info`), ``list KIND``
-(JSON of registered names), ``run TASK [--field value ...]`` (a registered task, its
-``Params`` dataclass fields as options), ``demo``. Plugins add more through the
-``register_commands(cli)`` hook. Bad input is one ``diffcore: error: ...`` line on stderr
-and exit code 2.
+(JSON of registered names) and ``run TASK [--field value ...]`` (a registered task, its
+``Params`` dataclass fields as options). Plugins add more through the
+``register_commands(cli)`` hook; :meth:`PluginCommands.add_task` builds a command from a task's
+``Params`` the same way. Bad input -- a parse error, or a ValueError / TypeError / OSError
+raised while a command runs -- is one ``diffcore: error: COMMAND: ...`` line on stderr and exit
+code 2; task warnings are ``diffcore: warning: ...`` lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
+import functools
 import inspect
 import io
 import json
@@ -25,13 +27,14 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn, Union
 
 from diffcore import plugins
+from diffcore.tasks import TaskWarning
 
-BUILTIN_COMMANDS: tuple[str, ...] = ("plugins", "list", "run", "demo")
+BUILTIN_COMMANDS: tuple[str, ...] = ("plugins", "list", "run")
 _SCALARS: tuple[type, ...] = (int, float, str, bool, Path)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-__all__ = ["BUILTIN_COMMANDS", "PluginCommands", "UsageError", "build_parser", "main", "task_parser"]
+__all__ = ["BUILTIN_COMMANDS", "PluginCommands", "UsageError", "add_params", "build_parser", "main", "task_parser"]
 
 
 class UsageError(Exception):
@@ -80,6 +83,18 @@ class PluginCommands:
         self._added[name] = (help, parser)
         return parser
 
+    def add_task(self, name: str, task: Any, help: str) -> argparse.ArgumentParser:  # noqa: A002
+        """Add ``diffcore NAME`` running ``task`` (a task object or class, as registered with
+        ``register_tasks``): one option per field of ``task.Params``, built as for ``diffcore run``,
+        except that fields with ``metadata["positional"]`` are positional arguments. The command
+        prints the dict ``task.run(params)`` returns as JSON. Returns the parser."""
+        task = _task_object(name, task)
+        parser = self.add_command(name, help)
+        parser.description = _own_doc(task) or help
+        add_params(parser, name, task.Params, positionals=True)
+        parser.set_defaults(func=functools.partial(_run_task, name, task))
+        return parser
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``diffcore`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
@@ -93,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.func is None:
             parser.print_help(sys.stderr)
             return 2
-        code = args.func(args)
+        code = _run_command(args)
     except (UsageError, plugins.PluginError, plugins.UnknownNameError) as exc:
         print(f"diffcore: error: {exc}", file=sys.stderr)
         return 2
@@ -106,6 +121,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 141
     return _exit_code(code)
+
+
+def _run_command(args: argparse.Namespace) -> Any:
+    """Run the parsed command; its bad input (ValueError, TypeError, OSError) becomes a
+    :class:`UsageError` naming the command, and task warnings ``diffcore: warning:`` lines."""
+    context = f"run {args.task}" if args.command == "run" else args.command
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TaskWarning)
+        shown = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *rest: Any, **kw: Any) -> None:
+            if issubclass(category, (TaskWarning, plugins.PluginWarning)):
+                print(f"diffcore: warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, *rest, **kw)
+
+        warnings.showwarning = show
+        try:
+            return args.func(args)
+        except (plugins.PluginError, plugins.UnknownNameError, BrokenPipeError):
+            raise
+        except (ValueError, TypeError, OSError) as exc:
+            raise UsageError(f"{context}: {exc}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,15 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params", nargs=argparse.REMAINDER, metavar="...", help="the task's options, e.g. --steps 20")
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("demo", help="run the main job: train on the embedded digits, run all five tasks, write a report",
-                       description="Train the demo models on the embedded digits data (or reuse them), run "
-                                   "generation, text-to-image, image-to-image, denoising and anomaly detection, "
-                                   "and write report.html / report.md to --out.")
-    p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="a smaller, faster run (as used by the tests)")
-    p.add_argument("--retrain", action="store_true", help="train the models again even when cached in --out/runs")
-    p.set_defaults(func=_cmd_demo)
-
     _add_plugin_commands(sub)
     return parser
 
@@ -165,39 +194,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     name: str = args.task
-    task = plugins.get("tasks", name)
-    if isinstance(task, type):
-        task = task()
-    params_cls = getattr(task, "Params", None)
-    if not (isinstance(params_cls, type) and dataclasses.is_dataclass(params_cls)):
-        raise plugins.PluginError(f"task {name!r} has Params={params_cls!r}; expected a dataclass type")
-    if not callable(getattr(task, "run", None)):
-        raise plugins.PluginError(f"task {name!r} has no run(params) method")
-    options = task_parser(name, params_cls, description=_own_doc(task)).parse_args(args.params)
-    try:
-        params = params_cls(**vars(options))
-    except (TypeError, ValueError) as exc:  # validation in Params.__post_init__
-        raise UsageError(f"run {name}: {exc}") from exc
-    result = task.run(params)
-    if not isinstance(result, Mapping):
-        raise plugins.PluginError(f"task {name!r} returned {type(result).__name__}; expected a dict")
-    try:
-        _print_json(result)
-    except TypeError as exc:
-        raise plugins.PluginError(f"task {name!r} returned a result that is not JSON-serializable: {exc}") from exc
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        demo = importlib.import_module("diffcore.demo")
-    except ModuleNotFoundError as exc:
-        if exc.name != "diffcore.demo":
-            raise
-        raise UsageError("demo: this install has no demo (module diffcore.demo is missing)") from exc
-    flags = {k: True for k in ("quick", "retrain") if getattr(args, k, False)}
-    result = demo.main(out=args.out, **flags)  # it prints its own summary
-    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+    task = _task_object(name, plugins.get("tasks", name))
+    options = task_parser(name, task.Params, description=_own_doc(task)).parse_args(args.params)
+    return _run_task(name, task, options)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -212,31 +211,66 @@ def task_parser(task: str, params_cls: type, description: str | None = None) -> 
     value). A field's help text is ``field(metadata={"help": ...})``.
     """
     parser = _Parser(prog=f"diffcore run {task}", description=description)
+    add_params(parser, task, params_cls)
+    return parser
+
+
+def add_params(parser: argparse.ArgumentParser, task: str, params_cls: type, *, positionals: bool = False) -> None:
+    """Add one option per init field of the dataclass ``params_cls`` to ``parser`` (see
+    :func:`task_parser`); with ``positionals``, a field with ``metadata["positional"]`` is a
+    positional argument instead (``metadata["nargs"]``, ``metadata["metavar"]``)."""
     hints = typing.get_type_hints(params_cls)
     for f in dataclasses.fields(params_cls):
         if not f.init:
             continue
-        option = "--" + f.name.replace("_", "-")
         convert, choices, many = _converter(task, f.name, hints.get(f.name, f.type))
-        kwargs: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help", "")}
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help", "")}
         if f.default is not dataclasses.MISSING:
             kwargs["default"] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             kwargs["default"] = f.default_factory()
-        else:
-            kwargs["required"] = True
         if "default" in kwargs:
             kwargs["help"] = f"{kwargs['help']} (default: {kwargs['default']})".strip()
+        if positionals and f.metadata.get("positional"):
+            parser.add_argument(f.name, type=convert, choices=choices, nargs=f.metadata.get("nargs"),
+                                metavar=f.metadata.get("metavar", f.name.upper()), **kwargs)
+            continue
+        option = "--" + f.name.replace("_", "-")
+        kwargs["dest"], kwargs["required"] = f.name, "default" not in kwargs
         if convert is _parse_bool:
             parser.add_argument(option, nargs="?", const=True, type=_parse_bool, metavar="BOOL", **kwargs)
             parser.add_argument("--no-" + option[2:], dest=f.name, action="store_false",
                                 help=f"set {f.name} to false")
         else:
-            metavar = None if choices else f.name.upper()
-            if many:
-                kwargs["nargs"] = "+"
-            parser.add_argument(option, type=convert, choices=choices, metavar=metavar, **kwargs)
-    return parser
+            metavar = None if choices else f.metadata.get("metavar", f.name.upper())
+            parser.add_argument(option, type=convert, choices=choices, metavar=metavar, nargs="+" if many else None,
+                                **kwargs)
+
+
+def _task_object(name: str, task: Any) -> Any:
+    """A registered task (a class is instantiated), checked for a ``Params`` dataclass and ``run``."""
+    if isinstance(task, type):
+        task = task()
+    params_cls = getattr(task, "Params", None)
+    if not (isinstance(params_cls, type) and dataclasses.is_dataclass(params_cls)):
+        raise plugins.PluginError(f"task {name!r} has Params={params_cls!r}; expected a dataclass type")
+    if not callable(getattr(task, "run", None)):
+        raise plugins.PluginError(f"task {name!r} has no run(params) method")
+    return task
+
+
+def _run_task(name: str, task: Any, options: argparse.Namespace) -> int:
+    """``task.run(Params(**options))`` (the Params fields of ``options``), its dict printed as JSON."""
+    values = {f.name: getattr(options, f.name) for f in dataclasses.fields(task.Params) if f.init}
+    result = task.run(task.Params(**values))
+    if not isinstance(result, Mapping):
+        raise plugins.PluginError(f"task {name!r} returned {type(result).__name__}; expected a dict")
+    try:
+        text = json.dumps(result, indent=2, default=_json_default)
+    except TypeError as exc:
+        raise plugins.PluginError(f"task {name!r} returned a result that is not JSON-serializable: {exc}") from exc
+    print(text)
+    return 0
 
 
 def _converter(task: str, field: str, hint: Any) -> tuple[Callable[[str], Any], list[Any] | None, bool]:

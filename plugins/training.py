@@ -1,4 +1,4 @@
-"""Built-in plugin: the ``diffcore train`` and ``diffcore sample`` commands."""
+"""Built-in plugin: the ``diffcore train`` command (every TrainConfig field is a flag)."""
 
 from __future__ import annotations
 
@@ -26,76 +26,39 @@ def _key_values(pairs: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def _usage(exc: Exception) -> Exception:
-    from diffcore.cli import UsageError
-
-    return UsageError(str(exc))
+def _train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`diffcore.train`: ``--config`` JSON, overridden by flags."""
+    base: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            base = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"--config {args.config}: {exc}") from exc
+        if not isinstance(base, dict):
+            raise ValueError(f"--config {args.config}: expected a JSON object")
+    cli_values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    merged = {**base, **cli_values}
+    for key in ("dataset", "model", "schedule", "prediction", "sampler", "out", "task_condition", "captions",
+                "text_dropout"):
+        if getattr(args, key) is not None:
+            merged[key] = getattr(args, key)
+    for key, flag in (("dataset_options", "dataset_opt"), ("model_config", "model_opt"),
+                      ("schedule_options", "schedule_opt"), ("task_condition_options", "task_condition_opt")):
+        extra = _key_values(getattr(args, flag), f"--{flag.replace('_', '-')}")
+        if extra:
+            merged[key] = {**merged.get(key, {}), **extra}
+    merged.setdefault("out", "runs/default")
+    return merged
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from diffcore.training.api import train
 
-    try:
-        base: dict[str, Any] = {}
-        if args.config is not None:
-            try:
-                base = json.loads(Path(args.config).read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ValueError(f"--config {args.config}: {exc}") from exc
-            if not isinstance(base, dict):
-                raise ValueError(f"--config {args.config}: expected a JSON object")
-        cli_values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-        merged = {**base, **cli_values}
-        for key, flag in (("dataset", "dataset"), ("model", "model"), ("schedule", "schedule"),
-                          ("prediction", "prediction"), ("sampler", "sampler"), ("out", "out")):
-            if getattr(args, flag) is not None:
-                merged[key] = getattr(args, flag)
-        for key, flag in (("task_condition", "task_condition"), ("captions", "captions"),
-                          ("text_dropout", "text_dropout")):
-            if getattr(args, flag) is not None:
-                merged[key] = getattr(args, flag)
-        for key, flag in (("dataset_options", "dataset_opt"), ("model_config", "model_opt"),
-                          ("schedule_options", "schedule_opt"), ("task_condition_options", "task_condition_opt")):
-            extra = _key_values(getattr(args, flag), f"--{flag.replace('_', '-')}")
-            if extra:
-                merged[key] = {**merged.get(key, {}), **extra}
-        merged.setdefault("out", "runs/default")
-        pipe = train(resume=args.resume, **merged)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        raise _usage(exc) from exc
-    out = Path(merged["out"])
+    options = _train_options(args)
+    pipe = train(resume=args.resume, **options)
+    out = Path(options["out"])
     print(json.dumps({"out": str(out), "checkpoint": str(out / "checkpoint.safetensors"),
                       "model": pipe.run["model"]["name"], "steps": pipe.run["train"]["steps"]}))
-    return 0
-
-
-def _cmd_sample(args: argparse.Namespace) -> int:
-    from diffcore.images import save_grid
-    from diffcore.pipeline import Pipeline
-
-    try:
-        pipe = Pipeline.load(args.checkpoint)
-        labels = None
-        if args.class_label is not None:
-            labels = args.class_label if len(args.class_label) > 1 else args.class_label[0]
-        x = pipe.generate(args.n, sampler=args.sampler, steps=args.steps, class_labels=labels,
-                          guidance_scale=args.guidance_scale, guidance_rescale=args.guidance_rescale,
-                          seed=args.seed, batch_size=args.batch_size)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".npz":
-            import numpy as np
-
-            np.savez(out, samples=x.numpy())
-        elif out.suffix == ".png":
-            if pipe.dataset.get("kind") != "image":
-                raise ValueError(f"--out {out}: a PNG grid needs an image model; use .npz")
-            save_grid(x, out)
-        else:
-            raise ValueError(f"--out {out}: expected a .png or .npz path")
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        raise _usage(exc) from exc
-    print(json.dumps({"out": str(out), "n": args.n, "sampler": args.sampler or pipe.sampler}))
     return 0
 
 
@@ -123,16 +86,3 @@ def register_commands(cli: Any) -> None:
         ]
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None, help=f"TrainConfig.{f.name}")
     p.set_defaults(func=_cmd_train)
-
-    s = cli.add_command("sample", "sample from a trained checkpoint into a PNG grid or .npz")
-    s.add_argument("--checkpoint", required=True, help="run folder or checkpoint.safetensors")
-    s.add_argument("--sampler", default=None, help="sampler name (default: the one stored with the model)")
-    s.add_argument("--steps", type=int, default=None)
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--out", default="samples.png", help=".png grid or .npz of arrays")
-    s.add_argument("--class-label", type=int, nargs="+", default=None, help="one label for all, or one per sample")
-    s.add_argument("--guidance-scale", type=float, default=None)
-    s.add_argument("--guidance-rescale", type=float, default=0.0)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=256)
-    s.set_defaults(func=_cmd_sample)

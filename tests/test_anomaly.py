@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import diffcore
-from diffcore import anomaly
 from diffcore.analytic import GaussianMixture, exact_model
 from diffcore.cli import main
+from diffcore.tasks import anomaly
 
 TINY_UNET = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
              "groups": 8}
@@ -66,7 +66,8 @@ def defects(normals):
 
 @pytest.mark.parametrize("noise", ["gaussian", "simplex"])
 def test_reconstruction_scores_defects_higher_and_map_peaks_at_the_defect(normals, defects, noise):
-    det = anomaly.reconstruction_scores(image_model, defects, depth=0.3, noise=noise, repeats=2, **KW)
+    det = anomaly.reconstruction_scores(image_model, defects, depth=0.3, noise=noise, repeats=2, error="squared",
+                                        **KW)
     assert det.scores.shape == (24,) and det.maps.shape == (24, 4, 4)
     assert float(det.scores[:12].min()) > float(det.scores[12:].max())
     patch = torch.zeros(4, 4, dtype=torch.bool)
@@ -331,7 +332,7 @@ def test_detect_command_on_a_table(table_run, tmp_path, capsys):
     # reusing that threshold for another error kind is refused, not silently misapplied
     assert main(["detect", "--checkpoint", str(root / "run"), "--input", str(tmp_path / "rows.csv"), "--depth", "0.1",
                  "0.3", "--repeats", "2", "--calibrate", str(tmp_path / "m_calibration.json")]) == 2
-    assert "fitted with error='mahalanobis', but these scores use error='squared'" in capsys.readouterr().err
+    assert "fitted with error='mahalanobis', but these scores use error='abs'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -18,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-from diffcore import denoise as dn
 from diffcore.analytic import GaussianMixture, exact_model
 from diffcore.cli import main
 from diffcore.parameterization import make_parameterization
 from diffcore.pipeline import Pipeline
 from diffcore.schedules import make_schedule
+from diffcore.tasks import denoise as dn
 from diffcore.timesteps import partial_plan
 
 SIZE = 4  # the analytic "model" works on 1x4x4 images

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 import diffcore
-from diffcore import img2img
 from diffcore.cli import main
+from diffcore.tasks import img2img, inputs
 
 TINY = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4], "groups": 8}
 DATA = {"limit": 240}
@@ -89,7 +89,7 @@ def test_sdedit_is_seeded(pipe, digits):
 
 
 def test_start_time_is_strength_times_last_timestep(pipe):
-    t = img2img.start_time(pipe.schedule, torch.tensor([1e-3, 0.5, 1.0], dtype=torch.float64))
+    t = inputs.start_time(pipe.schedule, torch.tensor([1e-3, 0.5, 1.0], dtype=torch.float64))
     assert torch.allclose(t, torch.tensor([0.999, 499.5, 999.0], dtype=torch.float64))
 
 
@@ -164,7 +164,8 @@ def _conditional(known, means, covs):
 def _reference_repaint(model, known, keep, steps, jump, resample, generator):
     """RePaint (Lugmayr et al. 2022, Alg. 1) written out in float64 from the plan's levels: DDPM
     posterior steps, the known pixels noised to the level each step lands on, one-level forward
-    jumps; draws noise in repaint's generator order (start, then per step: step noise, known)."""
+    jumps; draws noise in repaint's generator order (start, then per step: step noise unless the step
+    is noise-free, known)."""
     from diffcore.timesteps import make_plan
 
     sched = diffcore.get("schedules", "squaredcos_cap_v2")()
@@ -182,7 +183,8 @@ def _reference_repaint(model, known, keep, steps, jump, resample, generator):
             x0 = a[i] * x - s[i] * v  # v-prediction on a variance-preserving state
             q = (a[i] * s[i + 1]) ** 2 / (a[i + 1] * s[i]) ** 2
             mean = a[i] * s[i + 1] ** 2 / (a[i + 1] * s[i] ** 2) * x + a[i + 1] * (1 - q) * x0
-            x = mean + (s[i + 1] ** 2 * (1 - q)) ** 0.5 * randn()
+            var = s[i + 1] ** 2 * (1 - q)
+            x = mean + var**0.5 * randn() if var > 0 else mean  # no draw for a zero-variance (final) step
             noised = known if i + 1 == steps else a[i + 1] * known + s[i + 1] * randn()
             x = torch.where(keep, noised, x)
         else:
@@ -197,7 +199,7 @@ def test_repaint_matches_a_written_out_reference_step_for_step():
     means = torch.tensor([[0.3, 0.3, 0.3, -0.3], [-0.3, -0.3, -0.3, 0.3]], dtype=torch.float64)
     model, _, _ = _rotated_mixture(means, torch.full((2, 4), 0.12, dtype=torch.float64))
     known = torch.tensor([[0.25, 0.4, 0.0, 0.0], [-0.1, 0.05, 0.0, 0.0]] * 3, dtype=torch.float64).reshape(6, 1, 2, 2)
-    keep = img2img.region_mask("bottom-half", 2, 2) == 0
+    keep = inputs.region_mask("bottom-half", 2, 2) == 0
     for steps, jump, resample in [(12, 3, 3), (9, 4, 2), (5, 5, 1)]:
         out = img2img.repaint(model, known, "bottom-half", steps=steps, jump_length=jump, resample=resample,
                               schedule="squaredcos_cap_v2", prediction="v_prediction",
@@ -289,8 +291,8 @@ def test_source_guidance(paired, digits, monkeypatch):
     # what translate hands the sampler (this briefly trained model's samples mostly clip to +-1, so
     # compare the arguments as well as the outputs)
     seen = []
-    real_sample = img2img.sample
-    monkeypatch.setattr(img2img, "sample", lambda *a, **k: seen.append(k) or real_sample(*a, **k))
+    real_sample = diffcore.Pipeline.sample
+    monkeypatch.setattr(diffcore.Pipeline, "sample", lambda *a, **k: seen.append(k) or real_sample(*a, **k))
     for w in (2.5, np.float32(4)):
         img2img.translate(inp, x, mask="bottom-half", steps=2, seed=2, source_guidance=w)
     assert [k["guidance_scale"] for k in seen] == [2.5, 4.0]
@@ -304,19 +306,18 @@ def test_source_guidance(paired, digits, monkeypatch):
     assert torch.equal(one, img2img.translate(inp, x, mask="bottom-half", steps=4, seed=2, source_guidance=np.float32(1)))
     assert torch.equal(three[..., :4, :], x[..., :4, :]) and three.min() >= -1 and three.max() <= 1
     # by hand: the sampler sees null + w * (source - null), the null source = every pixel missing
-    mask = img2img.region_mask("bottom-half", 8, 8).expand(4, 1, 8, 8)
+    mask = inputs.region_mask("bottom-half", 8, 8).expand(4, 1, 8, 8)
     concat = torch.cat([x * (1 - mask), mask], dim=1)
     null = torch.cat([torch.zeros_like(x), torch.ones_like(x)], dim=1)
     g = torch.Generator().manual_seed(2)
     x_T = torch.randn(x.shape, generator=g)
-    m = img2img._resolve(inp, None, None)
     seed = int(torch.randint(0, 2**62, (1,), generator=g))
-    common = {"sampler": m.sampler, "steps": 4, "schedule": m.schedule, "prediction": m.param,
+    common = {"sampler": inp.sampler, "steps": 4, "schedule": inp.schedule, "prediction": inp.param,
               "timestep_spacing": "trailing", "cond": {"concat": concat}, "seed": seed}
-    want = diffcore.sample(m.fn, x_T, uncond={"concat": null}, guidance_scale=3.0, **common)
+    want = diffcore.sample(inp.model, x_T, uncond={"concat": null}, guidance_scale=3.0, **common)
     assert torch.allclose(three, torch.where(mask == 0, x, want.clamp(-1, 1)), atol=1e-6)
     # (this briefly trained model's samples mostly clip to +-1: compare before the clamp)
-    assert not torch.allclose(want, diffcore.sample(m.fn, x_T, **common), atol=1e-3)
+    assert not torch.allclose(want, diffcore.sample(inp.model, x_T, **common), atol=1e-3)
     with pytest.raises(ValueError, match="source_guidance needs a model trained with source dropout"):
         img2img.translate(diffcore.Pipeline.load(paired / "inpaint"), x, mask="bottom-half", source_guidance=2.0)
     with pytest.raises(ValueError, match="not both"):
@@ -475,6 +476,6 @@ def test_rgb_photos_end_to_end(tmp_path):
     assert edited.shape == x.shape and edited.min() >= -1 and edited.max() <= 1
     assert torch.isfinite(edited).all() and not torch.equal(edited, x)
     filled = img2img.repaint(pipe, x, "center", steps=4, jump_length=2, resample=2)
-    keep = img2img.region_mask("center", 64, 64).expand_as(x) == 0
+    keep = inputs.region_mask("center", 64, 64).expand_as(x) == 0
     assert filled.shape == x.shape and filled.min() >= -1 and filled.max() <= 1
     assert torch.equal(filled[keep], x[keep]) and not torch.equal(filled[~keep], x[~keep])

@@ -173,7 +173,9 @@ def test_missing_builtin_module_is_reported_not_fatal(monkeypatch: pytest.Monkey
     monkeypatch.setattr(plugins, "BUILTIN_PLUGINS", [*plugins.BUILTIN_PLUGINS, "diffcore_plugins.no_such_module"])
     plugins.reset()
     with pytest.warns(PluginWarning, match="no_such_module"):
-        assert isinstance(plugins.available("samplers"), list)
+        samplers = plugins.available("samplers")
+    assert {"ddim", "ddpm", "dpmpp_2m"} <= set(samplers)  # the other built-ins still load
+    assert "generate" in plugins.available("tasks")
     entry = info("no_such_module")
     assert entry["builtin"] is True
     assert "ModuleNotFoundError" in entry["error"]

@@ -28,45 +28,50 @@ Two scores, both for images (B, C, H, W) in [-1, 1] and standardized tabular vec
   noise norm of the *un-noised* input to d (biased by the denoiser's shrinkage: on Gaussian data
   it never reaches d).
 
-:class:`Calibration` turns scores into labels with a threshold fitted on held-out normal scores
-(a quantile, or a target false-positive rate) and round-trips through JSON. :func:`detect` runs
-either score in batches (with a tqdm bar), optionally calibrated. Class-conditional models are
-used unconditionally (the null label). :func:`standardize` maps a raw table to model space with
+Both run in batches (with a tqdm bar); :func:`diffcore.tasks.anomaly.detect` labels their scores
+with a :class:`~diffcore.tasks.anomaly.Calibration`. Class-conditional models are used
+unconditionally (the null label). :func:`standardize` maps a raw table to model space with
 the training statistics stored in the checkpoint, refusing columns that differ from training.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffcore.img2img import _Model, _resolve, check_images, start_time
-from diffcore.sampling import sample_from
+from diffcore.pipeline import Pipeline
 from diffcore.schedules import EDMSchedule
+from diffcore.tasks.anomaly.noise import simplex_noise
+from diffcore.tasks.inputs import check_images, start_time
+from diffcore.timesteps import Level
 
-if TYPE_CHECKING:
-    from diffcore.pipeline import Pipeline
-
-__all__ = ["ERRORS", "IMAGE_RECIPE", "METHODS", "NOISES", "TABLE_RECIPE", "Calibration", "Detection", "check_input", "depth_timesteps", "detect",
-           "dte_scores", "gaussian_blur", "image_scores", "reconstruction_scores", "simplex_noise", "standardize"]
+__all__ = ["ERRORS", "IMAGE_RECIPE", "METHODS", "NOISES", "RECIPES", "TABLE_RECIPE", "Detection", "check_input",
+           "depth_timesteps", "dte_scores", "gaussian_blur", "image_scores", "reconstruction_scores", "recipe_for",
+           "standardize"]
 
 METHODS = ("recon", "dte")
 NOISES = ("gaussian", "simplex")
 ERRORS = ("squared", "abs", "mahalanobis")
 _MAHALANOBIS_MAX = 4096  # values per input: the covariance is D x D
-# reconstruction_scores settings chosen by benchmarks/quality/anomaly.py on development seeds (the
-# demo and the benchmark both use these): one-shot x0 predictions averaged over depths and draws.
-IMAGE_RECIPE = {"depth": [0.3, 0.4, 0.5, 0.6, 0.7], "repeats": 16, "error": "abs", "sampler": "ddim", "steps": 1}
-TABLE_RECIPE = {"depth": [0.1, 0.2, 0.3, 0.5], "repeats": 16, "error": "abs", "sampler": "ddim", "steps": 1}
-_F2, _G2 = 0.5 * (math.sqrt(3.0) - 1.0), (3.0 - math.sqrt(3.0)) / 6.0  # 2-D simplex skew / unskew
+# The reconstruction_scores defaults, per data kind, chosen by benchmarks/quality/anomaly.py on
+# development seeds (the demo and the detect command use them too): one-shot x0 predictions
+# averaged over depths and draws.
+RECIPES: dict[str, dict[str, Any]] = {
+    "image": {"depth": [0.3, 0.4, 0.5, 0.6, 0.7], "repeats": 16, "error": "abs", "sampler": "ddim", "steps": 1},
+    "table": {"depth": [0.1, 0.2, 0.3, 0.5], "repeats": 16, "error": "abs", "sampler": "ddim", "steps": 1},
+}
+IMAGE_RECIPE, TABLE_RECIPE = RECIPES["image"], RECIPES["table"]
+
+
+def recipe_for(shape: Sequence[int]) -> dict[str, Any]:
+    """The default recipe for samples of ``shape``: images (C, H, W) or table rows (D,)."""
+    return dict(RECIPES["image" if len(shape) == 3 else "table"])
 
 
 # --------------------------------------------------------------------------- results
@@ -85,73 +90,14 @@ class Detection:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """A score threshold fitted on held-out normal data: ``label = score > threshold``.
-
-    ``fpr`` is the target false-positive rate (``1 - quantile``); the threshold is the order
-    statistic with exactly ``floor(fpr * n)`` calibration scores above it, so the false-positive
-    rate on the calibration data is at most ``fpr`` (and within 1/n of it without ties)."""
-
-    threshold: float
-    fpr: float
-    n: int
-    method: str = ""
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def fit(cls, scores: Tensor | Sequence[float], *, fpr: float | None = None, quantile: float | None = None,
-            method: str = "", settings: dict[str, Any] | None = None) -> Calibration:
-        """Fit on normal ``scores``; give exactly one of ``fpr`` in [0, 1) or ``quantile`` in (0, 1]."""
-        if (fpr is None) == (quantile is None):
-            raise ValueError(f"give exactly one of fpr= or quantile=, got fpr={fpr!r}, quantile={quantile!r}")
-        target = fpr if fpr is not None else 1.0 - float(quantile)  # type: ignore[arg-type]
-        name, value = ("fpr", fpr) if fpr is not None else ("quantile", quantile)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= target < 1.0:
-            want = "[0, 1)" if name == "fpr" else "(0, 1]"
-            raise ValueError(f"{name}={value!r} must be a number in {want}")
-        s = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
-        if s.numel() == 0:
-            raise ValueError("calibration needs at least one normal score, got none")
-        if not bool(torch.isfinite(s).all()):
-            raise ValueError(f"calibration scores contain {int((~torch.isfinite(s)).sum())} NaN or inf value(s)")
-        above = math.floor(target * s.numel() + 1e-9)
-        threshold = float(s.sort().values[s.numel() - 1 - above])
-        return cls(threshold, float(target), int(s.numel()), method, dict(settings or {}))
-
-    def labels(self, scores: Tensor) -> Tensor:
-        """``scores > threshold`` as a bool tensor (True = anomaly)."""
-        return torch.as_tensor(scores, dtype=torch.float64) > self.threshold
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(asdict(self), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, source: str | Path) -> Calibration:
-        """From a JSON string or a file written by :meth:`to_json`."""
-        text = Path(source).read_text() if isinstance(source, Path) or not str(source).lstrip().startswith("{") \
-            else str(source)
-        try:
-            data = json.loads(text)
-            return cls(float(data["threshold"]), float(data["fpr"]), int(data["n"]), str(data.get("method", "")),
-                       dict(data.get("settings") or {}))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"calibration {str(source)[:80]!r} is not a calibration JSON: {exc}") from None
-
 
 # --------------------------------------------------------------------------- inputs
 
 
-def _sample_shape(m: _Model, x: Any) -> tuple[int, ...]:
-    """The model's sample shape: the Pipeline's, a bare model's config, else the input's own."""
-    if m.shape is not None:
-        return m.shape
-    config = getattr(m.fn, "config", None) or {}
-    if isinstance(config, dict) and "dim" in config:
-        return (int(config["dim"]),)
+def _sample_shape(pipe: Pipeline, x: Any) -> tuple[int, ...]:
+    """The model's sample shape: the Pipeline's (or a bare model's config), else the input's own."""
+    if pipe.shape is not None:
+        return pipe.shape
     if isinstance(x, Tensor) and x.dim() in (2, 4):
         return tuple(int(s) for s in x.shape[1:])
     raise ValueError(f"input has shape {tuple(getattr(x, 'shape', ()))}: expected images (N, C, H, W) or "
@@ -160,7 +106,7 @@ def _sample_shape(m: _Model, x: Any) -> tuple[int, ...]:
 
 def check_input(x: Any, shape: tuple[int, ...], name: str = "input") -> Tensor:
     """``x`` as a float batch fitting the model's sample ``shape``: (C, H, W) images in [-1, 1]
-    (via :func:`diffcore.img2img.check_images`, no resizing) or (D,) standardized vectors."""
+    (via :func:`diffcore.tasks.inputs.check_images`, no resizing) or (D,) standardized vectors."""
     if len(shape) == 3:
         return check_images(x, shape, name=name)
     if not isinstance(x, Tensor) or not x.is_floating_point():
@@ -230,58 +176,6 @@ def depth_timesteps(schedule: Any, depth: float | Sequence[float]) -> list[float
     return out
 
 
-# --------------------------------------------------------------------------- simplex noise
-
-
-def _simplex_octave(n: int, h: int, w: int, freq: float, g: torch.Generator) -> Tensor:
-    """One octave of 2-D simplex noise (Perlin 2001; Gustavson's formulation) for ``n`` fields
-    (N, H, W): random unit gradients on a per-field lattice, radial falloff ``(0.5 - r^2)^4``."""
-    period = math.ceil(max(h, w) * freq * (1 + _F2)) + 3  # no lattice repeat inside an image
-    angles = torch.rand(n, period * period, generator=g, dtype=torch.float64) * (2 * math.pi)
-    shift = torch.rand(n, 2, 1, 1, generator=g, dtype=torch.float64) * period
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    px, py = xs * freq + shift[:, 0], ys * freq + shift[:, 1]
-    skew = (px + py) * _F2
-    i, j = (px + skew).floor(), (py + skew).floor()
-    unskew = (i + j) * _G2
-    x0, y0 = px - (i - unskew), py - (j - unskew)
-    i1 = (x0 > y0).to(torch.float64)
-    total = torch.zeros_like(x0)
-    for ci, cj, dx, dy in ((0.0, 0.0, x0, y0), (i1, 1 - i1, x0 - i1 + _G2, y0 - (1 - i1) + _G2),
-                           (1.0, 1.0, x0 - 1 + 2 * _G2, y0 - 1 + 2 * _G2)):
-        idx = (((i + ci) % period) * period + (j + cj) % period).long().reshape(n, -1)
-        a = angles.gather(1, idx).reshape(n, h, w)
-        falloff = (0.5 - dx * dx - dy * dy).clamp_min(0)
-        total = total + falloff**4 * (a.cos() * dx + a.sin() * dy)
-    return 70.0 * total
-
-
-def simplex_noise(shape: Sequence[int], *, frequency: float | None = None, octaves: int | None = None,
-                  persistence: float = 0.5, generator: torch.Generator | None = None,
-                  dtype: torch.dtype = torch.float32) -> Tensor:
-    """Multi-octave 2-D simplex noise of ``shape`` (N, C, H, W), each field normalised to mean 0
-    and variance 1: spatially correlated noise for AnoDDPM-style partial diffusion.
-
-    ``frequency``: lattice cells per pixel of the first octave (default ``2 / max(H, W)``: about
-    two cells across the image); each octave doubles it and scales its amplitude by
-    ``persistence``; ``octaves`` defaults to as many as keep the frequency <= 0.5 per pixel."""
-    if len(shape) != 4 or any(int(s) < 1 for s in shape):
-        raise ValueError(f"simplex noise needs an image shape (N, C, H, W), got {tuple(shape)}")
-    n, c, h, w = (int(s) for s in shape)
-    if h * w < 2:
-        raise ValueError(f"simplex noise needs at least 2 pixels per image, got {h}x{w}")
-    freq = 2.0 / max(h, w) if frequency is None else float(frequency)
-    if not freq > 0:
-        raise ValueError(f"frequency={frequency!r} must be > 0")
-    if octaves is None:
-        octaves = max(1, math.floor(math.log2(0.5 / freq) + 1e-9) + 1) if freq < 0.5 else 1
-    if isinstance(octaves, bool) or not isinstance(octaves, int) or octaves < 1:
-        raise ValueError(f"octaves={octaves!r} must be an integer >= 1")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    field_ = sum(persistence**k * _simplex_octave(n * c, h, w, freq * 2**k, g) for k in range(octaves))
-    field_ = field_ - field_.mean(dim=(1, 2), keepdim=True)
-    field_ = field_ / field_.flatten(1).std(dim=1).clamp_min(1e-12).reshape(-1, 1, 1)
-    return field_.reshape(n, c, h, w).to(dtype)
 
 
 # --------------------------------------------------------------------------- scores
@@ -328,19 +222,51 @@ def image_scores(maps: Tensor, reduce: str = "mean") -> Tensor:
     return m.mean(dim=1) if reduce == "mean" else m.amax(dim=1)
 
 
+def _check_reference(reference: Tensor | None, error: str, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+    """The ``reference`` normal data checked for ``error`` (mahalanobis needs it, others refuse it)."""
+    if error != "mahalanobis":
+        if reference is not None:
+            raise ValueError(f"reference is used by error='mahalanobis' only, not error={error!r}")
+        return None
+    if reference is None:
+        raise ValueError("error='mahalanobis' needs reference= normal data (e.g. the training rows) to whiten "
+                         "the residuals with")
+    if math.prod(shape) > _MAHALANOBIS_MAX:
+        raise ValueError(f"error='mahalanobis' fits a covariance of {math.prod(shape)} values per input; at most "
+                         f"{_MAHALANOBIS_MAX} are supported: use error='abs' or 'squared' for inputs this large")
+    reference = check_input(reference, shape, name="reference").to(like.device, like.dtype)
+    if reference.shape[0] < 2:
+        raise ValueError(f"reference has {reference.shape[0]} sample(s); the residual statistics need at least 2")
+    return reference
+
+
+def _check_recon(shape: tuple[int, ...], noise: str, error: str, repeats: Any, reduce: str, smooth: Any) -> None:
+    if noise not in NOISES:
+        raise ValueError(f"noise={noise!r}: expected one of {NOISES}")
+    if noise == "simplex" and len(shape) != 3:
+        raise ValueError("simplex noise is defined for images (C, H, W); use noise='gaussian' for vectors")
+    if error not in ERRORS:
+        raise ValueError(f"error={error!r}: expected one of {ERRORS}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats={repeats!r} must be an integer >= 1")
+    image_scores(torch.zeros(1, 1), reduce)  # validate before the expensive part
+    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth < math.inf:
+        raise ValueError(f"smooth={smooth!r} must be a finite number >= 0 (pixels)")
+
+
 @torch.no_grad()
 def reconstruction_scores(
     pipe_or_model: Pipeline | Callable[..., Tensor],
     x: Tensor,
     *,
-    depth: float | Sequence[float] = 0.3,
+    depth: float | Sequence[float] | None = None,
     noise: Literal["gaussian", "simplex"] = "gaussian",
-    repeats: int = 1,
-    error: Literal["squared", "abs", "mahalanobis"] = "squared",
+    repeats: int | None = None,
+    error: Literal["squared", "abs", "mahalanobis"] | None = None,
     reduce: Literal["mean", "max"] = "mean",
     smooth: float = 0.0,
-    sampler: str | None = "ddim",
-    steps: int | None = 1,
+    sampler: str | None = None,
+    steps: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
     progress: bool | None = None,
@@ -352,9 +278,10 @@ def reconstruction_scores(
     draws of ``noise`` each), denoise with ``sampler`` in ``steps`` steps, and average the
     per-pixel ``error`` over depths and draws; image maps are then blurred by a Gaussian of
     ``smooth`` pixels (0: off) and reduced to a score by their ``mean`` or ``max``. ``simplex``
-    noise is for images only. The default ``sampler="ddim", steps=1`` scores the one-shot x0
-    prediction, which on held-out digits localised defects better than a 10-step denoise (see
-    benchmarks/quality/anomaly.py); ``None`` takes the model's sampler or step count.
+    noise is for images only. ``depth``, ``repeats``, ``error``, ``sampler`` and ``steps`` left
+    None come from :data:`RECIPES` for the data kind (images or table rows): ``sampler="ddim",
+    steps=1`` scores the one-shot x0 prediction, which on held-out digits localised defects better
+    than a 10-step denoise (see benchmarks/quality/anomaly.py).
 
     ``error="mahalanobis"`` needs ``reference``: normal inputs (at least 2, in model space like
     ``x``, e.g. the training rows) whose residual statistics whiten the scores; ``reduce`` and
@@ -362,47 +289,27 @@ def reconstruction_scores(
 
     The noise of draw r at depth k is seeded from (seed, k, r) for the whole input, so scores do
     not depend on ``batch_size`` (for deterministic samplers). Returns a :class:`Detection`."""
-    m = _resolve(pipe_or_model, schedule, prediction)
-    shape = _sample_shape(m, x)
-    x = check_input(x, shape).to(m.device)
-    if noise not in NOISES:
-        raise ValueError(f"noise={noise!r}: expected one of {NOISES}")
-    if noise == "simplex" and len(shape) != 3:
-        raise ValueError("simplex noise is defined for images (C, H, W); use noise='gaussian' for vectors")
-    if error not in ERRORS:
-        raise ValueError(f"error={error!r}: expected one of {ERRORS}")
-    if error == "mahalanobis":
-        if reference is None:
-            raise ValueError("error='mahalanobis' needs reference= normal data (e.g. the training rows) to whiten "
-                             "the residuals with")
-        if math.prod(shape) > _MAHALANOBIS_MAX:
-            raise ValueError(f"error='mahalanobis' fits a covariance of {math.prod(shape)} values per input; at most "
-                             f"{_MAHALANOBIS_MAX} are supported: use error='abs' or 'squared' for inputs this large")
-        reference = check_input(reference, shape, name="reference").to(m.device, x.dtype)
-        if reference.shape[0] < 2:
-            raise ValueError(f"reference has {reference.shape[0]} sample(s); the residual statistics need at least 2")
-    elif reference is not None:
-        raise ValueError(f"reference is used by error='mahalanobis' only, not error={error!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats={repeats!r} must be an integer >= 1")
-    starts = depth_timesteps(m.schedule, depth)
-    image_scores(x.new_zeros(1, 1), reduce)  # validate before the expensive part
-    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not 0 <= smooth < math.inf:
-        raise ValueError(f"smooth={smooth!r} must be a finite number >= 0 (pixels)")
-    sampler, steps = sampler or m.sampler, m.steps if steps is None else steps
+    pipe = Pipeline.wrap(pipe_or_model, schedule, prediction)
+    shape = _sample_shape(pipe, x)
+    x = check_input(x, shape).to(pipe.device)
+    given = {"depth": depth, "repeats": repeats, "error": error, "sampler": sampler, "steps": steps}
+    r = {**recipe_for(shape), **{k: v for k, v in given.items() if v is not None}}
+    _check_recon(shape, noise, r["error"], r["repeats"], reduce, smooth)
+    reference = _check_reference(reference, r["error"], shape, x)
+    starts = depth_timesteps(pipe.schedule, r["depth"])
     inputs = [x] if reference is None else [x, reference]
     chunks = [_batches(v.shape[0], batch_size) for v in inputs]
-    with _progress(len(starts) * repeats * sum(len(c) for c in chunks), "reconstruct", progress) as bar:
+    with _progress(len(starts) * r["repeats"] * sum(len(c) for c in chunks), "reconstruct", progress) as bar:
         # the reference draws its own noise (seed offset): its statistics must not share x's draws
-        totals = [_residual_sum(m, v, c, starts, repeats, noise, error, sampler, steps, int(seed) + 104_729 * i, bar)
+        totals = [_residual_sum(pipe, v, c, starts, noise, r, int(seed) + 104_729 * i, bar)
                   for i, (v, c) in enumerate(zip(inputs, chunks))]
-    mean = [t / (len(starts) * repeats) for t in totals]
-    settings = {"method": "recon", "depth": depth if isinstance(depth, (int, float)) else list(depth),
-                "timesteps": starts, "noise": noise, "repeats": repeats, "error": error, "reduce": reduce,
-                "smooth": smooth, "sampler": sampler, "steps": steps, "seed": seed}
-    if error == "mahalanobis":
+    mean = [t / (len(starts) * r["repeats"]) for t in totals]
+    settings = {"method": "recon", "depth": r["depth"] if isinstance(r["depth"], (int, float)) else list(r["depth"]),
+                "timesteps": starts, "noise": noise, "repeats": r["repeats"], "error": r["error"], "reduce": reduce,
+                "smooth": smooth, "sampler": r["sampler"], "steps": r["steps"], "seed": seed}
+    if reference is not None:
         scores, per_value = _mahalanobis(mean[0].flatten(1), mean[1].flatten(1))
-        settings["reference_size"] = int(reference.shape[0])  # type: ignore[union-attr]
+        settings["reference_size"] = int(reference.shape[0])
         return Detection(scores.cpu(), _pixel_map(per_value.reshape(x.shape)).cpu(), "recon", settings=settings)
     maps = _pixel_map(mean[0])
     if smooth > 0 and maps.dim() == 3:
@@ -410,19 +317,20 @@ def reconstruction_scores(
     return Detection(image_scores(maps, reduce), maps.cpu(), "recon", settings=settings)
 
 
-def _residual_sum(m: _Model, x: Tensor, chunks: list[slice], starts: list[float], repeats: int, noise: str,
-                  error: str, sampler: str, steps: int, seed: int, bar: Any) -> Tensor:
+def _residual_sum(pipe: Pipeline, x: Tensor, chunks: list[slice], starts: list[float], noise: str,
+                  recipe: dict[str, Any], seed: int, bar: Any) -> Tensor:
     """Sum over depths and draws of the reconstruction residual of ``x``: squared, absolute, or
     signed (``mahalanobis``), float64 shaped like ``x``."""
     total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    repeats, error = recipe["repeats"], recipe["error"]
     for k, t_start in enumerate(starts):
         for r in range(repeats):
             g = torch.Generator().manual_seed(seed * 1_000_003 + k * 1009 + r)
             eps = (simplex_noise(x.shape, generator=g, dtype=x.dtype) if noise == "simplex"
                    else torch.randn(x.shape, generator=g, dtype=x.dtype)).to(x.device)
             for b, part in enumerate(chunks):
-                out = sample_from(m.fn, x[part], t_start, sampler=sampler, steps=steps, schedule=m.schedule,
-                                  prediction=m.param, noise=eps[part], seed=seed + 7919 * (k * repeats + r) + b)
+                out = pipe.sample_from(x[part], t_start, sampler=recipe["sampler"], steps=recipe["steps"],
+                                       noise=eps[part], seed=seed + 7919 * (k * repeats + r) + b)
                 diff = out.to(torch.float64) - x[part].to(torch.float64)
                 total[part] += diff**2 if error == "squared" else diff.abs() if error == "abs" else diff
                 bar.update(1)
@@ -476,6 +384,13 @@ def _time_fraction(schedule: Any, sigma: Tensor) -> Tensor:
     return schedule.sigma_to_t(sigma) / (schedule.num_train_timesteps - 1)
 
 
+def _scaled_residual(pipe: Pipeline, x: Tensor, z: Tensor, level: Level, sigma: float) -> Tensor:
+    """``(x - x0hat)^2 / sigma^2`` (float64, on the CPU) for x noised to ``level``,
+    ``alpha x + std z``, and the model's one-shot estimate x0hat from there."""
+    x0 = pipe.predict_x0(level.alpha * x + level.std * z, level)
+    return ((x.to(torch.float64) - x0.to(torch.float64)) ** 2 / sigma**2).cpu()
+
+
 @torch.no_grad()
 def dte_scores(
     pipe_or_model: Pipeline | Callable[..., Tensor],
@@ -503,39 +418,32 @@ def dte_scores(
     ``r^2 / d``), with the model's projection in place of the nearest neighbour. The score is the
     first crossing, interpolated in log sigma (1 if it never crosses); the map is the per-pixel
     ``(x - x0hat)^2 / sigma^2`` at the crossing level (the last level if it never crosses)."""
-    m = _resolve(pipe_or_model, schedule, prediction)
-    shape = _sample_shape(m, x)
-    x = check_input(x, shape).to(m.device)
+    pipe = Pipeline.wrap(pipe_or_model, schedule, prediction)
+    shape = _sample_shape(pipe, x)
+    x = check_input(x, shape).to(pipe.device)
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
         raise ValueError(f"levels={levels!r} must be an integer >= 2")
     if not 0 < t_max <= 1:
         raise ValueError(f"t_max={t_max!r} must be a fraction in (0, 1]")
     if not 0 < explained < 1:
         raise ValueError(f"explained={explained!r} must be in (0, 1)")
-    sigmas, times, alphas, stds = _levels(m.schedule, levels, t_max)
-    d = math.prod(shape)
+    sigmas, times, alphas, stds = _levels(pipe.schedule, levels, t_max)
     chunks = _batches(x.shape[0], batch_size)
-    view = (-1, *[1] * len(shape))
     n = x.shape[0]
     log_sigma = torch.full((n,), math.nan, dtype=torch.float64)  # crossing level, NaN until found
     prev_rho = torch.full((n,), math.nan, dtype=torch.float64)
     maps = torch.zeros(x.shape, dtype=torch.float64)
     with _progress(levels * len(chunks), "diffusion time", progress) as bar:
         for k in range(levels):
-            t, alpha, std, sigma = float(times[k]), float(alphas[k]), float(stds[k]), float(sigmas[k])
+            level, sigma = Level(float(times[k]), float(alphas[k]), float(stds[k])), float(sigmas[k])
             g = torch.Generator().manual_seed(int(seed) * 1_000_003 + k)
             z = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
-            a, b = m.param.x0_coeffs(alpha, std)
             rho_k = torch.empty(n, dtype=torch.float64)
             for part in chunks:
-                state = alpha * x[part] + std * z[part]
-                out = m.fn(state * m.param.input_scale(alpha, std),
-                           torch.full((state.shape[0],), t, dtype=torch.float32, device=x.device))
-                r2 = ((x[part].to(torch.float64) - (a * state.to(torch.float64) + b * out.to(torch.float64))) ** 2
-                      / sigma**2).cpu()
-                rho_k[part] = r2.flatten(1).sum(1) / d
+                r2 = _scaled_residual(pipe, x[part], z[part], level, sigma)
+                rho_k[part] = r2.flatten(1).sum(1) / math.prod(shape)
                 new = log_sigma[part].isnan() & ((rho_k[part] < explained) | (k == levels - 1))
-                maps[part] = torch.where(new.reshape(view), r2, maps[part])  # the last level if never
+                maps[part] = torch.where(new.reshape(-1, *[1] * len(shape)), r2, maps[part])  # the last level if never
                 bar.update(1)
             new = log_sigma.isnan() & (rho_k < explained)
             if k == 0:
@@ -546,51 +454,8 @@ def dte_scores(
                 log_sigma = torch.where(new, lo + w * (math.log(sigma) - lo), log_sigma)
             prev_rho = rho_k
     never = log_sigma.isnan()
-    scores = _time_fraction(m.schedule, log_sigma.nan_to_num(0.0).exp())
+    scores = _time_fraction(pipe.schedule, log_sigma.nan_to_num(0.0).exp())
     scores[never] = 1.0
     settings = {"method": "dte", "levels": levels, "t_max": t_max, "explained": explained, "seed": seed}
     return Detection(scores, _pixel_map(maps), "dte", settings=settings)
-
-
-def detect(
-    pipe_or_model: Pipeline | Callable[..., Tensor],
-    x: Tensor,
-    *,
-    method: Literal["recon", "dte"] = "recon",
-    calibration: Calibration | None = None,
-    **options: Any,
-) -> Detection:
-    """Score ``x`` with ``method`` (``options`` go to :func:`reconstruction_scores` or
-    :func:`dte_scores`) and, with a ``calibration``, label it (True = anomaly)."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: expected one of {METHODS}")
-    if calibration is not None:
-        if calibration.method and calibration.method != method:
-            raise ValueError(f"the calibration was fitted on {calibration.method!r} scores, not {method!r}")
-        _check_settings(calibration.settings, options)
-    result = (reconstruction_scores if method == "recon" else dte_scores)(pipe_or_model, x, **options)
-    if calibration is not None:
-        result.labels = calibration.labels(result.scores)
-        result.threshold = calibration.threshold
-    return result
-
-
-# Settings that change the scale of a score: a threshold fitted under one value is meaningless under another.
-_SCORE_SETTINGS = ("depth", "noise", "repeats", "error", "reduce", "smooth", "sampler", "steps", "levels",
-                   "explained", "t_max")
-
-
-def _check_settings(saved: dict[str, Any], options: dict[str, Any]) -> None:
-    """Refuse scoring with settings that differ from those the calibration was fitted under
-    (only settings both sides name are compared; the seed and batch size may differ)."""
-
-    def norm(value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [norm(v) for v in value] if len(value) != 1 else norm(value[0])
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-
-    for key in _SCORE_SETTINGS:
-        if key in saved and key in options and norm(saved[key]) != norm(options[key]):
-            raise ValueError(f"the calibration was fitted with {key}={saved[key]!r}, but these scores use "
-                             f"{key}={options[key]!r}; refit it (--calibrate with normal data) or use the same {key}")
 

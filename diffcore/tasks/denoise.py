@@ -33,24 +33,25 @@ NaN/inf, a range that looks like 0..255 pixels, sigma <= 0, empty batches.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from diffcore.denoiser import Denoiser
-from diffcore.img2img import _Model, _resolve, image_batch
+from diffcore import io
 from diffcore.parameterization import Parameterization
-from diffcore.sampling import sample_from
+from diffcore.pipeline import Pipeline
 from diffcore.schedules import EDMSchedule, Schedule
+from diffcore.tasks import as_json, load_pipeline
+from diffcore.tasks.inputs import check_int, image_batch
 from diffcore.timesteps import Level
 
-if TYPE_CHECKING:
-    from diffcore.pipeline import Pipeline
-
-__all__ = ["MODES", "blend_window", "check_noisy", "check_sigma", "denoise", "estimate_sigma", "match_level",
-           "resolve_sigma", "sigma_to_model", "tile_starts"]
+__all__ = ["MODES", "Denoise", "DenoiseParams", "blend_window", "check_noisy", "check_sigma", "denoise",
+           "estimate_sigma", "match_level", "parse_sigma", "resolve_sigma", "sigma_to_model", "tile_starts"]
 
 MODES = ("mmse", "sample")
 DEFAULT_SAMPLE_SAMPLER = "ddpm"  # ancestral: its output is a posterior sample; ODE samplers are deterministic
@@ -208,12 +209,6 @@ def _check_range(images: Tensor, sigma: Tensor, name: str = "images") -> None:
                          "x / 127.5 - 1 (and sigma with sigma_scale=255)")
 
 
-def _check_count(name: str, value: Any, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name}={value!r} must be an integer >= {lo}")
-    return value
-
-
 # --------------------------------------------------------------------------- tiling
 
 
@@ -285,27 +280,27 @@ def denoise(
 
     A class-conditional model is used unconditionally (its null label). Returns (B, C, H, W).
     """
-    m = _resolve(pipe_or_model, schedule, prediction)
-    y = check_noisy(images, m.shape).to(m.device)
+    pipe = Pipeline.wrap(pipe_or_model, schedule, prediction)
+    y = check_noisy(images, pipe.shape).to(pipe.device)
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {MODES}")
-    samples = _check_count("samples", samples)
+    samples = check_int("samples", samples)
     if mode == "sample" and samples != 1:
         raise ValueError(f"samples={samples}: mode 'sample' returns one posterior sample; use mode 'mmse' for "
                          "the mean of several")
-    batch_size = _check_count("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size)
     if steps is not None:
-        _check_count("steps", steps)
+        check_int("steps", steps)
     n = y.shape[0]
-    sig = resolve_sigma(y, sigma, m.schedule, sigma_scale=sigma_scale)
-    th, tw = (m.shape[-2], m.shape[-1]) if m.shape is not None else y.shape[-2:]
-    overlap = max(th, tw) // 4 if tile_overlap is None else _check_count("tile_overlap", tile_overlap, 0)
+    sig = resolve_sigma(y, sigma, pipe.schedule, sigma_scale=sigma_scale)
+    th, tw = (pipe.shape[-2], pipe.shape[-1]) if pipe.shape is not None else y.shape[-2:]
+    overlap = max(th, tw) // 4 if tile_overlap is None else check_int("tile_overlap", tile_overlap, 0)
     if overlap >= min(th, tw):
         raise ValueError(f"tile_overlap={overlap} must be smaller than the model's tile size {th}x{tw}")
-    t, alpha, std = match_level(m.schedule, sig)
+    t, alpha, std = match_level(pipe.schedule, sig)
     rows, cols = tile_starts(y.shape[-2], th, overlap), tile_starts(y.shape[-1], tw, overlap)
     spots = [(i, r, c) for i in range(n) for r in rows for c in cols]
-    run = _Run(m, mode, samples, sampler, steps, seed)
+    run = _Run(pipe, mode, samples, sampler, steps, seed)
     out = torch.zeros_like(y, dtype=torch.float64)
     weight = torch.zeros_like(y[:, :1], dtype=torch.float64)
     window = blend_window(th, tw, overlap).to(y.device) if len(spots) > n else torch.ones(th, tw, device=y.device)
@@ -329,8 +324,8 @@ def denoise(
 class _Run:
     """Denoise one batch of model-sized tiles, each at its own matched level."""
 
-    def __init__(self, m: _Model, mode: str, samples: int, sampler: str | None, steps: int | None, seed: int):
-        self.m, self.mode, self.samples = m, mode, samples
+    def __init__(self, pipe: Pipeline, mode: str, samples: int, sampler: str | None, steps: int | None, seed: int):
+        self.pipe, self.mode, self.samples = pipe, mode, samples
         self.sampler = sampler or DEFAULT_SAMPLE_SAMPLER
         self.steps = DEFAULT_SAMPLE_STEPS if steps is None else steps
         self.streams = torch.Generator().manual_seed(int(seed))  # one Philox seed per (batch, sample), in order
@@ -339,25 +334,101 @@ class _Run:
         shape = (-1, *([1] * (y.dim() - 1)))
         x_t = y * alpha.to(y.device, y.dtype).reshape(shape)
         if self.mode == "mmse" and self.samples == 1:
-            return self._one_step(x_t, t, alpha, std)
+            levels = [Level(*v) for v in zip(t.tolist(), alpha.tolist(), std.tolist(), strict=True)]
+            return self.pipe.predict_x0(x_t, levels if len(levels) > 1 else levels[0])
         total = torch.zeros_like(y, dtype=torch.float64)
-        for k in range(self.samples):
+        for _ in range(self.samples):
             stream = int(torch.randint(0, 2**62, (1,), generator=self.streams))
             # t_start > 0, as partial plans need (t = 0 only at the smallest level, sigma ~ 0.01)
-            total += sample_from(self.m.fn, x_t, t.clamp_min(1e-6), sampler=self.sampler, steps=self.steps,
-                                 schedule=self.m.schedule, prediction=self.m.param, add_noise=False,
-                                 seed=stream).double()
+            total += self.pipe.sample_from(x_t, t.clamp_min(1e-6), sampler=self.sampler, steps=self.steps,
+                                           add_noise=False, seed=stream).double()
         return (total / self.samples).to(y.dtype)
 
-    def _one_step(self, x_t: Tensor, t: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
-        """x0 = a * x_t + b * model(c_in * x_t, t), per-sample (a, b, c_in) of the parameterization."""
-        param = self.m.param
-        coeffs = [(*param.x0_coeffs(float(a), float(s)), param.input_scale(float(a), float(s)))
-                  for a, s in zip(alpha.tolist(), std.tolist(), strict=True)]
-        a, b, c_in = (torch.tensor(col, dtype=x_t.dtype, device=x_t.device).reshape(-1, *([1] * (x_t.dim() - 1)))
-                      for col in zip(*coeffs, strict=True))
-        denoiser = Denoiser(self.m.fn, param, timestep_dtype=torch.float32)
-        level = Level(float(t[0]), float(alpha[0]), float(std[0]))  # only (a, b) of sample 0; per-sample below
-        pred = denoiser(x_t, level, t=t.to(x_t.device, torch.float32), c_in=c_in)
-        assert pred.out is not None
-        return a * x_t + b * pred.out
+
+# --------------------------------------------------------------------------- the denoise task
+
+
+OUTPUT_SUFFIXES = (".png", ".npz", ".npy")
+
+
+def parse_sigma(text: str | float) -> float | str:
+    """``"auto"`` or a positive finite number (the command line's ``--sigma``)."""
+    if isinstance(text, str) and text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"sigma={text!r}: expected a number > 0 or 'auto'") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"sigma={value!r} must be > 0 and finite (the noise std), or 'auto'")
+    return value
+
+
+@dataclass
+class DenoiseParams:
+    """Parameters of the ``denoise`` task: a noisy image file in, a denoised file out."""
+
+    checkpoint: Path = field(metadata={"help": "run folder or checkpoint.safetensors"})
+    input: Path = field(metadata={"help": "noisy PNG/JPEG image, or NPY/NPZ array(s): uint8 pixels or floats in "
+                                          "model space"})
+    sigma: str = field(metadata={
+        "help": "noise std on the --sigma-scale range (e.g. 50 on 0..255), or 'auto' to estimate it per image"})
+    sigma_scale: float = field(default=255.0, metadata={
+        "help": "width of the range --sigma is measured on: 255 (0..255 pixels), 1 ([0, 1]), 2 (model space)"})
+    mode: Literal["mmse", "sample"] = field(default="mmse", metadata={
+        "help": "mmse: the posterior mean (one evaluation, or the mean of --samples samples) | sample: one "
+                "posterior sample"})
+    samples: int = field(default=1, metadata={"help": "mmse: posterior samples to average (1: one-step estimate)"})
+    sampler: str | None = field(default=None, metadata={"help": "sampler for posterior samples (default ddpm)"})
+    steps: int | None = field(default=None, metadata={"help": "sampler steps from the matched level (default 20)"})
+    seed: int = field(default=0, metadata={"help": "noise seed"})
+    tile_overlap: int | None = field(default=None, metadata={
+        "help": "pixels shared by neighbouring tiles of images larger than the model (default: a quarter tile)"})
+    batch_size: int = field(default=256, metadata={"help": "tiles per model call"})
+    output: Path = field(default=Path("outputs/denoise/denoised.png"), metadata={
+        "help": "output file: .png (one image; a batch as a grid), .npz or .npy"})
+
+    def __post_init__(self) -> None:
+        self.checkpoint, self.input, self.output = Path(self.checkpoint), Path(self.input), Path(self.output)
+        self.sigma = str(parse_sigma(self.sigma))
+        if self.mode not in MODES:
+            raise ValueError(f"mode={self.mode!r}: expected one of {MODES}")
+        scale = self.sigma_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"sigma_scale={scale!r} must be a number > 0 (255, 1 or 2)")
+        for name in ("samples", "steps", "batch_size"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
+        if self.tile_overlap is not None:
+            check_int("tile_overlap", self.tile_overlap, 0)
+        if self.mode == "sample" and self.samples != 1:
+            raise ValueError(f"samples={self.samples}: mode 'sample' returns one posterior sample; use --mode mmse "
+                             "to average several")
+        if self.output.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise ValueError(f"output {str(self.output)!r}: expected a file ending in {', '.join(OUTPUT_SUFFIXES)}")
+
+
+class Denoise:
+    """Denoise images with a trained model: the posterior mean (mmse) or a posterior sample,
+    starting the reverse process at the level that matches the noise; large images are tiled."""
+
+    name = "denoise"
+    Params = DenoiseParams
+
+    def run(self, params: DenoiseParams) -> dict[str, Any]:
+        started = time.perf_counter()
+        pipe = load_pipeline(params.checkpoint)
+        noisy = io.load_images(params.input)
+        sigma_arg: Any = "auto" if params.sigma == "auto" else float(params.sigma)
+        out = denoise(pipe, noisy, sigma_arg, sigma_scale=params.sigma_scale, mode=params.mode,
+                      samples=params.samples, sampler=params.sampler, steps=params.steps, seed=params.seed,
+                      tile_overlap=params.tile_overlap, batch_size=params.batch_size, progress=True)
+        sigma = resolve_sigma(noisy, sigma_arg, pipe.schedule, sigma_scale=params.sigma_scale)
+        io.write_denoised(params.output, out, noisy, sigma)
+        in_units = [round(s, 4) for s in (sigma * params.sigma_scale / 2).tolist()]
+        shown: Any = in_units if len(in_units) <= 16 else {
+            "mean": round(sum(in_units) / len(in_units), 4), "min": min(in_units), "max": max(in_units)}
+        return {"mode": params.mode, "n": int(out.shape[0]), "shape": list(out.shape[1:]),
+                "sigma": shown, "sigma_scale": params.sigma_scale,
+                "sigma_estimated": params.sigma == "auto", "output": str(params.output),
+                "seconds": round(time.perf_counter() - started, 2), "params": as_json(params)}

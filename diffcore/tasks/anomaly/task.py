@@ -1,0 +1,208 @@
+"""Scoring and labelling in one call (:func:`detect`) and the ``detect`` task over files.
+
+Image inputs are read like ``translate``'s (PNG/JPEG, NPY/NPZ; uint8 pixels or floats in
+[-1, 1]). Tabular inputs are CSV files with the training header (any column order; the label
+column, if any, is ignored) or NPY/NPZ arrays with the training column count, in raw units:
+they are standardized with the training statistics stored in the checkpoint. ``calibrate`` takes
+held-out normal data (scored the same way) or a ``calibration.json`` written by an earlier run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import Tensor
+
+from diffcore import io
+from diffcore.pipeline import Pipeline
+from diffcore.tasks import as_json, load_pipeline
+from diffcore.tasks.anomaly.calibration import Calibration, check_settings
+from diffcore.tasks.anomaly.scores import (
+    ERRORS,
+    METHODS,
+    NOISES,
+    Detection,
+    dte_scores,
+    recipe_for,
+    reconstruction_scores,
+    standardize,
+)
+from diffcore.tasks.inputs import check_int
+
+__all__ = ["Detect", "DetectParams", "detect", "load_input"]
+
+
+def detect(
+    pipe_or_model: Pipeline | Callable[..., Tensor],
+    x: Tensor,
+    *,
+    method: Literal["recon", "dte"] = "recon",
+    calibration: Calibration | None = None,
+    **options: Any,
+) -> Detection:
+    """Score ``x`` with ``method`` (``options`` go to :func:`reconstruction_scores` or
+    :func:`dte_scores`) and, with a ``calibration``, label it (True = anomaly)."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: expected one of {METHODS}")
+    if calibration is not None:
+        if calibration.method and calibration.method != method:
+            raise ValueError(f"the calibration was fitted on {calibration.method!r} scores, not {method!r}")
+        check_settings(calibration.settings, options)
+    result = (reconstruction_scores if method == "recon" else dte_scores)(pipe_or_model, x, **options)
+    if calibration is not None:
+        result.labels = calibration.labels(result.scores)
+        result.threshold = calibration.threshold
+    return result
+
+
+def load_input(path: Path, pipe: Pipeline, what: str) -> Tensor:
+    """A file in model space for ``pipe``: images, or a raw table standardized with the training
+    statistics (CSV columns must be the training columns, in any order)."""
+    if pipe.dataset.get("kind") == "tabular":
+        label = (pipe.dataset.get("meta") or {}).get("label_column")
+        columns, values = io.read_table(path, label, what)
+        return standardize(pipe, values, columns)
+    if path.suffix.lower() == ".csv":
+        raise ValueError(f"{what} {str(path)!r} is a CSV table, but this model was trained on images")
+    return io.load_images(path)
+
+
+# --------------------------------------------------------------------------- the task
+
+
+_RECIPE_HELP = " (default: the recipe for images or table rows, diffcore.tasks.anomaly.RECIPES)"
+
+
+@dataclass
+class DetectParams:
+    """Parameters of the ``detect`` task: inputs to score, optional normal data to calibrate on."""
+
+    checkpoint: Path = field(metadata={"help": "run folder or checkpoint.safetensors"})
+    input: Path = field(metadata={"help": "images (PNG/JPEG/NPY/NPZ) or a table (CSV/NPY/NPZ, raw units) to score"})
+    method: Literal["recon", "dte"] = field(default="recon", metadata={
+        "help": "recon: partial-diffusion reconstruction error | dte: diffusion-time estimate"})
+    depth: float | list[float] | None = field(default=None, metadata={
+        "help": "recon: noise depth(s), fractions of the schedule in (0, 1] or training timesteps > 1; "
+                "errors are averaged over several" + _RECIPE_HELP})
+    noise: Literal["gaussian", "simplex"] = field(default="gaussian", metadata={
+        "help": "recon: noise kind (simplex: images only)"})
+    repeats: int | None = field(default=None, metadata={"help": "recon: noise draws averaged per input" + _RECIPE_HELP})
+    error: Literal["squared", "abs", "mahalanobis"] | None = field(default=None, metadata={
+        "help": "recon: per-pixel (per-feature) error, or mahalanobis: the mean signed residual whitened by its "
+                "statistics on --reference normal data (inputs of <= 4096 values)" + _RECIPE_HELP})
+    reduce: Literal["mean", "max"] = field(default="mean", metadata={
+        "help": "recon: image score = mean or max of the (smoothed) map"})
+    smooth: float = field(default=0.0, metadata={"help": "recon: Gaussian blur of image maps, sigma in pixels"})
+    sampler: str | None = field(default=None, metadata={"help": "recon: sampler name" + _RECIPE_HELP})
+    steps: int | None = field(default=None, metadata={
+        "help": "recon: sampler steps (ddim, 1: the one-shot x0 prediction)" + _RECIPE_HELP})
+    levels: int = field(default=25, metadata={"help": "dte: noise levels evaluated per input"})
+    reference: Path | None = field(default=None, metadata={
+        "help": "recon --error mahalanobis: NORMAL data (same formats as --input, e.g. the training rows) whose "
+                "residual statistics whiten the scores"})
+    calibrate: Path | None = field(default=None, metadata={
+        "help": "held-out NORMAL data (same formats as --input) to fit the threshold on, or a calibration JSON"})
+    fpr: float | None = field(default=None, metadata={
+        "help": "target false-positive rate of the threshold (default 0.05 with --calibrate)"})
+    quantile: float | None = field(default=None, metadata={
+        "help": "threshold at this quantile of the normal scores (instead of --fpr)"})
+    seed: int = field(default=0, metadata={"help": "noise seed"})
+    batch_size: int = field(default=256, metadata={"help": "inputs per model call"})
+    output: Path = field(default=Path("outputs/detect/scores.json"), metadata={
+        "help": "scores file, .json or .csv; plots are written next to it"})
+
+    def __post_init__(self) -> None:
+        self.checkpoint, self.input, self.output = Path(self.checkpoint), Path(self.input), Path(self.output)
+        self.calibrate = Path(self.calibrate) if self.calibrate is not None else None
+        self.reference = Path(self.reference) if self.reference is not None else None
+        if self.error is not None and self.error not in ERRORS:
+            raise ValueError(f"error={self.error!r}: expected one of {ERRORS}")
+        if (self.error == "mahalanobis") != (self.reference is not None) and self.method == "recon" or \
+                self.reference is not None and self.method != "recon":
+            raise ValueError("--error mahalanobis needs --reference (normal data), and --reference is used by "
+                             "--method recon --error mahalanobis only")
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r}: expected one of {METHODS}")
+        if self.noise not in NOISES:
+            raise ValueError(f"noise={self.noise!r}: expected one of {NOISES}")
+        if self.output.suffix.lower() not in (".json", ".csv"):
+            raise ValueError(f"output={str(self.output)!r}: expected a file ending in .json or .csv")
+        for name in ("repeats", "batch_size", "levels", "steps"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
+        self._check_depth()
+        self._check_threshold()
+
+    def _check_depth(self) -> None:
+        if isinstance(self.depth, (list, tuple)) and len(self.depth) == 1:
+            self.depth = self.depth[0]
+        for d in self.depth if isinstance(self.depth, (list, tuple)) else [] if self.depth is None else [self.depth]:
+            if not (isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d > 0):
+                raise ValueError(f"depth={d!r} must be a fraction in (0, 1] or a training timestep > 1")
+
+    def _check_threshold(self) -> None:
+        if self.fpr is not None and self.quantile is not None:
+            raise ValueError("give either --fpr or --quantile, not both")
+        if (self.fpr is not None or self.quantile is not None) and self.calibrate is None:
+            raise ValueError("--fpr/--quantile set the threshold fitted on --calibrate data; pass --calibrate")
+        if self.fpr is not None and not 0 <= self.fpr < 1:
+            raise ValueError(f"fpr={self.fpr!r} must be in [0, 1)")
+        if self.quantile is not None and not 0 < self.quantile <= 1:
+            raise ValueError(f"quantile={self.quantile!r} must be in (0, 1]")
+
+    def options(self, shape: tuple[int, ...]) -> dict[str, Any]:
+        """The scoring options of :func:`detect` for samples of ``shape``: those given, the rest
+        from the recipe for the data kind (so a calibration records every setting)."""
+        if self.method == "dte":
+            return {"levels": self.levels, "seed": self.seed}
+        given = {"depth": self.depth, "repeats": self.repeats, "error": self.error, "sampler": self.sampler,
+                 "steps": self.steps}
+        return {**recipe_for(shape), **{k: v for k, v in given.items() if v is not None}, "noise": self.noise,
+                "reduce": self.reduce, "smooth": self.smooth, "seed": self.seed}
+
+
+class Detect:
+    """Anomaly detection with a model trained on normal data: partial-diffusion reconstruction
+    error (with an anomaly map) or diffusion-time estimation, thresholded on held-out normals."""
+
+    name = "detect"
+    Params = DetectParams
+
+    def run(self, params: DetectParams) -> dict[str, Any]:
+        started = time.perf_counter()
+        pipe = load_pipeline(params.checkpoint)
+        x = load_input(params.input, pipe, "input")
+        options = params.options(tuple(x.shape[1:]))
+        if params.reference is not None and params.method == "recon":
+            options["reference"] = load_input(params.reference, pipe, "reference data")
+        calibration, normal_scores = self._calibration(params, pipe, options)
+        result = detect(pipe, x, method=params.method, calibration=calibration, batch_size=params.batch_size,
+                        **options)
+        files = io.write_scores(params.output, x, result, calibration, normal_scores)
+        labels = result.labels
+        return {"method": params.method, "n": int(result.scores.numel()),
+                "threshold": result.threshold, "anomalies": None if labels is None else int(labels.sum()),
+                "score_mean": float(result.scores.mean()), "score_max": float(result.scores.max()),
+                "seconds": round(time.perf_counter() - started, 2), **files, "params": as_json(params)}
+
+    @staticmethod
+    def _calibration(params: DetectParams, pipe: Pipeline,
+                     options: dict[str, Any]) -> tuple[Calibration | None, Tensor | None]:
+        """(the calibration, the normal scores it was fitted on): read from a JSON, fitted on
+        ``params.calibrate`` normal data, or none."""
+        if params.calibrate is None:
+            return None, None
+        if params.calibrate.suffix.lower() == ".json":
+            io.check_file(params.calibrate, "calibration", (".json",))
+            return Calibration.from_json(params.calibrate), None
+        normals = load_input(params.calibrate, pipe, "calibration data")
+        scores = detect(pipe, normals, method=params.method, batch_size=params.batch_size, **options).scores
+        target = {"quantile": params.quantile} if params.quantile is not None else \
+            {"fpr": 0.05 if params.fpr is None else params.fpr}
+        settings = {**options, "reference": str(params.reference)} if "reference" in options else options
+        return Calibration.fit(scores, method=params.method, settings=settings, **target), scores

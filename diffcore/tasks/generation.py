@@ -1,0 +1,220 @@
+"""Generation: sample a trained checkpoint unconditionally or class-conditionally.
+
+Class labels are one label, one per sample, or ``all`` (balanced over the classes), with optional
+classifier-free guidance and guidance rescale, through any registered sampler. The sampling is
+:meth:`diffcore.pipeline.Pipeline.generate`; :func:`generate_samples` resolves the labels and
+takes one-pass shortcuts, and the ``generate`` task (:class:`GenerateTask`) writes a PNG grid
+and/or an ``.npz`` and returns a JSON-able summary (paths, n, sampler, steps, seconds, images/s).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffcore import io
+from diffcore.pipeline import Pipeline
+from diffcore.tasks import check_device, load_pipeline
+from diffcore.tasks.inputs import check_int, check_number, check_sampler, check_suffix
+
+__all__ = ["SPACINGS", "GenerateParams", "GenerateTask", "check_outputs", "generate_samples", "parse_class_labels",
+           "resolve_labels"]
+
+SPACINGS = ("leading", "linspace", "trailing")
+
+
+def parse_class_labels(spec: Any) -> list[int] | str | None:
+    """``None``, ``"all"``, an int, ``"3"``, ``"1,2,3"`` or a list of ints -> None, "all" or a list.
+
+    Only the form is checked here; the range is checked against the model in :func:`resolve_labels`.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text == "all":
+            return "all"
+        parts = [p.strip() for p in text.replace(",", " ").split()]
+        if not parts:
+            raise ValueError(f"class_label={spec!r}: expected an integer, a comma-separated list or 'all'")
+        spec = parts
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not items:
+        raise ValueError("class_label=[]: give at least one label, 'all', or none for unconditional samples")
+    if any(isinstance(item, str) and item.strip().lower() == "all" for item in items):
+        if len(items) > 1:
+            raise ValueError(f"class_label={spec!r}: 'all' cannot be combined with other labels")
+        return "all"
+    return [_label(item) for item in items]
+
+
+def _label(item: Any) -> int:
+    if isinstance(item, bool):
+        raise ValueError(f"class_label={item!r}: expected an integer class label")
+    try:
+        value = int(item)
+    except (TypeError, ValueError):
+        raise ValueError(f"class_label={item!r}: expected an integer class label or 'all'") from None
+    if isinstance(item, float) and item != value:
+        raise ValueError(f"class_label={item!r}: expected an integer class label")
+    if value < 0:
+        raise ValueError(f"class_label={value}: class labels are >= 0")
+    return value
+
+
+@dataclass
+class GenerateParams:
+    """Parameters of the ``generate`` task (each is a ``--option`` of ``diffcore generate``)."""
+
+    checkpoint: str = field(metadata={"help": "run folder or checkpoint.safetensors"})
+    n: int = field(default=64, metadata={"help": "number of samples"})
+    sampler: str | None = field(default=None, metadata={
+        "help": "sampler name (diffcore list samplers; default: the model's)"})
+    steps: int | None = field(default=None, metadata={"help": "sampler steps (default: the model's)"})
+    class_label: str | list[str] | None = field(default=None, metadata={
+        "metavar": "LABEL", "help": "one label for all samples, one per sample (several, or comma-separated), 'all' "
+                                    "(balanced over classes) or none (unconditional)"})
+    guidance_scale: float | None = field(
+        default=None, metadata={"help": "classifier-free guidance scale w >= 0 (0: unconditional, 1: conditional)"}
+    )
+    guidance_rescale: float = field(default=0.0, metadata={"help": "guidance rescale phi in [0, 1] (Lin et al. 2023)"})
+    timestep_spacing: str | None = field(default=None, metadata={
+        "metavar": "SPACING", "help": "leading, linspace or trailing (diffusers' meaning; default: leading)"})
+    seed: int = field(default=0, metadata={"help": "seed of the initial noise and the sampler noise"})
+    batch_size: int = field(default=256, metadata={"help": "samples per model batch"})
+    out: str | None = field(default=None, metadata={"help": ".png grid or .npz path (default samples.png "
+                                                            "unless --npz is given)"})
+    npz: str | None = field(default=None, metadata={"help": "also write the arrays (samples, labels, images) to "
+                                                            "this .npz"})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, ... or auto"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.class_label, (list, tuple)):  # the command line's --class-label 1 2 3
+            self.class_label = ",".join(str(v) for v in self.class_label)
+        check_int("n", self.n)
+        if self.steps is not None:
+            check_int("steps", self.steps)
+        check_int("batch_size", self.batch_size)
+        check_int("seed", self.seed, 0)
+        if self.guidance_scale is not None:
+            check_number("guidance_scale", self.guidance_scale, 0.0)
+        check_number("guidance_rescale", self.guidance_rescale, 0.0, 1.0)
+        if self.guidance_rescale and self.guidance_scale is None:
+            raise ValueError(f"guidance_rescale={self.guidance_rescale} needs a guidance_scale")
+        labels = parse_class_labels(self.class_label)
+        if isinstance(labels, list) and len(labels) not in (1, self.n):
+            raise ValueError(f"class_label has {len(labels)} labels for n={self.n}: give one label, n labels or 'all'")
+        check_sampler(self.sampler)
+        if self.timestep_spacing is not None and self.timestep_spacing not in SPACINGS:
+            raise ValueError(f"timestep_spacing={self.timestep_spacing!r}: expected one of {', '.join(SPACINGS)}")
+        if self.out is None and self.npz is None:
+            self.out = "samples.png"
+        check_suffix("out", self.out, (".png", ".npz"))
+        check_suffix("npz", self.npz, (".npz",))
+        check_device(self.device)
+
+
+def resolve_labels(pipe: Pipeline, spec: Any, n: int) -> Tensor | None:
+    """Class labels (n,) int64 for ``spec`` (see :func:`parse_class_labels`) checked against the model."""
+    labels = parse_class_labels(spec)
+    if labels is None:
+        return None
+    k = pipe.num_classes
+    if k == 0:
+        raise ValueError(f"class_label={spec!r}: this model was trained without classes (unconditional)")
+    if labels == "all":
+        return torch.arange(n, dtype=torch.long) % k
+    bad = [v for v in labels if v >= k]
+    if bad:
+        raise ValueError(f"class_label={bad[0]} is out of range: this model has classes 0..{k - 1}")
+    out = torch.tensor(labels, dtype=torch.long)
+    return out.expand(n).clone() if out.numel() == 1 else out
+
+
+def generate_samples(pipe: Pipeline, params: GenerateParams) -> tuple[Tensor, Tensor | None]:
+    """Sample ``params.n`` items (model space, images in [-1, 1]) and their class labels (or None).
+
+    Checks the parts of ``params`` that depend on the model (label range, a conditional model for
+    labels and guidance) and raises ValueError naming the bad value.
+    """
+    labels = resolve_labels(pipe, params.class_label, params.n)
+    guidance = params.guidance_scale
+    if guidance is not None and pipe.num_classes == 0:
+        raise ValueError(f"guidance_scale={guidance}: this model was trained without classes (unconditional)")
+    if guidance is not None and labels is None:
+        raise ValueError(f"guidance_scale={guidance} needs class labels (class_label N or all) to guide towards")
+    rescale = params.guidance_rescale
+    given = labels
+    # u + w (c - u) needs one model pass instead of two at w = 1 (= c; the rescale factor is 1)
+    # and at w = 0 without rescale (= u: the null label, which is what no labels means).
+    if guidance == 1.0:
+        guidance, rescale = None, 0.0
+    elif guidance == 0.0 and rescale == 0.0:
+        guidance, given = None, None
+    x = pipe.generate(
+        params.n,
+        sampler=params.sampler,
+        steps=params.steps,
+        class_labels=given,
+        guidance_scale=guidance,
+        guidance_rescale=rescale,
+        seed=params.seed,
+        batch_size=params.batch_size,
+        **({"timestep_spacing": params.timestep_spacing} if params.timestep_spacing else {}),
+    )
+    return x, labels
+
+
+def _makes_images(pipe: Pipeline) -> bool:
+    return pipe.dataset.get("kind", "image") == "image" and len(pipe.dataset.get("shape", (1, 1, 1))) == 3
+
+
+def check_outputs(pipe: Pipeline, params: GenerateParams) -> None:
+    """Refuse a PNG grid for a model that does not make images, before any sampling."""
+    if not _makes_images(pipe):
+        for name in ("out", "npz"):
+            target = getattr(params, name)
+            if target is not None and Path(target).suffix.lower() == ".png":
+                raise ValueError(f"{name}={target!r}: a PNG grid needs an image model; this one makes "
+                                 f"{pipe.dataset.get('kind', '?')} samples of shape "
+                                 f"{tuple(pipe.dataset.get('shape', ()))}, use .npz")
+
+
+class GenerateTask:
+    """Generate samples from a trained checkpoint: unconditional or class-conditional, with guidance."""
+
+    name = "generate"
+    Params = GenerateParams
+
+    def run(self, params: GenerateParams) -> dict[str, Any]:
+        pipe = load_pipeline(params.checkpoint, params.device)
+        check_outputs(pipe, params)
+        start = time.perf_counter()
+        x, labels = generate_samples(pipe, params)
+        seconds = time.perf_counter() - start
+        nrow = min(pipe.num_classes, x.shape[0]) if parse_class_labels(params.class_label) == "all" else None
+        written = io.write_samples(x, labels, (params.out, params.npz), images=_makes_images(pipe), nrow=nrow)
+        result: dict[str, Any] = {
+            **written,
+            "n": params.n,
+            "shape": list(x.shape[1:]),
+            "sampler": params.sampler or pipe.sampler,
+            "steps": params.steps or pipe.steps,
+            "class_label": params.class_label,
+            "guidance_scale": params.guidance_scale,
+            "guidance_rescale": params.guidance_rescale,
+            "timestep_spacing": params.timestep_spacing or "leading",
+            "seed": params.seed,
+            "device": str(pipe.device),
+            "seconds": round(seconds, 4),
+            "images_per_s": round(params.n / max(seconds, 1e-9), 2),
+        }
+        if labels is not None:
+            values, counts = labels.unique(return_counts=True)
+            result["label_counts"] = {str(k): v for k, v in zip(values.tolist(), counts.tolist())}
+        return result
