@@ -50,12 +50,16 @@ class PlanPreset:
     spacing of the multistep solvers, ``"karras"`` sigmas interpolated at fractional timesteps.
     ``target``: ``"next"`` steps land on the next level; ``"ddim"`` on ``t - T // steps``.
     ``flow``: the levels on a flow schedule, one of :data:`FLOW_GRIDS` (see :func:`flow_times`).
+    ``plan``: where no grid fits, ``plan(schedule, steps, spacing, **options)`` places the levels
+    on a discrete schedule; ``options`` names the sampler options it takes (see :func:`make_plan`).
     """
 
     grid: str
     target: str
     follows: str
     flow: str = "euler"
+    plan: Callable[..., Plan] | None = None
+    options: tuple[str, ...] = ()
 
 
 PLAN_PRESETS: dict[str, PlanPreset] = {
@@ -307,15 +311,23 @@ def _flow_plan(schedule: FlowSchedule, times: Tensor, integer: bool) -> Plan:
     return _with_schedule(plan, schedule)
 
 
-def make_plan(schedule: Schedule, steps: int, spacing: str = "leading", style: str = "karras") -> Plan:
+def make_plan(schedule: Schedule, steps: int, spacing: str = "leading", style: str = "karras",
+              **options: object) -> Plan:
     """The noise levels ``steps`` sampler steps visit on ``schedule``, placed as the diffusers
-    scheduler of preset ``style`` (a key of :data:`PLAN_PRESETS`) places them."""
+    scheduler of preset ``style`` (a key of :data:`PLAN_PRESETS`) places them. ``options``: the
+    sampler options the preset's plan function takes (``PLAN_PRESETS[style].options``)."""
     _check(steps, spacing, style, schedule)
     preset = PLAN_PRESETS[style]
+    unknown = sorted(set(options) - set(preset.options))
+    if unknown:
+        raise TypeError(f"plan preset {style!r} got unknown option(s) {unknown}; it takes: "
+                        f"{', '.join(preset.options) or 'none'}")
     if isinstance(schedule, FlowSchedule):
         return _flow_plan(schedule, *flow_times(schedule, steps, preset.flow))
     if isinstance(schedule, EDMSchedule):
         plan = _edm_plan(schedule, steps)
+    elif preset.plan is not None:
+        plan = preset.plan(schedule, steps, spacing, **options)
     elif preset.grid == "train":
         plan = _ddim_plan(schedule, steps, spacing, preset.target)
     elif preset.grid == "dpm":
@@ -383,3 +395,92 @@ def _flow_partial_plan(schedule: FlowSchedule, steps: int, t0: float) -> Plan:
         lo = min(float(shift_times(torch.tensor(1 / T, dtype=torch.float64), s)), start / 2)
         times = _flow_spaced(schedule, lo, start, steps)
     return _flow_plan(schedule, times, integer=False)
+
+
+def sigma_at_time(plan: Plan, t: float) -> float:
+    """The VE sigma where ``plan``'s schedule reaches model time ``t``: the inverse of its
+    ``sigma_to_t`` by bisection in log sigma, ``sup{sigma : sigma_to_t(sigma) <= t}`` (so time 0 of
+    a discrete schedule is its first training level). Returns the upper end of the final bracket,
+    whose time is >= t: an integer time truncates back to ``t``."""
+    if plan.sigma_to_t is None:
+        raise ValueError("the plan does not know its schedule's times")
+
+    def time(s: float) -> float:
+        return float(plan.sigma_to_t(torch.tensor([s], dtype=torch.float64))[0])
+
+    lo, hi = 0.0, 1.0
+    while time(hi) <= t:
+        hi *= 2.0
+        if hi > 1e12:
+            raise ValueError(f"model time {t} is beyond the schedule's last level")
+    for _ in range(300):
+        mid = (lo * hi) ** 0.5 if lo > 0 else hi / 16
+        if mid <= lo or mid >= hi:
+            break
+        lo, hi = (mid, hi) if time(mid) <= t else (lo, mid)
+    return hi
+
+
+def _end_at_first_timestep(plan: Plan, schedule: DiscreteSchedule) -> Plan:
+    """``plan`` with its end point, and every step target at sigma 0, moved to training timestep 0
+    (diffusers' ``set_alpha_to_one=False`` / ``sigma_last`` of timestep 0)."""
+    a0 = schedule.alphas_cumprod[0]
+    alphas, stds, sigmas = plan.alphas.clone(), plan.stds.clone(), plan.sigmas.clone()
+    alphas[-1], stds[-1], sigmas[-1] = a0.sqrt(), (1 - a0).sqrt(), ((1 - a0) / a0).sqrt()
+    ta, tsd = plan.target_alphas.clone(), plan.target_stds.clone()
+    at_zero = tsd == 0
+    ta[at_zero], tsd[at_zero] = alphas[-1], stds[-1]
+    return replace(plan, alphas=alphas, stds=stds, sigmas=sigmas, target_alphas=ta, target_stds=tsd)
+
+
+def _deis_plan(schedule: DiscreteSchedule, n: int, spacing: str) -> Plan:
+    """DEISMultistepScheduler: the multistep solvers' grid, ending at timestep 0, not sigma 0."""
+    plan = _dpm_plan(schedule, n, spacing)
+    return plan if schedule.sigma_spacing != "timesteps" else _end_at_first_timestep(plan, schedule)
+
+
+def _pndm_plan(schedule: DiscreteSchedule, n: int, spacing: str) -> Plan:
+    """PNDMScheduler: DDIM's timesteps and ``t - T // n`` targets; a target below timestep 0 is
+    timestep 0 (its default ``set_alpha_to_one=False``)."""
+    plan = _ddim_plan(schedule, n, spacing, "ddim")
+    return plan if schedule.sigma_spacing != "timesteps" else _end_at_first_timestep(plan, schedule)
+
+
+def lcm_timesteps(num_train_timesteps: int, steps: int, original_inference_steps: int = 50) -> Tensor:
+    """LCMScheduler's and TCDScheduler's timesteps (Luo et al. 2023): ``steps`` evenly skipped
+    among the ``original_inference_steps`` distillation timesteps ``k j - 1``, k = T // original."""
+    T, orig = num_train_timesteps, original_inference_steps
+    if isinstance(orig, bool) or not isinstance(orig, int) or not 1 <= orig <= T:
+        raise ValueError(f"original_inference_steps={orig!r} must be an integer in [1, {T}]")
+    if steps > orig:
+        raise ValueError(f"steps={steps} exceeds original_inference_steps={orig}: the steps are a subset of those")
+    origin = (np.arange(1, orig + 1) * (T // orig) - 1)[::-1]
+    pick = np.floor(np.linspace(0, orig, num=steps, endpoint=False)).astype(np.int64)
+    return torch.from_numpy(origin[pick].astype(np.float64))
+
+
+def _train_plan(schedule: DiscreteSchedule, ts: Tensor, end_abar: float) -> Plan:
+    """A plan through training timesteps ``ts`` to an end level of alpha_bar ``end_abar``."""
+    a_bar = _append(schedule.alphas_cumprod[ts.long()], end_abar)
+    alphas, stds = a_bar.sqrt(), (1 - a_bar).sqrt()
+    return Plan(ts, ((1 - a_bar) / a_bar).sqrt(), alphas, stds, 1.0, torch.int64, *_next_targets(alphas, stds))
+
+
+def _lcm_plan(schedule: DiscreteSchedule, n: int, spacing: str, original_inference_steps: int = 50) -> Plan:
+    """LCMScheduler: :func:`lcm_timesteps`, ending at sigma 0 (its last step returns the denoised
+    sample); ``timestep_spacing`` and ``sigma_spacing`` do not apply."""
+    return _train_plan(schedule, lcm_timesteps(schedule.num_train_timesteps, n, original_inference_steps), 1.0)
+
+
+def _tcd_plan(schedule: DiscreteSchedule, n: int, spacing: str, original_inference_steps: int = 50) -> Plan:
+    """TCDScheduler: LCM's timesteps, ending at training timestep 0."""
+    ts = lcm_timesteps(schedule.num_train_timesteps, n, original_inference_steps)
+    return _train_plan(schedule, ts, float(schedule.alphas_cumprod[0]))
+
+
+PLAN_PRESETS.update({
+    "deis": PlanPreset("dpm", "next", "DEISMultistepScheduler", "dpm", plan=_deis_plan),
+    "pndm": PlanPreset("train", "ddim", "PNDMScheduler", "euler", plan=_pndm_plan),
+    "lcm": PlanPreset("lcm", "next", "LCMScheduler", "euler", plan=_lcm_plan, options=("original_inference_steps",)),
+    "tcd": PlanPreset("lcm", "next", "TCDScheduler", "euler", plan=_tcd_plan, options=("original_inference_steps",)),
+})
