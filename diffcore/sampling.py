@@ -14,7 +14,7 @@ from diffcore.guidance import Guidance, make_guidance
 from diffcore.ops.philox import ADD_NOISE_OFFSET
 from diffcore.parameterization import Parameterization, make_parameterization
 from diffcore.schedules import SCHEDULE_TYPES, Schedule
-from diffcore.timesteps import Plan, make_plan, partial_plan, plan_from_sigmas
+from diffcore.timesteps import PLAN_PRESETS, Plan, make_plan, partial_plan, plan_from_sigmas
 
 Sampler = Callable[..., Tensor]
 
@@ -28,6 +28,15 @@ def resolve_sampler(sampler: str | Callable[..., Tensor]) -> Callable[..., Tenso
     if not callable(sampler):
         raise TypeError(f"sampler must be a name or a callable, got {type(sampler).__name__}")
     return sampler
+
+
+def sampler_plan(fn: Sampler, schedule: Schedule, steps: int, spacing: str, options: dict[str, Any]) -> Plan:
+    """The levels sampler ``fn`` visits: its plan preset, with the sampler options the preset takes
+    (e.g. lcm's ``original_inference_steps``)."""
+    style = getattr(fn, "plan_style", "karras")
+    preset = PLAN_PRESETS.get(style)
+    plan_options = {k: options[k] for k in (preset.options if preset else ()) if options.get(k) is not None}
+    return make_plan(schedule, steps, spacing, style, **plan_options)
 
 
 def resolve_schedule(schedule: str | Schedule) -> Schedule:
@@ -107,7 +116,7 @@ def sample(
     if sigmas is not None:
         plan = plan_from_sigmas(sched, sigmas)
     else:
-        plan = make_plan(sched, steps, timestep_spacing, getattr(fn, "plan_style", "karras"))
+        plan = sampler_plan(fn, sched, steps, timestep_spacing, options)
     guide = make_guidance(guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval,
                           options=guidance_options)
     denoiser = Denoiser(model, param, timestep_dtype=plan.timestep_dtype, cond=cond, uncond=uncond, guidance=guide,

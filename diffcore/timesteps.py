@@ -96,6 +96,7 @@ class Plan:
     final_timestep: float = 0.0  # model time at the end point (used when it is a positive level)
     state: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None  # VE sigma -> (alpha, std)
     sigma_to_t: Callable[[Tensor], Tensor] | None = None  # VE sigma -> model time
+    ode_frame: str = "ve"  # the schedule's natural ODE frame for generic ODE solvers: "ve" or "flow" (t)
 
     @property
     def steps(self) -> int:
@@ -338,7 +339,8 @@ def make_plan(schedule: Schedule, steps: int, spacing: str = "leading", style: s
 
 
 def _with_schedule(plan: Plan, schedule: Schedule) -> Plan:
-    return replace(plan, state=schedule.state, sigma_to_t=schedule.sigma_to_t)
+    frame = "flow" if isinstance(schedule, FlowSchedule) else "ve"
+    return replace(plan, state=schedule.state, sigma_to_t=schedule.sigma_to_t, ode_frame=frame)
 
 
 def plan_from_sigmas(schedule: Schedule, sigmas: Tensor | list[float]) -> Plan:

@@ -156,9 +156,6 @@ def test_original_inference_steps_place_the_levels_as_diffusers(sampler: str) ->
     assert _rel(_run_on_plan(sampler, plan, "epsilon", original_inference_steps=30), ref) <= TOL
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="diffcore.sample does not yet pass the preset's plan options (PLAN_PRESETS[style].options) "
-                   "from sampler_options to make_plan")
 def test_sample_places_levels_with_original_inference_steps() -> None:
     ref = diffusers_loop(_scheduler("LCMScheduler", "epsilon", original_inference_steps=30), _x_T(), 7, seed=7)
     assert _rel(_ours("lcm", "epsilon", steps=7, original_inference_steps=30), ref) <= TOL
@@ -226,6 +223,7 @@ ORDERS = {
 
 
 @pytest.mark.parametrize("case", list(ORDERS))
+@pytest.mark.slow
 def test_converges_at_its_order(case: str) -> None:
     sampler, order, grid, options = ORDERS[case]
     if grid == "karras":

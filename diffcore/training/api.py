@@ -72,6 +72,10 @@ def train(
     text_dropout: float = 0.1,
     resume: bool = False,
     device: str | None = None,
+    reflow_from: str | Path | None = None,
+    pairs: int = 10_000,
+    pair_sampler: str = "heun",
+    pair_steps: int = 32,
     **config: Any,
 ) -> Pipeline:
     """Train a diffusion model and return its Pipeline (EMA weights); see ``diffcore train -h``.
@@ -80,7 +84,13 @@ def train(
     ``task_condition`` (``super_resolution`` | ``inpainting``) trains a paired-translation model
     that sees the degraded image as extra input channels; ``captions`` names a caption set
     (``diffcore.text.captions``) for text-to-image models, with null-text dropout ``text_dropout``.
+    ``reflow_from`` (a flow run) trains a reflowed model instead (:mod:`diffcore.training.reflow`):
+    ``pairs`` (noise, sample) pairs solved with ``pair_sampler`` in ``pair_steps`` steps, the
+    teacher's dataset, architecture, schedule and weights; the pairs are saved in ``out``.
     """
+    if reflow_from is not None:
+        return _reflow(reflow_from, out, pairs=pairs, pair_sampler=pair_sampler, pair_steps=pair_steps, steps=steps,
+                       sampler=sampler, sample_steps=sample_steps, resume=resume, device=device, **config)
     train_cfg = TrainConfig.from_dict({"steps": steps, **config})
     data = get("datasets", dataset)(**(dataset_options or {}))
     condition = None
@@ -115,16 +125,40 @@ def train(
     if caption_set is not None:
         run["text"] = {"captions": captions, "dropout": text_dropout}
     json.dumps(run)  # the run config must be JSON: fail here, not at the first checkpoint
+    return _fit(lambda: Trainer(net, sched, param, data, train_cfg, out, run, device=device, condition=condition,
+                                captions=caption_set, text_dropout=text_dropout), resume, sampler, sample_steps)
+
+
+def _fit(build: Any, resume: bool, sampler: str, sample_steps: int) -> Pipeline:
+    """Run the trainer ``build()`` makes (after joining torchrun's process group, if any) and
+    return the Pipeline of its EMA weights."""
     started = _maybe_init_distributed()
-    trainer = Trainer(net, sched, param, data, train_cfg, out, run, device=device, condition=condition,
-                      captions=caption_set, text_dropout=text_dropout)
+    trainer = build()
     try:
         trainer.train(resume=resume)
-        pipe = Pipeline(trainer.ema.cpu(), sched, param, run=run, sampler=sampler, steps=sample_steps)
+        obj = trainer.objective
+        return Pipeline(trainer.ema.cpu(), obj.schedule, obj.param, run=trainer.run, sampler=sampler,
+                        steps=sample_steps)
     finally:
-        if started:
+        if started:  # gloo can abort at exit unless the group is torn down after the last tensor
             del trainer
             gc.collect()
             dist.barrier()
             dist.destroy_process_group()
-    return pipe
+
+
+def _reflow(teacher: str | Path, out: str | Path, *, pairs: int, pair_sampler: str, pair_steps: int, steps: int,
+            sampler: str, sample_steps: int, resume: bool, device: str | None, **config: Any) -> Pipeline:
+    """Train a reflowed copy of the flow model ``teacher`` on its own ODE pairs."""
+    from diffcore.training.reflow import pairs_for
+
+    teacher_pipe = Pipeline.load(teacher)
+    seed = int(config.get("seed", 0))
+    drawn = pairs_for(Path(out), teacher, pairs, seed=seed, sampler=pair_sampler, steps=pair_steps)
+    run = dict(teacher_pipe.run)
+    train_cfg = TrainConfig.from_dict({**run.get("train", {}), "steps": steps, **config})
+    data = get("datasets", run["dataset"]["name"])(**run["dataset"].get("options", {}))
+    run.update(train=train_cfg.to_dict(), sampler={"name": sampler, "steps": sample_steps}, reflow=drawn.meta)
+    net = teacher_pipe.model.train().requires_grad_(True)  # 2-rectified flow starts from the teacher (Alg. 1)
+    return _fit(lambda: Trainer(net, teacher_pipe.schedule, teacher_pipe.param, data, train_cfg, out, run,
+                                device=device, pairs=drawn), resume, sampler, sample_steps)

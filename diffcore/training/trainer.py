@@ -54,6 +54,7 @@ class Trainer:
         condition: Any = None,
         captions: Any = None,
         text_dropout: float = 0.1,
+        pairs: Any = None,
     ) -> None:
         self.rank, self.world = _rank_world()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and self.world > 1 else "cpu"))
@@ -82,8 +83,10 @@ class Trainer:
         self.step = 0
         self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + self.rank)
         torch.manual_seed(config.seed + self.rank)
-        self.train_x = data.train.to(self.device)
-        labels = getattr(data, "train_labels", None)
+        self.train_x = (data.train if pairs is None else pairs.samples).to(self.device)
+        # reflow: each sample keeps the noise it was drawn from (diffcore.training.reflow)
+        self.train_noise = None if pairs is None else pairs.noise.to(self.device)
+        labels = getattr(data, "train_labels", None) if pairs is None else pairs.labels
         self.train_y = labels.to(self.device) if labels is not None and self.num_classes else None
         if captions is not None and self.train_y is None:
             raise ValueError("text conditioning needs a labeled dataset to caption")
@@ -113,7 +116,8 @@ class Trainer:
         c, g = self.config, self.generator
         idx = torch.randint(0, self.train_x.shape[0], (c.batch_size,), generator=g)
         x0 = self.train_x[idx.to(self.device)]
-        noise = torch.randn(x0.shape, generator=g).to(self.device, x0.dtype)
+        noise = (torch.randn(x0.shape, generator=g).to(self.device, x0.dtype) if self.train_noise is None
+                 else self.train_noise[idx.to(self.device)])
         index, table, time_, weight = self.objective.draw(c.batch_size, g)
         x_t, target = ops.forward_noise(x0, noise, index.to(self.device), table.to(self.device, torch.float32))
         scale = self.objective.input_scale(time_)
