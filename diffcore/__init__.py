@@ -8,13 +8,15 @@ Public API::
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 from diffcore.plugins import available, get, hookimpl, plugin_info  # noqa: E402
 from diffcore.sampling import sample, sample_from  # noqa: E402
 
 
-def __getattr__(name: str):  # the training stack loads on first use, not with `import diffcore`
+def __getattr__(name: str) -> Any:  # the training stack loads on first use, not with `import diffcore`
     if name == "train":
         from diffcore.training.api import train
 

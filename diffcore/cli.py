@@ -160,17 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(func=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("plugins", help="show installed plugins as JSON", description="Show each plugin "
-                       "(built-ins first), its version, the hooks it implements and any load error, as JSON.")
+    p = sub.add_parser(
+        "plugins",
+        help="show installed plugins as JSON",
+        description="Show each plugin "
+        "(built-ins first), its version, the hooks it implements and any load error, as JSON.",
+    )
     p.set_defaults(func=_cmd_plugins)
 
-    p = sub.add_parser("list", help="list the registered names of a kind as JSON",
-                       description="Print the sorted names registered under KIND as a JSON list.")
+    p = sub.add_parser(
+        "list",
+        help="list the registered names of a kind as JSON",
+        description="Print the sorted names registered under KIND as a JSON list.",
+    )
     p.add_argument("kind", metavar="KIND", choices=plugins.KINDS, help=f"one of: {', '.join(plugins.KINDS)}")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("run", help="run a registered task", description="Run the task TASK. Its parameters "
-                       "are options; see `diffcore run TASK --help`. Prints the task's result as JSON.")
+    p = sub.add_parser(
+        "run",
+        help="run a registered task",
+        description="Run the task TASK. Its parameters "
+        "are options; see `diffcore run TASK --help`. Prints the task's result as JSON.",
+    )
     p.add_argument("task", metavar="TASK", help="a name from `diffcore list tasks`")
     p.add_argument("params", nargs=argparse.REMAINDER, metavar="...", help="the task's options, e.g. --steps 20")
     p.set_defaults(func=_cmd_run)
@@ -232,19 +243,25 @@ def add_params(parser: argparse.ArgumentParser, task: str, params_cls: type, *, 
         if "default" in kwargs:
             kwargs["help"] = f"{kwargs['help']} (default: {kwargs['default']})".strip()
         if positionals and f.metadata.get("positional"):
-            parser.add_argument(f.name, type=convert, choices=choices, nargs=f.metadata.get("nargs"),
-                                metavar=f.metadata.get("metavar", f.name.upper()), **kwargs)
+            parser.add_argument(
+                f.name,
+                type=convert,
+                choices=choices,
+                nargs=f.metadata.get("nargs"),
+                metavar=f.metadata.get("metavar", f.name.upper()),
+                **kwargs,
+            )
             continue
         option = "--" + f.name.replace("_", "-")
         kwargs["dest"], kwargs["required"] = f.name, "default" not in kwargs
         if convert is _parse_bool:
             parser.add_argument(option, nargs="?", const=True, type=_parse_bool, metavar="BOOL", **kwargs)
-            parser.add_argument("--no-" + option[2:], dest=f.name, action="store_false",
-                                help=f"set {f.name} to false")
+            parser.add_argument("--no-" + option[2:], dest=f.name, action="store_false", help=f"set {f.name} to false")
         else:
             metavar = None if choices else f.metadata.get("metavar", f.name.upper())
-            parser.add_argument(option, type=convert, choices=choices, metavar=metavar, nargs="+" if many else None,
-                                **kwargs)
+            parser.add_argument(
+                option, type=convert, choices=choices, metavar=metavar, nargs="+" if many else None, **kwargs
+            )
 
 
 def _task_object(name: str, task: Any) -> Any:
@@ -281,8 +298,11 @@ def _converter(task: str, field: str, hint: Any) -> tuple[Callable[[str], Any], 
         if len(members) == 1:
             return _converter(task, field, members[0])
         lists = [m for m in members if typing.get_origin(m) is list]
-        if len(members) == 2 and len(lists) == 1 and typing.get_args(lists[0]) == tuple(m for m in members
-                                                                                          if m is not lists[0]):
+        if (
+            len(members) == 2
+            and len(lists) == 1
+            and typing.get_args(lists[0]) == tuple(m for m in members if m is not lists[0])
+        ):
             return _converter(task, field, lists[0])  # X | list[X]
     elif origin is list:
         args = typing.get_args(hint)

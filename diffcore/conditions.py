@@ -95,7 +95,9 @@ class Inpainting:
         if mask.dim() == 3:
             mask = mask[:, None]
         if mask.shape[0] != image.shape[0] or mask.shape[-2:] != image.shape[-2:] or mask.shape[1] != 1:
-            raise ValueError(f"mask has shape {tuple(mask.shape)}; expected (B, 1, H, W) for images {tuple(image.shape)}")
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)}; expected (B, 1, H, W) for images {tuple(image.shape)}"
+            )
         m = mask.to(image.dtype)
         return torch.cat([image * (1 - m), m], dim=1)
 
@@ -105,8 +107,12 @@ class Inpainting:
         for i in range(batch):
             k = int(kinds[i])
             if k < 4:  # a half: top, bottom, left, right
-                half = [(slice(0, h // 2), slice(None)), (slice(h // 2, h), slice(None)),
-                        (slice(None), slice(0, w // 2)), (slice(None), slice(w // 2, w))][k]
+                half = [
+                    (slice(0, h // 2), slice(None)),
+                    (slice(h // 2, h), slice(None)),
+                    (slice(None), slice(0, w // 2)),
+                    (slice(None), slice(w // 2, w)),
+                ][k]
                 masks[i, 0][half] = 1
             else:
                 frac = 0.2 + 0.4 * float(torch.rand(1, generator=generator))
@@ -143,4 +149,4 @@ def make_task_condition(name: str, **options: object) -> TaskCondition:
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise ValueError(f"task condition {name!r} has no option(s) {unknown}; its options: {list(fields)}")
-    return TASK_CONDITIONS[name](**options)  # type: ignore[arg-type]
+    return TASK_CONDITIONS[name](**options)

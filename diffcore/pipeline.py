@@ -90,20 +90,30 @@ class Pipeline:
         self.steps = steps
 
     @classmethod
-    def wrap(cls, pipe_or_model: Any, schedule: str | Schedule | None = None,
-             prediction: str | Parameterization | None = None) -> Pipeline:
+    def wrap(
+        cls,
+        pipe_or_model: Any,
+        schedule: str | Schedule | None = None,
+        prediction: str | Parameterization | None = None,
+    ) -> Pipeline:
         """A Pipeline as it is, or a bare ``model(x, t, cond)`` with ``schedule`` (an object or a
         name) and ``prediction`` (default epsilon); a bare model's ``config`` dict may tell its
         sample shape (``in_channels`` + ``image_size``, or ``dim``) and ``num_classes``."""
         if isinstance(pipe_or_model, Pipeline):
             return pipe_or_model
         if not callable(pipe_or_model):
-            raise TypeError("expected a diffcore.Pipeline or a model(x, t, cond) callable, "
-                            f"got {type(pipe_or_model).__name__}")
+            raise TypeError(
+                f"expected a diffcore.Pipeline or a model(x, t, cond) callable, got {type(pipe_or_model).__name__}"
+            )
         if schedule is None:
             raise ValueError("a bare model needs schedule= (a schedule object or name) and prediction=")
-        return cls(pipe_or_model, resolve_schedule(schedule), make_parameterization(prediction or "epsilon"),
-                   run={"dataset": _bare_dataset(pipe_or_model)}, set_eval=False)
+        return cls(
+            pipe_or_model,
+            resolve_schedule(schedule),
+            make_parameterization(prediction or "epsilon"),
+            run={"dataset": _bare_dataset(pipe_or_model)},
+            set_eval=False,
+        )
 
     # ---------------------------------------------------------------- facts of the training data
     @property
@@ -150,8 +160,15 @@ class Pipeline:
             raise ValueError(f"class labels must be in [0, {k}), got {labels.tolist()[:8]}")
         return labels.to(self.device)
 
-    def conditioning(self, n: int, *, class_labels: Any = None, prompts: Sequence[str] | None = None,
-                     extra: dict[str, Any] | None = None, guidance_scale: float | None = None) -> tuple[Cond, Cond]:
+    def conditioning(
+        self,
+        n: int,
+        *,
+        class_labels: Any = None,
+        prompts: Sequence[str] | None = None,
+        extra: dict[str, Any] | None = None,
+        guidance_scale: float | None = None,
+    ) -> tuple[Cond, Cond]:
         """``(cond, uncond)`` for ``n`` samples: ``extra`` entries (e.g. ``{"concat": source}``)
         plus ``class_labels`` and/or ``prompts`` (one per sample). ``uncond`` -- the same with the
         null label ``num_classes`` and the null prompt ``""`` -- comes only with a
@@ -174,8 +191,10 @@ class Pipeline:
 
         if not accepts_text(self.model):
             name = self.run.get("model", {}).get("name", type(self.model).__name__)
-            raise ValueError(f"this model ({name!r}) was trained without text conditioning and cannot follow "
-                             "prompts; train one with --model text_unet --captions digits")
+            raise ValueError(
+                f"this model ({name!r}) was trained without text conditioning and cannot follow "
+                "prompts; train one with --model text_unet --captions digits"
+            )
         return check_prompts(prompts, n)
 
     # ---------------------------------------------------------------- sampling
@@ -186,16 +205,31 @@ class Pipeline:
     def sample(self, x_T: Tensor, *, sampler: str | None = None, steps: int | None = None, **kwargs: Any) -> Tensor:
         """:func:`diffcore.sample` of this model from noise ``x_T``; sampler and steps default to
         the pipeline's, other keywords (cond, uncond, guidance, seed, ...) go through."""
-        return sample(self.call_model, x_T, sampler=sampler or self.sampler, steps=self.steps if steps is None else steps,
-                      schedule=self.schedule, prediction=self.param, **kwargs)
+        return sample(
+            self.call_model,
+            x_T,
+            sampler=sampler or self.sampler,
+            steps=self.steps if steps is None else steps,
+            schedule=self.schedule,
+            prediction=self.param,
+            **kwargs,
+        )
 
-    def sample_from(self, x: Tensor, t_start: float | Tensor, *, sampler: str | None = None,
-                    steps: int | None = None, **kwargs: Any) -> Tensor:
+    def sample_from(
+        self, x: Tensor, t_start: float | Tensor, *, sampler: str | None = None, steps: int | None = None, **kwargs: Any
+    ) -> Tensor:
         """:func:`diffcore.sample_from` of this model from model time ``t_start``; defaults as
         :meth:`sample`."""
-        return sample_from(self.call_model, x, t_start, sampler=sampler or self.sampler,
-                           steps=self.steps if steps is None else steps, schedule=self.schedule,
-                           prediction=self.param, **kwargs)
+        return sample_from(
+            self.call_model,
+            x,
+            t_start,
+            sampler=sampler or self.sampler,
+            steps=self.steps if steps is None else steps,
+            schedule=self.schedule,
+            prediction=self.param,
+            **kwargs,
+        )
 
     def denoiser(self, *, timestep_dtype: torch.dtype = torch.float32, **guidance: Any) -> Denoiser:
         """A :class:`~diffcore.denoiser.Denoiser` of this model (``cond``, ``uncond`` and the
@@ -242,9 +276,19 @@ class Pipeline:
             stop = min(start + batch_size, n)
             x_T = torch.randn((stop - start, *shape), generator=g).to(self.device)
             batch_seed = int(torch.randint(0, 2**62, (1,), generator=g))
-            outs.append(self.sample(x_T, sampler=sampler, steps=steps or self.steps, cond=_rows(cond, start, stop),
-                                    uncond=_rows(uncond, start, stop), guidance_scale=guidance_scale,
-                                    guidance_rescale=guidance_rescale, seed=batch_seed, **sample_kwargs))
+            outs.append(
+                self.sample(
+                    x_T,
+                    sampler=sampler,
+                    steps=steps or self.steps,
+                    cond=_rows(cond, start, stop),
+                    uncond=_rows(uncond, start, stop),
+                    guidance_scale=guidance_scale,
+                    guidance_rescale=guidance_rescale,
+                    seed=batch_seed,
+                    **sample_kwargs,
+                )
+            )
         return torch.cat(outs)
 
     # ---------------------------------------------------------------- persistence
@@ -254,7 +298,12 @@ class Pipeline:
         if path.suffix != ".safetensors":
             path = path / CHECKPOINT_NAME
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        meta = {"format": 1, "kind": "pipeline", "run": self.run, "sampler": {"name": self.sampler, "steps": self.steps}}
+        meta = {
+            "format": 1,
+            "kind": "pipeline",
+            "run": self.run,
+            "sampler": {"name": self.sampler, "steps": self.steps},
+        }
         return save_checkpoint(path, tensors, meta)
 
     @classmethod
@@ -267,7 +316,7 @@ class Pipeline:
             raise CheckpointError(f"{file}: metadata has no run config (model, schedule)")
         model = _model_from(run)
         prefix = "ema." if ema and any(k.startswith("ema.") for k in tensors) else "model."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -276,5 +325,11 @@ class Pipeline:
         pred = dict(run.get("prediction", {"name": "epsilon"}))
         param = make_parameterization(pred.pop("name"), **pred)
         sampler = meta.get("sampler") or run.get("sampler") or {}
-        return cls(model.to(device), schedule, param, run=run, sampler=sampler.get("name", "dpmpp_2m"),
-                   steps=int(sampler.get("steps", 20)))
+        return cls(
+            model.to(device),
+            schedule,
+            param,
+            run=run,
+            sampler=sampler.get("name", "dpmpp_2m"),
+            steps=int(sampler.get("steps", 20)),
+        )

@@ -23,5 +23,8 @@ def register_tasks(register: Any) -> None:
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    cli.add_task(Detect.name, Detect(), "anomaly detection: reconstruction error or diffusion-time scores, "
-                                        "calibrated thresholds, anomaly maps")
+    cli.add_task(
+        Detect.name,
+        Detect(),
+        "anomaly detection: reconstruction error or diffusion-time scores, calibrated thresholds, anomaly maps",
+    )

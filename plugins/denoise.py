@@ -22,4 +22,6 @@ def register_tasks(register: Any) -> None:
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    cli.add_task(Denoise.name, Denoise(), "denoise images: posterior mean (mmse) or a posterior sample; large images tiled")
+    cli.add_task(
+        Denoise.name, Denoise(), "denoise images: posterior mean (mmse) or a posterior sample; large images tiled"
+    )

@@ -38,12 +38,25 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--config {args.config}: expected a JSON object")
     cli_values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     merged = {**base, **cli_values}
-    for key in ("dataset", "model", "schedule", "prediction", "sampler", "out", "task_condition", "captions",
-                "text_dropout"):
+    for key in (
+        "dataset",
+        "model",
+        "schedule",
+        "prediction",
+        "sampler",
+        "out",
+        "task_condition",
+        "captions",
+        "text_dropout",
+    ):
         if getattr(args, key) is not None:
             merged[key] = getattr(args, key)
-    for key, flag in (("dataset_options", "dataset_opt"), ("model_config", "model_opt"),
-                      ("schedule_options", "schedule_opt"), ("task_condition_options", "task_condition_opt")):
+    for key, flag in (
+        ("dataset_options", "dataset_opt"),
+        ("model_config", "model_opt"),
+        ("schedule_options", "schedule_opt"),
+        ("task_condition_options", "task_condition_opt"),
+    ):
         extra = _key_values(getattr(args, flag), f"--{flag.replace('_', '-')}")
         if extra:
             merged[key] = {**merged.get(key, {}), **extra}
@@ -57,8 +70,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = _train_options(args)
     pipe = train(resume=args.resume, **options)
     out = Path(options["out"])
-    print(json.dumps({"out": str(out), "checkpoint": str(out / "checkpoint.safetensors"),
-                      "model": pipe.run["model"]["name"], "steps": pipe.run["train"]["steps"]}))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "checkpoint": str(out / "checkpoint.safetensors"),
+                "model": pipe.run["model"]["name"],
+                "steps": pipe.run["train"]["steps"],
+            }
+        )
+    )
     return 0
 
 
@@ -84,5 +105,7 @@ def register_commands(cli: Any) -> None:
         kind = {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes", "on"), "str": str}[
             f.type if isinstance(f.type, str) else f.type.__name__
         ]
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None, help=f"TrainConfig.{f.name}")
+        p.add_argument(
+            f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None, help=f"TrainConfig.{f.name}"
+        )
     p.set_defaults(func=_cmd_train)

@@ -21,8 +21,7 @@ from diffcore.analytic import GaussianMixture, exact_model
 from diffcore.cli import main
 from diffcore.tasks import anomaly
 
-TINY_UNET = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
-             "groups": 8}
+TINY_UNET = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [], "groups": 8}
 TRAIN = {"batch_size": 16, "warmup_steps": 2, "log_every": 5, "checkpoint_every": 100}
 SCHED = diffcore.get("schedules", "linear")()
 
@@ -66,16 +65,16 @@ def defects(normals):
 
 @pytest.mark.parametrize("noise", ["gaussian", "simplex"])
 def test_reconstruction_scores_defects_higher_and_map_peaks_at_the_defect(normals, defects, noise):
-    det = anomaly.reconstruction_scores(image_model, defects, depth=0.3, noise=noise, repeats=2, error="squared",
-                                        **KW)
+    det = anomaly.reconstruction_scores(image_model, defects, depth=0.3, noise=noise, repeats=2, error="squared", **KW)
     assert det.scores.shape == (24,) and det.maps.shape == (24, 4, 4)
     assert float(det.scores[:12].min()) > float(det.scores[12:].max())
     patch = torch.zeros(4, 4, dtype=torch.bool)
     patch[1:3, 1:3] = True
     for m in det.maps[:12]:  # every defect's map peaks inside the patch
         assert bool(patch.flatten()[m.argmax()]) and float(m[patch].mean()) > 3 * float(m[~patch].mean())
-    full = anomaly.reconstruction_scores(image_model, defects, depth=[0.2, 0.4], sampler="ddim", steps=4,
-                                         error="abs", reduce="max", smooth=0.7, **KW)
+    full = anomaly.reconstruction_scores(
+        image_model, defects, depth=[0.2, 0.4], sampler="ddim", steps=4, error="abs", reduce="max", smooth=0.7, **KW
+    )
     assert float(full.scores[:12].min()) > float(full.scores[12:].max())
 
 
@@ -107,14 +106,17 @@ def test_simplex_noise_has_unit_variance_and_spatial_correlation():
 def test_dte_score_increases_with_added_noise(normals, defects):
     g = torch.Generator().manual_seed(2)
     eps = torch.randn(normals.shape, generator=g)
-    means = [float(anomaly.dte_scores(image_model, (normals + s * eps).clamp(-1, 1), **KW).scores.mean())
-             for s in (0.0, 0.05, 0.1, 0.2, 0.4)]
+    means = [
+        float(anomaly.dte_scores(image_model, (normals + s * eps).clamp(-1, 1), **KW).scores.mean())
+        for s in (0.0, 0.05, 0.1, 0.2, 0.4)
+    ]
     assert all(a < b for a, b in itertools.pairwise(means)), means
     det = anomaly.dte_scores(image_model, defects, **KW)
     assert float(det.scores[:12].min()) > float(det.scores[12:].max())
     assert det.maps.shape == (24, 4, 4) and int(det.maps[0].argmax()) in (5, 6, 9, 10)  # inside the patch
 
 
+@pytest.mark.slow
 def test_scores_are_deterministic_and_independent_of_batch_size(defects):
     a = anomaly.reconstruction_scores(image_model, defects, noise="simplex", seed=3, batch_size=5, **KW)
     b = anomaly.reconstruction_scores(image_model, defects, noise="simplex", seed=3, batch_size=64, **KW)
@@ -134,8 +136,9 @@ def test_mahalanobis_scores_whiten_the_mean_signed_residual(normals, defects):
     from diffcore.sampling import sample_from
 
     reference = GM.sample(64, torch.Generator().manual_seed(5)).float().reshape(64, 1, 4, 4).clamp(-1, 1)
-    det = anomaly.reconstruction_scores(image_model, defects, depth=[0.2, 0.4], repeats=2, error="mahalanobis",
-                                        reference=reference, seed=3, **KW)
+    det = anomaly.reconstruction_scores(
+        image_model, defects, depth=[0.2, 0.4], repeats=2, error="mahalanobis", reference=reference, seed=3, **KW
+    )
     assert det.scores.shape == (24,) and det.maps.shape == (24, 4, 4) and det.settings["reference_size"] == 64
     assert float(det.scores[:12].min()) > float(det.scores[12:].max())
 
@@ -144,8 +147,9 @@ def test_mahalanobis_scores_whiten_the_mean_signed_residual(normals, defects):
         for k, t in enumerate(anomaly.depth_timesteps(SCHED, [0.2, 0.4])):
             for r in range(2):
                 eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + k * 1009 + r))
-                out = sample_from(image_model, x, t, sampler="ddim", steps=1, schedule=SCHED, prediction="epsilon",
-                                  noise=eps)
+                out = sample_from(
+                    image_model, x, t, sampler="ddim", steps=1, schedule=SCHED, prediction="epsilon", noise=eps
+                )
                 total += out.double() - x.double()
         return (total / 4).flatten(1)
 
@@ -166,8 +170,9 @@ def test_mahalanobis_bad_arguments_are_named(normals):
     with pytest.raises(ValueError, match="reference has 1 sample"):
         anomaly.reconstruction_scores(image_model, normals, error="mahalanobis", reference=normals[:1], **KW)
     with pytest.raises(ValueError, match="reference have 2 channel"):
-        anomaly.reconstruction_scores(image_model, normals, error="mahalanobis", reference=normals.repeat(1, 2, 1, 1),
-                                      **KW)
+        anomaly.reconstruction_scores(
+            image_model, normals, error="mahalanobis", reference=normals.repeat(1, 2, 1, 1), **KW
+        )
     with pytest.raises(ValueError, match="error='cosine': expected one of"):
         anomaly.reconstruction_scores(image_model, normals, error="cosine", **KW)
     big = torch.zeros(2, 1, 65, 65)
@@ -176,8 +181,13 @@ def test_mahalanobis_bad_arguments_are_named(normals):
     # a model that ignores its input: every residual is the same, nothing to whiten with
     flat = {"schedule": SCHED, "prediction": "sample", "progress": False}
     with pytest.raises(ValueError, match="residuals do not vary"):
-        anomaly.reconstruction_scores(lambda x, t, c=None: torch.zeros_like(x), torch.ones(3, 4),
-                                      error="mahalanobis", reference=torch.ones(10, 4), **flat)
+        anomaly.reconstruction_scores(
+            lambda x, t, c=None: torch.zeros_like(x),
+            torch.ones(3, 4),
+            error="mahalanobis",
+            reference=torch.ones(10, 4),
+            **flat,
+        )
     # a float64 reference (e.g. from numpy) is cast to the input's dtype
     a = anomaly.reconstruction_scores(image_model, normals, error="mahalanobis", reference=normals, **KW)
     b = anomaly.reconstruction_scores(image_model, normals, error="mahalanobis", reference=normals.double(), **KW)
@@ -189,11 +199,15 @@ def test_a_calibration_refuses_scores_made_with_other_settings(normals, defects)
     cal = anomaly.Calibration.fit(scores, fpr=0.1, method="recon", settings={"depth": [0.2, 0.4], "error": "abs"})
     ok = anomaly.detect(image_model, defects, calibration=cal, depth=[0.2, 0.4], error="abs", seed=5, **KW)
     assert ok.labels is not None
-    for key, value, message in [("error", "squared", "fitted with error='abs', but these scores use error='squared'"),
-                                ("depth", 0.3, "fitted with depth=[0.2, 0.4]")]:
+    for key, value, message in [
+        ("error", "squared", "fitted with error='abs', but these scores use error='squared'"),
+        ("depth", 0.3, "fitted with depth=[0.2, 0.4]"),
+    ]:
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-            anomaly.detect(image_model, defects, calibration=cal, **{"depth": [0.2, 0.4], "error": "abs", key: value},
-                           **KW)
+            anomaly.detect(
+                image_model, defects, calibration=cal, **{"depth": [0.2, 0.4], "error": "abs", key: value}, **KW
+            )
+
 
 # --------------------------------------------------------------------------- calibration
 
@@ -207,15 +221,19 @@ def test_calibration_hits_its_target_fpr_on_the_calibration_data(tmp_path):
     cal = anomaly.Calibration.fit(scores, fpr=0.05, method="recon", settings={"depth": 0.3})
     assert anomaly.Calibration.from_json(cal.to_json(tmp_path / "c.json")) == cal
     assert anomaly.Calibration.from_json(tmp_path / "c.json") == cal
-    for kw, message in [({}, "exactly one of fpr= or quantile="), ({"fpr": 0.1, "quantile": 0.9}, "exactly one"),
-                        ({"fpr": 1.0}, r"fpr=1.0 must be a number in \[0, 1\)"),
-                        ({"quantile": 0.0}, r"quantile=0.0 must be a number in \(0, 1\]")]:
+    for kw, message in [
+        ({}, "exactly one of fpr= or quantile="),
+        ({"fpr": 0.1, "quantile": 0.9}, "exactly one"),
+        ({"fpr": 1.0}, r"fpr=1.0 must be a number in \[0, 1\)"),
+        ({"quantile": 0.0}, r"quantile=0.0 must be a number in \(0, 1\]"),
+    ]:
         with pytest.raises(ValueError, match=message):
             anomaly.Calibration.fit(scores, **kw)
     with pytest.raises(ValueError, match="at least one normal score"):
         anomaly.Calibration.fit([], fpr=0.1)
-    det = anomaly.detect(image_model, torch.zeros(3, 1, 4, 4), method="dte", calibration=cal.__class__(
-        0.5, 0.05, 10, "dte"), **KW)
+    det = anomaly.detect(
+        image_model, torch.zeros(3, 1, 4, 4), method="dte", calibration=cal.__class__(0.5, 0.05, 10, "dte"), **KW
+    )
     assert det.labels is not None and det.labels.dtype == torch.bool and det.threshold == 0.5
     with pytest.raises(ValueError, match="fitted on 'recon' scores, not 'dte'"):
         anomaly.detect(image_model, torch.zeros(3, 1, 4, 4), method="dte", calibration=cal, **KW)
@@ -235,8 +253,15 @@ def table_run(tmp_path_factory):
         writer = csv.writer(handle)
         writer.writerow(["a", "b", "c", "kind"])
         writer.writerows([[*row, "ok"] for row in values.tolist()])
-    diffcore.train("tabular", "mlp", 30, root / "run", dataset_options={"path": str(root / "train.csv"),
-                   "label_column": "kind"}, model_config={"hidden": 32, "depth": 1}, **TRAIN)
+    diffcore.train(
+        "tabular",
+        "mlp",
+        30,
+        root / "run",
+        dataset_options={"path": str(root / "train.csv"), "label_column": "kind"},
+        model_config={"hidden": 32, "depth": 1},
+        **TRAIN,
+    )
     return root, values
 
 
@@ -281,12 +306,28 @@ def pixels():
     return ((x + 1) * 127.5).round().to(torch.uint8).numpy()
 
 
+@pytest.mark.slow
 def test_detect_command_on_images(image_run, pixels, tmp_path, capsys):
     np.savez(tmp_path / "in.npz", images=pixels[:6])
     np.save(tmp_path / "normals.npy", pixels[6:])
     out = tmp_path / "o" / "scores.json"
-    argv = ["detect", "--checkpoint", str(image_run), "--input", str(tmp_path / "in.npz"), "--noise", "simplex",
-            "--repeats", "2", "--calibrate", str(tmp_path / "normals.npy"), "--fpr", "0.2", "--output", str(out)]
+    argv = [
+        "detect",
+        "--checkpoint",
+        str(image_run),
+        "--input",
+        str(tmp_path / "in.npz"),
+        "--noise",
+        "simplex",
+        "--repeats",
+        "2",
+        "--calibrate",
+        str(tmp_path / "normals.npy"),
+        "--fpr",
+        "0.2",
+        "--output",
+        str(out),
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     saved = json.loads(out.read_text())
@@ -296,16 +337,52 @@ def test_detect_command_on_images(image_run, pixels, tmp_path, capsys):
         assert (tmp_path / "o" / summary[key].rsplit("/", 1)[-1]).stat().st_size > 0, key
     assert np.load(summary["maps_npz"])["maps"].shape == (6, 8, 8)
     again = tmp_path / "again.json"  # reusing the calibration file gives the same labels
-    assert main(["detect", "--checkpoint", str(image_run), "--input", str(tmp_path / "in.npz"), "--noise", "simplex",
-                 "--repeats", "2", "--calibrate", summary["calibration"], "--output", str(again)]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                "--checkpoint",
+                str(image_run),
+                "--input",
+                str(tmp_path / "in.npz"),
+                "--noise",
+                "simplex",
+                "--repeats",
+                "2",
+                "--calibrate",
+                summary["calibration"],
+                "--output",
+                str(again),
+            ]
+        )
+        == 0
+    )
     assert json.loads(again.read_text())["labels"] == saved["labels"]
     capsys.readouterr()
-    assert main(["run", "detect", "--checkpoint", str(image_run), "--input", str(tmp_path / "in.npz"), "--method",
-                 "dte", "--levels", "4", "--output", str(tmp_path / "dte.csv")]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "run",
+                "detect",
+                "--checkpoint",
+                str(image_run),
+                "--input",
+                str(tmp_path / "in.npz"),
+                "--method",
+                "dte",
+                "--levels",
+                "4",
+                "--output",
+                str(tmp_path / "dte.csv"),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     rows = list(csv.reader((tmp_path / "dte.csv").read_text().splitlines()))
     assert rows[0] == ["index", "score", "label"] and len(rows) == 7 and rows[1][2] == ""
 
 
+@pytest.mark.slow
 def test_detect_command_on_a_table(table_run, tmp_path, capsys):
     root, values = table_run
     with open(tmp_path / "rows.csv", "w", newline="") as handle:  # another column order, no label column
@@ -313,16 +390,54 @@ def test_detect_command_on_a_table(table_run, tmp_path, capsys):
         writer.writerow(["c", "b", "a"])
         writer.writerows(values[:8, [2, 1, 0]].tolist())
     out = tmp_path / "t.csv"
-    assert main(["detect", "--checkpoint", str(root / "run"), "--input", str(tmp_path / "rows.csv"), "--calibrate",
-                 str(root / "train.csv"), "--quantile", "0.9", "--output", str(out)]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "detect",
+                "--checkpoint",
+                str(root / "run"),
+                "--input",
+                str(tmp_path / "rows.csv"),
+                "--calibrate",
+                str(root / "train.csv"),
+                "--quantile",
+                "0.9",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     rows = list(csv.reader(out.read_text().splitlines()))
     assert len(rows) == 9 and {r[2] for r in rows[1:]} <= {"0", "1"} and "maps" not in summary
     assert (tmp_path / "t_hist.png").stat().st_size > 0
     out = tmp_path / "m.json"  # the whitened residual, several depths, calibrated on the training rows
-    assert main(["detect", "--checkpoint", str(root / "run"), "--input", str(tmp_path / "rows.csv"), "--error",
-                 "mahalanobis", "--reference", str(root / "train.csv"), "--depth", "0.1", "0.3", "--repeats", "2",
-                 "--calibrate", str(root / "train.csv"), "--output", str(out)]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "detect",
+                "--checkpoint",
+                str(root / "run"),
+                "--input",
+                str(tmp_path / "rows.csv"),
+                "--error",
+                "mahalanobis",
+                "--reference",
+                str(root / "train.csv"),
+                "--depth",
+                "0.1",
+                "0.3",
+                "--repeats",
+                "2",
+                "--calibrate",
+                str(root / "train.csv"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     saved = json.loads(out.read_text())
     assert len(saved["scores"]) == 8 and summary["params"]["depth"] == [0.1, 0.3]
@@ -330,8 +445,25 @@ def test_detect_command_on_a_table(table_run, tmp_path, capsys):
     assert calibration["settings"]["error"] == "mahalanobis"
     assert calibration["settings"]["reference"] == str(root / "train.csv")
     # reusing that threshold for another error kind is refused, not silently misapplied
-    assert main(["detect", "--checkpoint", str(root / "run"), "--input", str(tmp_path / "rows.csv"), "--depth", "0.1",
-                 "0.3", "--repeats", "2", "--calibrate", str(tmp_path / "m_calibration.json")]) == 2
+    assert (
+        main(
+            [
+                "detect",
+                "--checkpoint",
+                str(root / "run"),
+                "--input",
+                str(tmp_path / "rows.csv"),
+                "--depth",
+                "0.1",
+                "0.3",
+                "--repeats",
+                "2",
+                "--calibrate",
+                str(tmp_path / "m_calibration.json"),
+            ]
+        )
+        == 2
+    )
     assert "fitted with error='mahalanobis', but these scores use error='abs'" in capsys.readouterr().err
 
 
@@ -350,7 +482,12 @@ def test_detect_command_on_a_table(table_run, tmp_path, capsys):
         ("image", "ok.npy", ["--error", "mahalanobis"], "--error mahalanobis needs --reference"),
         ("image", "ok.npy", ["--reference", "{tmp}/ok.npy"], "--error mahalanobis needs --reference"),
         ("image", "ok.npy", ["--error", "mahalanobis", "--reference", "{tmp}/rgb.npy"], "have 3 channel(s)"),
-        ("image", "ok.npy", ["--method", "dte", "--reference", "{tmp}/ok.npy"], "--reference is used by --method recon"),
+        (
+            "image",
+            "ok.npy",
+            ["--method", "dte", "--reference", "{tmp}/ok.npy"],
+            "--reference is used by --method recon",
+        ),
         ("image", "ok.npy", ["--output", "{tmp}/x.txt"], "expected a file ending in .json or .csv"),
         ("table", "cols.csv", [], "table columns differ from training: missing ['c'], unexpected ['d']"),
         ("table", "nan.csv", [], "table column 'b', row 2: nan"),

@@ -12,13 +12,16 @@ def test_wiener_is_the_posterior_mean_of_a_gaussian_prior() -> None:
     a = torch.randn(6, 6, generator=g, dtype=torch.float64)
     cov_true = a @ a.T / 6 + 0.1 * torch.eye(6, dtype=torch.float64)
     mean_true = torch.linspace(-0.5, 0.5, 6, dtype=torch.float64)
-    train = (mean_true + torch.randn(20000, 6, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(cov_true).T)
+    train = mean_true + torch.randn(20000, 6, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(cov_true).T
     mean, cov = wiener_fit(train.reshape(-1, 1, 2, 3).float())
     assert torch.allclose(mean, mean_true, atol=0.03) and torch.allclose(cov, cov_true, atol=0.05)
     y = torch.randn(4, 1, 2, 3, generator=g)
     sigma = 0.7
-    expected = mean_true + (y.flatten(1).double() - mean_true) @ torch.linalg.solve(
-        cov_true + sigma**2 * torch.eye(6, dtype=torch.float64), cov_true).T
+    expected = (
+        mean_true
+        + (y.flatten(1).double() - mean_true)
+        @ torch.linalg.solve(cov_true + sigma**2 * torch.eye(6, dtype=torch.float64), cov_true).T
+    )
     assert torch.allclose(wiener(y, mean, cov, sigma).flatten(1).double(), expected, atol=0.03)
     assert torch.allclose(wiener(y, mean, cov, 1e-6), y, atol=1e-4)  # no noise: the input itself
 

@@ -61,6 +61,7 @@ def test_plugins_prints_json_with_the_builtins(capsys: pytest.CaptureFixture[str
     assert all({"name", "version", "hooks", "error"} <= set(entry) for entry in entries)
 
 
+@pytest.mark.slow
 def test_python_m_diffcore_plugins_subprocess() -> None:
     env = {**os.environ, "DIFFCORE_DISABLE_PLUGIN_AUTOLOAD": "1"}
     proc = subprocess.run(
@@ -136,8 +137,23 @@ def echo_task() -> EchoTask:
 
 def test_run_converts_options_to_field_types(capsys: pytest.CaptureFixture[str], echo_task: EchoTask) -> None:
     code, out, err = run_cli(
-        capsys, "run", "echo", "--steps", "3", "--scale", "0.5", "--label", "hi", "--flag",
-        "--no-keep", "--out", "some/dir", "--seed", "7", "--mode", "exact",
+        capsys,
+        "run",
+        "echo",
+        "--steps",
+        "3",
+        "--scale",
+        "0.5",
+        "--label",
+        "hi",
+        "--flag",
+        "--no-keep",
+        "--out",
+        "some/dir",
+        "--seed",
+        "7",
+        "--mode",
+        "exact",
     )
     assert code == 0, err
     params = echo_task.calls[-1]
@@ -342,16 +358,20 @@ class PlotTask:
 
 
 def test_add_task_builds_the_command_from_the_params_dataclass(capsys: pytest.CaptureFixture[str]) -> None:
-    plugins.register_plugin(plugin_module("plot_plugin", register_commands=lambda cli: cli.add_task(
-        "plot", PlotTask, help="plot names")))
+    plugins.register_plugin(
+        plugin_module("plot_plugin", register_commands=lambda cli: cli.add_task("plot", PlotTask, help="plot names"))
+    )
     code, out, err = run_cli(capsys, "plot", "a", "b", "--count", "3")
     assert code == 0, err
     assert json.loads(out) == {"names": ["a", "b"], "count": 3}
     code, out, _ = run_cli(capsys, "plot", "--help")
     assert code == 0 and "NAME" in out and "--count" in out and "(default: 2)" in out and "--no-check" in out
     assert "Plot some names." in out
-    for argv, fragment in [(["--count", "-1"], "plot: count=-1 must be >= 0"), ([], "plot: names is empty"),
-                           (["x", "--count", "two"], "plot: argument --count: invalid int value")]:
+    for argv, fragment in [
+        (["--count", "-1"], "plot: count=-1 must be >= 0"),
+        ([], "plot: names is empty"),
+        (["x", "--count", "two"], "plot: argument --count: invalid int value"),
+    ]:
         code, out, err = run_cli(capsys, "plot", *argv)
         assert code == 2 and out == "" and err.startswith("diffcore: error:") and fragment in err, err
         assert len(err.strip().splitlines()) == 1
@@ -369,8 +389,9 @@ def test_task_warnings_are_one_line_each(capsys: pytest.CaptureFixture[str]) -> 
             warnings.warn("first thing", TaskWarning, stacklevel=1)
             return {}
 
-    plugins.register_plugin(plugin_module("warns_plugin", register_commands=lambda cli: cli.add_task(
-        "warns", Warns(), help="warn")))
+    plugins.register_plugin(
+        plugin_module("warns_plugin", register_commands=lambda cli: cli.add_task("warns", Warns(), help="warn"))
+    )
     code, out, err = run_cli(capsys, "warns")
     assert code == 0 and json.loads(out) == {}
     assert err.splitlines() == ["diffcore: warning: first thing"] * 2

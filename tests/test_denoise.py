@@ -64,7 +64,9 @@ def test_match_level_is_exact_between_timesteps_and_agrees_with_partial_plans(na
     sched = make_schedule(name)
     sigma = torch.tensor([0.0137, 0.196, 0.392, 0.588, 3.7], dtype=torch.float64)
     t, alpha, std = dn.match_level(sched, sigma)
-    assert torch.allclose(std / alpha, sigma, rtol=1e-12) and torch.allclose(alpha**2 + std**2, torch.ones(5, dtype=torch.float64))
+    assert torch.allclose(std / alpha, sigma, rtol=1e-12) and torch.allclose(
+        alpha**2 + std**2, torch.ones(5, dtype=torch.float64)
+    )
     assert bool((t != t.round()).all()), t  # these sigmas sit between training timesteps
     train = sched.train_sigmas()
     for ti, s in zip(t.tolist(), sigma.tolist(), strict=True):
@@ -91,8 +93,9 @@ def test_sigma_scales():
 # --------------------------------------------------------------------------- mmse and samples
 
 
-@pytest.mark.parametrize("name,prediction", [("linear", "epsilon"), ("squaredcos_cap_v2", "v_prediction"),
-                                             ("edm", "epsilon")])
+@pytest.mark.parametrize(
+    "name,prediction", [("linear", "epsilon"), ("squaredcos_cap_v2", "v_prediction"), ("edm", "epsilon")]
+)
 def test_mmse_is_the_exact_posterior_mean_in_one_evaluation(name, prediction):
     mix, sched = mixture(), make_schedule(name)
     model = ImageModel(mix, sched, prediction)
@@ -113,7 +116,9 @@ def test_posterior_samples_have_the_posterior_mean_and_variance():
     """One Gaussian: p(x0 | y) = N(m + v / (v + s^2) (y - m), v s^2 / (v + s^2)) per pixel."""
     g = torch.Generator().manual_seed(0)
     m, v, s = torch.rand(1, 16, generator=g, dtype=torch.float64) - 0.5, 0.09, 0.3
-    gauss = GaussianMixture(m, torch.full((1, 16), math.sqrt(v), dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    gauss = GaussianMixture(
+        m, torch.full((1, 16), math.sqrt(v), dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    )
     sched = make_schedule("linear")
     model = ImageModel(gauss, sched)
     y = (m + 0.2).float().reshape(1, 1, SIZE, SIZE).expand(1500, 1, SIZE, SIZE)
@@ -141,8 +146,7 @@ def test_seeded_samples_are_deterministic_and_differ_across_seeds():
     k1, k2 = (dn.denoise(model, y, 0.3, samples=3, steps=4, seed=5, schedule=sched) for _ in range(2))
     assert torch.equal(k1, k2)
     # a deterministic (ODE) sampler gives one fixed image whatever the seed
-    d1, d2 = (dn.denoise(model, y, 0.3, mode="sample", sampler="ddim", steps=5, seed=s, schedule=sched)
-              for s in (1, 2))
+    d1, d2 = (dn.denoise(model, y, 0.3, mode="sample", sampler="ddim", steps=5, seed=s, schedule=sched) for s in (1, 2))
     assert torch.equal(d1, d2)
 
 
@@ -285,11 +289,22 @@ def run(tmp_path_factory):
     import diffcore
 
     torch.manual_seed(0)
-    model = diffcore.get("models", "unet")(in_channels=1, image_size=8, base_channels=8, channel_mult=[1],
-                                           num_res_blocks=1, attention_resolutions=[], groups=4)
+    model = diffcore.get("models", "unet")(
+        in_channels=1,
+        image_size=8,
+        base_channels=8,
+        channel_mult=[1],
+        num_res_blocks=1,
+        attention_resolutions=[],
+        groups=4,
+    )
     sched = make_schedule("linear")
-    spec = {"model": {"name": "unet", "config": model.config}, "schedule": sched.config(),
-            "prediction": {"name": "epsilon"}, "dataset": {"name": "digits", "shape": [1, 8, 8], "num_classes": 0}}
+    spec = {
+        "model": {"name": "unet", "config": model.config},
+        "schedule": sched.config(),
+        "prediction": {"name": "epsilon"},
+        "dataset": {"name": "digits", "shape": [1, 8, 8], "num_classes": 0},
+    }
     out = tmp_path_factory.mktemp("denoise") / "run"
     Pipeline(model, sched, make_parameterization("epsilon"), run=spec).save(out)
     return out
@@ -300,8 +315,9 @@ def test_denoise_command_png_and_npz(run, tmp_path, capsys):
     png = tmp_path / "noisy.png"
     Image.fromarray(rng.integers(0, 256, (20, 12), dtype=np.uint8)).save(png)
     out_png = tmp_path / "clean.png"
-    assert main(["denoise", "--checkpoint", str(run), "--input", str(png), "--sigma", "50",
-                 "--output", str(out_png)]) == 0, capsys.readouterr().err
+    assert (
+        main(["denoise", "--checkpoint", str(run), "--input", str(png), "--sigma", "50", "--output", str(out_png)]) == 0
+    ), capsys.readouterr().err
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 1 and result["shape"] == [1, 20, 12] and result["sigma"] == [50.0]
     with Image.open(out_png) as im:
@@ -309,8 +325,23 @@ def test_denoise_command_png_and_npz(run, tmp_path, capsys):
     batch = rng.standard_normal((3, 1, 8, 8)).astype(np.float32) * 0.2
     np.savez(tmp_path / "noisy.npz", images=batch)
     out_npz = tmp_path / "clean.npz"
-    argv = ["denoise", "--checkpoint", str(run), "--input", str(tmp_path / "noisy.npz"), "--sigma", "auto",
-            "--mode", "sample", "--steps", "3", "--seed", "7", "--output", str(out_npz)]
+    argv = [
+        "denoise",
+        "--checkpoint",
+        str(run),
+        "--input",
+        str(tmp_path / "noisy.npz"),
+        "--sigma",
+        "auto",
+        "--mode",
+        "sample",
+        "--steps",
+        "3",
+        "--seed",
+        "7",
+        "--output",
+        str(out_npz),
+    ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     saved = np.load(out_npz)
@@ -319,8 +350,29 @@ def test_denoise_command_png_and_npz(run, tmp_path, capsys):
     first = saved["images"].copy()
     assert main(argv) == 0 and np.array_equal(np.load(out_npz)["images"], first)  # seeded
     capsys.readouterr()
-    assert main(["run", "denoise", "--checkpoint", str(run), "--input", str(tmp_path / "noisy.npz"), "--sigma", "0.2",
-                 "--sigma-scale", "1", "--samples", "2", "--steps", "2", "--output", str(tmp_path / "k.npy")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "denoise",
+                "--checkpoint",
+                str(run),
+                "--input",
+                str(tmp_path / "noisy.npz"),
+                "--sigma",
+                "0.2",
+                "--sigma-scale",
+                "1",
+                "--samples",
+                "2",
+                "--steps",
+                "2",
+                "--output",
+                str(tmp_path / "k.npy"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "k.npy").shape == (3, 1, 8, 8)
 
 

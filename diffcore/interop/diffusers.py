@@ -109,7 +109,7 @@ class DiffusersUNet(nn.Module):
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         self.unet = unet
-        self.config = _checked(unet.config)
+        self.config = _checked(unet.config)  # type: ignore[arg-type]  # a diffusers FrozenDict
         return self
 
     @property
@@ -120,7 +120,7 @@ class DiffusersUNet(nn.Module):
     def sample_shape(self) -> tuple[int, int, int]:
         """(C, H, W) the UNet was built for."""
         size = self.config.get("sample_size")
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        h, w = (size, size) if isinstance(size, int) else tuple(size or ())
         return int(self.config["in_channels"]), int(h), int(w)
 
     def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
@@ -190,17 +190,22 @@ def _weights(folder: Path) -> dict[str, Tensor]:
         try:
             state.update(load_file(str(file)))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise DiffusersInteropError(f"{file} is not a valid safetensors file (pickle, corrupt or truncated): {exc}") from exc
+            raise DiffusersInteropError(
+                f"{file} is not a valid safetensors file (pickle, corrupt or truncated): {exc}"
+            ) from exc
     return state
 
 
-def load_diffusers_unet(path: str | Path, *, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> DiffusersUNet:
+def load_diffusers_unet(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> DiffusersUNet:
     """A diffusers ``UNet2DModel`` from a UNet folder or a DDPM/DDIM pipeline folder, in eval mode."""
     folder = _unet_dir(Path(path))
     config = read_config(folder, "config.json")
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise DiffusersInteropError(f"{folder}/config.json describes a {config['_class_name']}; diffcore loads UNet2DModel")
+        raise DiffusersInteropError(
+            f"{folder}/config.json describes a {config['_class_name']}; diffcore loads UNet2DModel"
+        )
     model = DiffusersUNet(**config)
     state = _weights(folder)
     try:
@@ -220,14 +225,19 @@ class DiffusersPipeline(Pipeline):
             "schedule": spec.schedule.config(),
             "prediction": {"name": spec.prediction},
             "dataset": {"shape": list(model.sample_shape), "num_classes": model.num_classes},
-            "diffusers": {"scheduler_class": spec.scheduler_class, "timestep_spacing": spec.timestep_spacing,
-                          "sampler_options": spec.sampler_options, "eta": spec.eta},
+            "diffusers": {
+                "scheduler_class": spec.scheduler_class,
+                "timestep_spacing": spec.timestep_spacing,
+                "sampler_options": spec.sampler_options,
+                "eta": spec.eta,
+            },
         }
-        super().__init__(model, spec.schedule, make_parameterization(spec.prediction), run=run,
-                         sampler=spec.sampler, steps=steps)
+        super().__init__(
+            model, spec.schedule, make_parameterization(spec.prediction), run=run, sampler=spec.sampler, steps=steps
+        )
         self.spec = spec
 
-    def generate(self, n: int, **kwargs: Any) -> Tensor:  # type: ignore[override]
+    def generate(self, n: int, **kwargs: Any) -> Tensor:
         """:meth:`diffcore.Pipeline.generate` with the diffusers scheduler's defaults."""
         kwargs.setdefault("timestep_spacing", self.spec.timestep_spacing)
         if kwargs.get("sampler") in (None, self.spec.sampler):
@@ -268,8 +278,11 @@ def load_diffusers_pipeline(
     elif (_unet_dir(root) / "scheduler_config.json").is_file():
         config = _unet_dir(root)
     else:
-        warnings.warn(f"{root} has no scheduler config; using {DEFAULT_SCHEDULER_CONFIG} (pass scheduler= to choose)",
-                      DiffusersInteropWarning, stacklevel=2)
+        warnings.warn(
+            f"{root} has no scheduler config; using {DEFAULT_SCHEDULER_CONFIG} (pass scheduler= to choose)",
+            DiffusersInteropWarning,
+            stacklevel=2,
+        )
         config = DEFAULT_SCHEDULER_CONFIG
     spec = scheduler_from_config(config, scheduler_class=scheduler_class, strict=strict)
     if steps is None:

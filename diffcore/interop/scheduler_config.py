@@ -42,42 +42,100 @@ SAMPLER_FOR_SCHEDULER: dict[str, str] = {
 FALLBACK_SAMPLER = "dpmpp_2m"  # for a scheduler class no diffcore sampler follows (e.g. PNDM)
 
 _COMMON: dict[str, Any] = {
-    "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear",
-    "trained_betas": None, "prediction_type": "epsilon", "timestep_spacing": "linspace", "steps_offset": 0,
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "linspace",
+    "steps_offset": 0,
     "rescale_betas_zero_snr": False,
 }
 _SIGMAS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 # diffusers 0.42.1 constructor defaults of the keys diffcore reads (tests check them against diffusers)
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "DDIMScheduler": {**_COMMON, "timestep_spacing": "leading", "clip_sample": True, "thresholding": False,
-                      "set_alpha_to_one": True},
-    "DDPMScheduler": {**_COMMON, "timestep_spacing": "leading", "clip_sample": True, "thresholding": False,
-                      "variance_type": "fixed_small"},
-    "DPMSolverMultistepScheduler": {**_COMMON, **_SIGMAS, "solver_order": 2, "algorithm_type": "dpmsolver++",
-                                    "solver_type": "midpoint", "lower_order_final": True, "thresholding": False,
-                                    "euler_at_final": False, "final_sigmas_type": "zero", "variance_type": None},
-    "EulerDiscreteScheduler": {**_COMMON, **_SIGMAS, "sigma_min": None, "sigma_max": None,
-                               "interpolation_type": "linear", "timestep_type": "discrete", "final_sigmas_type": "zero"},
+    "DDIMScheduler": {
+        **_COMMON,
+        "timestep_spacing": "leading",
+        "clip_sample": True,
+        "thresholding": False,
+        "set_alpha_to_one": True,
+    },
+    "DDPMScheduler": {
+        **_COMMON,
+        "timestep_spacing": "leading",
+        "clip_sample": True,
+        "thresholding": False,
+        "variance_type": "fixed_small",
+    },
+    "DPMSolverMultistepScheduler": {
+        **_COMMON,
+        **_SIGMAS,
+        "solver_order": 2,
+        "algorithm_type": "dpmsolver++",
+        "solver_type": "midpoint",
+        "lower_order_final": True,
+        "thresholding": False,
+        "euler_at_final": False,
+        "final_sigmas_type": "zero",
+        "variance_type": None,
+    },
+    "EulerDiscreteScheduler": {
+        **_COMMON,
+        **_SIGMAS,
+        "sigma_min": None,
+        "sigma_max": None,
+        "interpolation_type": "linear",
+        "timestep_type": "discrete",
+        "final_sigmas_type": "zero",
+    },
     "EulerAncestralDiscreteScheduler": dict(_COMMON),
     "HeunDiscreteScheduler": {**_COMMON, **_SIGMAS, "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False},
     "LMSDiscreteScheduler": {**_COMMON, **_SIGMAS},
-    "UniPCMultistepScheduler": {**_COMMON, **_SIGMAS, "solver_order": 2, "solver_type": "bh2",
-                                "lower_order_final": True, "predict_x0": True, "thresholding": False,
-                                "disable_corrector": [], "solver_p": None, "final_sigmas_type": "zero",
-                                "sigma_min": None, "sigma_max": None},
+    "UniPCMultistepScheduler": {
+        **_COMMON,
+        **_SIGMAS,
+        "solver_order": 2,
+        "solver_type": "bh2",
+        "lower_order_final": True,
+        "predict_x0": True,
+        "thresholding": False,
+        "disable_corrector": [],
+        "solver_p": None,
+        "final_sigmas_type": "zero",
+        "sigma_min": None,
+        "sigma_max": None,
+    },
 }
 # option -> the only value diffcore reproduces (when the config sets it at all)
 _REQUIRED: dict[str, Any] = {
-    "trained_betas": None, "clip_sample": False, "thresholding": False, "use_beta_sigmas": False,
-    "set_alpha_to_one": True, "euler_at_final": False, "final_sigmas_type": "zero", "use_lu_lambdas": False,
-    "use_flow_sigmas": False, "use_dynamic_shifting": False, "lambda_min_clipped": -math.inf,
-    "interpolation_type": "linear", "timestep_type": "discrete", "predict_x0": True, "disable_corrector": [],
-    "solver_p": None, "shift_terminal": None, "skip_prk_steps": False,
+    "trained_betas": None,
+    "clip_sample": False,
+    "thresholding": False,
+    "use_beta_sigmas": False,
+    "set_alpha_to_one": True,
+    "euler_at_final": False,
+    "final_sigmas_type": "zero",
+    "use_lu_lambdas": False,
+    "use_flow_sigmas": False,
+    "use_dynamic_shifting": False,
+    "lambda_min_clipped": -math.inf,
+    "interpolation_type": "linear",
+    "timestep_type": "discrete",
+    "predict_x0": True,
+    "disable_corrector": [],
+    "solver_p": None,
+    "shift_terminal": None,
+    "skip_prk_steps": False,
 }
 # options without effect while the options above hold their required values
 _INERT = {"dynamic_thresholding_ratio", "sample_max_value", "clip_sample_range", "flow_shift", "time_shift_type"}
-_READ = set(_COMMON) | set(_SIGMAS) | {"sigma_min", "sigma_max", "solver_order", "algorithm_type", "solver_type",
-                                       "lower_order_final", "variance_type"}
+_READ = (
+    set(_COMMON)
+    | set(_SIGMAS)
+    | {"sigma_min", "sigma_max", "solver_order", "algorithm_type", "solver_type", "lower_order_final", "variance_type"}
+)
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 _PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
@@ -98,8 +156,12 @@ class SchedulerSpec:
 
     def sample_kwargs(self) -> dict[str, Any]:
         """``schedule``, ``prediction``, ``timestep_spacing``, ``sampler`` (+ options, eta) for ``diffcore.sample``."""
-        kw: dict[str, Any] = {"schedule": self.schedule, "prediction": self.prediction,
-                              "timestep_spacing": self.timestep_spacing, "sampler": self.sampler}
+        kw: dict[str, Any] = {
+            "schedule": self.schedule,
+            "prediction": self.prediction,
+            "timestep_spacing": self.timestep_spacing,
+            "sampler": self.sampler,
+        }
         if self.sampler_options:
             kw["sampler_options"] = dict(self.sampler_options)
         if self.eta is not None:
@@ -137,10 +199,15 @@ def scheduler_from_config(
     raw = read_config(config)
     cls = scheduler_class or raw.get("_class_name")
     if not isinstance(cls, str):
-        raise DiffusersInteropError("scheduler config has no '_class_name'; pass scheduler_class= (e.g. 'DDIMScheduler')")
+        raise DiffusersInteropError(
+            "scheduler config has no '_class_name'; pass scheduler_class= (e.g. 'DDIMScheduler')"
+        )
     cfg = {**DEFAULTS.get(cls, _COMMON), **{k: v for k, v in raw.items() if not k.startswith("_")}}
-    problems = [f"{k}={cfg[k]!r}: diffcore reproduces only {k}={want!r}"
-                for k, want in _REQUIRED.items() if k in cfg and cfg[k] != want]
+    problems = [
+        f"{k}={cfg[k]!r}: diffcore reproduces only {k}={want!r}"
+        for k, want in _REQUIRED.items()
+        if k in cfg and cfg[k] != want
+    ]
     unknown = sorted(k for k in cfg if k not in _READ and k not in _REQUIRED and k not in _INERT)
     sampler, options, eta = _sampler_for(cls, cfg, problems)
     spec = SchedulerSpec(
@@ -154,12 +221,16 @@ def scheduler_from_config(
         unsupported=tuple(problems),
     )
     if problems:
-        message = f"{cls}: options diffcore does not reproduce (its samples will differ from diffusers'): " + "; ".join(problems)
+        message = f"{cls}: options diffcore does not reproduce (its samples will differ from diffusers'): " + "; ".join(
+            problems
+        )
         if strict:
             raise DiffusersInteropError(message)
         warnings.warn(message, DiffusersInteropWarning, stacklevel=2)
     if unknown:
-        warnings.warn(f"{cls}: config options unknown to diffcore, ignored: {unknown}", DiffusersInteropWarning, stacklevel=2)
+        warnings.warn(
+            f"{cls}: config options unknown to diffcore, ignored: {unknown}", DiffusersInteropWarning, stacklevel=2
+        )
     return spec
 
 
@@ -181,9 +252,12 @@ def _schedule(cfg: dict[str, Any]) -> DiscreteSchedule:
         kw = {"beta_schedule": beta, "sigma_min": cfg.get("sigma_min"), "sigma_max": cfg.get("sigma_max")}
     try:
         schedule = SCHEDULES[name](
-            num_train_timesteps=cfg["num_train_timesteps"], beta_start=float(cfg["beta_start"]),
-            beta_end=float(cfg["beta_end"]), rescale_betas_zero_snr=bool(cfg["rescale_betas_zero_snr"]),
-            steps_offset=int(cfg["steps_offset"]), **kw,
+            num_train_timesteps=cfg["num_train_timesteps"],
+            beta_start=float(cfg["beta_start"]),
+            beta_end=float(cfg["beta_end"]),
+            rescale_betas_zero_snr=bool(cfg["rescale_betas_zero_snr"]),
+            steps_offset=int(cfg["steps_offset"]),
+            **kw,
         )
     except (TypeError, ValueError) as exc:
         raise DiffusersInteropError(f"scheduler config does not make a valid {name!r} schedule: {exc}") from exc
@@ -194,15 +268,19 @@ def _schedule(cfg: dict[str, Any]) -> DiscreteSchedule:
 def _sampler_for(cls: str, cfg: dict[str, Any], problems: list[str]) -> tuple[str, dict[str, Any], float | None]:
     """(sampler, sampler_options, eta) reproducing ``cls`` with ``cfg``; appends what it cannot."""
     if cls not in SAMPLER_FOR_SCHEDULER:
-        problems.append(f"_class_name={cls!r}: no diffcore sampler follows it; default sampler {FALLBACK_SAMPLER!r} "
-                        f"(known: {sorted(SAMPLER_FOR_SCHEDULER)})")
+        problems.append(
+            f"_class_name={cls!r}: no diffcore sampler follows it; default sampler {FALLBACK_SAMPLER!r} "
+            f"(known: {sorted(SAMPLER_FOR_SCHEDULER)})"
+        )
         return FALLBACK_SAMPLER, {}, None
     if cls == "DDIMScheduler":
         return "ddim", {}, 0.0  # DDIMPipeline's default eta
     if cls == "DDPMScheduler":
         variance = cfg["variance_type"]
         if variance in ("learned", "learned_range"):  # the UNet outputs 2x channels: nothing runs
-            raise DiffusersInteropError(f"DDPMScheduler variance_type={variance!r} (a learned variance) is not supported")
+            raise DiffusersInteropError(
+                f"DDPMScheduler variance_type={variance!r} (a learned variance) is not supported"
+            )
         if variance not in ("fixed_small", "fixed_large"):
             problems.append(f"variance_type={variance!r}: diffcore's ddpm has 'fixed_small' and 'fixed_large'")
             return "ddpm", {}, None
@@ -226,13 +304,23 @@ def _dpm_solver(cfg: dict[str, Any], problems: list[str]) -> tuple[str, dict[str
         return "dpmpp_2m", {"lower_order_final": lower}, None
     sde = algorithm == "sde-dpmsolver++"
     if order == 2:
-        return ("dpmpp_2m_sde" if sde else "dpmpp_2m"), {"solver_type": solver, "lower_order_final": lower}, (1.0 if sde else None)
+        return (
+            ("dpmpp_2m_sde" if sde else "dpmpp_2m"),
+            {"solver_type": solver, "lower_order_final": lower},
+            (1.0 if sde else None),
+        )
     if order == 3:
         if solver != "midpoint":
             problems.append(f"solver_type={solver!r} with solver_order=3: diffcore's 3M solver uses 'midpoint'")
         if sde:
-            problems.append("sde-dpmsolver++ solver_order=3: diffusers 0.42 flips the sign of the 1/2 in its "
-                            "second-difference term; diffcore's dpmpp_3m_sde integrates it exactly")
+            problems.append(
+                "sde-dpmsolver++ solver_order=3: diffusers 0.42 flips the sign of the 1/2 in its "
+                "second-difference term; diffcore's dpmpp_3m_sde integrates it exactly"
+            )
         return "dpmpp_3m_sde", {"lower_order_final": lower}, (1.0 if sde else 0.0)
     problems.append(f"solver_order={order}: diffcore's DPM-Solver++ samplers are of order 2 and 3; using order 2")
-    return ("dpmpp_2m_sde" if sde else "dpmpp_2m"), {"solver_type": solver, "lower_order_final": lower}, (1.0 if sde else None)
+    return (
+        ("dpmpp_2m_sde" if sde else "dpmpp_2m"),
+        {"solver_type": solver, "lower_order_final": lower},
+        (1.0 if sde else None),
+    )

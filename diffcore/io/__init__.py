@@ -30,6 +30,24 @@ from diffcore.io.results import (
 )
 from diffcore.io.tables import TABLE_SUFFIXES, read_table
 
-__all__ = ["ARRAY_SUFFIXES", "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "check_file", "grid", "load_images", "load_mask",
-           "plot_histogram", "plot_maps", "read_array", "read_table", "save_grid", "save_image", "to_uint8",
-           "write_denoised", "write_npz", "write_samples", "write_scores", "write_translation"]
+__all__ = [
+    "ARRAY_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "TABLE_SUFFIXES",
+    "check_file",
+    "grid",
+    "load_images",
+    "load_mask",
+    "plot_histogram",
+    "plot_maps",
+    "read_array",
+    "read_table",
+    "save_grid",
+    "save_image",
+    "to_uint8",
+    "write_denoised",
+    "write_npz",
+    "write_samples",
+    "write_scores",
+    "write_translation",
+]

@@ -14,8 +14,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ARRAY_SUFFIXES", "IMAGE_SUFFIXES", "check_file", "grid", "load_images", "load_mask", "read_array",
-           "save_grid", "save_image", "to_uint8"]
+__all__ = [
+    "ARRAY_SUFFIXES",
+    "IMAGE_SUFFIXES",
+    "check_file",
+    "grid",
+    "load_images",
+    "load_mask",
+    "read_array",
+    "save_grid",
+    "save_image",
+    "to_uint8",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -93,8 +103,9 @@ def read_array(path: Path, keys: tuple[str, ...], what: str) -> np.ndarray:
         names = list(loaded.files)
         key = next((k for k in keys if k in names), names[0] if len(names) == 1 else None)
         if key is None:
-            raise ValueError(f"{what} {str(path)!r} holds arrays {names}; expected one of {list(keys)} "
-                             "or a single array")
+            raise ValueError(
+                f"{what} {str(path)!r} holds arrays {names}; expected one of {list(keys)} or a single array"
+            )
         return loaded[key]
 
 
@@ -116,8 +127,10 @@ def _to_nchw(arr: np.ndarray, what: str) -> np.ndarray:
             return arr
         if arr.shape[-1] in (1, 3):
             return arr.transpose(0, 3, 1, 2)
-    raise ValueError(f"{what} has shape {arr.shape}; expected (H, W), (C, H, W), (H, W, C), (N, H, W), "
-                     "(N, C, H, W) or (N, H, W, C) with C = 1 or 3")
+    raise ValueError(
+        f"{what} has shape {arr.shape}; expected (H, W), (C, H, W), (H, W, C), (N, H, W), "
+        "(N, C, H, W) or (N, H, W, C) with C = 1 or 3"
+    )
 
 
 def _read_picture(path: Path, what: str, mode: str | None) -> np.ndarray:

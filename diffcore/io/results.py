@@ -22,8 +22,15 @@ if TYPE_CHECKING:
     from diffcore.tasks.anomaly.calibration import Calibration
     from diffcore.tasks.anomaly.scores import Detection
 
-__all__ = ["plot_histogram", "plot_maps", "write_denoised", "write_npz", "write_samples", "write_scores",
-           "write_translation"]
+__all__ = [
+    "plot_histogram",
+    "plot_maps",
+    "write_denoised",
+    "write_npz",
+    "write_samples",
+    "write_scores",
+    "write_translation",
+]
 
 
 def write_npz(path: str | Path, **arrays: Any) -> Path:
@@ -34,8 +41,9 @@ def write_npz(path: str | Path, **arrays: Any) -> Path:
     return path
 
 
-def write_samples(x: Tensor, labels: Tensor | None, targets: Sequence[str | Path | None], *, images: bool,
-                  nrow: int | None = None) -> dict[str, str]:
+def write_samples(
+    x: Tensor, labels: Tensor | None, targets: Sequence[str | Path | None], *, images: bool, nrow: int | None = None
+) -> dict[str, str]:
     """Samples (N, ...) to each target: ``.png`` a grid (``nrow`` columns), else an ``.npz`` of
     ``samples`` (float), ``labels`` (-1 for none) and, for ``images``, ``images`` (N, H, W, C)
     uint8. Returns ``{"png": path, "npz": path}`` for those written."""
@@ -48,8 +56,10 @@ def write_samples(x: Tensor, labels: Tensor | None, targets: Sequence[str | Path
             save_grid(x.cpu(), path, nrow=nrow)
             written["png"] = str(path)
             continue
-        arrays = {"samples": x.detach().float().cpu().numpy(),
-                  "labels": (labels if labels is not None else torch.full((x.shape[0],), -1)).numpy()}
+        arrays = {
+            "samples": x.detach().float().cpu().numpy(),
+            "labels": (labels if labels is not None else torch.full((x.shape[0],), -1)).numpy(),
+        }
         if images:
             arrays["images"] = to_uint8(x)
         write_npz(path, **arrays)
@@ -74,8 +84,12 @@ def write_translation(folder: Path, images: Tensor, missing: Tensor | None, out:
     np.savez(folder / "output.npz", images=out.numpy(), input=images.numpy())
     save_grid(out, folder / "output.png", nrow=math.ceil(math.sqrt(n)), scale=1 if n == 1 else None)
     save_grid(torch.cat(rows), folder / "comparison.png", nrow=n)
-    return {"out": str(folder), "images": str(folder / "output.png"), "npz": str(folder / "output.npz"),
-            "comparison": str(folder / "comparison.png")}
+    return {
+        "out": str(folder),
+        "images": str(folder / "output.png"),
+        "npz": str(folder / "output.npz"),
+        "comparison": str(folder / "comparison.png"),
+    }
 
 
 def write_denoised(path: Path, out: Tensor, noisy: Tensor, sigma: Tensor) -> None:
@@ -96,8 +110,9 @@ def write_denoised(path: Path, out: Tensor, noisy: Tensor, sigma: Tensor) -> Non
 # --------------------------------------------------------------------------- anomaly scores
 
 
-def write_scores(out: Path, x: Tensor, result: Detection, calibration: Calibration | None,
-                 normal_scores: Tensor | None) -> dict[str, str]:
+def write_scores(
+    out: Path, x: Tensor, result: Detection, calibration: Calibration | None, normal_scores: Tensor | None
+) -> dict[str, str]:
     """Scores to ``out`` (.csv: index, score, label; else JSON with the settings and calibration),
     ``<stem>_hist.png``, ``<stem>_calibration.json`` when calibrated and, for images,
     ``<stem>_maps.png`` (overlays) and ``<stem>_maps.npz``."""
@@ -112,9 +127,19 @@ def write_scores(out: Path, x: Tensor, result: Detection, calibration: Calibrati
             for i, s in enumerate(scores):
                 writer.writerow([i, repr(s), "" if labels is None else int(labels[i])])
     else:
-        out.write_text(json.dumps({"method": result.method, "settings": result.settings, "scores": scores,
-                                   "labels": labels, "threshold": result.threshold,
-                                   "calibration": None if calibration is None else asdict(calibration)}) + "\n")
+        out.write_text(
+            json.dumps(
+                {
+                    "method": result.method,
+                    "settings": result.settings,
+                    "scores": scores,
+                    "labels": labels,
+                    "threshold": result.threshold,
+                    "calibration": None if calibration is None else asdict(calibration),
+                }
+            )
+            + "\n"
+        )
     files = {"output": str(out), "histogram": str(stem) + "_hist.png"}
     if calibration is not None:
         files["calibration"] = str(stem) + "_calibration.json"

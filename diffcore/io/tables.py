@@ -14,8 +14,9 @@ __all__ = ["TABLE_SUFFIXES", "read_table"]
 TABLE_SUFFIXES = (".csv", ".npy", ".npz")
 
 
-def read_table(path: str | Path, label_column: str | None = None,
-               what: str = "input") -> tuple[list[str] | None, np.ndarray]:
+def read_table(
+    path: str | Path, label_column: str | None = None, what: str = "input"
+) -> tuple[list[str] | None, np.ndarray]:
     """(column names, float64 values (rows, columns)) of a table file; names are None for arrays.
 
     A CSV's ``label_column`` is dropped when the header has it. NPZ keys: ``x``, ``values`` or the
@@ -36,6 +37,8 @@ def read_table(path: str | Path, label_column: str | None = None,
     if arr.size == 0:
         raise ValueError(f"{what} {str(path)!r} holds an empty array of shape {arr.shape}")
     if arr.ndim != 2 or arr.dtype.kind not in "biuf":
-        raise ValueError(f"{what} {str(path)!r} has dtype {arr.dtype} and shape {arr.shape}; expected a 2-D "
-                         "numeric array (rows, columns)")
+        raise ValueError(
+            f"{what} {str(path)!r} has dtype {arr.dtype} and shape {arr.shape}; expected a 2-D "
+            "numeric array (rows, columns)"
+        )
     return None, arr.astype(np.float64)

@@ -45,13 +45,26 @@ from torch import Tensor
 from diffcore import io
 from diffcore.parameterization import Parameterization
 from diffcore.pipeline import Pipeline
-from diffcore.schedules import EDMSchedule, Schedule
+from diffcore.schedules import DiscreteSchedule, EDMSchedule, Schedule
 from diffcore.tasks import as_json, load_pipeline
 from diffcore.tasks.inputs import check_int, image_batch
 from diffcore.timesteps import Level
 
-__all__ = ["MODES", "Denoise", "DenoiseParams", "blend_window", "check_noisy", "check_sigma", "denoise",
-           "estimate_sigma", "match_level", "parse_sigma", "resolve_sigma", "sigma_to_model", "tile_starts"]
+__all__ = [
+    "MODES",
+    "Denoise",
+    "DenoiseParams",
+    "blend_window",
+    "check_noisy",
+    "check_sigma",
+    "denoise",
+    "estimate_sigma",
+    "match_level",
+    "parse_sigma",
+    "resolve_sigma",
+    "sigma_to_model",
+    "tile_starts",
+]
 
 MODES = ("mmse", "sample")
 DEFAULT_SAMPLE_SAMPLER = "ddpm"  # ancestral: its output is a posterior sample; ODE samplers are deterministic
@@ -122,8 +135,9 @@ def check_sigma(sigma: Any, n: int, scale: float = 2.0) -> Tensor | None:
             raise ValueError(f"sigma={sigma!r}: expected a number > 0 or 'auto'")
         return None
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"sigma_scale={scale!r} must be a number > 0 (255 for 0..255 pixels, 1 for [0, 1], "
-                         "2 for model space)")
+        raise ValueError(
+            f"sigma_scale={scale!r} must be a number > 0 (255 for 0..255 pixels, 1 for [0, 1], 2 for model space)"
+        )
     try:
         s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).cpu()
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -156,8 +170,14 @@ def _levels(schedule: Schedule) -> tuple[float, float]:
     """The smallest and largest VE sigma the model was trained at."""
     if isinstance(schedule, EDMSchedule):
         return float(schedule.sigma_min), float(schedule.sigma_max)
-    train = schedule.train_sigmas()
+    train = _discrete(schedule).train_sigmas()
     return float(train[0]), float(train[-1])
+
+
+def _discrete(schedule: Schedule) -> DiscreteSchedule:
+    if not isinstance(schedule, DiscreteSchedule):
+        raise TypeError(f"denoising supports discrete and EDM schedules, not {type(schedule).__name__}")
+    return schedule
 
 
 def match_level(schedule: Schedule, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -173,7 +193,7 @@ def match_level(schedule: Schedule, sigma: Tensor) -> tuple[Tensor, Tensor, Tens
         raise ValueError(f"noise level(s) {bad} (model space) outside the model's range [{lo:.4g}, {hi:.4g}]")
     if isinstance(schedule, EDMSchedule):
         return s.clone(), torch.ones_like(s), s.clone()
-    train = schedule.train_sigmas()
+    train = _discrete(schedule).train_sigmas()
     idx = (torch.searchsorted(train, s, right=True) - 1).clamp(0, train.shape[0] - 2)
     s_lo, s_hi = train[idx], train[idx + 1]
     t = idx + ((s - s_lo) / (s_hi - s_lo)).clamp(0, 1)
@@ -194,8 +214,10 @@ def check_noisy(images: Any, shape: tuple[int, ...] | None, name: str = "images"
         if c != want_c:
             raise ValueError(f"{name} have {c} channel(s) but the model expects {want_c}")
         if h < want_h or w < want_w:
-            raise ValueError(f"{name} are {h}x{w}, smaller than the model's {want_h}x{want_w}: pad them to at least "
-                             f"{want_h}x{want_w} (larger images are tiled)")
+            raise ValueError(
+                f"{name} are {h}x{w}, smaller than the model's {want_h}x{want_w}: pad them to at least "
+                f"{want_h}x{want_w} (larger images are tiled)"
+            )
     return images.contiguous()
 
 
@@ -204,9 +226,11 @@ def _check_range(images: Tensor, sigma: Tensor, name: str = "images") -> None:
     bad = (peak > 1 + _RANGE_SIGMAS * sigma).nonzero().flatten().tolist()
     if bad:
         i = bad[0]
-        raise ValueError(f"{name}: image {i} reaches |value| {float(peak[i]):.4g}, more than noise of std "
-                         f"{float(sigma[i]):.4g} around model space [-1, 1] explains; scale 0..255 pixels with "
-                         "x / 127.5 - 1 (and sigma with sigma_scale=255)")
+        raise ValueError(
+            f"{name}: image {i} reaches |value| {float(peak[i]):.4g}, more than noise of std "
+            f"{float(sigma[i]):.4g} around model space [-1, 1] explains; scale 0..255 pixels with "
+            "x / 127.5 - 1 (and sigma with sigma_scale=255)"
+        )
 
 
 # --------------------------------------------------------------------------- tiling
@@ -286,8 +310,9 @@ def denoise(
         raise ValueError(f"mode={mode!r}: expected one of {MODES}")
     samples = check_int("samples", samples)
     if mode == "sample" and samples != 1:
-        raise ValueError(f"samples={samples}: mode 'sample' returns one posterior sample; use mode 'mmse' for "
-                         "the mean of several")
+        raise ValueError(
+            f"samples={samples}: mode 'sample' returns one posterior sample; use mode 'mmse' for the mean of several"
+        )
     batch_size = check_int("batch_size", batch_size)
     if steps is not None:
         check_int("steps", steps)
@@ -306,8 +331,13 @@ def denoise(
     window = blend_window(th, tw, overlap).to(y.device) if len(spots) > n else torch.ones(th, tw, device=y.device)
     from tqdm import tqdm
 
-    with tqdm(total=len(spots), desc="denoise", unit="tile" if len(spots) > n else "image",
-              disable=None if progress else True, leave=False) as bar:
+    with tqdm(
+        total=len(spots),
+        desc="denoise",
+        unit="tile" if len(spots) > n else "image",
+        disable=None if progress else True,
+        leave=False,
+    ) as bar:
         for start in range(0, len(spots), batch_size):
             chunk = spots[start : start + batch_size]
             tiles = torch.stack([y[i, :, r : r + th, c : c + tw] for i, r, c in chunk])
@@ -340,8 +370,9 @@ class _Run:
         for _ in range(self.samples):
             stream = int(torch.randint(0, 2**62, (1,), generator=self.streams))
             # t_start > 0, as partial plans need (t = 0 only at the smallest level, sigma ~ 0.01)
-            total += self.pipe.sample_from(x_t, t.clamp_min(1e-6), sampler=self.sampler, steps=self.steps,
-                                           add_noise=False, seed=stream).double()
+            total += self.pipe.sample_from(
+                x_t, t.clamp_min(1e-6), sampler=self.sampler, steps=self.steps, add_noise=False, seed=stream
+            ).double()
         return (total / self.samples).to(y.dtype)
 
 
@@ -369,24 +400,42 @@ class DenoiseParams:
     """Parameters of the ``denoise`` task: a noisy image file in, a denoised file out."""
 
     checkpoint: Path = field(metadata={"help": "run folder or checkpoint.safetensors"})
-    input: Path = field(metadata={"help": "noisy PNG/JPEG image, or NPY/NPZ array(s): uint8 pixels or floats in "
-                                          "model space"})
-    sigma: str = field(metadata={
-        "help": "noise std on the --sigma-scale range (e.g. 50 on 0..255), or 'auto' to estimate it per image"})
-    sigma_scale: float = field(default=255.0, metadata={
-        "help": "width of the range --sigma is measured on: 255 (0..255 pixels), 1 ([0, 1]), 2 (model space)"})
-    mode: Literal["mmse", "sample"] = field(default="mmse", metadata={
-        "help": "mmse: the posterior mean (one evaluation, or the mean of --samples samples) | sample: one "
-                "posterior sample"})
+    input: Path = field(
+        metadata={"help": "noisy PNG/JPEG image, or NPY/NPZ array(s): uint8 pixels or floats in model space"}
+    )
+    sigma: str = field(
+        metadata={
+            "help": "noise std on the --sigma-scale range (e.g. 50 on 0..255), or 'auto' to estimate it per image"
+        }
+    )
+    sigma_scale: float = field(
+        default=255.0,
+        metadata={
+            "help": "width of the range --sigma is measured on: 255 (0..255 pixels), 1 ([0, 1]), 2 (model space)"
+        },
+    )
+    mode: Literal["mmse", "sample"] = field(
+        default="mmse",
+        metadata={
+            "help": "mmse: the posterior mean (one evaluation, or the mean of --samples samples) | sample: one "
+            "posterior sample"
+        },
+    )
     samples: int = field(default=1, metadata={"help": "mmse: posterior samples to average (1: one-step estimate)"})
     sampler: str | None = field(default=None, metadata={"help": "sampler for posterior samples (default ddpm)"})
     steps: int | None = field(default=None, metadata={"help": "sampler steps from the matched level (default 20)"})
     seed: int = field(default=0, metadata={"help": "noise seed"})
-    tile_overlap: int | None = field(default=None, metadata={
-        "help": "pixels shared by neighbouring tiles of images larger than the model (default: a quarter tile)"})
+    tile_overlap: int | None = field(
+        default=None,
+        metadata={
+            "help": "pixels shared by neighbouring tiles of images larger than the model (default: a quarter tile)"
+        },
+    )
     batch_size: int = field(default=256, metadata={"help": "tiles per model call"})
-    output: Path = field(default=Path("outputs/denoise/denoised.png"), metadata={
-        "help": "output file: .png (one image; a batch as a grid), .npz or .npy"})
+    output: Path = field(
+        default=Path("outputs/denoise/denoised.png"),
+        metadata={"help": "output file: .png (one image; a batch as a grid), .npz or .npy"},
+    )
 
     def __post_init__(self) -> None:
         self.checkpoint, self.input, self.output = Path(self.checkpoint), Path(self.input), Path(self.output)
@@ -402,8 +451,10 @@ class DenoiseParams:
         if self.tile_overlap is not None:
             check_int("tile_overlap", self.tile_overlap, 0)
         if self.mode == "sample" and self.samples != 1:
-            raise ValueError(f"samples={self.samples}: mode 'sample' returns one posterior sample; use --mode mmse "
-                             "to average several")
+            raise ValueError(
+                f"samples={self.samples}: mode 'sample' returns one posterior sample; use --mode mmse "
+                "to average several"
+            )
         if self.output.suffix.lower() not in OUTPUT_SUFFIXES:
             raise ValueError(f"output {str(self.output)!r}: expected a file ending in {', '.join(OUTPUT_SUFFIXES)}")
 
@@ -420,15 +471,36 @@ class Denoise:
         pipe = load_pipeline(params.checkpoint)
         noisy = io.load_images(params.input)
         sigma_arg: Any = "auto" if params.sigma == "auto" else float(params.sigma)
-        out = denoise(pipe, noisy, sigma_arg, sigma_scale=params.sigma_scale, mode=params.mode,
-                      samples=params.samples, sampler=params.sampler, steps=params.steps, seed=params.seed,
-                      tile_overlap=params.tile_overlap, batch_size=params.batch_size, progress=True)
+        out = denoise(
+            pipe,
+            noisy,
+            sigma_arg,
+            sigma_scale=params.sigma_scale,
+            mode=params.mode,
+            samples=params.samples,
+            sampler=params.sampler,
+            steps=params.steps,
+            seed=params.seed,
+            tile_overlap=params.tile_overlap,
+            batch_size=params.batch_size,
+            progress=True,
+        )
         sigma = resolve_sigma(noisy, sigma_arg, pipe.schedule, sigma_scale=params.sigma_scale)
         io.write_denoised(params.output, out, noisy, sigma)
         in_units = [round(s, 4) for s in (sigma * params.sigma_scale / 2).tolist()]
-        shown: Any = in_units if len(in_units) <= 16 else {
-            "mean": round(sum(in_units) / len(in_units), 4), "min": min(in_units), "max": max(in_units)}
-        return {"mode": params.mode, "n": int(out.shape[0]), "shape": list(out.shape[1:]),
-                "sigma": shown, "sigma_scale": params.sigma_scale,
-                "sigma_estimated": params.sigma == "auto", "output": str(params.output),
-                "seconds": round(time.perf_counter() - started, 2), "params": as_json(params)}
+        shown: Any = (
+            in_units
+            if len(in_units) <= 16
+            else {"mean": round(sum(in_units) / len(in_units), 4), "min": min(in_units), "max": max(in_units)}
+        )
+        return {
+            "mode": params.mode,
+            "n": int(out.shape[0]),
+            "shape": list(out.shape[1:]),
+            "sigma": shown,
+            "sigma_scale": params.sigma_scale,
+            "sigma_estimated": params.sigma == "auto",
+            "output": str(params.output),
+            "seconds": round(time.perf_counter() - started, 2),
+            "params": as_json(params),
+        }

@@ -22,8 +22,15 @@ from diffcore.pipeline import Pipeline
 from diffcore.tasks import check_device, load_pipeline
 from diffcore.tasks.inputs import check_int, check_number, check_sampler, check_suffix
 
-__all__ = ["SPACINGS", "GenerateParams", "GenerateTask", "check_outputs", "generate_samples", "parse_class_labels",
-           "resolve_labels"]
+__all__ = [
+    "SPACINGS",
+    "GenerateParams",
+    "GenerateTask",
+    "check_outputs",
+    "generate_samples",
+    "parse_class_labels",
+    "resolve_labels",
+]
 
 SPACINGS = ("leading", "linspace", "trailing")
 
@@ -73,24 +80,34 @@ class GenerateParams:
 
     checkpoint: str = field(metadata={"help": "run folder or checkpoint.safetensors"})
     n: int = field(default=64, metadata={"help": "number of samples"})
-    sampler: str | None = field(default=None, metadata={
-        "help": "sampler name (diffcore list samplers; default: the model's)"})
+    sampler: str | None = field(
+        default=None, metadata={"help": "sampler name (diffcore list samplers; default: the model's)"}
+    )
     steps: int | None = field(default=None, metadata={"help": "sampler steps (default: the model's)"})
-    class_label: str | list[str] | None = field(default=None, metadata={
-        "metavar": "LABEL", "help": "one label for all samples, one per sample (several, or comma-separated), 'all' "
-                                    "(balanced over classes) or none (unconditional)"})
+    class_label: str | list[str] | None = field(
+        default=None,
+        metadata={
+            "metavar": "LABEL",
+            "help": "one label for all samples, one per sample (several, or comma-separated), 'all' "
+            "(balanced over classes) or none (unconditional)",
+        },
+    )
     guidance_scale: float | None = field(
         default=None, metadata={"help": "classifier-free guidance scale w >= 0 (0: unconditional, 1: conditional)"}
     )
     guidance_rescale: float = field(default=0.0, metadata={"help": "guidance rescale phi in [0, 1] (Lin et al. 2023)"})
-    timestep_spacing: str | None = field(default=None, metadata={
-        "metavar": "SPACING", "help": "leading, linspace or trailing (diffusers' meaning; default: leading)"})
+    timestep_spacing: str | None = field(
+        default=None,
+        metadata={"metavar": "SPACING", "help": "leading, linspace or trailing (diffusers' meaning; default: leading)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the initial noise and the sampler noise"})
     batch_size: int = field(default=256, metadata={"help": "samples per model batch"})
-    out: str | None = field(default=None, metadata={"help": ".png grid or .npz path (default samples.png "
-                                                            "unless --npz is given)"})
-    npz: str | None = field(default=None, metadata={"help": "also write the arrays (samples, labels, images) to "
-                                                            "this .npz"})
+    out: str | None = field(
+        default=None, metadata={"help": ".png grid or .npz path (default samples.png unless --npz is given)"}
+    )
+    npz: str | None = field(
+        default=None, metadata={"help": "also write the arrays (samples, labels, images) to this .npz"}
+    )
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, ... or auto"})
 
     def __post_init__(self) -> None:
@@ -127,7 +144,7 @@ def resolve_labels(pipe: Pipeline, spec: Any, n: int) -> Tensor | None:
     k = pipe.num_classes
     if k == 0:
         raise ValueError(f"class_label={spec!r}: this model was trained without classes (unconditional)")
-    if labels == "all":
+    if isinstance(labels, str):  # "all"
         return torch.arange(n, dtype=torch.long) % k
     bad = [v for v in labels if v >= k]
     if bad:
@@ -156,6 +173,7 @@ def generate_samples(pipe: Pipeline, params: GenerateParams) -> tuple[Tensor, Te
         guidance, rescale = None, 0.0
     elif guidance == 0.0 and rescale == 0.0:
         guidance, given = None, None
+    spacing: dict[str, Any] = {"timestep_spacing": params.timestep_spacing} if params.timestep_spacing else {}
     x = pipe.generate(
         params.n,
         sampler=params.sampler,
@@ -165,7 +183,7 @@ def generate_samples(pipe: Pipeline, params: GenerateParams) -> tuple[Tensor, Te
         guidance_rescale=rescale,
         seed=params.seed,
         batch_size=params.batch_size,
-        **({"timestep_spacing": params.timestep_spacing} if params.timestep_spacing else {}),
+        **spacing,
     )
     return x, labels
 
@@ -180,9 +198,11 @@ def check_outputs(pipe: Pipeline, params: GenerateParams) -> None:
         for name in ("out", "npz"):
             target = getattr(params, name)
             if target is not None and Path(target).suffix.lower() == ".png":
-                raise ValueError(f"{name}={target!r}: a PNG grid needs an image model; this one makes "
-                                 f"{pipe.dataset.get('kind', '?')} samples of shape "
-                                 f"{tuple(pipe.dataset.get('shape', ()))}, use .npz")
+                raise ValueError(
+                    f"{name}={target!r}: a PNG grid needs an image model; this one makes "
+                    f"{pipe.dataset.get('kind', '?')} samples of shape "
+                    f"{tuple(pipe.dataset.get('shape', ()))}, use .npz"
+                )
 
 
 class GenerateTask:

@@ -77,8 +77,18 @@ def sdedit(
     cond, uncond = pipe.conditioning(x.shape[0], class_labels=class_labels, guidance_scale=guidance_scale)
     if seed is None and generator is None:
         seed = 0
-    out = pipe.sample_from(x, start_time(pipe.schedule, s), sampler=sampler, steps=steps, noise=noise,
-                           generator=generator, seed=seed, cond=cond, uncond=uncond, guidance_scale=guidance_scale)
+    out = pipe.sample_from(
+        x,
+        start_time(pipe.schedule, s),
+        sampler=sampler,
+        steps=steps,
+        noise=noise,
+        generator=generator,
+        seed=seed,
+        cond=cond,
+        uncond=uncond,
+        guidance_scale=guidance_scale,
+    )
     return out.clamp(-1, 1)
 
 
@@ -115,8 +125,10 @@ def _one_step_program(pipe: Pipeline, sampler: str, steps: int, timestep_spacing
     plan = make_plan(pipe.schedule, steps, timestep_spacing, getattr(fn, "plan_style", "karras"))
     program = fn.program(plan)
     if program.slots or len(program.steps) != plan.steps:
-        raise ValueError(f"repaint runs the sampler one step at a time; {sampler!r} keeps history or takes several "
-                         "model calls per step: use ddpm, ddim or euler_ancestral")
+        raise ValueError(
+            f"repaint runs the sampler one step at a time; {sampler!r} keeps history or takes several "
+            "model calls per step: use ddpm, ddim or euler_ancestral"
+        )
     return plan, program
 
 
@@ -166,18 +178,20 @@ def repaint(
     pipe = Pipeline.wrap(pipe_or_model, schedule, prediction)
     x_known = check_images(images, pipe.shape, resize=resize).to(pipe.device)
     keep = check_mask(mask, x_known, resize=resize) == 0
-    steps, jump_length, resample = (check_int(k, v) for k, v in
-                                    (("steps", steps), ("jump_length", jump_length), ("resample", resample)))
+    steps, jump_length, resample = (
+        check_int(k, v) for k, v in (("steps", steps), ("jump_length", jump_length), ("resample", resample))
+    )
     if jump_length > steps:
         raise ValueError(f"jump_length={jump_length} must be <= steps={steps}")
     ops.check_noise_source(seed, generator)
     plan, program = _one_step_program(pipe, sampler, steps, timestep_spacing)
     cond, uncond = pipe.conditioning(x_known.shape[0], class_labels=class_labels, guidance_scale=guidance_scale)
-    denoiser = pipe.denoiser(timestep_dtype=plan.timestep_dtype, cond=cond, uncond=uncond,
-                             guidance_scale=guidance_scale)
+    denoiser = pipe.denoiser(
+        timestep_dtype=plan.timestep_dtype, cond=cond, uncond=uncond, guidance_scale=guidance_scale
+    )
     table, n, walk = _noise_table(plan, x_known), plan.steps, repaint_schedule(plan.steps, jump_length, resample)
     g = torch.Generator().manual_seed(0 if seed is None else seed)
-    seeds = torch.randint(0, 2**62, (len(walk),), generator=g).tolist() if generator is None else [None] * len(walk)
+    seeds: list[int] = torch.randint(0, 2**62, (len(walk),), generator=g).tolist() if generator is None else []
 
     def noised(source: Tensor, row: int, k: int, offset: int) -> Tensor:
         if generator is not None:
@@ -191,7 +205,8 @@ def repaint(
     x = torch.where(keep, noised(x_known, n, 0, REPAINT_START_OFFSET), x)
     for k, (direction, i) in enumerate(walk):
         if direction == "down":
-            x = run_program(denoiser, x, Program(steps=[program.steps[i]], slots=0), generator=generator, seed=seeds[k])
+            step = Program(steps=[program.steps[i]], slots=0)
+            x = run_program(denoiser, x, step, generator=generator, seed=seeds[k] if seeds else None)
             x = torch.where(keep, x_known if i + 1 == n else noised(x_known, i, k, REPAINT_KNOWN_OFFSET), x)
         else:
             x = noised(x, n + 1 + i, k, REPAINT_JUMP_OFFSET)
@@ -208,8 +223,10 @@ def _task_condition(pipe: Pipeline) -> Any:
         raise TypeError(f"translate needs a diffcore.Pipeline trained with a task condition, got {type(pipe).__name__}")
     spec = dict(pipe.run.get("task_condition") or {})
     if not spec:
-        raise ValueError("this pipeline was not trained for paired translation; train it with "
-                         "task_condition='super_resolution' or 'inpainting'")
+        raise ValueError(
+            "this pipeline was not trained for paired translation; train it with "
+            "task_condition='super_resolution' or 'inpainting'"
+        )
     return make_task_condition(spec.pop("name"), **spec)
 
 
@@ -222,15 +239,18 @@ def _source_scale(source_guidance: Any, condition: Any, guidance_scale: float | 
     if isinstance(source_guidance, bool) or not math.isfinite(scale):
         raise ValueError(f"source_guidance={source_guidance!r} must be a finite number")
     if not condition.dropout:
-        raise ValueError("source_guidance needs a model trained with source dropout "
-                         "(task_condition_options={'dropout': 0.1}); this one was trained without it")
+        raise ValueError(
+            "source_guidance needs a model trained with source dropout "
+            "(task_condition_options={'dropout': 0.1}); this one was trained without it"
+        )
     if guidance_scale is not None:
         raise ValueError("give guidance_scale (class guidance) or source_guidance, not both")
     return scale
 
 
-def _source(pipe: Pipeline, condition: Any, source: Tensor, mask: Any,
-            resize: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def _source(
+    pipe: Pipeline, condition: Any, source: Tensor, mask: Any, resize: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(the model's extra input channels, the known image, the keep mask) of a user's source:
     a low-resolution image (super-resolution), or an image and its mask (inpainting)."""
     if pipe.shape is None:
@@ -287,15 +307,25 @@ def translate(
     concat, known, keep = _source(pipe, condition, source, mask, resize)
     n = concat.shape[0]
     labels_scale = None if source_guidance is not None else guidance_scale
-    cond, uncond = pipe.conditioning(n, class_labels=class_labels, extra={"concat": concat}, guidance_scale=labels_scale)
+    cond, uncond = pipe.conditioning(
+        n, class_labels=class_labels, extra={"concat": concat}, guidance_scale=labels_scale
+    )
     if source_guidance is not None:
         uncond = {**(cond or {}), "concat": condition.null(concat)}
     g = generator if generator is not None else torch.Generator().manual_seed(0 if seed is None else seed)
     x_T = torch.randn((n, *pipe.sample_shape), generator=g).to(pipe.device)
-    out = pipe.sample(x_T, sampler=sampler, steps=steps, timestep_spacing=timestep_spacing, cond=cond, uncond=uncond,
-                      guidance_scale=guidance_scale, seed=int(torch.randint(0, 2**62, (1,), generator=g)))
+    out = pipe.sample(
+        x_T,
+        sampler=sampler,
+        steps=steps,
+        timestep_spacing=timestep_spacing,
+        cond=cond,
+        uncond=uncond,
+        guidance_scale=guidance_scale,
+        seed=int(torch.randint(0, 2**62, (1,), generator=g)),
+    )
     out = out.clamp(-1, 1)
-    return out if keep is None else torch.where(keep, known, out)
+    return out if keep is None or known is None else torch.where(keep, known, out)
 
 
 # --------------------------------------------------------------------------- the translate task
@@ -311,23 +341,35 @@ class TranslateParams:
     checkpoint: Path = field(metadata={"help": "run folder or checkpoint.safetensors"})
     input: Path = field(metadata={"help": "PNG/JPEG image, or NPY/NPZ array(s): uint8 pixels or floats in [-1, 1]"})
     mode: Literal["sdedit", "inpaint", "paired"] = field(
-        default="sdedit", metadata={"help": "sdedit | inpaint (RePaint) | paired (a --task-condition model)"})
+        default="sdedit", metadata={"help": "sdedit | inpaint (RePaint) | paired (a --task-condition model)"}
+    )
     strength: float = field(default=0.5, metadata={"help": "SDEdit: fraction of the diffusion to noise to, (0, 1]"})
-    mask: str | None = field(default=None, metadata={
-        "help": "missing region: bottom-half, top-half, left-half, right-half, center, or a PNG/NPY/NPZ "
-                "file (white / 1 = missing)"})
+    mask: str | None = field(
+        default=None,
+        metadata={
+            "help": "missing region: bottom-half, top-half, left-half, right-half, center, or a PNG/NPY/NPZ "
+            "file (white / 1 = missing)"
+        },
+    )
     jump_length: int = field(default=10, metadata={"help": "RePaint: levels per resampling jump"})
     resample: int = field(default=5, metadata={"help": "RePaint: times each stretch is denoised"})
-    sampler: str | None = field(default=None, metadata={
-        "help": "sampler name (default: the model's for sdedit/paired, ddpm for inpaint)"})
+    sampler: str | None = field(
+        default=None, metadata={"help": "sampler name (default: the model's for sdedit/paired, ddpm for inpaint)"}
+    )
     steps: int | None = field(default=None, metadata={"help": "sampler steps (default: the model's; 50 for inpaint)"})
     seed: int = field(default=0, metadata={"help": "noise seed"})
-    resize: bool = field(default=False, metadata={
-        "help": "resize inputs (and masks) of another size, and convert RGB <-> grayscale, instead of refusing"})
+    resize: bool = field(
+        default=False,
+        metadata={
+            "help": "resize inputs (and masks) of another size, and convert RGB <-> grayscale, instead of refusing"
+        },
+    )
     class_label: int | None = field(default=None, metadata={"help": "class label for a class-conditional model"})
     guidance_scale: float | None = field(default=None, metadata={"help": "classifier-free guidance scale"})
-    source_guidance: float | None = field(default=None, metadata={
-        "help": "paired: classifier-free guidance scale on the source (a model trained with source dropout)"})
+    source_guidance: float | None = field(
+        default=None,
+        metadata={"help": "paired: classifier-free guidance scale on the source (a model trained with source dropout)"},
+    )
     out: Path = field(default=Path("outputs/translate"), metadata={"help": "output folder"})
 
     def __post_init__(self) -> None:
@@ -361,17 +403,44 @@ class Translate:
         pipe = load_pipeline(params.checkpoint)
         images = io.load_images(params.input)
         mask = io.load_mask(params.mask, MASK_REGIONS) if params.mask is not None else None
-        common = {"seed": params.seed, "class_labels": params.class_label,
-                  "guidance_scale": params.guidance_scale, "resize": params.resize}
+        common: dict[str, Any] = {
+            "seed": params.seed,
+            "class_labels": params.class_label,
+            "guidance_scale": params.guidance_scale,
+            "resize": params.resize,
+        }
         if params.mode == "sdedit":
             out = sdedit(pipe, images, params.strength, sampler=params.sampler, steps=params.steps, **common)
         elif params.mode == "inpaint":
-            out = repaint(pipe, images, mask, jump_length=params.jump_length, resample=params.resample,
-                          sampler=params.sampler or "ddpm", steps=params.steps or 50, **common)
+            if mask is None:
+                raise ValueError("mode 'inpaint' needs --mask (a region name or a mask file)")
+            out = repaint(
+                pipe,
+                images,
+                mask,
+                jump_length=params.jump_length,
+                resample=params.resample,
+                sampler=params.sampler or "ddpm",
+                steps=params.steps or 50,
+                **common,
+            )
         else:
-            out = translate(pipe, images, mask=mask, sampler=params.sampler, steps=params.steps,
-                            source_guidance=params.source_guidance, **common)
+            out = translate(
+                pipe,
+                images,
+                mask=mask,
+                sampler=params.sampler,
+                steps=params.steps,
+                source_guidance=params.source_guidance,
+                **common,
+            )
         missing = None if mask is None else check_mask(mask, out, resize=True)
         files = io.write_translation(params.out, images, missing, out)
-        return {"mode": params.mode, "n": int(out.shape[0]), "shape": list(out.shape[1:]),
-                "seconds": round(time.perf_counter() - started, 2), **files, "params": as_json(params)}
+        return {
+            "mode": params.mode,
+            "n": int(out.shape[0]),
+            "shape": list(out.shape[1:]),
+            "seconds": round(time.perf_counter() - started, 2),
+            **files,
+            "params": as_json(params),
+        }

@@ -16,8 +16,19 @@ from torch import Tensor
 
 from diffcore.schedules import EDMSchedule, Schedule
 
-__all__ = ["MASK_REGIONS", "check_images", "check_int", "check_mask", "check_number", "check_sampler",
-           "check_strength", "check_suffix", "image_batch", "region_mask", "start_time"]
+__all__ = [
+    "MASK_REGIONS",
+    "check_images",
+    "check_int",
+    "check_mask",
+    "check_number",
+    "check_sampler",
+    "check_strength",
+    "check_suffix",
+    "image_batch",
+    "region_mask",
+    "start_time",
+]
 
 MASK_REGIONS = ("bottom-half", "top-half", "left-half", "right-half", "center")
 _RANGE_TOL = 1e-3  # model-space images may overshoot [-1, 1] by rounding only
@@ -33,8 +44,12 @@ def check_int(name: str, value: Any, low: int = 1) -> int:
 
 def check_number(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
     """``value`` as a finite float in [low, high]; anything else raises naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
         raise ValueError(f"{name}={value!r} must be a finite number {bounds}")
     return float(value)
@@ -46,8 +61,9 @@ def image_batch(images: Any, name: str = "images", space: str = "in [-1, 1]") ->
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W) {space}, got {type(images).__name__}")
     if not images.is_floating_point():
-        raise TypeError(f"{name} must be floating point {space}, got dtype {images.dtype}; "
-                        "scale uint8 pixels with x / 127.5 - 1")
+        raise TypeError(
+            f"{name} must be floating point {space}, got dtype {images.dtype}; scale uint8 pixels with x / 127.5 - 1"
+        )
     if images.dim() == 3:
         images = images[None]
     if images.dim() != 4 or images.numel() == 0:
@@ -58,8 +74,9 @@ def image_batch(images: Any, name: str = "images", space: str = "in [-1, 1]") ->
     return images
 
 
-def check_images(images: Any, shape: tuple[int, ...] | None = None, *, resize: bool = False,
-                 name: str = "images") -> Tensor:
+def check_images(
+    images: Any, shape: tuple[int, ...] | None = None, *, resize: bool = False, name: str = "images"
+) -> Tensor:
     """``images`` as a float (B, C, H, W) batch in [-1, 1] fitting ``shape`` = (C, H, W).
 
     A 3-D tensor is one image. A wrong size or channel count raises, unless ``resize`` (then the
@@ -67,8 +84,10 @@ def check_images(images: Any, shape: tuple[int, ...] | None = None, *, resize: b
     images = image_batch(images, name)
     lo, hi = float(images.min()), float(images.max())
     if lo < -1 - _RANGE_TOL or hi > 1 + _RANGE_TOL:
-        raise ValueError(f"{name} have values in [{lo:.4g}, {hi:.4g}]; expected model space [-1, 1] "
-                         "(scale uint8 pixels with x / 127.5 - 1)")
+        raise ValueError(
+            f"{name} have values in [{lo:.4g}, {hi:.4g}]; expected model space [-1, 1] "
+            "(scale uint8 pixels with x / 127.5 - 1)"
+        )
     if shape is None:
         return images
     want_c, want_h, want_w = (int(s) for s in shape[-3:])
@@ -84,10 +103,12 @@ def check_images(images: Any, shape: tuple[int, ...] | None = None, *, resize: b
             images = images.expand(-1, 3, -1, -1)
     if (h, w) != (want_h, want_w):
         if not resize:
-            raise ValueError(f"{name} are {h}x{w} but the model works at {want_h}x{want_w}; "
-                             "resize them or pass resize=True")
-        images = F.interpolate(images, size=(want_h, want_w), mode="bilinear", align_corners=False,
-                               antialias=True).clamp(-1, 1)
+            raise ValueError(
+                f"{name} are {h}x{w} but the model works at {want_h}x{want_w}; resize them or pass resize=True"
+            )
+        images = F.interpolate(
+            images, size=(want_h, want_w), mode="bilinear", align_corners=False, antialias=True
+        ).clamp(-1, 1)
     return images.contiguous()
 
 
@@ -132,14 +153,16 @@ def check_mask(mask: Any, images: Tensor, *, resize: bool = False) -> Tensor:
     elif m.dim() == 3:
         m = m[:, None]
     if m.dim() != 4 or m.shape[1] != 1 or m.shape[0] not in (1, b):
-        raise ValueError(f"mask has shape {tuple(mask.shape)}; expected (H, W), (B, H, W) or (B, 1, H, W) "
-                         f"with B = 1 or {b}")
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)}; expected (H, W), (B, H, W) or (B, 1, H, W) with B = 1 or {b}"
+        )
     if not bool(((m == 0) | (m == 1)).all()):
         raise ValueError("mask must hold only 0 (known pixel) and 1 (missing pixel)")
     if m.shape[-2:] != (h, w):
         if not resize:
-            raise ValueError(f"mask is {m.shape[-2]}x{m.shape[-1]} but the images are {h}x{w}; "
-                             "pass resize=True to resize it")
+            raise ValueError(
+                f"mask is {m.shape[-2]}x{m.shape[-1]} but the images are {h}x{w}; pass resize=True to resize it"
+            )
         m = F.interpolate(m, size=(h, w), mode="nearest")
     m = m.to(images.device, images.dtype).expand(b, 1, h, w).contiguous()
     empty = (m.flatten(1).sum(dim=1) == 0).nonzero().flatten().tolist()

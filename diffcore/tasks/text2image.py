@@ -25,8 +25,14 @@ from diffcore.tasks import TaskWarning, load_pipeline
 from diffcore.tasks.inputs import check_int, check_number, check_sampler, check_suffix
 from diffcore.text.encoders import check_prompts
 
-__all__ = ["DEFAULT_CHECKPOINT", "Text2ImageParams", "Text2ImageTask", "generate_from_prompts", "split_prompts",
-           "unknown_words"]
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "Text2ImageParams",
+    "Text2ImageTask",
+    "generate_from_prompts",
+    "split_prompts",
+    "unknown_words",
+]
 
 PROMPT_SEPARATOR = "|"
 DEFAULT_CHECKPOINT = "runs/text2image"
@@ -65,9 +71,17 @@ def generate_from_prompts(
     # w = 1 is the conditional model alone (rescaling it is the identity): skip the null branch.
     guided = guidance_scale is not None and guidance_scale != 1.0
     everything = [p for p in prompts for _ in range(n)]
-    return pipe.generate(len(everything), prompts=everything, guidance_scale=guidance_scale if guided else None,
-                         guidance_rescale=rescale if guided else 0.0, sampler=sampler, steps=steps, seed=int(seed),
-                         batch_size=batch_size, **sample_kwargs)
+    return pipe.generate(
+        len(everything),
+        prompts=everything,
+        guidance_scale=guidance_scale if guided else None,
+        guidance_rescale=rescale if guided else 0.0,
+        sampler=sampler,
+        steps=steps,
+        seed=int(seed),
+        batch_size=batch_size,
+        **sample_kwargs,
+    )
 
 
 def split_prompts(prompts: Any) -> tuple[str, ...]:
@@ -100,17 +114,26 @@ class Text2ImageParams:
     """Parameters of the ``text2image`` task (each is a ``--option`` of ``diffcore run text2image``;
     ``diffcore text2image`` takes the prompts as positional arguments)."""
 
-    prompts: str = field(metadata={"help": "prompts separated by '|' (a list in Python); the text2image command "
-                                           "takes one or more, e.g. \"a handwritten seven\"",
-                                   "positional": True, "nargs": "*", "metavar": "PROMPT"})
-    checkpoint: str = field(default=DEFAULT_CHECKPOINT,
-                            metadata={"help": "run folder or checkpoint.safetensors of a text_unet model"})
+    prompts: str = field(
+        metadata={
+            "help": "prompts separated by '|' (a list in Python); the text2image command "
+            'takes one or more, e.g. "a handwritten seven"',
+            "positional": True,
+            "nargs": "*",
+            "metavar": "PROMPT",
+        }
+    )
+    checkpoint: str = field(
+        default=DEFAULT_CHECKPOINT, metadata={"help": "run folder or checkpoint.safetensors of a text_unet model"}
+    )
     n: int = field(default=8, metadata={"help": "samples per prompt"})
     guidance_scale: float | None = field(
-        default=3.0, metadata={"help": "classifier-free guidance scale w >= 0 (0: unconditional, 1: no guidance)"})
+        default=3.0, metadata={"help": "classifier-free guidance scale w >= 0 (0: unconditional, 1: no guidance)"}
+    )
     guidance_rescale: float = field(default=0.0, metadata={"help": "guidance rescale phi in [0, 1] (Lin et al. 2023)"})
-    sampler: str | None = field(default=None, metadata={
-        "help": "sampler name (diffcore list samplers; default: the model's)"})
+    sampler: str | None = field(
+        default=None, metadata={"help": "sampler name (diffcore list samplers; default: the model's)"}
+    )
     steps: int | None = field(default=None, metadata={"help": "sampler steps (default: the model's)"})
     seed: int = field(default=0, metadata={"help": "seed of the initial noise and the sampler noise"})
     batch_size: int = field(default=256, metadata={"help": "samples per model batch"})
@@ -137,14 +160,22 @@ class Text2ImageTask:
 
     def run(self, params: Text2ImageParams) -> dict[str, Any]:
         if params.checkpoint == DEFAULT_CHECKPOINT and not Path(params.checkpoint).exists():
-            raise ValueError(f"no checkpoint at {params.checkpoint}: pass --checkpoint, or train a text model there "
-                             f"with `diffcore train --model text_unet --captions digits --out {params.checkpoint}`")
+            raise ValueError(
+                f"no checkpoint at {params.checkpoint}: pass --checkpoint, or train a text model there "
+                f"with `diffcore train --model text_unet --captions digits --out {params.checkpoint}`"
+            )
         pipe = load_pipeline(params.checkpoint, params.device)
         start = time.perf_counter()
         x = generate_from_prompts(
-            pipe, list(params.prompt_list), n=params.n, guidance_scale=params.guidance_scale,
-            guidance_rescale=params.guidance_rescale, sampler=params.sampler, steps=params.steps,
-            seed=params.seed, batch_size=params.batch_size,
+            pipe,
+            list(params.prompt_list),
+            n=params.n,
+            guidance_scale=params.guidance_scale,
+            guidance_rescale=params.guidance_rescale,
+            sampler=params.sampler,
+            steps=params.steps,
+            seed=params.seed,
+            batch_size=params.batch_size,
         )
         seconds = time.perf_counter() - start
         result: dict[str, Any] = {

@@ -69,11 +69,14 @@ class CaptionSet:
             raise ValueError(f"label {label!r} is not in [0, {self.num_classes}) for caption set {self.name!r}")
         return int(label)
 
-    def _draw(self, templates: Sequence[str], labels: Tensor | Sequence[int], generator: torch.Generator | None) -> list[str]:
+    def _draw(
+        self, templates: Sequence[str], labels: Tensor | Sequence[int], generator: torch.Generator | None
+    ) -> list[str]:
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1).cpu()
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"labels must be in [0, {self.num_classes}) for caption set {self.name!r}, "
-                             f"got {labels.tolist()[:8]}")
+            raise ValueError(
+                f"labels must be in [0, {self.num_classes}) for caption set {self.name!r}, got {labels.tolist()[:8]}"
+            )
         picks = torch.randint(0, len(templates), (labels.numel(),), generator=generator).tolist()
         return [templates[k].format(**self.names[y]) for k, y in zip(picks, labels.tolist())]
 
@@ -147,4 +150,3 @@ def caption_set(name: str) -> CaptionSet:
         return CAPTION_SETS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown caption set {name!r}; known: {sorted(CAPTION_SETS)}") from None
-

@@ -26,8 +26,14 @@ from torch import Tensor, nn
 
 from diffcore.text.captions import caption_set, words
 
-__all__ = ["BuiltinTextEncoder", "MiniLMEncoder", "TEXT_ENCODERS", "TextEncoder", "TextEncoderUnavailable",
-           "check_prompts"]
+__all__ = [
+    "BuiltinTextEncoder",
+    "MiniLMEncoder",
+    "TEXT_ENCODERS",
+    "TextEncoder",
+    "TextEncoderUnavailable",
+    "check_prompts",
+]
 
 
 class TextEncoder(Protocol):
@@ -95,7 +101,12 @@ class BuiltinTextEncoder(nn.Module):
         vocab = [w.lower() for w in vocab]
         if len(set(vocab)) != len(vocab):
             raise ValueError("vocab has repeated words")
-        for name, value, low in (("dim", dim, 1), ("max_length", max_length, 1), ("layers", layers, 0), ("heads", heads, 1)):
+        for name, value, low in (
+            ("dim", dim, 1),
+            ("max_length", max_length, 1),
+            ("layers", layers, 0),
+            ("heads", heads, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r}: expected an integer >= {low}")
         if dim % heads:
@@ -104,15 +115,21 @@ class BuiltinTextEncoder(nn.Module):
         self.index = {w: i + 2 for i, w in enumerate(self.vocab)}
         self.dim = dim
         self.max_length = max_length
-        self.config: dict[str, Any] = {"vocab": self.vocab, "dim": dim, "max_length": max_length, "layers": layers,
-                                       "heads": heads}
+        self.config: dict[str, Any] = {
+            "vocab": self.vocab,
+            "dim": dim,
+            "max_length": max_length,
+            "layers": layers,
+            "heads": heads,
+        }
         # Unit-scale token embeddings keep each word's identity in the residual stream: with the
         # usual 0.02 scale the first attention layer averages the words of a prompt together and
         # "the number 7" starts out almost indistinguishable from "the number 2".
         self.token = nn.Embedding(len(self.vocab) + 2, dim, padding_idx=self.PAD)
         self.position = nn.Parameter(torch.randn(max_length, dim) * 0.5)
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers else None
         self.norm = nn.LayerNorm(dim)
 

@@ -66,10 +66,14 @@ class TextUNet(nn.Module):
 
         unet_cfg = dict(unet)
         if unet_cfg.get("num_classes"):
-            raise ValueError(f"unet num_classes={unet_cfg['num_classes']}: a text_unet is conditioned on text, not classes")
+            raise ValueError(
+                f"unet num_classes={unet_cfg['num_classes']}: a text_unet is conditioned on text, not classes"
+            )
         if unet_cfg.get("context_dim") not in (None, 0, dim):
-            raise ValueError(f"unet context_dim={unet_cfg['context_dim']} differs from the {spec['name']!r} "
-                             f"encoder's token width {dim}; leave it out")
+            raise ValueError(
+                f"unet context_dim={unet_cfg['context_dim']} differs from the {spec['name']!r} "
+                f"encoder's token width {dim}; leave it out"
+            )
         unet_cfg.update(num_classes=0, context_dim=dim)
         self.unet = get("models", "unet")(**unet_cfg)
         self.context_norm = nn.LayerNorm(dim)

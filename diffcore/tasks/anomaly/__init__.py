@@ -30,7 +30,28 @@ from diffcore.tasks.anomaly.scores import (
 )
 from diffcore.tasks.anomaly.task import Detect, DetectParams, detect, load_input
 
-__all__ = ["ERRORS", "IMAGE_RECIPE", "METHODS", "NOISES", "RECIPES", "SCORE_SETTINGS", "TABLE_RECIPE", "Calibration",
-           "Detect", "DetectParams", "Detection", "check_input", "check_settings", "depth_timesteps", "detect",
-           "dte_scores", "gaussian_blur", "image_scores", "load_input", "recipe_for", "reconstruction_scores",
-           "simplex_noise", "standardize"]
+__all__ = [
+    "ERRORS",
+    "IMAGE_RECIPE",
+    "METHODS",
+    "NOISES",
+    "RECIPES",
+    "SCORE_SETTINGS",
+    "TABLE_RECIPE",
+    "Calibration",
+    "Detect",
+    "DetectParams",
+    "Detection",
+    "check_input",
+    "check_settings",
+    "depth_timesteps",
+    "detect",
+    "dte_scores",
+    "gaussian_blur",
+    "image_scores",
+    "load_input",
+    "recipe_for",
+    "reconstruction_scores",
+    "simplex_noise",
+    "standardize",
+]

@@ -32,8 +32,15 @@ class Calibration:
     settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, scores: Tensor | Sequence[float], *, fpr: float | None = None, quantile: float | None = None,
-            method: str = "", settings: dict[str, Any] | None = None) -> Calibration:
+    def fit(
+        cls,
+        scores: Tensor | Sequence[float],
+        *,
+        fpr: float | None = None,
+        quantile: float | None = None,
+        method: str = "",
+        settings: dict[str, Any] | None = None,
+    ) -> Calibration:
         """Fit on normal ``scores``; give exactly one of ``fpr`` in [0, 1) or ``quantile`` in (0, 1]."""
         if (fpr is None) == (quantile is None):
             raise ValueError(f"give exactly one of fpr= or quantile=, got fpr={fpr!r}, quantile={quantile!r}")
@@ -64,20 +71,38 @@ class Calibration:
     @classmethod
     def from_json(cls, source: str | Path) -> Calibration:
         """From a JSON string or a file written by :meth:`to_json`."""
-        text = Path(source).read_text() if isinstance(source, Path) or not str(source).lstrip().startswith("{") \
+        text = (
+            Path(source).read_text()
+            if isinstance(source, Path) or not str(source).lstrip().startswith("{")
             else str(source)
+        )
         try:
             data = json.loads(text)
-            return cls(float(data["threshold"]), float(data["fpr"]), int(data["n"]), str(data.get("method", "")),
-                       dict(data.get("settings") or {}))
+            return cls(
+                float(data["threshold"]),
+                float(data["fpr"]),
+                int(data["n"]),
+                str(data.get("method", "")),
+                dict(data.get("settings") or {}),
+            )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"calibration {str(source)[:80]!r} is not a calibration JSON: {exc}") from None
 
 
-
 # Settings that change the scale of a score: a threshold fitted under one value is meaningless under another.
-SCORE_SETTINGS = ("depth", "noise", "repeats", "error", "reduce", "smooth", "sampler", "steps", "levels",
-                   "explained", "t_max")
+SCORE_SETTINGS = (
+    "depth",
+    "noise",
+    "repeats",
+    "error",
+    "reduce",
+    "smooth",
+    "sampler",
+    "steps",
+    "levels",
+    "explained",
+    "t_max",
+)
 
 
 def check_settings(saved: dict[str, Any], options: dict[str, Any]) -> None:
@@ -91,6 +116,7 @@ def check_settings(saved: dict[str, Any], options: dict[str, Any]) -> None:
 
     for key in SCORE_SETTINGS:
         if key in saved and key in options and norm(saved[key]) != norm(options[key]):
-            raise ValueError(f"the calibration was fitted with {key}={saved[key]!r}, but these scores use "
-                             f"{key}={options[key]!r}; refit it (--calibrate with normal data) or use the same {key}")
-
+            raise ValueError(
+                f"the calibration was fitted with {key}={saved[key]!r}, but these scores use "
+                f"{key}={options[key]!r}; refit it (--calibrate with normal data) or use the same {key}"
+            )

@@ -28,8 +28,11 @@ def _simplex_octave(n: int, h: int, w: int, freq: float, g: torch.Generator) -> 
     x0, y0 = px - (i - unskew), py - (j - unskew)
     i1 = (x0 > y0).to(torch.float64)
     total = torch.zeros_like(x0)
-    for ci, cj, dx, dy in ((0.0, 0.0, x0, y0), (i1, 1 - i1, x0 - i1 + _G2, y0 - (1 - i1) + _G2),
-                           (1.0, 1.0, x0 - 1 + 2 * _G2, y0 - 1 + 2 * _G2)):
+    for ci, cj, dx, dy in (
+        (0.0, 0.0, x0, y0),
+        (i1, 1 - i1, x0 - i1 + _G2, y0 - (1 - i1) + _G2),
+        (1.0, 1.0, x0 - 1 + 2 * _G2, y0 - 1 + 2 * _G2),
+    ):
         idx = (((i + ci) % period) * period + (j + cj) % period).long().reshape(n, -1)
         a = angles.gather(1, idx).reshape(n, h, w)
         falloff = (0.5 - dx * dx - dy * dy).clamp_min(0)
@@ -37,9 +40,15 @@ def _simplex_octave(n: int, h: int, w: int, freq: float, g: torch.Generator) -> 
     return 70.0 * total
 
 
-def simplex_noise(shape: Sequence[int], *, frequency: float | None = None, octaves: int | None = None,
-                  persistence: float = 0.5, generator: torch.Generator | None = None,
-                  dtype: torch.dtype = torch.float32) -> Tensor:
+def simplex_noise(
+    shape: Sequence[int],
+    *,
+    frequency: float | None = None,
+    octaves: int | None = None,
+    persistence: float = 0.5,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """Multi-octave 2-D simplex noise of ``shape`` (N, C, H, W), each field normalised to mean 0
     and variance 1: spatially correlated noise for AnoDDPM-style partial diffusion.
 
@@ -59,8 +68,9 @@ def simplex_noise(shape: Sequence[int], *, frequency: float | None = None, octav
     if isinstance(octaves, bool) or not isinstance(octaves, int) or octaves < 1:
         raise ValueError(f"octaves={octaves!r} must be an integer >= 1")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    field_ = sum(persistence**k * _simplex_octave(n * c, h, w, freq * 2**k, g) for k in range(octaves))
+    field_ = _simplex_octave(n * c, h, w, freq, g)  # the octaves' weighted sum, 1 * first + p * second + ...
+    for k in range(1, octaves):
+        field_ = field_ + persistence**k * _simplex_octave(n * c, h, w, freq * 2**k, g)
     field_ = field_ - field_.mean(dim=(1, 2), keepdim=True)
     field_ = field_ / field_.flatten(1).std(dim=1).clamp_min(1e-12).reshape(-1, 1, 1)
     return field_.reshape(n, c, h, w).to(dtype)
-

@@ -51,9 +51,23 @@ from diffcore.tasks.anomaly.noise import simplex_noise
 from diffcore.tasks.inputs import check_images, start_time
 from diffcore.timesteps import Level
 
-__all__ = ["ERRORS", "IMAGE_RECIPE", "METHODS", "NOISES", "RECIPES", "TABLE_RECIPE", "Detection", "check_input",
-           "depth_timesteps", "dte_scores", "gaussian_blur", "image_scores", "reconstruction_scores", "recipe_for",
-           "standardize"]
+__all__ = [
+    "ERRORS",
+    "IMAGE_RECIPE",
+    "METHODS",
+    "NOISES",
+    "RECIPES",
+    "TABLE_RECIPE",
+    "Detection",
+    "check_input",
+    "depth_timesteps",
+    "dte_scores",
+    "gaussian_blur",
+    "image_scores",
+    "reconstruction_scores",
+    "recipe_for",
+    "standardize",
+]
 
 METHODS = ("recon", "dte")
 NOISES = ("gaussian", "simplex")
@@ -90,7 +104,6 @@ class Detection:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-
 # --------------------------------------------------------------------------- inputs
 
 
@@ -100,8 +113,9 @@ def _sample_shape(pipe: Pipeline, x: Any) -> tuple[int, ...]:
         return pipe.shape
     if isinstance(x, Tensor) and x.dim() in (2, 4):
         return tuple(int(s) for s in x.shape[1:])
-    raise ValueError(f"input has shape {tuple(getattr(x, 'shape', ()))}: expected images (N, C, H, W) or "
-                     "vectors (N, D)")
+    raise ValueError(
+        f"input has shape {tuple(getattr(x, 'shape', ()))}: expected images (N, C, H, W) or vectors (N, D)"
+    )
 
 
 def check_input(x: Any, shape: tuple[int, ...], name: str = "input") -> Tensor:
@@ -110,8 +124,9 @@ def check_input(x: Any, shape: tuple[int, ...], name: str = "input") -> Tensor:
     if len(shape) == 3:
         return check_images(x, shape, name=name)
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point torch.Tensor (N, {shape[0]}), got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
+        raise TypeError(
+            f"{name} must be a floating-point torch.Tensor (N, {shape[0]}), got {getattr(x, 'dtype', type(x).__name__)}"
+        )
     x = x[None] if x.dim() == 1 else x
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] != shape[0]:
         raise ValueError(f"{name} has shape {tuple(x.shape)}; the model expects a non-empty batch (N, {shape[0]})")
@@ -138,18 +153,23 @@ def standardize(pipe: Pipeline, values: Any, columns: Sequence[str] | None = Non
         missing = [c for c in train_cols if c not in columns]
         extra = [c for c in columns if c not in train_cols]
         if missing or extra:
-            raise ValueError(f"table columns differ from training: missing {missing}, unexpected {extra}; "
-                             f"the model was trained on {train_cols}")
+            raise ValueError(
+                f"table columns differ from training: missing {missing}, unexpected {extra}; "
+                f"the model was trained on {train_cols}"
+            )
         raw = raw[:, [columns.index(c) for c in train_cols]]
     if raw.shape[1] != len(meta["mean"]):
-        raise ValueError(f"table has {raw.shape[1]} columns; the model was trained on {len(meta['mean'])} "
-                         f"({train_cols})")
+        raise ValueError(
+            f"table has {raw.shape[1]} columns; the model was trained on {len(meta['mean'])} ({train_cols})"
+        )
     bad = (~torch.isfinite(raw)).nonzero()
     if len(bad):
         row, col = (int(v) for v in bad[0])
         label = train_cols[col] if col < len(train_cols) else f"#{col}"
-        raise ValueError(f"table column {label!r}, row {row + 1}: {float(raw[row, col])} (NaN and infinity are not "
-                         f"allowed; {len(bad)} such value(s))")
+        raise ValueError(
+            f"table column {label!r}, row {row + 1}: {float(raw[row, col])} (NaN and infinity are not "
+            f"allowed; {len(bad)} such value(s))"
+        )
     mean = torch.tensor(meta["mean"], dtype=torch.float64)
     std = torch.tensor(meta["std"], dtype=torch.float64)
     return ((raw - mean) / std).to(torch.float32)
@@ -168,14 +188,15 @@ def depth_timesteps(schedule: Any, depth: float | Sequence[float]) -> list[float
         if d <= 1:
             out.append(float(start_time(schedule, torch.tensor([float(d)], dtype=torch.float64))[0]))
         elif isinstance(schedule, EDMSchedule) or d > schedule.num_train_timesteps - 1:
-            last = "an EDM schedule takes fractions only" if isinstance(schedule, EDMSchedule) else \
-                f"timesteps go up to {schedule.num_train_timesteps - 1}"
+            last = (
+                "an EDM schedule takes fractions only"
+                if isinstance(schedule, EDMSchedule)
+                else f"timesteps go up to {schedule.num_train_timesteps - 1}"
+            )
             raise ValueError(f"depth={d!r}: {last}")
         else:
             out.append(float(d))
     return out
-
-
 
 
 # --------------------------------------------------------------------------- scores
@@ -190,8 +211,14 @@ def _batches(n: int, batch_size: int) -> list[slice]:
 def _progress(total: int, desc: str, progress: bool | None) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="batch", disable=None if progress is None else not progress,
-                leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="batch",
+        disable=None if progress is None else not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def _pixel_map(err: Tensor) -> Tensor:
@@ -229,11 +256,14 @@ def _check_reference(reference: Tensor | None, error: str, shape: tuple[int, ...
             raise ValueError(f"reference is used by error='mahalanobis' only, not error={error!r}")
         return None
     if reference is None:
-        raise ValueError("error='mahalanobis' needs reference= normal data (e.g. the training rows) to whiten "
-                         "the residuals with")
+        raise ValueError(
+            "error='mahalanobis' needs reference= normal data (e.g. the training rows) to whiten the residuals with"
+        )
     if math.prod(shape) > _MAHALANOBIS_MAX:
-        raise ValueError(f"error='mahalanobis' fits a covariance of {math.prod(shape)} values per input; at most "
-                         f"{_MAHALANOBIS_MAX} are supported: use error='abs' or 'squared' for inputs this large")
+        raise ValueError(
+            f"error='mahalanobis' fits a covariance of {math.prod(shape)} values per input; at most "
+            f"{_MAHALANOBIS_MAX} are supported: use error='abs' or 'squared' for inputs this large"
+        )
     reference = check_input(reference, shape, name="reference").to(like.device, like.dtype)
     if reference.shape[0] < 2:
         raise ValueError(f"reference has {reference.shape[0]} sample(s); the residual statistics need at least 2")
@@ -301,12 +331,24 @@ def reconstruction_scores(
     chunks = [_batches(v.shape[0], batch_size) for v in inputs]
     with _progress(len(starts) * r["repeats"] * sum(len(c) for c in chunks), "reconstruct", progress) as bar:
         # the reference draws its own noise (seed offset): its statistics must not share x's draws
-        totals = [_residual_sum(pipe, v, c, starts, noise, r, int(seed) + 104_729 * i, bar)
-                  for i, (v, c) in enumerate(zip(inputs, chunks))]
+        totals = [
+            _residual_sum(pipe, v, c, starts, noise, r, int(seed) + 104_729 * i, bar)
+            for i, (v, c) in enumerate(zip(inputs, chunks))
+        ]
     mean = [t / (len(starts) * r["repeats"]) for t in totals]
-    settings = {"method": "recon", "depth": r["depth"] if isinstance(r["depth"], (int, float)) else list(r["depth"]),
-                "timesteps": starts, "noise": noise, "repeats": r["repeats"], "error": r["error"], "reduce": reduce,
-                "smooth": smooth, "sampler": r["sampler"], "steps": r["steps"], "seed": seed}
+    settings = {
+        "method": "recon",
+        "depth": r["depth"] if isinstance(r["depth"], (int, float)) else list(r["depth"]),
+        "timesteps": starts,
+        "noise": noise,
+        "repeats": r["repeats"],
+        "error": r["error"],
+        "reduce": reduce,
+        "smooth": smooth,
+        "sampler": r["sampler"],
+        "steps": r["steps"],
+        "seed": seed,
+    }
     if reference is not None:
         scores, per_value = _mahalanobis(mean[0].flatten(1), mean[1].flatten(1))
         settings["reference_size"] = int(reference.shape[0])
@@ -317,8 +359,16 @@ def reconstruction_scores(
     return Detection(image_scores(maps, reduce), maps.cpu(), "recon", settings=settings)
 
 
-def _residual_sum(pipe: Pipeline, x: Tensor, chunks: list[slice], starts: list[float], noise: str,
-                  recipe: dict[str, Any], seed: int, bar: Any) -> Tensor:
+def _residual_sum(
+    pipe: Pipeline,
+    x: Tensor,
+    chunks: list[slice],
+    starts: list[float],
+    noise: str,
+    recipe: dict[str, Any],
+    seed: int,
+    bar: Any,
+) -> Tensor:
     """Sum over depths and draws of the reconstruction residual of ``x``: squared, absolute, or
     signed (``mahalanobis``), float64 shaped like ``x``."""
     total = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
@@ -326,11 +376,20 @@ def _residual_sum(pipe: Pipeline, x: Tensor, chunks: list[slice], starts: list[f
     for k, t_start in enumerate(starts):
         for r in range(repeats):
             g = torch.Generator().manual_seed(seed * 1_000_003 + k * 1009 + r)
-            eps = (simplex_noise(x.shape, generator=g, dtype=x.dtype) if noise == "simplex"
-                   else torch.randn(x.shape, generator=g, dtype=x.dtype)).to(x.device)
+            eps = (
+                simplex_noise(x.shape, generator=g, dtype=x.dtype)
+                if noise == "simplex"
+                else torch.randn(x.shape, generator=g, dtype=x.dtype)
+            ).to(x.device)
             for b, part in enumerate(chunks):
-                out = pipe.sample_from(x[part], t_start, sampler=recipe["sampler"], steps=recipe["steps"],
-                                       noise=eps[part], seed=seed + 7919 * (k * repeats + r) + b)
+                out = pipe.sample_from(
+                    x[part],
+                    t_start,
+                    sampler=recipe["sampler"],
+                    steps=recipe["steps"],
+                    noise=eps[part],
+                    seed=seed + 7919 * (k * repeats + r) + b,
+                )
                 diff = out.to(torch.float64) - x[part].to(torch.float64)
                 total[part] += diff**2 if error == "squared" else diff.abs() if error == "abs" else diff
                 bar.update(1)
@@ -347,8 +406,10 @@ def _mahalanobis(resid: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
     cov = centred.T @ centred / max(1, ref.shape[0] - 1)
     spread = float(cov.diagonal().mean())
     if not spread > 0:
-        raise ValueError("the reference's residuals do not vary (zero variance): give error='mahalanobis' more "
-                         "diverse normal reference data, or use error='abs' or 'squared'")
+        raise ValueError(
+            "the reference's residuals do not vary (zero variance): give error='mahalanobis' more "
+            "diverse normal reference data, or use error='abs' or 'squared'"
+        )
     ridge = 1e-3 * spread
     cov = cov + ridge * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
     d = resid - mu
@@ -458,4 +519,3 @@ def dte_scores(
     scores[never] = 1.0
     settings = {"method": "dte", "levels": levels, "t_max": t_max, "explained": explained, "seed": seed}
     return Detection(scores, _pixel_map(maps), "dte", settings=settings)
-

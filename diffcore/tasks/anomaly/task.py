@@ -84,37 +84,62 @@ class DetectParams:
 
     checkpoint: Path = field(metadata={"help": "run folder or checkpoint.safetensors"})
     input: Path = field(metadata={"help": "images (PNG/JPEG/NPY/NPZ) or a table (CSV/NPY/NPZ, raw units) to score"})
-    method: Literal["recon", "dte"] = field(default="recon", metadata={
-        "help": "recon: partial-diffusion reconstruction error | dte: diffusion-time estimate"})
-    depth: float | list[float] | None = field(default=None, metadata={
-        "help": "recon: noise depth(s), fractions of the schedule in (0, 1] or training timesteps > 1; "
-                "errors are averaged over several" + _RECIPE_HELP})
-    noise: Literal["gaussian", "simplex"] = field(default="gaussian", metadata={
-        "help": "recon: noise kind (simplex: images only)"})
+    method: Literal["recon", "dte"] = field(
+        default="recon",
+        metadata={"help": "recon: partial-diffusion reconstruction error | dte: diffusion-time estimate"},
+    )
+    depth: float | list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "recon: noise depth(s), fractions of the schedule in (0, 1] or training timesteps > 1; "
+            "errors are averaged over several" + _RECIPE_HELP
+        },
+    )
+    noise: Literal["gaussian", "simplex"] = field(
+        default="gaussian", metadata={"help": "recon: noise kind (simplex: images only)"}
+    )
     repeats: int | None = field(default=None, metadata={"help": "recon: noise draws averaged per input" + _RECIPE_HELP})
-    error: Literal["squared", "abs", "mahalanobis"] | None = field(default=None, metadata={
-        "help": "recon: per-pixel (per-feature) error, or mahalanobis: the mean signed residual whitened by its "
-                "statistics on --reference normal data (inputs of <= 4096 values)" + _RECIPE_HELP})
-    reduce: Literal["mean", "max"] = field(default="mean", metadata={
-        "help": "recon: image score = mean or max of the (smoothed) map"})
+    error: Literal["squared", "abs", "mahalanobis"] | None = field(
+        default=None,
+        metadata={
+            "help": "recon: per-pixel (per-feature) error, or mahalanobis: the mean signed residual whitened by its "
+            "statistics on --reference normal data (inputs of <= 4096 values)" + _RECIPE_HELP
+        },
+    )
+    reduce: Literal["mean", "max"] = field(
+        default="mean", metadata={"help": "recon: image score = mean or max of the (smoothed) map"}
+    )
     smooth: float = field(default=0.0, metadata={"help": "recon: Gaussian blur of image maps, sigma in pixels"})
     sampler: str | None = field(default=None, metadata={"help": "recon: sampler name" + _RECIPE_HELP})
-    steps: int | None = field(default=None, metadata={
-        "help": "recon: sampler steps (ddim, 1: the one-shot x0 prediction)" + _RECIPE_HELP})
+    steps: int | None = field(
+        default=None, metadata={"help": "recon: sampler steps (ddim, 1: the one-shot x0 prediction)" + _RECIPE_HELP}
+    )
     levels: int = field(default=25, metadata={"help": "dte: noise levels evaluated per input"})
-    reference: Path | None = field(default=None, metadata={
-        "help": "recon --error mahalanobis: NORMAL data (same formats as --input, e.g. the training rows) whose "
-                "residual statistics whiten the scores"})
-    calibrate: Path | None = field(default=None, metadata={
-        "help": "held-out NORMAL data (same formats as --input) to fit the threshold on, or a calibration JSON"})
-    fpr: float | None = field(default=None, metadata={
-        "help": "target false-positive rate of the threshold (default 0.05 with --calibrate)"})
-    quantile: float | None = field(default=None, metadata={
-        "help": "threshold at this quantile of the normal scores (instead of --fpr)"})
+    reference: Path | None = field(
+        default=None,
+        metadata={
+            "help": "recon --error mahalanobis: NORMAL data (same formats as --input, e.g. the training rows) whose "
+            "residual statistics whiten the scores"
+        },
+    )
+    calibrate: Path | None = field(
+        default=None,
+        metadata={
+            "help": "held-out NORMAL data (same formats as --input) to fit the threshold on, or a calibration JSON"
+        },
+    )
+    fpr: float | None = field(
+        default=None, metadata={"help": "target false-positive rate of the threshold (default 0.05 with --calibrate)"}
+    )
+    quantile: float | None = field(
+        default=None, metadata={"help": "threshold at this quantile of the normal scores (instead of --fpr)"}
+    )
     seed: int = field(default=0, metadata={"help": "noise seed"})
     batch_size: int = field(default=256, metadata={"help": "inputs per model call"})
-    output: Path = field(default=Path("outputs/detect/scores.json"), metadata={
-        "help": "scores file, .json or .csv; plots are written next to it"})
+    output: Path = field(
+        default=Path("outputs/detect/scores.json"),
+        metadata={"help": "scores file, .json or .csv; plots are written next to it"},
+    )
 
     def __post_init__(self) -> None:
         self.checkpoint, self.input, self.output = Path(self.checkpoint), Path(self.input), Path(self.output)
@@ -122,10 +147,16 @@ class DetectParams:
         self.reference = Path(self.reference) if self.reference is not None else None
         if self.error is not None and self.error not in ERRORS:
             raise ValueError(f"error={self.error!r}: expected one of {ERRORS}")
-        if (self.error == "mahalanobis") != (self.reference is not None) and self.method == "recon" or \
-                self.reference is not None and self.method != "recon":
-            raise ValueError("--error mahalanobis needs --reference (normal data), and --reference is used by "
-                             "--method recon --error mahalanobis only")
+        if (
+            (self.error == "mahalanobis") != (self.reference is not None)
+            and self.method == "recon"
+            or self.reference is not None
+            and self.method != "recon"
+        ):
+            raise ValueError(
+                "--error mahalanobis needs --reference (normal data), and --reference is used by "
+                "--method recon --error mahalanobis only"
+            )
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}: expected one of {METHODS}")
         if self.noise not in NOISES:
@@ -160,10 +191,21 @@ class DetectParams:
         from the recipe for the data kind (so a calibration records every setting)."""
         if self.method == "dte":
             return {"levels": self.levels, "seed": self.seed}
-        given = {"depth": self.depth, "repeats": self.repeats, "error": self.error, "sampler": self.sampler,
-                 "steps": self.steps}
-        return {**recipe_for(shape), **{k: v for k, v in given.items() if v is not None}, "noise": self.noise,
-                "reduce": self.reduce, "smooth": self.smooth, "seed": self.seed}
+        given = {
+            "depth": self.depth,
+            "repeats": self.repeats,
+            "error": self.error,
+            "sampler": self.sampler,
+            "steps": self.steps,
+        }
+        return {
+            **recipe_for(shape),
+            **{k: v for k, v in given.items() if v is not None},
+            "noise": self.noise,
+            "reduce": self.reduce,
+            "smooth": self.smooth,
+            "seed": self.seed,
+        }
 
 
 class Detect:
@@ -181,18 +223,25 @@ class Detect:
         if params.reference is not None and params.method == "recon":
             options["reference"] = load_input(params.reference, pipe, "reference data")
         calibration, normal_scores = self._calibration(params, pipe, options)
-        result = detect(pipe, x, method=params.method, calibration=calibration, batch_size=params.batch_size,
-                        **options)
+        result = detect(pipe, x, method=params.method, calibration=calibration, batch_size=params.batch_size, **options)
         files = io.write_scores(params.output, x, result, calibration, normal_scores)
         labels = result.labels
-        return {"method": params.method, "n": int(result.scores.numel()),
-                "threshold": result.threshold, "anomalies": None if labels is None else int(labels.sum()),
-                "score_mean": float(result.scores.mean()), "score_max": float(result.scores.max()),
-                "seconds": round(time.perf_counter() - started, 2), **files, "params": as_json(params)}
+        return {
+            "method": params.method,
+            "n": int(result.scores.numel()),
+            "threshold": result.threshold,
+            "anomalies": None if labels is None else int(labels.sum()),
+            "score_mean": float(result.scores.mean()),
+            "score_max": float(result.scores.max()),
+            "seconds": round(time.perf_counter() - started, 2),
+            **files,
+            "params": as_json(params),
+        }
 
     @staticmethod
-    def _calibration(params: DetectParams, pipe: Pipeline,
-                     options: dict[str, Any]) -> tuple[Calibration | None, Tensor | None]:
+    def _calibration(
+        params: DetectParams, pipe: Pipeline, options: dict[str, Any]
+    ) -> tuple[Calibration | None, Tensor | None]:
         """(the calibration, the normal scores it was fitted on): read from a JSON, fitted on
         ``params.calibrate`` normal data, or none."""
         if params.calibrate is None:
@@ -202,7 +251,10 @@ class Detect:
             return Calibration.from_json(params.calibrate), None
         normals = load_input(params.calibrate, pipe, "calibration data")
         scores = detect(pipe, normals, method=params.method, batch_size=params.batch_size, **options).scores
-        target = {"quantile": params.quantile} if params.quantile is not None else \
-            {"fpr": 0.05 if params.fpr is None else params.fpr}
+        target = (
+            {"quantile": params.quantile}
+            if params.quantile is not None
+            else {"fpr": 0.05 if params.fpr is None else params.fpr}
+        )
         settings = {**options, "reference": str(params.reference)} if "reference" in options else options
         return Calibration.fit(scores, method=params.method, settings=settings, **target), scores
