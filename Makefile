@@ -1,15 +1,17 @@
-# diffcore developer entry points: make setup | test | demo | bench | clean
+# diffcore developer entry points: make setup | test | test-fast | lint | demo | bench | clean
 PYTHON ?= python3
 VENV = .venv
 VENV_PY = $(VENV)/bin/python
 PIP = $(VENV_PY) -m pip --disable-pip-version-check
 # Re-run `pip install -e` when packaging or native sources change (rebuilds diffcore._C).
 STAMP = $(VENV)/.diffcore-installed
-NATIVE_SOURCES = $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+NATIVE_SOURCES = $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+# ruff covers every Python file of the repo; mypy's files are listed in pyproject.toml ([tool.mypy])
+LINT_PATHS = diffcore plugins tests benchmarks examples setup.py
 
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/build/torch_extensions
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fast lint demo bench clean
 
 setup: $(STAMP)
 
@@ -22,17 +24,29 @@ $(VENV_PY):
 $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES) | $(VENV_PY)
 	@$(VENV_PY) -c 'import torch' 2>/dev/null || $(PIP) install --progress-bar off torch==2.13.0
 	$(PIP) install --progress-bar off ninja pybind11 setuptools wheel
-	$(PIP) install --progress-bar off --no-build-isolation -e ".[test,text]"
+	$(PIP) install --progress-bar off --no-build-isolation -e ".[test,text,lint]"
 	@touch $@
 
 test: setup
 	$(VENV_PY) -m pytest -q -rs
 
+# The edit loop: everything but the tests marked @pytest.mark.slow (well under a minute on 2 cores).
+test-fast: setup
+	$(VENV_PY) -m pytest -q -rs -m "not slow"
+
+# Checks only, never rewrites: `ruff check --fix`, `ruff format` and `clang-format -i` do the fixing
+# (or the pre-commit hooks: `pre-commit install`).
+lint: setup
+	$(VENV_PY) -m ruff check $(LINT_PATHS)
+	$(VENV_PY) -m ruff format --check $(LINT_PATHS)
+	$(VENV_PY) -m mypy
+	$(VENV)/bin/clang-format --dry-run --Werror $(NATIVE_SOURCES)
+
 # Trains the demo models (reused on a rerun), runs the five tasks, writes outputs/demo/report.html,
 # then checks that every image of the page loads (in headless Chromium when one is installed).
 demo: setup
 	$(VENV_PY) -m diffcore demo --out outputs/demo
-	$(VENV_PY) -m diffcore.demo.check outputs/demo/report.html
+	$(VENV_PY) -m diffcore_plugins.demo.check outputs/demo/report.html
 
 bench: setup
 	mkdir -p outputs/bench

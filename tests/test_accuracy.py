@@ -51,6 +51,7 @@ ORDERS = {
 
 
 @pytest.mark.parametrize("sampler", list(ORDERS))
+@pytest.mark.slow
 def test_converges_at_published_order(sampler: str, problem) -> None:
     order, (n1, n2), options = ORDERS[sampler]
     x_T, exact = problem

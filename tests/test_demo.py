@@ -17,6 +17,8 @@ from PIL import Image
 from diffcore.evaluation import estimated_order
 from diffcore_plugins.demo import study as demo
 
+pytestmark = pytest.mark.slow  # one quick demo run (trains every model) shared by the module
+
 # estimated order -> (lowest, highest) accepted
 EXPECTED_ORDER = {
     "ddim": (0.5, 1.5),

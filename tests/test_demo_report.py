@@ -19,6 +19,8 @@ from diffcore_plugins.demo.recipes import QUICK
 from diffcore_plugins.demo.report import Report
 from diffcore_plugins.demo.runs import train_or_reuse
 
+pytestmark = pytest.mark.slow  # one quick `diffcore demo` run (trains every model) shared by the module
+
 SECTIONS = ("training", "generation", "text2image", "img2img", "denoising", "anomaly", "samplers")
 
 

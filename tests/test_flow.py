@@ -72,6 +72,7 @@ def test_flow_schedule_keywords_state_and_round_trip():
     assert dyn.mu == pytest.approx(calculate_shift(1024)) and dyn.effective_shift() == pytest.approx(math.exp(dyn.mu))
 
 
+@pytest.mark.slow
 def test_calculate_shift_matches_diffusers():
     flux = pytest.importorskip("diffusers.pipelines.flux.pipeline_flux")
     for n in (64, 256, 1024, 4096, 9000):
@@ -293,6 +294,7 @@ FLOW_ORDERS = {
 
 
 @pytest.mark.parametrize("case", list(FLOW_ORDERS))
+@pytest.mark.slow
 def test_flow_samplers_converge_at_published_order(case, flow_problem):
     sampler, order, grid, (n1, n2), options = FLOW_ORDERS[case]
     x_T, exact = flow_problem
@@ -328,6 +330,7 @@ def test_flow_samples_follow_the_mixture():
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])
+@pytest.mark.slow
 def test_every_sampler_runs_on_flow_models(shift):
     """Every registered sampler runs on a flow schedule from t = 1 unchanged: deterministic ones
     land near the exact flow-ODE solution, stochastic ones on the mixture."""

@@ -269,6 +269,7 @@ _REFERENCES: dict = {}
 @pytest.mark.parametrize("sampler,order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2)])
 @pytest.mark.parametrize("guidance,options", [("cfg_zero_star", {"zero_init_steps": 0}),
                                               ("apg", {"eta": 0.3, "norm_threshold": 0.0})])
+@pytest.mark.slow
 def test_fused_guidance_keeps_the_solver_order(sampler: str, order: int, guidance: str, options: dict) -> None:
     """A per-sample [w, r] computed from each evaluation is a smooth guided vector field: the
     deterministic samplers converge to its ODE solution at their order. (In 32 dimensions: in 2,

@@ -109,6 +109,7 @@ def test_ddim_pipeline_folder_matches_diffusers_pipeline(unet, tmp_path: Path) -
     assert rel_err(out, raw) <= TOL
 
 
+@pytest.mark.slow
 def test_ddpm_pipeline_folder_matches_diffusers_pipeline_draw_for_draw(unet, tmp_path: Path) -> None:
     """DDPMPipeline draws x_T and then every step's noise from one generator; so does diffcore."""
     pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(clip_sample=False))

@@ -158,6 +158,7 @@ GM = GaussianMixture.ring(k=4, radius=2.0, std=0.3, dim=3)
 @needs_native
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 @pytest.mark.parametrize("noise", ["generator", "seed"])
+@pytest.mark.slow
 def test_every_sampler_end_to_end_matches_reference(sampler, noise, monkeypatch):
     sched = diffcore.get("schedules", "scaled_linear")(1000, 0.00085, 0.012)
     x_T = torch.randn(256, 3, generator=torch.Generator().manual_seed(0))
@@ -205,6 +206,7 @@ def _opcheck_cases(device):
 @needs_native
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(_opcheck_cases("cpu")))
+@pytest.mark.slow
 def test_opcheck(device, case):
     op, args = _opcheck_cases(device)[case]
     torch.library.opcheck(op, args)

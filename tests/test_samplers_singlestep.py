@@ -50,6 +50,7 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize(("sampler", "scheduler"), [("dpm_2", "KDPM2DiscreteScheduler"),
                                                     ("dpm_2_ancestral", "KDPM2AncestralDiscreteScheduler")])
+@pytest.mark.slow
 def test_kdpm2_matches_diffusers(sampler: str, scheduler: str, prediction: str, spacing: str) -> None:
     x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
     ref = diffusers_loop(_scheduler(scheduler, prediction, spacing), x_T, 25, seed=7)
@@ -177,6 +178,7 @@ def _order(sampler: str, options: dict) -> float:
 @pytest.mark.parametrize(("sampler", "options"), [("dpm_2", {}), ("dpm_2_ancestral", {"eta": 0.0}),
                                                   ("dpmpp_2s_ancestral", {"eta": 0.0}), ("dpmpp_2s", {}),
                                                   ("dpmpp_sde", {"eta": 0.0})])
+@pytest.mark.slow
 def test_deterministic_variants_converge_at_second_order(sampler: str, options: dict) -> None:
     assert abs(_order(sampler, options) - 2.0) <= 0.3
 
@@ -197,6 +199,7 @@ def test_brownian_increments_are_standard_normal_and_consistent() -> None:
     assert abs((path.noise(a, b) * path.noise(b, c)).mean().item()) < 0.03
 
 
+@pytest.mark.slow
 def test_dpmpp_sde_follows_one_path_at_any_step_count() -> None:
     """With Brownian noise the SDE solution converges as steps grow, for one seed."""
     sched = EDMSchedule()
@@ -237,6 +240,7 @@ def test_dpm_adaptive_matches_k_diffusion(order: int) -> None:
     assert _rel(out, ref) <= 1e-4
 
 
+@pytest.mark.slow
 def test_dpm_adaptive_tightens_with_rtol_and_ends_at_zero() -> None:
     sched = EDMSchedule()
     x_T = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

@@ -125,6 +125,7 @@ def test_pipeline_roundtrip_and_class_guidance(tmp_path):
     [("v_prediction", "min_snr", "linear"), ("sample", "uniform", "squaredcos_cap_v2"), ("edm", "edm", "edm"),
      ("epsilon", "edm", "scaled_linear")],
 )
+@pytest.mark.slow
 def test_parameterizations_and_weightings_train(tmp_path, prediction, weighting, schedule):
     model = dict(TINY, time_input="sigma" if schedule == "edm" else "timestep")
     pipe = diffcore.train("digits", "unet", 2, tmp_path, dataset_options=DATA, model_config=model, schedule=schedule,
@@ -190,6 +191,7 @@ def test_bad_command_input_is_one_clear_line(tmp_path, capsys, argv, text):
     assert code == 2 and text in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_two_processes(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
