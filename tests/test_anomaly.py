@@ -306,29 +306,21 @@ def pixels():
     return ((x + 1) * 127.5).round().to(torch.uint8).numpy()
 
 
+def detect_cli(run, input_path, *extra) -> int:
+    """``diffcore detect --checkpoint RUN --input INPUT EXTRA...`` (paths and numbers as strings)."""
+    return main(["detect", "--checkpoint", str(run), "--input", str(input_path), *map(str, extra)])
+
+
 @pytest.mark.slow
 def test_detect_command_on_images(image_run, pixels, tmp_path, capsys):
     np.savez(tmp_path / "in.npz", images=pixels[:6])
     np.save(tmp_path / "normals.npy", pixels[6:])
     out = tmp_path / "o" / "scores.json"
-    argv = [
-        "detect",
-        "--checkpoint",
-        str(image_run),
-        "--input",
-        str(tmp_path / "in.npz"),
-        "--noise",
-        "simplex",
-        "--repeats",
-        "2",
-        "--calibrate",
-        str(tmp_path / "normals.npy"),
-        "--fpr",
-        "0.2",
-        "--output",
-        str(out),
-    ]
-    assert main(argv) == 0, capsys.readouterr().err
+    simplex = ["--noise", "simplex", "--repeats", 2]
+    code = detect_cli(
+        image_run, tmp_path / "in.npz", *simplex, "--calibrate", tmp_path / "normals.npy", "--fpr", 0.2, "--output", out
+    )
+    assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     saved = json.loads(out.read_text())
     assert summary["n"] == 6 and len(saved["scores"]) == 6 and len(saved["labels"]) == 6
@@ -337,47 +329,15 @@ def test_detect_command_on_images(image_run, pixels, tmp_path, capsys):
         assert (tmp_path / "o" / summary[key].rsplit("/", 1)[-1]).stat().st_size > 0, key
     assert np.load(summary["maps_npz"])["maps"].shape == (6, 8, 8)
     again = tmp_path / "again.json"  # reusing the calibration file gives the same labels
-    assert (
-        main(
-            [
-                "detect",
-                "--checkpoint",
-                str(image_run),
-                "--input",
-                str(tmp_path / "in.npz"),
-                "--noise",
-                "simplex",
-                "--repeats",
-                "2",
-                "--calibrate",
-                summary["calibration"],
-                "--output",
-                str(again),
-            ]
-        )
-        == 0
+    code = detect_cli(
+        image_run, tmp_path / "in.npz", *simplex, "--calibrate", summary["calibration"], "--output", again
     )
+    assert code == 0
     assert json.loads(again.read_text())["labels"] == saved["labels"]
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "run",
-                "detect",
-                "--checkpoint",
-                str(image_run),
-                "--input",
-                str(tmp_path / "in.npz"),
-                "--method",
-                "dte",
-                "--levels",
-                "4",
-                "--output",
-                str(tmp_path / "dte.csv"),
-            ]
-        )
-        == 0
-    ), capsys.readouterr().err
+    dte = ["--method", "dte", "--levels", "4", "--output", str(tmp_path / "dte.csv")]
+    code = main(["run", "detect", "--checkpoint", str(image_run), "--input", str(tmp_path / "in.npz"), *dte])
+    assert code == 0, capsys.readouterr().err
     rows = list(csv.reader((tmp_path / "dte.csv").read_text().splitlines()))
     assert rows[0] == ["index", "score", "label"] and len(rows) == 7 and rows[1][2] == ""
 
@@ -389,81 +349,38 @@ def test_detect_command_on_a_table(table_run, tmp_path, capsys):
         writer = csv.writer(handle)
         writer.writerow(["c", "b", "a"])
         writer.writerows(values[:8, [2, 1, 0]].tolist())
+    run, rows_csv, train_csv = root / "run", tmp_path / "rows.csv", root / "train.csv"
     out = tmp_path / "t.csv"
-    assert (
-        main(
-            [
-                "detect",
-                "--checkpoint",
-                str(root / "run"),
-                "--input",
-                str(tmp_path / "rows.csv"),
-                "--calibrate",
-                str(root / "train.csv"),
-                "--quantile",
-                "0.9",
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    ), capsys.readouterr().err
+    code = detect_cli(run, rows_csv, "--calibrate", train_csv, "--quantile", 0.9, "--output", out)
+    assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     rows = list(csv.reader(out.read_text().splitlines()))
     assert len(rows) == 9 and {r[2] for r in rows[1:]} <= {"0", "1"} and "maps" not in summary
     assert (tmp_path / "t_hist.png").stat().st_size > 0
     out = tmp_path / "m.json"  # the whitened residual, several depths, calibrated on the training rows
-    assert (
-        main(
-            [
-                "detect",
-                "--checkpoint",
-                str(root / "run"),
-                "--input",
-                str(tmp_path / "rows.csv"),
-                "--error",
-                "mahalanobis",
-                "--reference",
-                str(root / "train.csv"),
-                "--depth",
-                "0.1",
-                "0.3",
-                "--repeats",
-                "2",
-                "--calibrate",
-                str(root / "train.csv"),
-                "--output",
-                str(out),
-            ]
-        )
-        == 0
-    ), capsys.readouterr().err
+    depths = ["--depth", 0.1, 0.3, "--repeats", 2]
+    code = detect_cli(
+        run,
+        rows_csv,
+        "--error",
+        "mahalanobis",
+        "--reference",
+        train_csv,
+        *depths,
+        "--calibrate",
+        train_csv,
+        "--output",
+        out,
+    )
+    assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
     saved = json.loads(out.read_text())
     assert len(saved["scores"]) == 8 and summary["params"]["depth"] == [0.1, 0.3]
     calibration = json.loads((tmp_path / "m_calibration.json").read_text())
     assert calibration["settings"]["error"] == "mahalanobis"
-    assert calibration["settings"]["reference"] == str(root / "train.csv")
+    assert calibration["settings"]["reference"] == str(train_csv)
     # reusing that threshold for another error kind is refused, not silently misapplied
-    assert (
-        main(
-            [
-                "detect",
-                "--checkpoint",
-                str(root / "run"),
-                "--input",
-                str(tmp_path / "rows.csv"),
-                "--depth",
-                "0.1",
-                "0.3",
-                "--repeats",
-                "2",
-                "--calibrate",
-                str(tmp_path / "m_calibration.json"),
-            ]
-        )
-        == 2
-    )
+    assert detect_cli(run, rows_csv, *depths, "--calibrate", tmp_path / "m_calibration.json") == 2
     assert "fitted with error='mahalanobis', but these scores use error='abs'" in capsys.readouterr().err
 
 
@@ -511,6 +428,6 @@ def test_detect_command_bad_input_is_one_line(image_run, table_run, tmp_path, ca
     (tmp_path / "empty.csv").write_text("a,b,c\n")
     run = image_run if model == "image" else table_run[0] / "run"
     extra = [a.replace("{tmp}", str(tmp_path)) for a in extra]
-    code = main(["detect", "--checkpoint", str(run), "--input", str(tmp_path / input_), *extra])
+    code = detect_cli(run, tmp_path / input_, *extra)
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1, err

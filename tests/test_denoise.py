@@ -325,23 +325,9 @@ def test_denoise_command_png_and_npz(run, tmp_path, capsys):
     batch = rng.standard_normal((3, 1, 8, 8)).astype(np.float32) * 0.2
     np.savez(tmp_path / "noisy.npz", images=batch)
     out_npz = tmp_path / "clean.npz"
-    argv = [
-        "denoise",
-        "--checkpoint",
-        str(run),
-        "--input",
-        str(tmp_path / "noisy.npz"),
-        "--sigma",
-        "auto",
-        "--mode",
-        "sample",
-        "--steps",
-        "3",
-        "--seed",
-        "7",
-        "--output",
-        str(out_npz),
-    ]
+    given = ["--checkpoint", str(run), "--input", str(tmp_path / "noisy.npz")]
+    sample = ["--sigma", "auto", "--mode", "sample", "--steps", "3", "--seed", "7"]
+    argv = ["denoise", *given, *sample, "--output", str(out_npz)]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     saved = np.load(out_npz)
@@ -350,29 +336,8 @@ def test_denoise_command_png_and_npz(run, tmp_path, capsys):
     first = saved["images"].copy()
     assert main(argv) == 0 and np.array_equal(np.load(out_npz)["images"], first)  # seeded
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "run",
-                "denoise",
-                "--checkpoint",
-                str(run),
-                "--input",
-                str(tmp_path / "noisy.npz"),
-                "--sigma",
-                "0.2",
-                "--sigma-scale",
-                "1",
-                "--samples",
-                "2",
-                "--steps",
-                "2",
-                "--output",
-                str(tmp_path / "k.npy"),
-            ]
-        )
-        == 0
-    )
+    mean_of_two = ["--sigma", "0.2", "--sigma-scale", "1", "--samples", "2", "--steps", "2"]
+    assert main(["run", "denoise", *given, *mean_of_two, "--output", str(tmp_path / "k.npy")]) == 0
     assert np.load(tmp_path / "k.npy").shape == (3, 1, 8, 8)
 
 

@@ -43,8 +43,9 @@ def uncond_dir(tmp_path_factory) -> Path:
     return _train(tmp_path_factory.mktemp("gen") / "uncond", num_classes=0)
 
 
-def _generate(capsys, *argv: str) -> dict:
-    code = main(["generate", *argv])
+def _generate(capsys, run, *argv: object) -> dict:
+    """``diffcore generate --checkpoint RUN ARGV...`` succeeds; its JSON summary."""
+    code = main(["generate", "--checkpoint", str(run), *map(str, argv)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return json.loads(captured.out)
@@ -52,9 +53,7 @@ def _generate(capsys, *argv: str) -> dict:
 
 def test_png_and_npz_have_the_right_shapes_and_range(run_dir, tmp_path, capsys):
     png, npz = tmp_path / "g.png", tmp_path / "g.npz"
-    result = _generate(
-        capsys, "--checkpoint", str(run_dir), "--n", "6", "--steps", "3", "--out", str(png), "--npz", str(npz)
-    )
+    result = _generate(capsys, run_dir, "--n", 6, "--steps", 3, "--out", png, "--npz", npz)
     assert result["png"] == str(png) and result["npz"] == str(npz)
     assert result["n"] == 6 and result["steps"] == 3 and result["sampler"] == "dpmpp_2m"
     assert result["seconds"] > 0 and result["images_per_s"] > 0 and "label_counts" not in result
@@ -73,62 +72,31 @@ def test_png_and_npz_have_the_right_shapes_and_range(run_dir, tmp_path, capsys):
 
 def test_npz_only_writes_no_png(run_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = _generate(capsys, "--checkpoint", str(run_dir), "--n", "2", "--steps", "2", "--npz", "only.npz")
+    result = _generate(capsys, run_dir, "--n", 2, "--steps", 2, "--npz", "only.npz")
     assert "png" not in result and (tmp_path / "only.npz").exists()
     assert not (tmp_path / "samples.png").exists()
 
 
 def test_class_conditional_with_guidance_and_rescale(run_dir, tmp_path, capsys):
     npz = tmp_path / "c.npz"
-    argv = ["--checkpoint", str(run_dir), "--n", "4", "--steps", "3", "--class-label", "7", "--out", str(npz)]
-    plain = _generate(capsys, *argv, "--guidance-scale", "3")
+    argv = [run_dir, "--n", 4, "--steps", 3, "--class-label", 7, "--out", npz]
+    plain = _generate(capsys, *argv, "--guidance-scale", 3)
     a = np.load(npz)["samples"]
-    guided = _generate(capsys, *argv, "--guidance-scale", "3", "--guidance-rescale", "0.7")
+    guided = _generate(capsys, *argv, "--guidance-scale", 3, "--guidance-rescale", 0.7)
     b = np.load(npz)
     assert plain["guidance_scale"] == 3.0 and guided["guidance_rescale"] == 0.7
     assert guided["label_counts"] == {"7": 4} and (b["labels"] == 7).all()
     assert np.isfinite(b["samples"]).all() and not np.allclose(a, b["samples"])  # rescale changed the result
     # per-sample labels, one each
-    per = _generate(
-        capsys,
-        "--checkpoint",
-        str(run_dir),
-        "--n",
-        "3",
-        "--steps",
-        "2",
-        "--class-label",
-        "1",
-        "2",
-        "5",
-        "--out",
-        str(npz),
-    )
+    per = _generate(capsys, run_dir, "--n", 3, "--steps", 2, "--class-label", 1, 2, 5, "--out", npz)
     assert per["label_counts"] == {"1": 1, "2": 1, "5": 1}
     assert np.load(npz)["labels"].tolist() == [1, 2, 5]
 
 
 def test_all_gives_balanced_labels_one_class_per_column(run_dir, tmp_path, capsys):
     npz, png = tmp_path / "all.npz", tmp_path / "all.png"
-    result = _generate(
-        capsys,
-        "--checkpoint",
-        str(run_dir),
-        "--n",
-        "25",
-        "--steps",
-        "2",
-        "--class-label",
-        "all",
-        "--guidance-scale",
-        "2",
-        "--out",
-        str(png),
-        "--npz",
-        str(npz),
-        "--batch-size",
-        "8",
-    )
+    balanced = ["--class-label", "all", "--guidance-scale", 2, "--batch-size", 8]
+    result = _generate(capsys, run_dir, "--n", 25, "--steps", 2, *balanced, "--out", png, "--npz", npz)
     counts = np.bincount(np.load(npz)["labels"], minlength=10)
     assert counts.sum() == 25 and counts.max() - counts.min() <= 1 and (counts > 0).all()
     assert sum(result["label_counts"].values()) == 25
@@ -141,25 +109,8 @@ def test_all_gives_balanced_labels_one_class_per_column(run_dir, tmp_path, capsy
 def test_seed_makes_runs_repeatable(run_dir, tmp_path, capsys):
     def run(seed: int, name: str, sampler: str = "euler_ancestral") -> np.ndarray:
         path = tmp_path / name
-        _generate(
-            capsys,
-            "--checkpoint",
-            str(run_dir),
-            "--n",
-            "3",
-            "--steps",
-            "3",
-            "--sampler",
-            sampler,
-            "--seed",
-            str(seed),
-            "--class-label",
-            "4",
-            "--guidance-scale",
-            "1.5",
-            "--out",
-            str(path),
-        )
+        guided = ["--class-label", 4, "--guidance-scale", 1.5, "--seed", seed]
+        _generate(capsys, run_dir, "--n", 3, "--steps", 3, "--sampler", sampler, *guided, "--out", path)
         return np.load(path)["samples"]
 
     first, again, other = run(5, "a.npz"), run(5, "b.npz"), run(6, "c.npz")
@@ -188,41 +139,10 @@ def test_every_builtin_sampler_runs_through_the_task(run_dir, tmp_path, sampler)
 def test_run_generate_is_the_same_task(run_dir, tmp_path, capsys):
     npz = tmp_path / "r.npz"
     assert "generate" in diffcore.available("tasks")
-    code = main(
-        [
-            "run",
-            "generate",
-            "--checkpoint",
-            str(run_dir),
-            "--n",
-            "4",
-            "--steps",
-            "2",
-            "--class-label",
-            "0,9",
-            "--out",
-            str(npz),
-        ]
-    )
-    assert code == 2  # 2 labels for n=4: refused
+    argv = ["run", "generate", "--checkpoint", str(run_dir), "--n", "4", "--steps", "2", "--out", str(npz)]
+    assert main([*argv, "--class-label", "0,9"]) == 2  # 2 labels for n=4: refused
     assert "class_label has 2 labels for n=4" in capsys.readouterr().err
-    code = main(
-        [
-            "run",
-            "generate",
-            "--checkpoint",
-            str(run_dir),
-            "--n",
-            "4",
-            "--steps",
-            "2",
-            "--class-label",
-            "all",
-            "--out",
-            str(npz),
-        ]
-    )
-    assert code == 0
+    assert main([*argv, "--class-label", "all"]) == 0
     assert json.loads(capsys.readouterr().out)["label_counts"] == {"0": 1, "1": 1, "2": 1, "3": 1}
     assert np.load(npz)["labels"].tolist() == [0, 1, 2, 3]
 
@@ -274,9 +194,7 @@ def test_labels_or_guidance_on_an_unconditional_model(uncond_dir, tmp_path, caps
 
 
 def test_unconditional_model_generates(uncond_dir, tmp_path, capsys):
-    result = _generate(
-        capsys, "--checkpoint", str(uncond_dir), "--n", "2", "--steps", "2", "--out", str(tmp_path / "u.npz")
-    )
+    result = _generate(capsys, uncond_dir, "--n", 2, "--steps", 2, "--out", tmp_path / "u.npz")
     assert np.load(tmp_path / "u.npz")["samples"].shape == (2, 1, 8, 8) and "label_counts" not in result
 
 
@@ -323,27 +241,14 @@ def test_vector_models_write_npz_and_refuse_png(tmp_path, capsys):
     code = main(["generate", "--checkpoint", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "t.png")])
     err = capsys.readouterr().err
     assert code == 2 and "a PNG grid needs an image model" in err and "(3,)" in err
-    result = _generate(capsys, "--checkpoint", str(run), "--n", "5", "--steps", "2", "--npz", str(tmp_path / "t.npz"))
+    result = _generate(capsys, run, "--n", 5, "--steps", 2, "--npz", tmp_path / "t.npz")
     arrays = np.load(tmp_path / "t.npz")
     assert result["shape"] == [3] and arrays["samples"].shape == (5, 3) and "images" not in arrays.files
 
 
 def test_timestep_spacing_reaches_the_sampler(run_dir, tmp_path, capsys):
     def run(*extra: str) -> np.ndarray:
-        _generate(
-            capsys,
-            "--checkpoint",
-            str(run_dir),
-            "--n",
-            "2",
-            "--steps",
-            "3",
-            "--sampler",
-            "ddim",
-            "--out",
-            str(tmp_path / "s.npz"),
-            *extra,
-        )
+        _generate(capsys, run_dir, "--n", 2, "--steps", 3, "--sampler", "ddim", "--out", tmp_path / "s.npz", *extra)
         return np.load(tmp_path / "s.npz")["samples"]
 
     leading, default, trailing = run("--timestep-spacing", "leading"), run(), run("--timestep-spacing", "trailing")

@@ -45,38 +45,23 @@ def pipe(run):
 def paired(tmp_path_factory):
     """Paired models: 2x super-resolution and inpainting (run folders)."""
     root = tmp_path_factory.mktemp("paired")
-    diffcore.train(
-        "digits",
-        "unet",
-        6,
-        root / "sr",
-        dataset_options=DATA,
-        model_config=TINY,
-        task_condition="super_resolution",
-        task_condition_options={"factor": 2},
-        **TRAIN,
-    )
-    diffcore.train(
-        "digits",
-        "unet",
-        6,
-        root / "inpaint",
-        dataset_options=DATA,
-        model_config=TINY,
-        task_condition="inpainting",
-        **TRAIN,
-    )
-    diffcore.train(
-        "digits",
-        "unet",
-        6,
-        root / "inpaint-dropout",
-        dataset_options=DATA,
-        model_config=TINY,
-        task_condition="inpainting",
-        task_condition_options={"dropout": 0.3},
-        **TRAIN,
-    )
+
+    def train(name: str, condition: str, **options: object) -> None:
+        diffcore.train(
+            "digits",
+            "unet",
+            6,
+            root / name,
+            dataset_options=DATA,
+            model_config=TINY,
+            task_condition=condition,
+            **options,
+            **TRAIN,
+        )
+
+    train("sr", "super_resolution", task_condition_options={"factor": 2})
+    train("inpaint", "inpainting")
+    train("inpaint-dropout", "inpainting", task_condition_options={"dropout": 0.3})
     return root
 
 
@@ -154,6 +139,9 @@ def test_repaint_refuses_multistep_samplers(pipe, digits):
         img2img.repaint(pipe, digits[:2], "center", steps=4, jump_length=2, sampler="dpmpp_2m")
     with pytest.raises(ValueError, match="jump_length=9 must be <= steps=4"):
         img2img.repaint(pipe, digits[:2], "center", steps=4, jump_length=9)
+
+
+ROTATED = {"schedule": "squaredcos_cap_v2", "prediction": "v_prediction"}  # what _rotated_mixture's model is
 
 
 def _rotated_mixture(means: torch.Tensor, stds: torch.Tensor):
@@ -234,9 +222,8 @@ def test_repaint_matches_a_written_out_reference_step_for_step():
             steps=steps,
             jump_length=jump,
             resample=resample,
-            schedule="squaredcos_cap_v2",
-            prediction="v_prediction",
             generator=torch.Generator().manual_seed(steps),
+            **ROTATED,
         )
         ref = _reference_repaint(model, known, keep, steps, jump, resample, torch.Generator().manual_seed(steps))
         torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
@@ -266,9 +253,8 @@ def test_repaint_approaches_the_closed_form_conditional_of_a_gaussian_mixture():
             steps=steps,
             jump_length=jump,
             resample=resample,
-            schedule="squaredcos_cap_v2",
-            prediction="v_prediction",
             seed=1,
+            **ROTATED,
         )
         fill = out.view(n, 4)[:, 2:]
         wrong[steps, resample] = float((fill[:, 1] < 0).double().mean())  # pixel 3's sign = component

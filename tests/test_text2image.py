@@ -172,6 +172,12 @@ def test_train_reload_and_prompts_steer_the_output(text_run):
     assert torch.equal(plain, one) and torch.isfinite(rescaled).all()
 
 
+def _plain_model(out, num_classes: int) -> Pipeline:
+    """A UNet without text conditioning, trained for one step."""
+    model_config = {**TINY_UNET, "num_classes": num_classes}
+    return diffcore.train("digits", "unet", 1, out, dataset_options=DATA, model_config=model_config, batch_size=4)
+
+
 def test_bad_prompt_input_gives_clear_errors(text_run, tmp_path):
     pipe = Pipeline.load(text_run)
     with pytest.raises(ValueError, match="at least one prompt"):
@@ -180,15 +186,7 @@ def test_bad_prompt_input_gives_clear_errors(text_run, tmp_path):
         generate_from_prompts(pipe, ["seven"], guidance_scale=-1.0)
     with pytest.raises(ValueError, match="needs a guidance_scale"):
         generate_from_prompts(pipe, ["seven"], guidance_rescale=0.5)
-    plain = diffcore.train(
-        "digits",
-        "unet",
-        1,
-        tmp_path / "plain",
-        dataset_options=DATA,
-        model_config={**TINY_UNET, "num_classes": 0},
-        batch_size=4,
-    )
+    plain = _plain_model(tmp_path / "plain", num_classes=0)
     with pytest.raises(ValueError, match="'unet'.*without text conditioning"):
         generate_from_prompts(plain, ["a handwritten seven"])
 
@@ -272,15 +270,7 @@ def test_cli_default_checkpoint_missing_says_how_to_train_one(tmp_path, capsys, 
 
 
 def test_cli_refuses_prompts_for_a_model_without_text(tmp_path, capsys):
-    diffcore.train(
-        "digits",
-        "unet",
-        1,
-        tmp_path / "plain",
-        dataset_options=DATA,
-        model_config={**TINY_UNET, "num_classes": 10},
-        batch_size=4,
-    )
+    _plain_model(tmp_path / "plain", num_classes=10)
     code = main(["text2image", "a handwritten seven", "--checkpoint", str(tmp_path / "plain")])
     err = capsys.readouterr().err
     assert code == 2 and "without text conditioning" in err and "text_unet" in err

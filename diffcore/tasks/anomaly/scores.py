@@ -51,24 +51,6 @@ from diffcore.tasks.anomaly.noise import simplex_noise
 from diffcore.tasks.inputs import check_images, start_time
 from diffcore.timesteps import Level
 
-__all__ = [
-    "ERRORS",
-    "IMAGE_RECIPE",
-    "METHODS",
-    "NOISES",
-    "RECIPES",
-    "TABLE_RECIPE",
-    "Detection",
-    "check_input",
-    "depth_timesteps",
-    "dte_scores",
-    "gaussian_blur",
-    "image_scores",
-    "reconstruction_scores",
-    "recipe_for",
-    "standardize",
-]
-
 METHODS = ("recon", "dte")
 NOISES = ("gaussian", "simplex")
 ERRORS = ("squared", "abs", "mahalanobis")
