@@ -48,6 +48,7 @@ BUILTIN_PLUGINS.append("diffcore_plugins.text2image")
 BUILTIN_PLUGINS.append("diffcore_plugins.img2img")
 BUILTIN_PLUGINS.append("diffcore_plugins.anomaly")
 BUILTIN_PLUGINS.append("diffcore_plugins.denoise")
+BUILTIN_PLUGINS.append("diffcore_plugins.demo")  # an application: the `diffcore demo` command
 
 __all__ = [
     "BUILTIN_PLUGINS",

@@ -17,7 +17,7 @@ from PIL import Image
 from diffcore.evaluation import estimated_order
 from diffcore_plugins.demo import study as demo
 
-pytestmark = pytest.mark.slow  # one quick demo run (trains every model) shared by the module
+pytestmark = pytest.mark.slow  # one quick sampler study (every deterministic sampler, ~10 s) shared by the module
 
 # estimated order -> (lowest, highest) accepted
 EXPECTED_ORDER = {

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import diffcore
+from diffcore import cli, plugins
 from diffcore_plugins.demo import app as demo
 from diffcore_plugins.demo import check
 from diffcore_plugins.demo.recipes import QUICK
@@ -84,9 +85,12 @@ def test_check_reports_a_missing_image(tmp_path: Path) -> None:
 
 def test_rerun_reuses_checkpoint_and_new_recipe_retrains(run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, _ = run
-    recipe = {**QUICK["tabular"], "dataset": "tabular", "steps": 3,
-              "dataset_options": {"path": str(out / "data" / "breast_cancer_benign_train.csv"), "holdout": 0.1,
-                                  "seed": 0}}
+    recipe = {
+        **QUICK["tabular"],
+        "dataset": "tabular",
+        "steps": 3,
+        "dataset_options": {"path": str(out / "data" / "breast_cancer_benign_train.csv"), "holdout": 0.1, "seed": 0},
+    }
     _, first = train_or_reuse("t", recipe, tmp_path, retrain=False)
     _, second = train_or_reuse("t", recipe, tmp_path, retrain=False)
     assert first["reused"] is False and second["reused"] is True
@@ -117,3 +121,23 @@ def test_the_library_does_not_import_the_demo() -> None:
             else:
                 continue
             assert not any(n.startswith(("diffcore_plugins.demo", "diffcore.demo")) for n in names), path
+
+
+def test_demo_command_is_the_plugins_and_passes_its_flags(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "diffcore_plugins.demo" in plugins.BUILTIN_PLUGINS and "demo" not in cli.BUILTIN_COMMANDS
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(demo, "main", lambda **kw: calls.append(kw) or {})
+    assert cli.main(["demo", "--out", str(tmp_path / "d")]) == 0
+    assert calls == [{"out": tmp_path / "d", "quick": False, "retrain": False}]
+    assert cli.main(["demo", "--quick", "--retrain"]) == 0
+    assert calls[-1] == {"out": Path("outputs/demo"), "quick": True, "retrain": True}
+
+
+def test_demo_command_names_a_bad_out_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert cli.main(["demo", "--out", str(f), "--quick"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"diffcore: error: demo: --out {str(f)!r} exists and is not a directory"

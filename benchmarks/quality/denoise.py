@@ -14,7 +14,7 @@ Model: the class-conditional digits checkpoint of ``benchmarks/quality/digits.py
 its null label; absent, digits.py's recipe is trained there first (``--quick``: a tiny model).
 
 Methods:
-- ``diffcore_mmse``: :func:`diffcore.denoise.denoise`, ``mode="mmse"``: one network evaluation at
+- ``diffcore_mmse``: :func:`diffcore.tasks.denoise.denoise`, ``mode="mmse"``: one network evaluation at
   the matched level (the posterior mean estimate); ``diffcore_mmse_auto``: the same with sigma
   estimated per image (``sigma="auto"``); ``diffcore_mean_k8``: the mean of 8 posterior samples.
 - ``diffcore_sample``: one posterior sample (ddpm, 10 steps), reported separately: a sample is
@@ -56,11 +56,11 @@ from benchmarks.quality.evaluator import (
     machine,
     split_check,
 )
-from diffcore import denoise as dn
 from diffcore.baselines import wiener, wiener_fit
-from diffcore.images import save_grid
 from diffcore.evaluation import psnr_db
+from diffcore.io import save_grid
 from diffcore.metrics import ssim
+from diffcore.tasks import denoise as dn
 
 QUICK_DIR = CACHE_DIR / "denoise-quick"
 DIGITS_RUN = CACHE_DIR / "digits-run"  # benchmarks/quality/digits.py's model
@@ -93,15 +93,20 @@ def tv(images: np.ndarray, sigma: float, weight: float) -> np.ndarray:
 def nl_means(images: np.ndarray, sigma: float, h: float, patch_size: int, patch_distance: int) -> np.ndarray:
     from skimage.restoration import denoise_nl_means
 
-    return _per_image(lambda im: denoise_nl_means(im, h=h * sigma, sigma=sigma, patch_size=patch_size,
-                                                  patch_distance=patch_distance, fast_mode=True), images)
+    return _per_image(
+        lambda im: denoise_nl_means(
+            im, h=h * sigma, sigma=sigma, patch_size=patch_size, patch_distance=patch_distance, fast_mode=True
+        ),
+        images,
+    )
 
 
 def wavelet(images: np.ndarray, sigma: float, method: str) -> np.ndarray:
     from skimage.restoration import denoise_wavelet
 
-    return _per_image(lambda im: denoise_wavelet(im, sigma=sigma, method=method, mode="soft",
-                                                 rescale_sigma=True), images)
+    return _per_image(
+        lambda im: denoise_wavelet(im, sigma=sigma, method=method, mode="soft", rescale_sigma=True), images
+    )
 
 
 def bm3d_mosaic(images: np.ndarray, sigma: float) -> np.ndarray:
@@ -116,8 +121,7 @@ def bm3d_mosaic(images: np.ndarray, sigma: float) -> np.ndarray:
         r, c = divmod(i, cols)
         mosaic[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
     out = np.asarray(bm3d.bm3d(mosaic, sigma_psd=sigma), dtype=np.float64)
-    return np.stack([out[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w]
-                     for i in range(n)])
+    return np.stack([out[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] for i in range(n)])
 
 
 def _unit(x: torch.Tensor) -> np.ndarray:
@@ -160,24 +164,42 @@ def load_pipeline(checkpoint: Path | None, quick: bool) -> tuple[Any, dict[str, 
             training = train_model(path, None, quick)
     pipe = diffcore.Pipeline.load(path)
     split_ok = split_check(pipe)["matches"]
-    return pipe, {"checkpoint": str(path), "trained_here": training, "split_matches_evaluator": split_ok,
-                  "schedule": pipe.schedule.config(), "prediction": pipe.param.config(),
-                  "num_classes": pipe.num_classes, "parameters": sum(p.numel() for p in pipe.model.parameters())}
+    return pipe, {
+        "checkpoint": str(path),
+        "trained_here": training,
+        "split_matches_evaluator": split_ok,
+        "schedule": pipe.schedule.config(),
+        "prediction": pipe.param.config(),
+        "num_classes": pipe.num_classes,
+        "parameters": sum(p.numel() for p in pipe.model.parameters()),
+    }
 
 
 def _score(out: torch.Tensor, clean: torch.Tensor, seconds: float, **extra: Any) -> dict[str, Any]:
     out = out.float().clamp(-1, 1)
-    return {"psnr_db": round(psnr_db(out, clean), 3), "ssim": round(ssim(out, clean, 2.0), 4),
-            "seconds": round(seconds, 2), **extra}
+    return {
+        "psnr_db": round(psnr_db(out, clean), 3),
+        "ssim": round(ssim(out, clean, 2.0), 4),
+        "seconds": round(seconds, 2),
+        **extra,
+    }
 
 
-def evaluate_sigma(sigma: int, pipe: Any, data: Any, clean: torch.Tensor, tune_clean: torch.Tensor,
-                   sampling: dict[str, Any], has: dict[str, bool]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def evaluate_sigma(
+    sigma: int,
+    pipe: Any,
+    data: Any,
+    clean: torch.Tensor,
+    tune_clean: torch.Tensor,
+    sampling: dict[str, Any],
+    has: dict[str, bool],
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Every method at one sigma (0..255 scale): scores and the denoised images."""
     s_model, s_unit = dn.sigma_to_model(float(sigma)), sigma / 255
     noisy = clean + s_model * torch.randn(clean.shape, generator=torch.Generator().manual_seed(NOISE_SEED + sigma))
-    tune_noisy = tune_clean + s_model * torch.randn(tune_clean.shape,
-                                                    generator=torch.Generator().manual_seed(TUNE_SEED + sigma))
+    tune_noisy = tune_clean + s_model * torch.randn(
+        tune_clean.shape, generator=torch.Generator().manual_seed(TUNE_SEED + sigma)
+    )
     outs: dict[str, torch.Tensor] = {}
     res: dict[str, Any] = {"noisy": _score(noisy, clean, 0.0)}
 
@@ -185,18 +207,28 @@ def evaluate_sigma(sigma: int, pipe: Any, data: Any, clean: torch.Tensor, tune_c
         t0 = time.perf_counter()
         outs[name] = fn().float().clamp(-1, 1)
         res[name] = _score(outs[name], clean, time.perf_counter() - t0, **extra)
-        print(f"  sigma {sigma:3d} {name:18s} PSNR {res[name]['psnr_db']:6.2f} dB  SSIM {res[name]['ssim']:.3f}  "
-              f"({res[name]['seconds']:.1f} s)", flush=True)
+        print(
+            f"  sigma {sigma:3d} {name:18s} PSNR {res[name]['psnr_db']:6.2f} dB  SSIM {res[name]['ssim']:.3f}  "
+            f"({res[name]['seconds']:.1f} s)",
+            flush=True,
+        )
 
     k, steps, sampler, seed = sampling["samples"], sampling["steps"], sampling["sampler"], sampling["seed"]
     timed("diffcore_mmse", lambda: dn.denoise(pipe, noisy, sigma, sigma_scale=255))
     est = dn.estimate_sigma(noisy) * 255 / 2
-    timed("diffcore_mmse_auto", lambda: dn.denoise(pipe, noisy, "auto"),
-          estimated_sigma={"median": round(float(est.median()), 2), "mean": round(float(est.mean()), 2)})
-    timed(f"diffcore_mean_k{k}", lambda: dn.denoise(pipe, noisy, sigma, sigma_scale=255, samples=k, sampler=sampler,
-                                                    steps=steps, seed=seed))
-    timed("diffcore_sample", lambda: dn.denoise(pipe, noisy, sigma, sigma_scale=255, mode="sample",
-                                                sampler=sampler, steps=steps, seed=seed))
+    timed(
+        "diffcore_mmse_auto",
+        lambda: dn.denoise(pipe, noisy, "auto"),
+        estimated_sigma={"median": round(float(est.median()), 2), "mean": round(float(est.mean()), 2)},
+    )
+    timed(
+        f"diffcore_mean_k{k}",
+        lambda: dn.denoise(pipe, noisy, sigma, sigma_scale=255, samples=k, sampler=sampler, steps=steps, seed=seed),
+    )
+    timed(
+        "diffcore_sample",
+        lambda: dn.denoise(pipe, noisy, sigma, sigma_scale=255, mode="sample", sampler=sampler, steps=steps, seed=seed),
+    )
     mean, cov = wiener_fit(data.train)
     timed("wiener", lambda: wiener(noisy, mean, cov, s_model))
     y = _unit(noisy)
@@ -206,8 +238,12 @@ def evaluate_sigma(sigma: int, pipe: Any, data: Any, clean: torch.Tensor, tune_c
         tuning = time.perf_counter() - t0
         fn = tv if method == "tv" else nl_means
         kw = {k_: v for k_, v in params.items() if k_ != "train_psnr_db"}
-        timed(method, lambda fn=fn, kw=kw: _model(fn(y, s_unit, **kw)), tuned_on_train=params,
-              tuning_seconds=round(tuning, 1))
+        timed(
+            method,
+            lambda fn=fn, kw=kw: _model(fn(y, s_unit, **kw)),
+            tuned_on_train=params,
+            tuning_seconds=round(tuning, 1),
+        )
     if has["pywt"]:
         timed("wavelet_bayes", lambda: _model(wavelet(y, s_unit, "BayesShrink")))
         timed("wavelet_visu", lambda: _model(wavelet(y, s_unit, "VisuShrink")))
@@ -228,10 +264,18 @@ def _importable(name: str) -> bool:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 48 images, 2 samples of 4 steps, small grids")
-    ap.add_argument("--checkpoint", type=Path, default=None,
-                    help="run folder of a digits model (default: digits.py's outputs/quality/digits-run)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: on a shared 2-core machine 2 threads oversubscribe)")
+    ap.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="run folder of a digits model (default: digits.py's outputs/quality/digits-run)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared 2-core machine 2 threads oversubscribe)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/quality)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -244,16 +288,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = load_data("digits")
     n = QUICK_IMAGES if args.quick else len(data.test)
     clean = data.test[:n]
-    tune_clean = data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))
-                            [: QUICK_TUNE_IMAGES if args.quick else TUNE_IMAGES]]
+    tune_clean = data.train[
+        torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[
+            : QUICK_TUNE_IMAGES if args.quick else TUNE_IMAGES
+        ]
+    ]
     has = {"pywt": _importable("pywt"), "bm3d": _importable("bm3d")}
     report: dict[str, Any] = {
-        "machine": machine(), "quick": args.quick, "model": model_info, "dataset": DATASETS["digits"], "n": n,
-        "sigmas_0_255": list(SIGMAS), "sampling": sampling, "target": TARGET, "available": has,
+        "machine": machine(),
+        "quick": args.quick,
+        "model": model_info,
+        "dataset": DATASETS["digits"],
+        "n": n,
+        "sigmas_0_255": list(SIGMAS),
+        "sampling": sampling,
+        "target": TARGET,
+        "available": has,
         "psnr": "dB, data range 2 on [-1, 1] = data range 255 on 0..255; outputs clipped to the range",
         "ssim": "diffcore.metrics.ssim, data range 2, Gaussian window 7x7 (sigma 1.5) on 8x8 images",
         "noise": f"y = x + (2 sigma / 255) n, torch seed {NOISE_SEED} + sigma; tuning on {len(tune_clean)} train "
-                 f"images with seed {TUNE_SEED} + sigma; y not clipped",
+        f"images with seed {TUNE_SEED} + sigma; y not clipped",
     }
     if not has["bm3d"]:
         print("[denoise] bm3d is not installed: BM3D is left out", flush=True)
@@ -261,13 +315,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for sigma in SIGMAS:
         res, outs = evaluate_sigma(sigma, pipe, data, clean, tune_clean, sampling, has)
         report[f"sigma_{sigma}"] = res
-        rows += [outs[name][:k] for name in ("noisy", "wiener", "diffcore_mmse",
-                                             f"diffcore_mean_k{sampling['samples']}",
-                                              "diffcore_sample")]
+        rows += [
+            outs[name][:k]
+            for name in ("noisy", "wiener", "diffcore_mmse", f"diffcore_mean_k{sampling['samples']}", "diffcore_sample")
+        ]
     save_grid(torch.cat(rows), folder / "denoise.png", nrow=k)
-    report["png_rows"] = ["clean"] + [f"sigma {s}: {r}" for s in SIGMAS for r in
-                                      ("noisy", "wiener", "diffcore_mmse", f"diffcore_mean_k{sampling['samples']}",
-                                       "diffcore_sample")]
+    report["png_rows"] = ["clean"] + [
+        f"sigma {s}: {r}"
+        for s in SIGMAS
+        for r in ("noisy", "wiener", "diffcore_mmse", f"diffcore_mean_k{sampling['samples']}", "diffcore_sample")
+    ]
     report["verdict"] = verdict(report)
     report["seconds"] = round(time.perf_counter() - started, 1)
     out = folder / "denoise.json"
@@ -289,16 +346,19 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         best = max((m for m in CLASSICAL if m in res), key=lambda m: res[m]["psnr_db"])
         out[f"best_classical_at_{sigma}"] = {"method": best, "psnr_db": res[best]["psnr_db"]}
         out[f"mmse_beats_classical_at_{sigma}"] = res["diffcore_mmse"]["psnr_db"] > res[best]["psnr_db"]
-    out["met"] = out["mmse_at_least_20_db"] and all(out[f"mmse_beats_classical_at_{s}"]
-                                                    for s in TARGET["beat_classical_at"])
+    out["met"] = out["mmse_at_least_20_db"] and all(
+        out[f"mmse_beats_classical_at_{s}"] for s in TARGET["beat_classical_at"]
+    )
     return out
 
 
 def table(report: dict[str, Any]) -> str:
     """A markdown table: PSNR / SSIM per method and sigma."""
     methods = [m for m in report[f"sigma_{SIGMAS[0]}"] if not m.startswith("noisy")]
-    lines = ["| method | " + " | ".join(f"sigma {s}: PSNR dB / SSIM" for s in SIGMAS) + " |",
-             "|---|" + "---|" * len(SIGMAS)]
+    lines = [
+        "| method | " + " | ".join(f"sigma {s}: PSNR dB / SSIM" for s in SIGMAS) + " |",
+        "|---|" + "---|" * len(SIGMAS),
+    ]
     for m in ["noisy", *methods]:
         cells = [f"{report[f'sigma_{s}'][m]['psnr_db']:.2f} / {report[f'sigma_{s}'][m]['ssim']:.3f}" for s in SIGMAS]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")

@@ -36,8 +36,15 @@ RECIPE: dict[str, Any] = {
     "dataset": "digits",
     "dataset_options": {"seed": 0, "holdout": 0.2},
     "model": "unet",
-    "model_config": {"base_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 2,
-                     "attention_resolutions": [], "num_heads": 4, "dropout": 0.0, "groups": 8},
+    "model_config": {
+        "base_channels": 32,
+        "channel_mult": [1, 2],
+        "num_res_blocks": 2,
+        "attention_resolutions": [],
+        "num_heads": 4,
+        "dropout": 0.0,
+        "groups": 8,
+    },
     "schedule": "squaredcos_cap_v2",  # cosine alpha_bar (Nichol & Dhariwal 2021)
     "schedule_options": {"num_train_timesteps": 1000},
     "prediction": "v_prediction",
@@ -59,10 +66,10 @@ RECIPE: dict[str, Any] = {
 }
 # How samples are drawn and scored (fixed before looking at any score of the final run).
 EVAL: dict[str, Any] = {
-    "n_samples": 1000,          # per configuration, labels 0..9 cycling (100 per class)
-    "seed": 0,                  # generation seed (initial noise and in-kernel sampler noise)
+    "n_samples": 1000,  # per configuration, labels 0..9 cycling (100 per class)
+    "seed": 0,  # generation seed (initial noise and in-kernel sampler noise)
     "timestep_spacing": "trailing",
-    "guidance": 1.0,            # the headline guidance scale (1 = the conditional model, no CFG)
+    "guidance": 1.0,  # the headline guidance scale (1 = the conditional model, no CFG)
     "guidance_scales": [0.0, 1.0, 2.0, 3.0],  # 0 = the unconditional model (null label)
     "dpmpp_2m_steps": [10, 20, 50],
     "other_samplers_at_20": ["euler", "heun", "ddim", "unipc", "lms", "euler_ancestral", "dpmpp_2m_sde"],
@@ -87,18 +94,33 @@ def _set(recipe: dict[str, Any], assignment: str) -> None:
         recipe[node] = value
 
 
-def generate_and_score(pipe: Any, ev: Any, data: Any, *, n: int, sampler: str, steps: int,
-                       guidance: float | None, seed: int, spacing: str) -> tuple[dict[str, Any], torch.Tensor]:
+def generate_and_score(
+    pipe: Any, ev: Any, data: Any, *, n: int, sampler: str, steps: int, guidance: float | None, seed: int, spacing: str
+) -> tuple[dict[str, Any], torch.Tensor]:
     """Generate ``n`` samples for balanced labels and score them. Guidance 1 is the conditional
     model itself (uncond + 1 * (cond - uncond) = cond), so it runs without the extra branch."""
     labels = balanced_labels(data.num_classes, n)
     t0 = time.perf_counter()
     scale = None if guidance == 1.0 else guidance
-    x = pipe.generate(n, sampler=sampler, steps=steps, class_labels=labels, guidance_scale=scale,
-                      seed=seed, batch_size=500, timestep_spacing=spacing)
+    x = pipe.generate(
+        n,
+        sampler=sampler,
+        steps=steps,
+        class_labels=labels,
+        guidance_scale=scale,
+        seed=seed,
+        batch_size=500,
+        timestep_spacing=spacing,
+    )
     seconds = time.perf_counter() - t0
-    row = {"sampler": sampler, "steps": steps, "guidance": guidance, **ev.score(x, labels, data),
-           "sample_seconds": round(seconds, 2), "out_of_range_fraction": float((x.abs() > 1).float().mean())}
+    row = {
+        "sampler": sampler,
+        "steps": steps,
+        "guidance": guidance,
+        **ev.score(x, labels, data),
+        "sample_seconds": round(seconds, 2),
+        "out_of_range_fraction": float((x.abs() > 1).float().mean()),
+    }
     print(json.dumps(row), flush=True)
     return row, x
 
@@ -124,8 +146,9 @@ def sweep(pipe: Any, ev: Any, data: Any, ev_cfg: dict[str, Any]) -> tuple[list[d
     return rows, main_x
 
 
-def summary(report: dict[str, Any], rows: list[dict[str, Any]], ev_cfg: dict[str, Any],
-            n_heldout: int) -> dict[str, Any]:
+def summary(
+    report: dict[str, Any], rows: list[dict[str, Any]], ev_cfg: dict[str, Any], n_heldout: int
+) -> dict[str, Any]:
     """The headline configuration's scores against :data:`TARGETS`."""
     g_main = ev_cfg["guidance"]
 
@@ -143,9 +166,14 @@ def summary(report: dict[str, Any], rows: list[dict[str, Any]], ev_cfg: dict[str
     }
     return {
         "headline": f"dpmpp_2m, 20 steps, guidance {g_main:g}, {ev_cfg['n_samples']} samples vs {n_heldout} held-out",
-        **{k: {"value": v, "target": f"{op} {TARGETS[k]}",
-               "met": None if v is None else (v <= TARGETS[k] if op == "<=" else v >= TARGETS[k])}
-           for k, (v, op) in checks.items()},
+        **{
+            k: {
+                "value": v,
+                "target": f"{op} {TARGETS[k]}",
+                "met": None if v is None else (v <= TARGETS[k] if op == "<=" else v >= TARGETS[k]),
+            }
+            for k, (v, op) in checks.items()
+        },
         "fd_real_vs_real": report["baselines"]["real_vs_real"]["fd_train_subset_vs_heldout"],
         "fd_gaussian_mixture": report["baselines"]["gaussian_mixture"]["fd"],
     }
@@ -153,9 +181,14 @@ def summary(report: dict[str, Any], rows: list[dict[str, Any]], ev_cfg: dict[str
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = class_run_parser(__doc__, RECIPE["steps"], CACHE_DIR / "digits-run", THREADS)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                    help="override a recipe entry (experiments; the JSON records it), e.g. lr=5e-4 "
-                         "or model_config.base_channels=64")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a recipe entry (experiments; the JSON records it), e.g. lr=5e-4 "
+        "or model_config.base_channels=64",
+    )
     ap.add_argument("--eval-only", action="store_true", help="score the checkpoint in --run-dir")
     ap.add_argument("--light", action="store_true", help="score only guidance 1 with dpmpp_2m (experiments)")
     args = ap.parse_args(argv)
@@ -170,13 +203,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ev_cfg.update(guidance_scales=[ev_cfg["guidance"]], other_samplers_at_20=[])
     if args.quick:
         recipe.update(steps=args.steps or 20, batch_size=32, warmup_steps=5)
-        ev_cfg.update(n_samples=100, guidance_scales=[1.0], dpmpp_2m_steps=[10, 20], other_samplers_at_20=[],
-                      grid_per_class=4)
+        ev_cfg.update(
+            n_samples=100, guidance_scales=[1.0], dpmpp_2m_steps=[10, 20], other_samplers_at_20=[], grid_per_class=4
+        )
     # one checkpoint at the end: no I/O in the timing
     recipe.update(checkpoint_every=recipe["steps"], log_every=min(recipe["log_every"], recipe["steps"]))
     name = "digits_quick" if args.quick else "digits"
-    report: dict[str, Any] = {"benchmark": "digits 8x8, class-conditional", "machine": machine(),
-                              "recipe": recipe, "eval": ev_cfg, "targets": TARGETS, "argv": argv or sys.argv[1:]}
+    report: dict[str, Any] = {
+        "benchmark": "digits 8x8, class-conditional",
+        "machine": machine(),
+        "recipe": recipe,
+        "eval": ev_cfg,
+        "targets": TARGETS,
+        "argv": argv or sys.argv[1:],
+    }
 
     if args.eval_only:
         from diffcore.pipeline import Pipeline

@@ -45,15 +45,37 @@ DATASETS: dict[str, dict[str, Any]] = {
     "digits": {"dataset": "digits", "options": {"seed": 0, "holdout": 0.2}},
     "mnist": {
         "dataset": "mnist-idx",
-        "options": {"images": str(MNIST_DIR / "t10k-images-idx3-ubyte.gz"),
-                    "labels": str(MNIST_DIR / "t10k-labels-idx1-ubyte.gz"), "seed": 0, "holdout": 0.2},
+        "options": {
+            "images": str(MNIST_DIR / "t10k-images-idx3-ubyte.gz"),
+            "labels": str(MNIST_DIR / "t10k-labels-idx1-ubyte.gz"),
+            "seed": 0,
+            "holdout": 0.2,
+        },
     },
 }
 RECIPES: dict[str, dict[str, Any]] = {
-    "digits": {"channels": [16, 32], "pools": 1, "feature_dim": 64, "dropout": 0.3, "epochs": 30,
-               "batch_size": 64, "lr": 2e-3, "weight_decay": 1e-4, "seed": 0},
-    "mnist": {"channels": [16, 32], "pools": 2, "feature_dim": 64, "dropout": 0.3, "epochs": 8,
-              "batch_size": 128, "lr": 2e-3, "weight_decay": 1e-4, "seed": 0},
+    "digits": {
+        "channels": [16, 32],
+        "pools": 1,
+        "feature_dim": 64,
+        "dropout": 0.3,
+        "epochs": 30,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "weight_decay": 1e-4,
+        "seed": 0,
+    },
+    "mnist": {
+        "channels": [16, 32],
+        "pools": 2,
+        "feature_dim": 64,
+        "dropout": 0.3,
+        "epochs": 8,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "weight_decay": 1e-4,
+        "seed": 0,
+    },
 }
 
 
@@ -71,8 +93,9 @@ def load_evaluator(name: str, data: Any | None = None, cache_dir: Path = CACHE_D
     if name not in RECIPES:
         raise ValueError(f"evaluator {name!r}: expected one of {sorted(RECIPES)}")
     data = data if data is not None else load_data(name)
-    ev = evaluation.load_evaluator(name, data, RECIPES[name], DATASETS[name],
-                                   Path(cache_dir) / f"evaluator-{name}.safetensors", verbose)
+    ev = evaluation.load_evaluator(
+        name, data, RECIPES[name], DATASETS[name], Path(cache_dir) / f"evaluator-{name}.safetensors", verbose
+    )
     if ev.accuracy < MIN_ACCURACY:
         raise RuntimeError(f"the {name} evaluator reaches {ev.accuracy:.4f} < {MIN_ACCURACY} held-out accuracy")
     return ev
@@ -82,8 +105,11 @@ def split_check(pipe: Any, name: str = "digits") -> dict[str, Any]:
     """Whether the model was trained on the evaluator's train split (else FD / NN vs held-out mislead)."""
     got = dict(pipe.dataset.get("meta", {}).get("options", {}))
     want = DATASETS[name]["options"]
-    same = pipe.dataset.get("name") == DATASETS[name]["dataset"] and got.get("limit") is None and all(
-        got.get(k) == v for k, v in want.items())
+    same = (
+        pipe.dataset.get("name") == DATASETS[name]["dataset"]
+        and got.get("limit") is None
+        and all(got.get(k) == v for k, v in want.items())
+    )
     return {"model_split": got, "evaluator_split": want, "matches": same}
 
 
@@ -97,8 +123,12 @@ def baselines(ev: Evaluator, data: Any, n: int, seed: int = 0) -> dict[str, Any]
     gmm = ev.score(evaluation.class_gaussian_samples(data, labels, seed), labels, data)
     subset = evaluation.real_fd(ev, data, n, seed)
     return {
-        "real_vs_real": {"fd_train_vs_heldout": frechet_distance(ev.features(data.train), ev.features(data.test)),
-                         "n_train": len(data.train), **subset, "heldout_accuracy": ev.accuracy},
+        "real_vs_real": {
+            "fd_train_vs_heldout": frechet_distance(ev.features(data.train), ev.features(data.test)),
+            "n_train": len(data.train),
+            **subset,
+            "heldout_accuracy": ev.accuracy,
+        },
         "gaussian_mixture": gmm,
     }
 
@@ -112,21 +142,31 @@ def loadavg() -> list[float]:
 
 
 def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "kernels": diffcore.ops.backend(), "loadavg_at_start": loadavg()}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "kernels": diffcore.ops.backend(),
+        "loadavg_at_start": loadavg(),
+    }
 
 
-def write_report(out: Path, report: dict[str, Any], only: list[str] | None = None, label: str = "parts",
-                 keep: tuple[str, ...] = ()) -> dict[str, Any]:
+def write_report(
+    out: Path, report: dict[str, Any], only: list[str] | None = None, label: str = "parts", keep: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Write a results JSON. With ``only`` (a partial run's entries) and an existing file, update
     those entries (and ``keep``: e.g. the recipes) in it and record the partial run under
     ``updated``; the other entries stay those of the last full run."""
     if only and out.exists():
         previous = json.loads(out.read_text())
         kept = {k: v for k, v in report.items() if k in only or k in keep}
-        report = {**previous, **kept,
-                  "updated": {label: only, "machine": report["machine"], "seconds": report["seconds"]}}
+        report = {
+            **previous,
+            **kept,
+            "updated": {label: only, "machine": report["machine"], "seconds": report["seconds"]},
+        }
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out} ({report.get('updated', report)['seconds']} s)")
     return report
@@ -180,12 +220,15 @@ def train_timed(recipe: dict[str, Any], out: Path) -> tuple[Any, dict[str, Any]]
         "wall_s": round(wall, 1),
         "images_per_s": round(steps * batch / wall, 1),
         "images_per_s_median_window": round(rates[len(rates) // 2], 1) if rates else None,
-        "steps": steps, "batch_size": batch, "images_seen": steps * batch,
+        "steps": steps,
+        "batch_size": batch,
+        "images_seen": steps * batch,
         "final_loss": round(sum(losses[-4:]) / len(losses[-4:]), 5) if losses else None,
         "rss_before_mib": before.get("rss_mib"),
         "peak_rss_mib": mem["peak_rss_mib"],
         "peak_rss_is_training_only": reset,
-        "loadavg_before": load0, "loadavg_after": loadavg(),
+        "loadavg_before": load0,
+        "loadavg_after": loadavg(),
     }
 
 
@@ -199,9 +242,13 @@ def class_run_parser(doc: str, steps: int, run_dir: Path, threads: int) -> argpa
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     ap.add_argument("--run-dir", type=Path, default=run_dir)
     ap.add_argument("--quick", action="store_true", help="smoke mode: a few steps, few samples")
-    ap.add_argument("--threads", type=int, default=threads,
-                    help=f"torch intra-op threads (default {threads}: as fast as 2 for these models, and "
-                         "robust when another job shares the cores)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=threads,
+        help=f"torch intra-op threads (default {threads}: as fast as 2 for these models, and "
+        "robust when another job shares the cores)",
+    )
     return ap
 
 
@@ -215,8 +262,9 @@ def score_setup(name: str, report: dict[str, Any], n: int) -> tuple[Any, Evaluat
     return data, ev
 
 
-def write_class_run(out: Path, name: str, report: dict[str, Any], samples: Tensor, per_class: int,
-                    scale: int) -> dict[str, Any]:
+def write_class_run(
+    out: Path, name: str, report: dict[str, Any], samples: Tensor, per_class: int, scale: int
+) -> dict[str, Any]:
     """Write ``name.json`` and ``name_samples.png`` (``per_class`` samples per row, one row per class,
     from ``samples`` generated for :func:`diffcore.evaluation.balanced_labels` over 10 classes)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -229,11 +277,11 @@ def write_class_run(out: Path, name: str, report: dict[str, Any], samples: Tenso
 
 
 def labeled_grid(x: Tensor, row_labels: list[str], path: Path, scale: int | None = None) -> Path:
-    """``diffcore.images.save_grid`` of (rows*cols, C, H, W) images, one row per label, with the
+    """``diffcore.io.save_grid`` of (rows*cols, C, H, W) images, one row per label, with the
     label written left of each row."""
     from PIL import Image, ImageDraw
 
-    from diffcore.images import save_grid
+    from diffcore.io import save_grid
 
     rows = len(row_labels)
     cols = len(x) // rows
@@ -252,8 +300,7 @@ def labeled_grid(x: Tensor, row_labels: list[str], path: Path, scale: int | None
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", choices=sorted(RECIPES), action="append",
-                    help="evaluator(s) to build (default: all)")
+    ap.add_argument("--dataset", choices=sorted(RECIPES), action="append", help="evaluator(s) to build (default: all)")
     ap.add_argument("--n", type=int, default=1000, help="Gaussian-mixture samples (default 1000)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR / "evaluator.json")
     args = ap.parse_args(argv)

@@ -26,15 +26,28 @@ RECIPE: dict[str, Any] = {
     **DIGITS_RECIPE,
     "dataset": "mnist-idx",
     "dataset_options": harness.DATASETS["mnist"]["options"],
-    "model_config": {"base_channels": 16, "channel_mult": [1, 2, 2], "num_res_blocks": 2,
-                     "attention_resolutions": [], "num_heads": 4, "dropout": 0.0, "groups": 8},
+    "model_config": {
+        "base_channels": 16,
+        "channel_mult": [1, 2, 2],
+        "num_res_blocks": 2,
+        "attention_resolutions": [],
+        "num_heads": 4,
+        "dropout": 0.0,
+        "groups": 8,
+    },
     "steps": 500,
     "batch_size": 64,
     "warmup_steps": 50,
     "ema_decay": 0.995,
 }
-EVAL: dict[str, Any] = {"n_samples": 1000, "seed": 0, "timestep_spacing": "trailing", "guidance_scales": [1.0, 3.0],
-                        "steps": 20, "grid_per_class": 10}
+EVAL: dict[str, Any] = {
+    "n_samples": 1000,
+    "seed": 0,
+    "timestep_spacing": "trailing",
+    "guidance_scales": [1.0, 3.0],
+    "steps": 20,
+    "grid_per_class": 10,
+}
 THREADS = 1  # see digits.py
 
 
@@ -51,9 +64,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ev_cfg.update(n_samples=50, guidance_scales=[1.0], steps=5, grid_per_class=2)
     recipe.update(checkpoint_every=recipe["steps"], log_every=min(recipe["log_every"], recipe["steps"]))
     name = "mnist_quick" if args.quick else "mnist"
-    report: dict[str, Any] = {"benchmark": "MNIST t10k 28x28, class-conditional (no target yet)",
-                              "machine": harness.machine(), "recipe": recipe, "eval": ev_cfg,
-                              "argv": argv or sys.argv[1:]}
+    report: dict[str, Any] = {
+        "benchmark": "MNIST t10k 28x28, class-conditional (no target yet)",
+        "machine": harness.machine(),
+        "recipe": recipe,
+        "eval": ev_cfg,
+        "argv": argv or sys.argv[1:],
+    }
     pipe, report["training"] = harness.train_timed(recipe, args.run_dir)
     print(json.dumps({"training": report["training"]}), flush=True)
 

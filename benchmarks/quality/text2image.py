@@ -31,7 +31,7 @@ import torch
 import diffcore
 from benchmarks.quality.evaluator import RESULTS_DIR, ROOT, load_data, load_evaluator, machine
 from diffcore.pipeline import Pipeline
-from diffcore.text import generate_from_prompts
+from diffcore.tasks.text2image import generate_from_prompts
 from diffcore.text.captions import caption_set
 
 SCALES = (0.0, 1.0, 3.0, 5.0)
@@ -41,17 +41,41 @@ QUICK_DIR = ROOT / "outputs" / "quality" / "text2image-quick"
 
 # One recipe for both encoders; only the encoder differs.
 RECIPE: dict[str, Any] = {
-    "train": {"steps": 1500, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100, "lr_schedule": "cosine",
-              "ema_decay": 0.999, "grad_clip": 1.0, "seed": 0, "text_dropout": 0.1, "log_every": 50,
-              "checkpoint_every": 500},
-    "unet": {"in_channels": 1, "image_size": 8, "base_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 2,
-             "attention_resolutions": [4], "groups": 8, "num_heads": 4},
+    "train": {
+        "steps": 1500,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "warmup_steps": 100,
+        "lr_schedule": "cosine",
+        "ema_decay": 0.999,
+        "grad_clip": 1.0,
+        "seed": 0,
+        "text_dropout": 0.1,
+        "log_every": 50,
+        "checkpoint_every": 500,
+    },
+    "unet": {
+        "in_channels": 1,
+        "image_size": 8,
+        "base_channels": 32,
+        "channel_mult": [1, 2],
+        "num_res_blocks": 2,
+        "attention_resolutions": [4],
+        "groups": 8,
+        "num_heads": 4,
+    },
     "encoders": {"builtin": {"dim": 128, "layers": 2, "heads": 4, "max_length": 16}, "minilm": {"max_length": 32}},
     "eval": {"sampler": "dpmpp_2m", "steps": 20, "n_per_prompt": 8, "train_prompts_per_digit": 24, "seed": 0},
 }
 QUICK: dict[str, Any] = {
-    "train": {**RECIPE["train"], "steps": 20, "batch_size": 16, "warmup_steps": 2, "log_every": 5,
-              "checkpoint_every": 20},
+    "train": {
+        **RECIPE["train"],
+        "steps": 20,
+        "batch_size": 16,
+        "warmup_steps": 2,
+        "log_every": 5,
+        "checkpoint_every": 20,
+    },
     "unet": {**RECIPE["unet"], "base_channels": 16, "num_res_blocks": 1},
     "encoders": {"builtin": {"dim": 32, "layers": 1, "heads": 2, "max_length": 16}, "minilm": {"max_length": 32}},
     "eval": {**RECIPE["eval"], "steps": 4, "n_per_prompt": 1, "train_prompts_per_digit": 4},
@@ -65,8 +89,12 @@ def minilm_available() -> bool:
 def train_or_reuse(encoder: str, recipe: dict[str, Any], out: Path, reuse: bool) -> tuple[Pipeline, float | None]:
     """Train text_unet with ``encoder`` (or load ``out`` when ``reuse`` and its recipe matches)."""
     stamp = out / "recipe.json"
-    wanted = {"encoder": encoder, "train": recipe["train"], "unet": recipe["unet"],
-              "encoder_config": recipe["encoders"][encoder]}
+    wanted = {
+        "encoder": encoder,
+        "train": recipe["train"],
+        "unet": recipe["unet"],
+        "encoder_config": recipe["encoders"][encoder],
+    }
     if reuse and stamp.exists() and json.loads(stamp.read_text()) == wanted:
         print(f"[text2image] reusing {out}", flush=True)
         return Pipeline.load(out), None
@@ -75,8 +103,15 @@ def train_or_reuse(encoder: str, recipe: dict[str, Any], out: Path, reuse: bool)
     print(f"[text2image] training text_unet + {encoder} for {steps} steps -> {out}", flush=True)
     start = time.perf_counter()
     pipe = diffcore.train(
-        "digits", "text_unet", steps, out, dataset_options={"seed": 0, "holdout": 0.2}, captions="digits",
-        text_dropout=dropout, sampler=recipe["eval"]["sampler"], sample_steps=recipe["eval"]["steps"],
+        "digits",
+        "text_unet",
+        steps,
+        out,
+        dataset_options={"seed": 0, "holdout": 0.2},
+        captions="digits",
+        text_dropout=dropout,
+        sampler=recipe["eval"]["sampler"],
+        sample_steps=recipe["eval"]["steps"],
         model_config={"unet": recipe["unet"], "encoder": {"name": encoder, "config": recipe["encoders"][encoder]}},
         **train,
     )
@@ -85,10 +120,19 @@ def train_or_reuse(encoder: str, recipe: dict[str, Any], out: Path, reuse: bool)
     return pipe, seconds
 
 
-def score_prompts(pipe: Pipeline, ev: Any, data: Any, prompts: list[str], labels: list[int], scale: float,
-                  ev_cfg: dict[str, Any], n: int) -> tuple[dict[str, Any], torch.Tensor]:
-    x = generate_from_prompts(pipe, prompts, n=n, guidance_scale=scale, sampler=ev_cfg["sampler"],
-                              steps=ev_cfg["steps"], seed=ev_cfg["seed"])
+def score_prompts(
+    pipe: Pipeline,
+    ev: Any,
+    data: Any,
+    prompts: list[str],
+    labels: list[int],
+    scale: float,
+    ev_cfg: dict[str, Any],
+    n: int,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    x = generate_from_prompts(
+        pipe, prompts, n=n, guidance_scale=scale, sampler=ev_cfg["sampler"], steps=ev_cfg["steps"], seed=ev_cfg["seed"]
+    )
     y = torch.tensor(labels).repeat_interleave(n)
     pred = ev.predict(x)
     correct = (pred == y).float()
@@ -97,8 +141,9 @@ def score_prompts(pipe: Pipeline, ev: Any, data: Any, prompts: list[str], labels
     return out, x
 
 
-def evaluate(pipe: Pipeline, ev: Any, data: Any, recipe: dict[str, Any],
-             scales: tuple[float, ...]) -> tuple[dict, dict]:
+def evaluate(
+    pipe: Pipeline, ev: Any, data: Any, recipe: dict[str, Any], scales: tuple[float, ...]
+) -> tuple[dict, dict]:
     """Per scale: held-out-paraphrase accuracy (also per template and digit) and training-prompt accuracy."""
     cs, cfg = caption_set("digits"), recipe["eval"]
     pairs = cs.heldout_pairs()
@@ -117,17 +162,23 @@ def evaluate(pipe: Pipeline, ev: Any, data: Any, recipe: dict[str, Any],
         per_template = {t: round(float(correct[:, k].mean()), 4) for k, t in enumerate(cs.heldout_templates)}
         held["per_template"] = per_template
         trained, _ = score_prompts(pipe, ev, data, train_prompts, train_labels.tolist(), scale, cfg, 1)
-        results[str(scale)] = {"heldout": held, "train_templates": {k: trained[k] for k in ("accuracy", "fd", "n")},
-                               "seconds": round(time.perf_counter() - t0, 1)}
+        results[str(scale)] = {
+            "heldout": held,
+            "train_templates": {k: trained[k] for k in ("accuracy", "fd", "n")},
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         grids[scale] = x
-        print(f"[text2image]   w={scale:g}: held-out accuracy {held['accuracy']:.3f}, training-template "
-              f"{trained['accuracy']:.3f}, FD {held['fd']:.2f} ({results[str(scale)]['seconds']} s)", flush=True)
+        print(
+            f"[text2image]   w={scale:g}: held-out accuracy {held['accuracy']:.3f}, training-template "
+            f"{trained['accuracy']:.3f}, FD {held['fd']:.2f} ({results[str(scale)]['seconds']} s)",
+            flush=True,
+        )
     return results, grids
 
 
 def save_grid_by_digit(x: torch.Tensor, pipe_prompts: list[tuple[str, int]], n: int, path: Path) -> None:
     """One row per digit: the samples of its first held-out paraphrase."""
-    from diffcore.images import save_grid
+    from diffcore.io import save_grid
 
     rows = [i for i, (p, y) in enumerate(pipe_prompts) if p == caption_set("digits").heldout_prompts(y)[0]]
     picked = torch.cat([x[i * n : (i + 1) * n] for i in rows])
@@ -179,9 +230,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     encoders = args.encoder or ["builtin", "minilm"]
     data = load_data("digits")
     ev = load_evaluator("digits", data)
-    report: dict[str, Any] = {"quick": args.quick, "recipe": recipe, "scales": list(SCALES), "target": TARGET,
-                              "machine": machine(), "evaluator_heldout_accuracy": ev.accuracy,
-                              "heldout_templates": list(caption_set("digits").heldout_templates), "encoders": {}}
+    report: dict[str, Any] = {
+        "quick": args.quick,
+        "recipe": recipe,
+        "scales": list(SCALES),
+        "target": TARGET,
+        "machine": machine(),
+        "evaluator_heldout_accuracy": ev.accuracy,
+        "heldout_templates": list(caption_set("digits").heldout_templates),
+        "encoders": {},
+    }
     for name in encoders:
         if name == "minilm" and not minilm_available():
             print("[text2image] skipping minilm: the optional extra 'text' is not installed", flush=True)
@@ -204,8 +262,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "scales": scales,
         }
         pairs = caption_set("digits").heldout_pairs()
-        save_grid_by_digit(grids[float(best)], pairs, recipe["eval"]["n_per_prompt"],
-                           out_dir / f"text2image_{name}.png")
+        save_grid_by_digit(
+            grids[float(best)], pairs, recipe["eval"]["n_per_prompt"], out_dir / f"text2image_{name}.png"
+        )
     if "minilm" in report["encoders"]:
         res = report["encoders"]["minilm"]
         report["target_met"] = res["best_heldout_accuracy"] >= TARGET and res["accuracy_rises_with_scale"]

@@ -28,8 +28,8 @@ from diffcore.evaluation.classifier import (
     train_evaluator,
 )
 from diffcore.evaluation.convergence import estimated_order, mixture_log_density, rms_error, sampler_errors
-from diffcore.evaluation.images import psnr_db
 from diffcore.evaluation.generation import balanced_labels, class_gaussian_samples, real_fd, train_subset
+from diffcore.evaluation.images import psnr_db
 
 __all__ = [
     "DETECTORS",

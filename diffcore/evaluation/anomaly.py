@@ -48,15 +48,20 @@ def _detector(method: str, seed: int, trees: int) -> Any:
     return OneClassSVM(gamma="scale", nu=0.1)
 
 
-def classical_scores(train: np.ndarray, test: np.ndarray, seed: int = 0, *, trees: int = 100,
-                     methods: Sequence[str] = DETECTORS) -> dict[str, np.ndarray]:
+def classical_scores(
+    train: np.ndarray, test: np.ndarray, seed: int = 0, *, trees: int = 100, methods: Sequence[str] = DETECTORS
+) -> dict[str, np.ndarray]:
     """Anomaly scores of the test rows (N, D) by the classical ``methods`` fitted on ``train``
     (M, D) (``trees``: IsolationForest's; ``seed``: its random state), in the order of ``methods``."""
     unknown = [m for m in methods if m not in DETECTORS]
     if unknown:
         raise ValueError(f"methods {unknown}: expected names from {list(DETECTORS)}")
-    return {m: nearest_train(train, test)[0].mean(axis=1) if m == "knn"
-            else -_detector(m, seed, trees).fit(train).score_samples(test) for m in methods}
+    return {
+        m: nearest_train(train, test)[0].mean(axis=1)
+        if m == "knn"
+        else -_detector(m, seed, trees).fit(train).score_samples(test)
+        for m in methods
+    }
 
 
 def classical_maps(train: Tensor, x: Tensor) -> dict[str, Tensor]:
@@ -70,8 +75,9 @@ def classical_maps(train: Tensor, x: Tensor) -> dict[str, Tensor]:
     return {"knn_reconstruction": (knn - x).abs().mean(dim=1), "pca_reconstruction": (rec - x).abs().mean(dim=1)}
 
 
-def normal_split(values: np.ndarray, anomalous: np.ndarray, train_fraction: float,
-                 seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def normal_split(
+    values: np.ndarray, anomalous: np.ndarray, train_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The semi-supervised split of rows ``values`` (N, D) with boolean ``anomalous`` (N,):
     ``train_fraction`` of the normal rows (shuffled by ``seed``) for training; the test set is the
     other normal rows, then every anomaly. Returns (train rows, test rows, test labels: 1 = anomaly)."""

@@ -32,8 +32,9 @@ class SmallCNN(nn.Module):
     """Two 3x3 conv layers (the last ``pools`` followed by 2x2 max-pooling), a ``feature_dim``
     ReLU layer (the FD features) and a linear head. Input (B, 1, H, W) in [-1, 1]."""
 
-    def __init__(self, image_size: int, num_classes: int, channels: list[int], pools: int, feature_dim: int,
-                 dropout: float) -> None:
+    def __init__(
+        self, image_size: int, num_classes: int, channels: list[int], pools: int, feature_dim: int, dropout: float
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin, size = 1, image_size
@@ -50,8 +51,14 @@ class SmallCNN(nn.Module):
     @classmethod
     def for_data(cls, data: Any, recipe: dict[str, Any]) -> SmallCNN:
         """The network ``recipe`` describes for the images and classes of ``data``."""
-        return cls(data.train.shape[-1], data.num_classes, recipe["channels"], recipe["pools"],
-                   recipe["feature_dim"], recipe["dropout"])
+        return cls(
+            data.train.shape[-1],
+            data.num_classes,
+            recipe["channels"],
+            recipe["pools"],
+            recipe["feature_dim"],
+            recipe["dropout"],
+        )
 
     def features(self, x: Tensor) -> Tensor:
         return self.hidden(self.conv(x))
@@ -132,16 +139,28 @@ def train_evaluator(data: Any, recipe: dict[str, Any]) -> tuple[SmallCNN, dict[s
             sched.step()
     net.eval()
     with torch.no_grad():
-        acc = float((torch.cat([net(data.test[i : i + 1000]).argmax(1) for i in range(0, len(data.test), 1000)])
-                     == data.test_labels).float().mean())
+        acc = float(
+            (
+                torch.cat([net(data.test[i : i + 1000]).argmax(1) for i in range(0, len(data.test), 1000)])
+                == data.test_labels
+            )
+            .float()
+            .mean()
+        )
     raw = _raw_features(net, x)
     scale = (raw.shape[1] / float(torch.cov(raw.T).trace())) ** 0.5
-    return net, {"heldout_accuracy": acc, "feature_scale": scale, "train_seconds": round(time.perf_counter() - t0, 1),
-                 "n_train": len(x), "n_heldout": len(data.test)}
+    return net, {
+        "heldout_accuracy": acc,
+        "feature_scale": scale,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "n_train": len(x),
+        "n_heldout": len(data.test),
+    }
 
 
-def load_evaluator(name: str, data: Any, recipe: dict[str, Any], dataset: dict[str, Any], file: str | Path,
-                   verbose: bool = True) -> Evaluator:
+def load_evaluator(
+    name: str, data: Any, recipe: dict[str, Any], dataset: dict[str, Any], file: str | Path, verbose: bool = True
+) -> Evaluator:
     """The evaluator ``name`` for ``data``: from ``file`` when it holds the same ``recipe`` and
     ``dataset`` (a JSON description of the data and its split), else trained and saved there."""
     file = Path(file)

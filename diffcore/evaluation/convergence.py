@@ -55,10 +55,21 @@ def _counted(model: Callable[..., Tensor]) -> tuple[Callable[..., Tensor], list[
     return wrapped, calls
 
 
-def sampler_errors(gm: GaussianMixture, schedule: Any, sampler: str, x_T: Tensor, reference: Tensor,
-                   steps: Sequence[int], *, sigma_min: float, sigma_max: float, rho: float = 7.0,
-                   prediction: str = "epsilon", options: dict[str, Any] | None = None,
-                   tick: Callable[[str], None] | None = None) -> tuple[list[float], list[int]]:
+def sampler_errors(
+    gm: GaussianMixture,
+    schedule: Any,
+    sampler: str,
+    x_T: Tensor,
+    reference: Tensor,
+    steps: Sequence[int],
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+    prediction: str = "epsilon",
+    options: dict[str, Any] | None = None,
+    tick: Callable[[str], None] | None = None,
+) -> tuple[list[float], list[int]]:
     """RMS errors of ``sampler`` against ``reference`` (the ODE solution at ``sigma_min`` of the
     noise ``x_T * sigma_max``), and its model evaluations, for each step count in ``steps``.
 
@@ -70,8 +81,15 @@ def sampler_errors(gm: GaussianMixture, schedule: Any, sampler: str, x_T: Tensor
         if tick is not None:
             tick(f"{sampler} {n} steps")
         model, calls = _counted(exact_model(gm, schedule, prediction=prediction))
-        x = diffcore.sample(model, x_T, sampler=sampler, schedule=schedule, prediction=prediction,
-                            sigmas=karras_sigmas(sigma_min, sigma_max, n + 1, rho), sampler_options=options)
+        x = diffcore.sample(
+            model,
+            x_T,
+            sampler=sampler,
+            schedule=schedule,
+            prediction=prediction,
+            sigmas=karras_sigmas(sigma_min, sigma_max, n + 1, rho),
+            sampler_options=options,
+        )
         errors.append(rms_error(x, reference))
         evaluations.append(calls[0])
     return errors, evaluations

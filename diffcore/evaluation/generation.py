@@ -55,5 +55,8 @@ def real_fd(evaluator: Any, data: Any, n: int, seed: int) -> dict[str, Any]:
     """FD of ``n`` real train images vs the held-out split in ``evaluator``'s features: the floor
     a perfect generator reaches with ``n`` samples."""
     subset = train_subset(data, n, seed)
-    return {"fd_train_subset_vs_heldout": frechet_distance(evaluator.features(subset), evaluator.features(data.test)),
-            "n_subset": len(subset), "n_heldout": len(data.test)}
+    return {
+        "fd_train_subset_vs_heldout": frechet_distance(evaluator.features(subset), evaluator.features(data.test)),
+        "n_subset": len(subset),
+        "n_heldout": len(data.test),
+    }

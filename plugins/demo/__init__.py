@@ -30,9 +30,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 @hookimpl
 def register_commands(cli: Any) -> None:
     p = cli.add_command("demo", "run the main job: train on the embedded digits, run all five tasks, write a report")
-    p.description = ("Train the demo models on the embedded digits data (or reuse them), run generation, "
-                     "text-to-image, image-to-image, denoising and anomaly detection, and write report.html / "
-                     "report.md to --out.")
+    p.description = (
+        "Train the demo models on the embedded digits data (or reuse them), run generation, "
+        "text-to-image, image-to-image, denoising and anomaly detection, and write report.html / "
+        "report.md to --out."
+    )
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (as used by the tests)")
     p.add_argument("--retrain", action="store_true", help="train the models again even when cached in --out/runs")

@@ -30,6 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from diffcore import ops
+from diffcore.evaluation import normal_split, pixel_classifier
 from diffcore_plugins.demo import study
 from diffcore_plugins.demo.figures import plot_losses
 from diffcore_plugins.demo.recipes import FULL, QUICK
@@ -37,13 +40,13 @@ from diffcore_plugins.demo.report import Report
 from diffcore_plugins.demo.runs import jsonable, log, prepare_out, train_or_reuse
 from diffcore_plugins.demo.stages import anomaly, denoising, generation, img2img, text2image
 
-from diffcore import ops
-from diffcore.evaluation import normal_split, pixel_classifier
-
 __all__ = ["breast_cancer_split", "main"]
 
-MODELS = {"digits": "class-conditional UNet (unconditional via the null label)",
-          "text": "text_unet + built-in encoder", "tabular": "MLP on benign breast-cancer rows"}
+MODELS = {
+    "digits": "class-conditional UNet (unconditional via the null label)",
+    "text": "text_unet + built-in encoder",
+    "tabular": "MLP on benign breast-cancer rows",
+}
 
 
 def breast_cancer_split(out: Path, seed: int = 0) -> dict[str, Any]:
@@ -66,15 +69,19 @@ def _report(data: Any, backend: str, quick: bool, recipes: dict[str, Any], train
     cpu, threads = platform.processor() or platform.machine(), torch.get_num_threads()
     machine_line = f"Kernel backend: {backend}. torch {torch.__version__}, {cpu}, {threads} torch thread(s)."
     quick_note = " QUICK MODE: tiny models and budgets, the numbers mean nothing." if quick else ""
-    rep = Report("diffcore demo", [
-        machine_line,
-        f"Data: scikit-learn's 8x8 handwritten digits ({len(data.train)} train / {len(data.test)} held-out) and "
-        "breast cancer table; every score below is on held-out data." + quick_note,
-    ])
+    rep = Report(
+        "diffcore demo",
+        [
+            machine_line,
+            f"Data: scikit-learn's 8x8 handwritten digits ({len(data.train)} train / {len(data.test)} held-out) and "
+            "breast cancer table; every score below is on held-out data." + quick_note,
+        ],
+    )
     s = rep.section("Training", "training")
-    s.table(["model", "what", "iterations", "train seconds"],
-            [[name, what, recipes[name]["steps"], training[name]["seconds"] or "reused"]
-             for name, what in MODELS.items()])
+    s.table(
+        ["model", "what", "iterations", "train seconds"],
+        [[name, what, recipes[name]["steps"], training[name]["seconds"] or "reused"] for name, what in MODELS.items()],
+    )
     s.figure("training_loss.png", "Training loss (metrics.jsonl of each run).", width=900)
     return rep
 
@@ -86,8 +93,10 @@ def _samplers(path: Path, rep: Report, quick: bool) -> dict[str, Any]:
     for name in ("samplers.png", "samples.png"):
         shutil.copyfile(path / "study" / name, path / f"study_{name}")
     s = rep.section("Samplers", "samplers")
-    s.text("Every deterministic sampler on a Gaussian mixture whose exact denoiser is known, against an RK4 solution "
-           "of the probability-flow ODE: error vs steps and the estimated order of convergence.")
+    s.text(
+        "Every deterministic sampler on a Gaussian mixture whose exact denoiser is known, against an RK4 solution "
+        "of the probability-flow ODE: error vs steps and the estimated order of convergence."
+    )
     s.table(["sampler", "estimated order"], [[k, v] for k, v in st.get("orders", {}).items()])
     s.figure("study_samplers.png", "Error vs steps per sampler.", width=560)
     s.figure("study_samples.png", "Samples of the stochastic samplers vs data.", width=700)
@@ -100,7 +109,7 @@ def main(out: str | Path = "outputs/demo", *, quick: bool = False, retrain: bool
 
     matplotlib.use("Agg")
     import diffcore
-    from diffcore.anomaly import standardize
+    from diffcore.tasks.anomaly import standardize
 
     path = prepare_out(out)
     cfg = QUICK if quick else FULL
@@ -112,17 +121,26 @@ def main(out: str | Path = "outputs/demo", *, quick: bool = False, retrain: bool
     log(f"kernel backend: {backend}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     runs = path / "runs"
     bc = breast_cancer_split(path)
-    recipes = {"digits": cfg["digits"], "text": cfg["text"],
-               "tabular": {**cfg["tabular"], "dataset": "tabular",
-                           "dataset_options": {"path": str(bc["path"]), "holdout": 0.1, "seed": 0}}}
+    recipes = {
+        "digits": cfg["digits"],
+        "text": cfg["text"],
+        "tabular": {
+            **cfg["tabular"],
+            "dataset": "tabular",
+            "dataset_options": {"path": str(bc["path"]), "holdout": 0.1, "seed": 0},
+        },
+    }
     pipes, training = {}, {}
     for name, recipe in recipes.items():
         pipes[name], training[name] = train_or_reuse(name, recipe, runs, retrain)
     plot_losses(runs, list(recipes), path / "training_loss.png")
     data = diffcore.get("datasets", "digits")(seed=0, holdout=0.2)
     clf = pixel_classifier(data.train, data.train_labels)
-    tab = {"train": standardize(pipes["tabular"], bc["raw_train"]),
-           "test": standardize(pipes["tabular"], bc["raw_test"]), "test_labels": bc["test_labels"]}
+    tab = {
+        "train": standardize(pipes["tabular"], bc["raw_train"]),
+        "test": standardize(pipes["tabular"], bc["raw_test"]),
+        "test_labels": bc["test_labels"],
+    }
     rep = _report(data, backend, quick, recipes, training)
     results: dict[str, Any] = {"kernel_backend": backend, "quick": quick, "training": training, "stage_seconds": {}}
     samples = cfg["samples"]

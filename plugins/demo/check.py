@@ -73,8 +73,17 @@ def find_browser() -> str | None:
 def browser_check(page: Path, browser: str, timeout: float = 60.0) -> dict[str, Any]:
     """Open ``page`` in headless Chromium; returns ``{"total", "ok", "broken"}`` as the page counted them."""
     with tempfile.TemporaryDirectory() as profile:
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-               f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()]
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     body = re.search(r"<body([^>]*)>", proc.stdout)
     if proc.returncode != 0 or body is None:
@@ -82,8 +91,11 @@ def browser_check(page: Path, browser: str, timeout: float = 60.0) -> dict[str, 
     attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body.group(1)))
     if "data-images-total" not in attrs:
         raise RuntimeError(f"{page}: the page's load script did not run in {browser} (no data-images-total)")
-    return {"total": int(attrs["data-images-total"]), "ok": int(attrs["data-images-ok"]),
-            "broken": attrs.get("data-images-broken", "").split()}
+    return {
+        "total": int(attrs["data-images-total"]),
+        "ok": int(attrs["data-images-ok"]),
+        "broken": attrs.get("data-images-broken", "").split(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(str(exc))
         else:
             if seen["total"] != n or seen["ok"] != n:
-                problems.append(f"Chromium loaded {seen['ok']} of {seen['total']} images (page has {n}); "
-                                f"broken: {seen['broken']}")
+                problems.append(
+                    f"Chromium loaded {seen['ok']} of {seen['total']} images (page has {n}); broken: {seen['broken']}"
+                )
             else:
                 print(f"check: Chromium ({Path(browser).name}) loaded all {n} images of {args.page}")
     for p in problems:

@@ -15,8 +15,9 @@ from torch import Tensor
 __all__ = ["plot_histograms", "plot_losses", "plot_roc", "strip_figure"]
 
 
-def strip_figure(rows: list[tuple[str, Tensor]], path: Path, title: str, *, cell: float = 0.55,
-                 cmap: str = "gray") -> Path:
+def strip_figure(
+    rows: list[tuple[str, Tensor]], path: Path, title: str, *, cell: float = 0.55, cmap: str = "gray"
+) -> Path:
     """One labelled row of images per entry (images (N, C, H, W) in [-1, 1]) in one PNG."""
     import matplotlib.pyplot as plt
 
@@ -25,8 +26,14 @@ def strip_figure(rows: list[tuple[str, Tensor]], path: Path, title: str, *, cell
     title_h, gap = 0.35, 0.04
     width, height = label_w + 0.05 + ncol * (cell + gap), title_h + len(rows) * (cell + gap)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(width, height), squeeze=False)
-    fig.subplots_adjust(left=label_w / width, right=1 - 0.05 / width, top=1 - title_h / height, bottom=0.02 / height,
-                        wspace=gap / cell, hspace=gap / cell)
+    fig.subplots_adjust(
+        left=label_w / width,
+        right=1 - 0.05 / width,
+        top=1 - title_h / height,
+        bottom=0.02 / height,
+        wspace=gap / cell,
+        hspace=gap / cell,
+    )
     for r, (label, x) in enumerate(rows):
         imgs = ((x.detach().float().clamp(-1, 1) + 1) / 2).cpu()
         for c in range(ncol):
@@ -65,8 +72,9 @@ def plot_losses(runs: Path, names: list[str], path: Path) -> Path:
     return path
 
 
-def plot_histograms(panels: list[tuple[np.ndarray, np.ndarray, str]], path: Path,
-                    threshold: float | None = None) -> Path:
+def plot_histograms(
+    panels: list[tuple[np.ndarray, np.ndarray, str]], path: Path, threshold: float | None = None
+) -> Path:
     """Per panel (scores, 0/1 labels, title): the score histograms of the normal and anomalous
     items; ``threshold`` is drawn as a dashed line on the first panel."""
     import matplotlib.pyplot as plt

@@ -119,9 +119,15 @@ class Report:
     # ------------------------------------------------------------------ HTML
     def html(self) -> str:
         e = html.escape
-        parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-                 f"<title>{e(self.title)}</title>", f"<style>{_STYLE}</style>", f"<script>{_SCRIPT}</script>",
-                 "</head><body>", f"<h1>{e(self.title)}</h1>"]
+        parts = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{e(self.title)}</title>",
+            f"<style>{_STYLE}</style>",
+            f"<script>{_SCRIPT}</script>",
+            "</head><body>",
+            f"<h1>{e(self.title)}</h1>",
+        ]
         parts += [f'<p class="meta">{e(p)}</p>' for p in self.intro]
         parts.append("<nav>" + "".join(f'<a href="#{e(s.anchor)}">{e(s.title)}</a>' for s in self.sections) + "</nav>")
         for s in self.sections:
@@ -136,8 +142,10 @@ class Report:
                     parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
                 else:
                     style = f' style="width:{it.width}px"' if it.width else ""
-                    parts.append(f'<figure><img src="{e(it.file)}" alt="{e(it.caption)}"{style}>'
-                                 f"<figcaption>{e(it.caption)}</figcaption></figure>")
+                    parts.append(
+                        f'<figure><img src="{e(it.file)}" alt="{e(it.caption)}"{style}>'
+                        f"<figcaption>{e(it.caption)}</figcaption></figure>"
+                    )
         parts.append("</body></html>")
         return "\n".join(parts) + "\n"
 

@@ -32,13 +32,13 @@ def prepare_out(out: str | Path) -> Path:
     """
     path = Path(out)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"demo: --out {str(path)!r} exists and is not a directory")
+        raise ValueError(f"--out {str(path)!r} exists and is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
-        raise ValueError(f"demo: output folder '{path}' is not writable ({exc.strerror or exc})") from None
+        raise ValueError(f"output folder '{path}' is not writable ({exc.strerror or exc})") from None
     return path
 
 
@@ -62,8 +62,15 @@ def train_or_reuse(name: str, recipe: dict[str, Any], runs: Path, retrain: bool)
     steps = args.pop("steps")
     log(f"{name}: training {args['model']} for {steps} iterations -> {folder}")
     start = time.perf_counter()
-    pipe = diffcore.train(args.pop("dataset"), args.pop("model"), steps, folder,
-                          checkpoint_every=steps, log_every=max(1, min(50, steps // 4)), **args)
+    pipe = diffcore.train(
+        args.pop("dataset"),
+        args.pop("model"),
+        steps,
+        folder,
+        checkpoint_every=steps,
+        log_every=max(1, min(50, steps // 4)),
+        **args,
+    )
     seconds = time.perf_counter() - start
     stamp.write_text(json.dumps(recipe, indent=2) + "\n")
     return pipe, {"reused": False, "seconds": round(seconds)}

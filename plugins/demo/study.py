@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffcore_plugins.demo.runs import prepare_out
 from torch import Tensor
 
 import diffcore
@@ -31,6 +30,7 @@ from diffcore import ops
 from diffcore.analytic import GaussianMixture, exact_model
 from diffcore.evaluation import estimated_order, mixture_log_density, rms_error, sampler_errors
 from diffcore.schedules import EDMSchedule
+from diffcore_plugins.demo.runs import prepare_out
 
 DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m", "unipc", "lms")
 GALLERY = ("dpmpp_2m", "euler_ancestral", "dpmpp_2m_sde")
@@ -65,10 +65,11 @@ def accuracy_study(gm: GaussianMixture, cfg: StudyConfig, tick: Callable[[str], 
     errors: dict[str, list[float]] = {}
     evaluations: dict[str, list[int]] = {}
     for name in DETERMINISTIC:
-        errors[name], evaluations[name] = sampler_errors(gm, sched, name, x_T, ref, cfg.steps, sigma_min=SIGMA_MIN,
-                                                         sigma_max=SIGMA_MAX, rho=RHO, tick=tick)
-    fit = list(cfg.steps[-cfg.finest:])
-    orders = {name: estimated_order(fit, errs[-cfg.finest:]) for name, errs in errors.items()}
+        errors[name], evaluations[name] = sampler_errors(
+            gm, sched, name, x_T, ref, cfg.steps, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=RHO, tick=tick
+        )
+    fit = list(cfg.steps[-cfg.finest :])
+    orders = {name: estimated_order(fit, errs[-cfg.finest :]) for name, errs in errors.items()}
     return {
         "schedule": {**sched.config(), "prediction": "epsilon", "sigma_to": SIGMA_MIN},
         "reference": {
@@ -93,8 +94,9 @@ def gallery(gm: GaussianMixture, cfg: StudyConfig, tick: Callable[[str], None]) 
         tick(f"gallery {name}")
         g = torch.Generator().manual_seed(cfg.seed + 2 + i)
         x_T = torch.randn(cfg.gallery_points, gm.dim, dtype=torch.float64, generator=g)
-        out[name] = diffcore.sample(model, x_T, sampler=name, steps=cfg.gallery_steps, schedule=sched,
-                                    prediction="epsilon", generator=g)
+        out[name] = diffcore.sample(
+            model, x_T, sampler=name, steps=cfg.gallery_steps, schedule=sched, prediction="epsilon", generator=g
+        )
     return out
 
 
@@ -122,29 +124,47 @@ def plot_errors(study: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("sampler steps n (Heun: 2 model calls per step)")
     ax.set_ylabel("RMS error vs exact ODE solution")
     sched = study["schedule"]
-    ax.set_title("Sampler accuracy on an 8-Gaussian ring (exact model)\n"
-                 f"EDM \u03c3 {sched['sigma_max']:g}\u2192{sched['sigma_to']:g}, Karras \u03c1={sched['rho']:g}, "
-                 f"{study['points']} points", fontsize=11)
+    ax.set_title(
+        "Sampler accuracy on an 8-Gaussian ring (exact model)\n"
+        f"EDM \u03c3 {sched['sigma_max']:g}\u2192{sched['sigma_to']:g}, Karras \u03c1={sched['rho']:g}, "
+        f"{study['points']} points",
+        fontsize=11,
+    )
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
-    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="sampler (estimated order)",
-              title_fontsize=9, frameon=False)
+    ax.legend(
+        fontsize=9,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        title="sampler (estimated order)",
+        title_fontsize=9,
+        frameon=False,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def plot_samples(samples: dict[str, Tensor], scores: dict[str, float], steps: int, gm: GaussianMixture,
-                 path: Path) -> None:
+def plot_samples(
+    samples: dict[str, Tensor], scores: dict[str, float], steps: int, gm: GaussianMixture, path: Path
+) -> None:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(samples), figsize=(3.3 * len(samples), 4.0), dpi=120, sharex=True, sharey=True,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(samples), figsize=(3.3 * len(samples), 4.0), dpi=120, sharex=True, sharey=True, layout="constrained"
+    )
     lim = float(gm.means.abs().max() + 5 * gm.stds.max())
     for i, (ax, (name, x)) in enumerate(zip(axes, samples.items())):
         pts = x.to(torch.float64).numpy()
-        ax.scatter(pts[:, 0], pts[:, 1], s=3, alpha=0.45, color="C0" if name == "data" else f"C{i + 1}",
-                   linewidths=0, rasterized=True)
+        ax.scatter(
+            pts[:, 0],
+            pts[:, 1],
+            s=3,
+            alpha=0.45,
+            color="C0" if name == "data" else f"C{i + 1}",
+            linewidths=0,
+            rasterized=True,
+        )
         ax.scatter(gm.means[:, 0], gm.means[:, 1], marker="+", s=40, color="k", linewidths=1)
         title = "real data" if name == "data" else f"{name}, {steps} steps"
         ax.set_title(f"{title}\nmean log p = {scores[name]:.3f}", fontsize=10)
@@ -152,8 +172,11 @@ def plot_samples(samples: dict[str, Tensor], scores: dict[str, float], steps: in
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
         ax.grid(True, alpha=0.25)
-    fig.suptitle('8-Gaussian ring: real data vs samples of the exact model on the "linear" schedule '
-                 "(+ = component means; log p under the true mixture)", fontsize=11)
+    fig.suptitle(
+        '8-Gaussian ring: real data vs samples of the exact model on the "linear" schedule '
+        "(+ = component means; log p under the true mixture)",
+        fontsize=11,
+    )
     fig.savefig(path)
     plt.close(fig)
 
@@ -184,7 +207,6 @@ def main(out: str | Path = "outputs/demo", *, quick: bool = False) -> dict[str, 
     start = time.perf_counter()
     total = 2 + len(DETERMINISTIC) * len(cfg.steps) + len(GALLERY) + 2
     with tqdm(total=total, desc="sampler study", unit="task", leave=True) as bar:
-
         started = [False]
 
         def tick(what: str) -> None:  # called before each task: the previous one is done
@@ -194,12 +216,14 @@ def main(out: str | Path = "outputs/demo", *, quick: bool = False) -> dict[str, 
             bar.set_postfix_str(what)
 
         study = accuracy_study(gm, cfg, tick)
-        study = {"data": {"mixture": "GaussianMixture.ring", **RING, "seed": cfg.seed}, "points": cfg.points,
-                 **study}
+        study = {"data": {"mixture": "GaussianMixture.ring", **RING, "seed": cfg.seed}, "points": cfg.points, **study}
         samples = gallery(gm, cfg, tick)
         scores = {name: float(mixture_log_density(gm, x).mean()) for name, x in samples.items()}
-        files = {"samplers_png": path / "samplers.png", "samples_png": path / "samples.png",
-                 "samplers_json": path / "samplers.json"}
+        files = {
+            "samplers_png": path / "samplers.png",
+            "samples_png": path / "samples.png",
+            "samplers_json": path / "samplers.json",
+        }
         tick("plot errors")
         plot_errors(study, files["samplers_png"])
         tick("plot samples")
@@ -207,8 +231,12 @@ def main(out: str | Path = "outputs/demo", *, quick: bool = False) -> dict[str, 
         bar.update(1)
     result = {
         **study,
-        "gallery": {"schedule": "linear", "steps": cfg.gallery_steps, "points": cfg.gallery_points,
-                    "mean_log_density": scores},
+        "gallery": {
+            "schedule": "linear",
+            "steps": cfg.gallery_steps,
+            "points": cfg.gallery_points,
+            "mean_log_density": scores,
+        },
         "kernel_backend": ops.backend(),
         "machine": {"processor": platform.processor() or platform.machine(), "torch": torch.__version__},
         "quick": quick,

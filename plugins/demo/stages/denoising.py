@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from diffcore.baselines import wiener, wiener_fit
+from diffcore.evaluation import psnr_db
+from diffcore.pipeline import Pipeline
+from diffcore.tasks.denoise import denoise
 from diffcore_plugins.demo.figures import strip_figure
 from diffcore_plugins.demo.recipes import SIGMAS
 from diffcore_plugins.demo.report import Report
 from diffcore_plugins.demo.runs import log
-
-from diffcore.baselines import wiener, wiener_fit
-from diffcore.denoise import denoise
-from diffcore.evaluation import psnr_db
-from diffcore.pipeline import Pipeline
 
 __all__ = ["run"]
 
@@ -37,10 +37,15 @@ def run(pipe: Pipeline, data: Any, cfg: dict[str, Any], out: Path, rep: Report) 
     rows.append(("clean", x[:8]))
     strip_figure(rows, out / "denoising.png", "denoising: noisy / diffcore (posterior mean) / Wiener, per sigma")
     s = rep.section("Denoising", "denoising")
-    s.text("The reverse process starts at the level whose noise equals sigma (x_t = sqrt(abar_t) y); the "
-           "posterior-mean (`mmse`) estimate is one model evaluation. CLI: `diffcore denoise --checkpoint "
-           "outputs/demo/runs/digits --input noisy.png --sigma 50`.")
+    s.text(
+        "The reverse process starts at the level whose noise equals sigma (x_t = sqrt(abar_t) y); the "
+        "posterior-mean (`mmse`) estimate is one model evaluation. CLI: `diffcore denoise --checkpoint "
+        "outputs/demo/runs/digits --input noisy.png --sigma 50`."
+    )
     s.figure("denoising.png", "Noisy / denoised / Wiener at sigma 25, 50, 75 (0..255 scale), then the clean images.")
-    s.table(["sigma (0..255)", "noisy PSNR", "diffcore mmse PSNR", "Wiener PSNR (baseline)"], table,
-            f"PSNR in dB over {m} held-out digits")
+    s.table(
+        ["sigma (0..255)", "noisy PSNR", "diffcore mmse PSNR", "Wiener PSNR (baseline)"],
+        table,
+        f"PSNR in dB over {m} held-out digits",
+    )
     return {str(k): v for k, v in res.items()}

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from diffcore.evaluation import label_accuracy
+from diffcore.pipeline import Pipeline
+from diffcore.tasks.text2image import generate_from_prompts
+from diffcore.text.captions import caption_set
 from diffcore_plugins.demo.figures import strip_figure
 from diffcore_plugins.demo.report import Report
 from diffcore_plugins.demo.runs import log
-
-from diffcore.evaluation import label_accuracy
-from diffcore.pipeline import Pipeline
-from diffcore.text import generate_from_prompts
-from diffcore.text.captions import caption_set
 
 __all__ = ["run"]
 
@@ -29,13 +28,22 @@ def run(pipe: Pipeline, clf: Any, cfg: dict[str, Any], out: Path, rep: Report) -
         if w == 3.0:
             shown = x
     show = [0, 3, 7, 9]
-    strip_figure([(f'"{prompts[k]}"', shown[k * n:(k + 1) * n]) for k in show], out / "text2image.png",
-                 "text-to-image, held-out paraphrases (never seen in training), guidance 3", cell=0.6)
+    strip_figure(
+        [(f'"{prompts[k]}"', shown[k * n : (k + 1) * n]) for k in show],
+        out / "text2image.png",
+        "text-to-image, held-out paraphrases (never seen in training), guidance 3",
+        cell=0.6,
+    )
     s = rep.section("Text-to-image", "text2image")
-    s.text("A text-conditioned UNet (cross-attention over the built-in encoder, trained with it; 10% null-text "
-           "dropout) draws the digit a prompt asks for. The prompts below are paraphrase templates held out of "
-           "training. CLI: `diffcore text2image \"a handwritten seven\" --checkpoint outputs/demo/runs/text`.")
+    s.text(
+        "A text-conditioned UNet (cross-attention over the built-in encoder, trained with it; 10% null-text "
+        "dropout) draws the digit a prompt asks for. The prompts below are paraphrase templates held out of "
+        'training. CLI: `diffcore text2image "a handwritten seven" --checkpoint outputs/demo/runs/text`.'
+    )
     s.figure("text2image.png", "One row per held-out prompt, guidance 3.")
-    s.table(["guidance scale", "accuracy on the prompted digit"], [[f"{w:g}", a] for w, a in acc.items()],
-            f"10 held-out prompts x {n} samples; same classifier as above")
+    s.table(
+        ["guidance scale", "accuracy on the prompted digit"],
+        [[f"{w:g}", a] for w, a in acc.items()],
+        f"10 held-out prompts x {n} samples; same classifier as above",
+    )
     return {"accuracy": {str(k): v for k, v in acc.items()}, "prompts": prompts}
