@@ -228,8 +228,10 @@ def task_parser(task: str, params_cls: type, description: str | None = None) -> 
 
 def add_params(parser: argparse.ArgumentParser, task: str, params_cls: type, *, positionals: bool = False) -> None:
     """Add one option per init field of the dataclass ``params_cls`` to ``parser`` (see
-    :func:`task_parser`); with ``positionals``, a field with ``metadata["positional"]`` is a
-    positional argument instead (``metadata["nargs"]``, ``metadata["metavar"]``)."""
+    :func:`task_parser`); with ``positionals``, a field with ``metadata["positional"]`` (True,
+    or the argument's own help text) is a positional argument instead (``metadata["nargs"]``,
+    ``metadata["metavar"]``). A help text that names no default gets ``(default: X)`` appended
+    for a default other than None."""
     hints = typing.get_type_hints(params_cls)
     for f in dataclasses.fields(params_cls):
         if not f.init:
@@ -240,9 +242,12 @@ def add_params(parser: argparse.ArgumentParser, task: str, params_cls: type, *, 
             kwargs["default"] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             kwargs["default"] = f.default_factory()
-        if "default" in kwargs:
+        if kwargs.get("default") is not None and "default" not in kwargs["help"]:
             kwargs["help"] = f"{kwargs['help']} (default: {kwargs['default']})".strip()
-        if positionals and f.metadata.get("positional"):
+        positional = f.metadata.get("positional") if positionals else None
+        if positional:
+            if isinstance(positional, str):
+                kwargs["help"] = positional
             parser.add_argument(
                 f.name,
                 type=convert,

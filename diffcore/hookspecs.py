@@ -84,5 +84,7 @@ def register_commands(cli: PluginCommands) -> None:
 
     :param cli: call ``cli.add_command(name, help)`` to get an ``argparse.ArgumentParser``,
         add arguments to it and ``parser.set_defaults(func=fn)`` where
-        ``fn(args: argparse.Namespace) -> int | None`` returns the exit code.
+        ``fn(args: argparse.Namespace) -> int | None`` returns the exit code; or call
+        ``cli.add_task(name, task, help)`` to get a command built from a task's ``Params``
+        dataclass that prints ``task.run(params)`` as JSON.
     """

@@ -116,9 +116,8 @@ class Text2ImageParams:
 
     prompts: str = field(
         metadata={
-            "help": "prompts separated by '|' (a list in Python); the text2image command "
-            'takes one or more, e.g. "a handwritten seven"',
-            "positional": True,
+            "help": "prompts separated by '|' (a list in Python)",
+            "positional": 'one or more prompts, e.g. "a handwritten seven"',
             "nargs": "*",
             "metavar": "PROMPT",
         }
