@@ -30,7 +30,8 @@ $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES) | $(VENV_PY)
 test: setup
 	$(VENV_PY) -m pytest -q -rs
 
-# The edit loop: everything but the tests marked @pytest.mark.slow (well under a minute on 2 cores).
+# The edit loop: everything but the tests marked @pytest.mark.slow (~1,230 of ~1,400 tests, under a minute on
+# 2 cores against the full suite's 3-4 minutes).
 test-fast: setup
 	$(VENV_PY) -m pytest -q -rs -m "not slow"
 
