@@ -1,7 +1,8 @@
 """Anomaly detection with a diffusion model trained on normal data only.
 
-- :mod:`.scores`: reconstruction scores (AnoDDPM) and diffusion-time estimates (DTE), the
-  default recipes per data kind, input checks and table standardization.
+- :mod:`.scores`: reconstruction scores (AnoDDPM), the default recipes per data kind, input
+  checks and table standardization.
+- :mod:`.dte`: diffusion-time estimates (DTE).
 - :mod:`.calibration`: thresholds fitted on normal scores (:class:`Calibration`).
 - :mod:`.noise`: simplex noise for partial diffusion of images.
 - :mod:`.task`: :func:`detect` (score, then label with a calibration) and the ``detect`` task.
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 from diffcore.tasks.anomaly.calibration import SCORE_SETTINGS, Calibration, check_settings
+from diffcore.tasks.anomaly.dte import dte_scores
 from diffcore.tasks.anomaly.noise import simplex_noise
 from diffcore.tasks.anomaly.scores import (
     ERRORS,
@@ -21,7 +23,6 @@ from diffcore.tasks.anomaly.scores import (
     Detection,
     check_input,
     depth_timesteps,
-    dte_scores,
     gaussian_blur,
     image_scores,
     recipe_for,

@@ -1,6 +1,6 @@
 """Anomaly detection with a diffusion model trained on normal data only.
 
-Two scores, both for images (B, C, H, W) in [-1, 1] and standardized tabular vectors (B, D):
+Scores for images (B, C, H, W) in [-1, 1] and standardized tabular vectors (B, D):
 
 - :func:`reconstruction_scores` (AnoDDPM, Wyatt et al. 2022): noise the input to a partial depth
   with Gaussian or simplex noise, denoise it with any registered sampler and compare. The
@@ -13,25 +13,12 @@ Two scores, both for images (B, C, H, W) in [-1, 1] and standardized tabular vec
   data; the score is its squared Mahalanobis distance and the map the per-feature standardized
   residual squared. On breast cancer it scored 0.010-0.020 AUROC above the absolute error
   (development seeds 10-12, benchmarks/quality/anomaly.py). For inputs of at most 4096 values.
-- :func:`dte_scores` (diffusion-time estimation, after Livernoche et al. 2024, "DTE"): how much
-  noise the model believes the input carries. DTE's analytic estimator reads the input as
-  ``x = x0 + sigma * eps`` with x0 its nearest training sample: the posterior over sigma^2 is
-  inverse-gamma with mode ``r^2 / d`` for a residual r in d dimensions. Here the trained denoiser
-  supplies the projection onto the data: x is noised to each level of a log-spaced grid, the
-  model's one-shot estimate x0hat compared with x, and the score is the diffusion time (a
-  fraction of the schedule) at which the residual falls below half the injected noise variance,
-  i.e. from which the model explains x as noised data; an input off the data by r crosses at
-  ``sigma ~ r / sqrt(d)``. No training sample is searched and no classifier trained. Two
-  estimators that were tried and dropped: the grid posterior with likelihood
-  ``N(x; x0hat_t, sigma_t^2 I)`` (where the model cannot resolve the noise the residual equals it,
-  and the ``-d log sigma`` term puts every input at the smallest level), and matching the implied
-  noise norm of the *un-noised* input to d (biased by the denoiser's shrinkage: on Gaussian data
-  it never reaches d).
 
-Both run in batches (with a tqdm bar); :func:`diffcore.tasks.anomaly.detect` labels their scores
-with a :class:`~diffcore.tasks.anomaly.Calibration`. Class-conditional models are used
-unconditionally (the null label). :func:`standardize` maps a raw table to model space with
-the training statistics stored in the checkpoint, refusing columns that differ from training.
+It runs in batches (with a tqdm bar), as :func:`diffcore.tasks.anomaly.dte.dte_scores` does;
+:func:`diffcore.tasks.anomaly.detect` labels their scores with a
+:class:`~diffcore.tasks.anomaly.Calibration`. Class-conditional models are used unconditionally
+(the null label). :func:`standardize` maps a raw table to model space with the training
+statistics stored in the checkpoint, refusing columns that differ from training.
 """
 
 from __future__ import annotations
@@ -49,7 +36,6 @@ from diffcore.pipeline import Pipeline
 from diffcore.schedules import EDMSchedule
 from diffcore.tasks.anomaly.noise import simplex_noise
 from diffcore.tasks.inputs import check_images, start_time
-from diffcore.timesteps import Level
 
 METHODS = ("recon", "dte")
 NOISES = ("gaussian", "simplex")
@@ -89,7 +75,7 @@ class Detection:
 # --------------------------------------------------------------------------- inputs
 
 
-def _sample_shape(pipe: Pipeline, x: Any) -> tuple[int, ...]:
+def sample_shape(pipe: Pipeline, x: Any) -> tuple[int, ...]:
     """The model's sample shape: the Pipeline's (or a bare model's config), else the input's own."""
     if pipe.shape is not None:
         return pipe.shape
@@ -184,13 +170,13 @@ def depth_timesteps(schedule: Any, depth: float | Sequence[float]) -> list[float
 # --------------------------------------------------------------------------- scores
 
 
-def _batches(n: int, batch_size: int) -> list[slice]:
+def batches(n: int, batch_size: int) -> list[slice]:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
     return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
-def _progress(total: int, desc: str, progress: bool | None) -> Any:
+def progress_bar(total: int, desc: str, progress: bool | None) -> Any:
     from tqdm import tqdm
 
     return tqdm(
@@ -203,7 +189,7 @@ def _progress(total: int, desc: str, progress: bool | None) -> Any:
     )
 
 
-def _pixel_map(err: Tensor) -> Tensor:
+def pixel_map(err: Tensor) -> Tensor:
     """(N, C, H, W) -> channel mean (N, H, W); vectors unchanged."""
     return err.mean(dim=1) if err.dim() == 4 else err
 
@@ -302,7 +288,7 @@ def reconstruction_scores(
     The noise of draw r at depth k is seeded from (seed, k, r) for the whole input, so scores do
     not depend on ``batch_size`` (for deterministic samplers). Returns a :class:`Detection`."""
     pipe = Pipeline.wrap(pipe_or_model, schedule, prediction)
-    shape = _sample_shape(pipe, x)
+    shape = sample_shape(pipe, x)
     x = check_input(x, shape).to(pipe.device)
     given = {"depth": depth, "repeats": repeats, "error": error, "sampler": sampler, "steps": steps}
     r = {**recipe_for(shape), **{k: v for k, v in given.items() if v is not None}}
@@ -310,8 +296,8 @@ def reconstruction_scores(
     reference = _check_reference(reference, r["error"], shape, x)
     starts = depth_timesteps(pipe.schedule, r["depth"])
     inputs = [x] if reference is None else [x, reference]
-    chunks = [_batches(v.shape[0], batch_size) for v in inputs]
-    with _progress(len(starts) * r["repeats"] * sum(len(c) for c in chunks), "reconstruct", progress) as bar:
+    chunks = [batches(v.shape[0], batch_size) for v in inputs]
+    with progress_bar(len(starts) * r["repeats"] * sum(len(c) for c in chunks), "reconstruct", progress) as bar:
         # the reference draws its own noise (seed offset): its statistics must not share x's draws
         totals = [
             _residual_sum(pipe, v, c, starts, noise, r, int(seed) + 104_729 * i, bar)
@@ -334,8 +320,8 @@ def reconstruction_scores(
     if reference is not None:
         scores, per_value = _mahalanobis(mean[0].flatten(1), mean[1].flatten(1))
         settings["reference_size"] = int(reference.shape[0])
-        return Detection(scores.cpu(), _pixel_map(per_value.reshape(x.shape)).cpu(), "recon", settings=settings)
-    maps = _pixel_map(mean[0])
+        return Detection(scores.cpu(), pixel_map(per_value.reshape(x.shape)).cpu(), "recon", settings=settings)
+    maps = pixel_map(mean[0])
     if smooth > 0 and maps.dim() == 3:
         maps = gaussian_blur(maps, float(smooth))
     return Detection(image_scores(maps, reduce), maps.cpu(), "recon", settings=settings)
@@ -397,107 +383,3 @@ def _mahalanobis(resid: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
     d = resid - mu
     scores = (d * torch.linalg.solve(cov, d.T).T).sum(dim=1)
     return scores, d**2 / cov.diagonal()
-
-
-_SIGMA_CAP = 50.0  # VE noise 50x the data scale is pure noise: no grid level beyond it
-
-
-def _levels(schedule: Any, n: int, t_max: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``n`` noise levels spaced uniformly in log sigma from the schedule's smallest level up to
-    the fraction ``t_max`` of it (at most sigma 50): (VE sigma, model time, alpha, std), float64."""
-    top = start_time(schedule, torch.tensor([float(t_max)], dtype=torch.float64))
-    if isinstance(schedule, EDMSchedule):
-        hi = min(float(top[0]), _SIGMA_CAP)
-        sigma = torch.logspace(math.log10(schedule.sigma_min * (1 + 1e-6)), math.log10(hi), n, dtype=torch.float64)
-        return sigma, sigma.clone(), torch.ones_like(sigma), sigma.clone()
-    train = schedule.train_sigmas()
-    t_hi = float(top[0])
-    lo = min(int(t_hi), train.shape[0] - 2)
-    hi = min(float(train[lo] + (t_hi - lo) * (train[lo + 1] - train[lo])), _SIGMA_CAP)
-    sigma = torch.logspace(math.log10(float(train[0])), math.log10(hi), n, dtype=torch.float64)
-    alpha = 1 / (1 + sigma**2).sqrt()
-    return sigma, schedule.sigma_to_t(sigma), alpha, sigma * alpha
-
-
-def _time_fraction(schedule: Any, sigma: Tensor) -> Tensor:
-    """VE sigma -> fraction of the schedule: t / (T - 1), or the position on EDM's Karras ramp."""
-    if isinstance(schedule, EDMSchedule):
-        lo, hi = schedule.sigma_min ** (1 / schedule.rho), schedule.sigma_max ** (1 / schedule.rho)
-        return ((sigma ** (1 / schedule.rho) - lo) / (hi - lo)).clamp(0, 1)
-    return schedule.sigma_to_t(sigma) / (schedule.num_train_timesteps - 1)
-
-
-def _scaled_residual(pipe: Pipeline, x: Tensor, z: Tensor, level: Level, sigma: float) -> Tensor:
-    """``(x - x0hat)^2 / sigma^2`` (float64, on the CPU) for x noised to ``level``,
-    ``alpha x + std z``, and the model's one-shot estimate x0hat from there."""
-    x0 = pipe.predict_x0(level.alpha * x + level.std * z, level)
-    return ((x.to(torch.float64) - x0.to(torch.float64)) ** 2 / sigma**2).cpu()
-
-
-@torch.no_grad()
-def dte_scores(
-    pipe_or_model: Pipeline | Callable[..., Tensor],
-    x: Tensor,
-    *,
-    levels: int = 25,
-    t_max: float = 1.0,
-    explained: float = 0.5,
-    seed: int = 0,
-    batch_size: int = 256,
-    progress: bool | None = None,
-    schedule: Any = None,
-    prediction: Any = None,
-) -> Detection:
-    """Diffusion-time estimation (see the module docstring): the noise level, as a fraction of
-    the schedule, from which the model explains ``x`` as noised data.
-
-    At each of ``levels`` noise levels (log-spaced from the schedule's smallest to the fraction
-    ``t_max``, sigma <= 50) x is noised, ``alpha x + std z`` (z seeded from ``seed``), and the
-    model's one-shot estimate x0hat compared with x: ``rho = ||x - x0hat||^2 / (d sigma^2)``, the
-    residual in units of the injected noise variance. Where the model cannot resolve the noise
-    rho ~ 1; once it explains the input as noised data the residual falls below ``explained``.
-    An input off the data by a distance r keeps ``r^2 / (d sigma^2)`` on top, so it crosses at
-    ``sigma ~ r / sqrt(d)``: DTE's estimate (the posterior mode of sigma^2 given a residual r is
-    ``r^2 / d``), with the model's projection in place of the nearest neighbour. The score is the
-    first crossing, interpolated in log sigma (1 if it never crosses); the map is the per-pixel
-    ``(x - x0hat)^2 / sigma^2`` at the crossing level (the last level if it never crosses)."""
-    pipe = Pipeline.wrap(pipe_or_model, schedule, prediction)
-    shape = _sample_shape(pipe, x)
-    x = check_input(x, shape).to(pipe.device)
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels={levels!r} must be an integer >= 2")
-    if not 0 < t_max <= 1:
-        raise ValueError(f"t_max={t_max!r} must be a fraction in (0, 1]")
-    if not 0 < explained < 1:
-        raise ValueError(f"explained={explained!r} must be in (0, 1)")
-    sigmas, times, alphas, stds = _levels(pipe.schedule, levels, t_max)
-    chunks = _batches(x.shape[0], batch_size)
-    n = x.shape[0]
-    log_sigma = torch.full((n,), math.nan, dtype=torch.float64)  # crossing level, NaN until found
-    prev_rho = torch.full((n,), math.nan, dtype=torch.float64)
-    maps = torch.zeros(x.shape, dtype=torch.float64)
-    with _progress(levels * len(chunks), "diffusion time", progress) as bar:
-        for k in range(levels):
-            level, sigma = Level(float(times[k]), float(alphas[k]), float(stds[k])), float(sigmas[k])
-            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + k)
-            z = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
-            rho_k = torch.empty(n, dtype=torch.float64)
-            for part in chunks:
-                r2 = _scaled_residual(pipe, x[part], z[part], level, sigma)
-                rho_k[part] = r2.flatten(1).sum(1) / math.prod(shape)
-                new = log_sigma[part].isnan() & ((rho_k[part] < explained) | (k == levels - 1))
-                maps[part] = torch.where(new.reshape(-1, *[1] * len(shape)), r2, maps[part])  # the last level if never
-                bar.update(1)
-            new = log_sigma.isnan() & (rho_k < explained)
-            if k == 0:
-                log_sigma[new] = math.log(sigma)
-            else:
-                lo = math.log(float(sigmas[k - 1]))
-                w = ((prev_rho - explained) / (prev_rho - rho_k)).clamp(0, 1)
-                log_sigma = torch.where(new, lo + w * (math.log(sigma) - lo), log_sigma)
-            prev_rho = rho_k
-    never = log_sigma.isnan()
-    scores = _time_fraction(pipe.schedule, log_sigma.nan_to_num(0.0).exp())
-    scores[never] = 1.0
-    settings = {"method": "dte", "levels": levels, "t_max": t_max, "explained": explained, "seed": seed}
-    return Detection(scores, _pixel_map(maps), "dte", settings=settings)

@@ -22,12 +22,12 @@ from diffcore import io
 from diffcore.pipeline import Pipeline
 from diffcore.tasks import as_json, load_pipeline
 from diffcore.tasks.anomaly.calibration import Calibration, check_settings
+from diffcore.tasks.anomaly.dte import dte_scores
 from diffcore.tasks.anomaly.scores import (
     ERRORS,
     METHODS,
     NOISES,
     Detection,
-    dte_scores,
     recipe_for,
     reconstruction_scores,
     standardize,
