@@ -49,7 +49,8 @@ ROUND_BUDGET_S, WARMUP_S = 2.0, 0.5
 # At 8M the reference backend runs only for three representative samplers (seconds per run).
 REFERENCE_AT_8M = ("ddim", "dpmpp_2m", "unipc")  # no history / one slot / three slots, two writes
 STEPS = 20  # sampler steps per timed run (heun: 2*STEPS-1 model calls)
-SAMPLERS = sorted(BUILTIN_SAMPLERS)  # the built-ins, not whatever plugins happen to be installed
+# the built-in coefficient-program samplers (dpm_adaptive picks its steps at run time), not plugins
+SAMPLERS = sorted(name for name, s in BUILTIN_SAMPLERS.items() if hasattr(s, "program"))
 BACKEND = ops.backend()  # the active one: native-cpu when the extension is built, unless forced
 BACKENDS = list(dict.fromkeys(["reference", BACKEND]))
 IMPLS = [
