@@ -33,7 +33,6 @@ Writes ``benchmarks/results/quality/anomaly.json``, ``anomaly_roc.png``, ``anoma
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -44,9 +43,10 @@ import numpy as np
 import torch
 
 import diffcore
-from benchmarks.quality.evaluator import CACHE_DIR, RESULTS_DIR, load_data, machine, write_report
+from benchmarks.quality.evaluator import CACHE_DIR, RESULTS_DIR, load_data, machine, task_parser, write_report
 from diffcore.baselines import add_defects
 from diffcore.evaluation import DETECTORS, auroc, classical_maps, classical_scores, normal_split
+from diffcore.evaluation.recipes import TABLE_MLP, TABLE_PREDICTION, TABLE_SCHEDULE, TABLE_TRAIN
 from diffcore.tasks import anomaly
 
 QUICK_DIR = CACHE_DIR / "anomaly-quick"
@@ -60,18 +60,9 @@ TARGET = {
 # Tabular recipe, fixed before the final run. Chosen on development seeds 10 and 11 of breast
 # cancer (not reported): absolute error averaged over depths 0.1-0.5 scored 0.936-0.960 there,
 # +0.004-0.008 over squared error at depth 0.2; 3000 steps, v-prediction or width 256 were no better.
-MLP = {"hidden": 128, "depth": 3}
-TAB_TRAIN = {
-    "steps": 1500,
-    "batch_size": 64,
-    "lr": 1e-3,
-    "warmup_steps": 50,
-    "lr_schedule": "cosine",
-    "ema_decay": 0.99,
-    "log_every": 10**6,
-    "checkpoint_every": 10**6,
-}
-TAB_SCHEDULE, TAB_PREDICTION = "squaredcos_cap_v2", "epsilon"
+MLP = TABLE_MLP
+TAB_TRAIN = {**TABLE_TRAIN, "log_every": 10**6, "checkpoint_every": 10**6}
+TAB_SCHEDULE, TAB_PREDICTION = TABLE_SCHEDULE, TABLE_PREDICTION
 TAB_RECON = anomaly.TABLE_RECIPE  # depths 0.1-0.5, 16 draws, abs error of the one-shot x0 prediction
 # Added after the first full run (where recon, abs error, scored 0.952 +- 0.005 on breast cancer vs
 # OneClassSVM 0.963 +- 0.002) and chosen on development seeds 10, 11, 12 before rerunning seeds 0-2:
@@ -430,16 +421,9 @@ def digits_figures(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: tiny models, few seeds and steps")
-    ap.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=DIGITS_RUN,
-        help="digits model (default: benchmarks/quality/digits.py's outputs/quality/digits-run)",
-    )
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1 on shared cores)")
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/quality)")
+    ap = task_parser(__doc__, "smoke run: tiny models, few seeds and steps")
+    checkpoint = "digits model (default: benchmarks/quality/digits.py's outputs/quality/digits-run)"
+    ap.add_argument("--checkpoint", type=Path, default=DIGITS_RUN, help=checkpoint)
     ap.add_argument(
         "--only",
         choices=("tabular", "images"),

@@ -37,7 +37,6 @@ method at sigma 50 and 75. Writes ``benchmarks/results/quality/denoise.json`` an
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -55,6 +54,7 @@ from benchmarks.quality.evaluator import (
     load_data,
     machine,
     split_check,
+    task_parser,
 )
 from diffcore.baselines import wiener, wiener_fit
 from diffcore.evaluation import psnr_db
@@ -262,21 +262,9 @@ def _importable(name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: 48 images, 2 samples of 4 steps, small grids")
-    ap.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="run folder of a digits model (default: digits.py's outputs/quality/digits-run)",
-    )
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: on a shared 2-core machine 2 threads oversubscribe)",
-    )
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/quality)")
+    ap = task_parser(__doc__, "smoke run: 48 images, 2 samples of 4 steps, small grids")
+    checkpoint = "run folder of a digits model (default: digits.py's outputs/quality/digits-run)"
+    ap.add_argument("--checkpoint", type=Path, default=None, help=checkpoint)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

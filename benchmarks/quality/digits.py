@@ -30,38 +30,21 @@ from benchmarks.quality.evaluator import (
     write_class_run,
 )
 from diffcore.evaluation import balanced_labels
+from diffcore.evaluation.recipes import DIGITS_TRAINING, DIGITS_UNET
 
 # The fixed recipe: all of it goes to diffcore.train and into the results JSON.
 RECIPE: dict[str, Any] = {
     "dataset": "digits",
     "dataset_options": {"seed": 0, "holdout": 0.2},
     "model": "unet",
-    "model_config": {
-        "base_channels": 32,
-        "channel_mult": [1, 2],
-        "num_res_blocks": 2,
-        "attention_resolutions": [],
-        "num_heads": 4,
-        "dropout": 0.0,
-        "groups": 8,
-    },
-    "schedule": "squaredcos_cap_v2",  # cosine alpha_bar (Nichol & Dhariwal 2021)
-    "schedule_options": {"num_train_timesteps": 1000},
-    "prediction": "v_prediction",
-    "sampler": "dpmpp_2m",
-    "sample_steps": 20,
+    "model_config": DIGITS_UNET,
+    **DIGITS_TRAINING,  # cosine schedule, v-prediction, min-SNR 5, dpmpp_2m at 20 steps, lr 1e-3 cosine
     "steps": 1200,
     "batch_size": 128,
-    "lr": 1e-3,
     "warmup_steps": 100,
-    "lr_schedule": "cosine",
     "ema_decay": 0.999,
-    "grad_clip": 1.0,
-    "loss_weighting": "min_snr",
-    "min_snr_gamma": 5.0,
     "label_dropout": 0.1,
     "bf16": False,
-    "seed": 0,
     "log_every": 25,
 }
 # How samples are drawn and scored (fixed before looking at any score of the final run).

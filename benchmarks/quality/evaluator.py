@@ -252,6 +252,17 @@ def class_run_parser(doc: str, steps: int, run_dir: Path, threads: int) -> argpa
     return ap
 
 
+def task_parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options the task benchmarks share: --quick, --threads, --out (default: the results folder,
+    or the benchmark's quick folder with --quick)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    threads = "torch intra-op threads (default 1: on a shared 2-core machine 2 threads oversubscribe)"
+    ap.add_argument("--threads", type=int, default=1, help=threads)
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/quality)")
+    return ap
+
+
 def score_setup(name: str, report: dict[str, Any], n: int) -> tuple[Any, Evaluator]:
     """The data and evaluator of ``name``; records the evaluator's facts and the baselines at ``n``
     samples in ``report``."""

@@ -30,7 +30,6 @@ PNGs (``--quick``: under ``outputs/quality/img2img-quick/``).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
@@ -41,7 +40,15 @@ import torch
 import torch.nn.functional as F
 
 import diffcore
-from benchmarks.quality.evaluator import DATASETS, RESULTS_DIR, load_data, load_evaluator, machine, write_report
+from benchmarks.quality.evaluator import (
+    DATASETS,
+    RESULTS_DIR,
+    load_data,
+    load_evaluator,
+    machine,
+    task_parser,
+    write_report,
+)
 from diffcore.baselines import knn_fill
 from diffcore.evaluation import Evaluator, psnr_db
 from diffcore.io import save_grid
@@ -82,14 +89,7 @@ TRAIN = {
 SAMPLING = {"sampler": "dpmpp_2m", "steps": 20, "samples": 8, "seed": 0}
 # Inpainting learns random halves and rectangles with a dropped source: 3x the steps (full runs only).
 STEPS_FACTOR = {"bottom_half": 3}
-QUICK_MODEL = {
-    "base_channels": 16,
-    "channel_mult": [1, 2],
-    "num_res_blocks": 1,
-    "attention_resolutions": [4],
-    "groups": 8,
-    "num_classes": 0,
-}
+QUICK_MODEL = {**MODEL, "base_channels": 16}
 QUICK_TRAIN = {**TRAIN, "steps": 40, "batch_size": 32, "warmup_steps": 5, "checkpoint_every": 40, "log_every": 10}
 QUICK_SAMPLING = {"sampler": "dpmpp_2m", "steps": 8, "samples": 2, "seed": 0}
 QUICK_IMAGES = 48
@@ -353,16 +353,8 @@ def _plot_sweep(points: list[dict[str, float]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: tiny models, few images and steps")
+    ap = task_parser(__doc__, "smoke run: tiny models, few images and steps")
     ap.add_argument("--retrain", action="store_true", help="train the models even when cached")
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: on a shared 2-core machine 2 threads oversubscribe)",
-    )
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default: benchmarks/results/quality)")
     ap.add_argument(
         "--only",
         nargs="+",

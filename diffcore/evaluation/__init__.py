@@ -8,6 +8,8 @@
 - :mod:`~diffcore.evaluation.anomaly`: AUROC, the semi-supervised split, classical detectors and
   reconstruction maps.
 - :mod:`~diffcore.evaluation.images`: PSNR of restored images.
+- :mod:`~diffcore.evaluation.recipes`: the training recipes the benchmarks chose, which the demo
+  trains with too.
 - :mod:`~diffcore.evaluation.convergence`: sampler errors against the exact ODE solution on a
   Gaussian mixture and the estimated order of convergence.
 

@@ -8,35 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from diffcore.evaluation.recipes import (
+    DIGITS_TRAINING,
+    DIGITS_UNET,
+    TABLE_MLP,
+    TABLE_PREDICTION,
+    TABLE_SCHEDULE,
+    TABLE_TRAIN,
+)
+
 __all__ = ["FULL", "GUIDANCE", "QUICK", "SIGMAS", "STRENGTHS"]
 
-DIGITS_UNET = {
-    "base_channels": 32,
-    "channel_mult": [1, 2],
-    "num_res_blocks": 2,
-    "attention_resolutions": [],
-    "num_heads": 4,
-    "dropout": 0.0,
-    "groups": 8,
-}
-COMMON = {
-    "schedule": "squaredcos_cap_v2",
-    "schedule_options": {"num_train_timesteps": 1000},
-    "prediction": "v_prediction",
-    "sampler": "dpmpp_2m",
-    "sample_steps": 20,
-    "lr": 1e-3,
-    "lr_schedule": "cosine",
-    "grad_clip": 1.0,
-    "loss_weighting": "min_snr",
-    "min_snr_gamma": 5.0,
-    "seed": 0,
-}
-
-# The fixed budgets of the full demo (~15 min on 2 cores, most of it training).
+# The fixed budgets of the full demo (~15 min on 2 cores, most of it training). The models and how
+# they train are the ones benchmarks/quality chose (diffcore.evaluation.recipes), on smaller budgets.
 FULL: dict[str, Any] = {
     "digits": {
-        **COMMON,
+        **DIGITS_TRAINING,
         "dataset": "digits",
         "dataset_options": {"seed": 0, "holdout": 0.2},
         "model": "unet",
@@ -48,7 +35,7 @@ FULL: dict[str, Any] = {
         "label_dropout": 0.2,
     },
     "text": {
-        **COMMON,
+        **DIGITS_TRAINING,
         "dataset": "digits",
         "dataset_options": {"seed": 0, "holdout": 0.2},
         "model": "text_unet",
@@ -72,20 +59,14 @@ FULL: dict[str, Any] = {
         "warmup_steps": 50,
         "ema_decay": 0.995,
     },
-    # the recipes of benchmarks/quality/anomaly.py (chosen there on development seeds)
     "tabular": {
-        "schedule": "squaredcos_cap_v2",
-        "prediction": "epsilon",
+        "schedule": TABLE_SCHEDULE,
+        "prediction": TABLE_PREDICTION,
         "sampler": "ddim",
         "sample_steps": 20,
         "model": "mlp",
-        "model_config": {"hidden": 128, "depth": 3},
-        "steps": 1500,
-        "batch_size": 64,
-        "lr": 1e-3,
-        "warmup_steps": 50,
-        "lr_schedule": "cosine",
-        "ema_decay": 0.99,
+        "model_config": TABLE_MLP,
+        **TABLE_TRAIN,
         "seed": 0,
     },
     "samples": {

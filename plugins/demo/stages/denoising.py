@@ -18,6 +18,12 @@ from diffcore_plugins.demo.runs import log
 
 __all__ = ["run"]
 
+TEXT = (
+    "The reverse process starts at the level whose noise equals sigma (x_t = sqrt(abar_t) y); the "
+    "posterior-mean (`mmse`) estimate is one model evaluation. CLI: `diffcore denoise --checkpoint "
+    "outputs/demo/runs/digits --input noisy.png --sigma 50`."
+)
+
 
 def run(pipe: Pipeline, data: Any, cfg: dict[str, Any], out: Path, rep: Report) -> dict[str, Any]:
     log("denoising at sigma 25, 50, 75")
@@ -36,12 +42,7 @@ def run(pipe: Pipeline, data: Any, cfg: dict[str, Any], out: Path, rep: Report) 
         rows += [(f"noisy, sigma {sigma}", noisy[:8]), ("diffcore", ours[:8]), ("Wiener", linear[:8])]
     rows.append(("clean", x[:8]))
     strip_figure(rows, out / "denoising.png", "denoising: noisy / diffcore (posterior mean) / Wiener, per sigma")
-    s = rep.section("Denoising", "denoising")
-    s.text(
-        "The reverse process starts at the level whose noise equals sigma (x_t = sqrt(abar_t) y); the "
-        "posterior-mean (`mmse`) estimate is one model evaluation. CLI: `diffcore denoise --checkpoint "
-        "outputs/demo/runs/digits --input noisy.png --sigma 50`."
-    )
+    s = rep.section("Denoising", "denoising").text(TEXT)
     s.figure("denoising.png", "Noisy / denoised / Wiener at sigma 25, 50, 75 (0..255 scale), then the clean images.")
     s.table(
         ["sigma (0..255)", "noisy PSNR", "diffcore mmse PSNR", "Wiener PSNR (baseline)"],

@@ -15,6 +15,12 @@ from diffcore_plugins.demo.runs import log
 
 __all__ = ["run"]
 
+TEXT = (
+    "A text-conditioned UNet (cross-attention over the built-in encoder, trained with it; 10% null-text "
+    "dropout) draws the digit a prompt asks for. The prompts below are paraphrase templates held out of "
+    'training. CLI: `diffcore text2image "a handwritten seven" --checkpoint outputs/demo/runs/text`.'
+)
+
 
 def run(pipe: Pipeline, clf: Any, cfg: dict[str, Any], out: Path, rep: Report) -> dict[str, Any]:
     log("text-to-image: held-out paraphrases at guidance 1, 3, 5")
@@ -34,14 +40,8 @@ def run(pipe: Pipeline, clf: Any, cfg: dict[str, Any], out: Path, rep: Report) -
         "text-to-image, held-out paraphrases (never seen in training), guidance 3",
         cell=0.6,
     )
-    s = rep.section("Text-to-image", "text2image")
-    s.text(
-        "A text-conditioned UNet (cross-attention over the built-in encoder, trained with it; 10% null-text "
-        "dropout) draws the digit a prompt asks for. The prompts below are paraphrase templates held out of "
-        'training. CLI: `diffcore text2image "a handwritten seven" --checkpoint outputs/demo/runs/text`.'
-    )
-    s.figure("text2image.png", "One row per held-out prompt, guidance 3.")
-    s.table(
+    s = rep.section("Text-to-image", "text2image").text(TEXT)
+    s.figure("text2image.png", "One row per held-out prompt, guidance 3.").table(
         ["guidance scale", "accuracy on the prompted digit"],
         [[f"{w:g}", a] for w, a in acc.items()],
         f"10 held-out prompts x {n} samples; same classifier as above",
