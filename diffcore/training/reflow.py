@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-import diffcore
+from diffcore.sampling import sample
 
 PAIRS_FILE = "reflow_pairs.safetensors"
 
@@ -81,8 +81,8 @@ def draw_pairs(teacher: str | Path, n: int, *, seed: int = 0, sampler: str = "he
     for start in range(0, n, batch_size):
         part = slice(start, min(n, start + batch_size))
         cond = None if labels is None else {"class_labels": labels[part]}
-        samples[part] = diffcore.sample(lambda x, t, c=None: pipe.model(x, t, c), noise[part].clone(), sampler=sampler,
-                                        steps=steps, schedule=pipe.schedule, prediction=pipe.param, cond=cond, seed=seed)
+        samples[part] = sample(pipe.call_model, noise[part].clone(), sampler=sampler, steps=steps, schedule=pipe.schedule,
+                               prediction=pipe.param, cond=cond, seed=seed)
     meta = {"teacher": str(teacher), "seed": seed, "n": n, "sampler": sampler, "steps": steps, "shape": list(shape)}
     return ReflowPairs(noise, samples, labels, meta)
 
