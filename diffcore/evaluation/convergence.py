@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import diffcore
 from diffcore.analytic import GaussianMixture, exact_model
+from diffcore.sampling import sample
 from diffcore.schedules import karras_sigmas
 
 __all__ = ["estimated_order", "mixture_log_density", "rms_error", "sampler_errors"]
@@ -81,7 +81,7 @@ def sampler_errors(
         if tick is not None:
             tick(f"{sampler} {n} steps")
         model, calls = _counted(exact_model(gm, schedule, prediction=prediction))
-        x = diffcore.sample(
+        x = sample(
             model,
             x_T,
             sampler=sampler,

@@ -21,10 +21,32 @@ from diffcore.samplers.unipc import unipc
 
 SAMPLERS: dict[str, Sampler] = {
     s.name: s
-    for s in (ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde, unipc, lms,
-              dpm_2, dpm_2_ancestral, dpmpp_2s, dpmpp_2s_ancestral, dpmpp_sde, dpm_adaptive,
-              euler_cfg_pp, euler_ancestral_cfg_pp, dpmpp_2m_cfg_pp,
-              deis, ipndm, pndm, lcm, tcd)
+    for s in (
+        ddpm,
+        ddim,
+        euler,
+        euler_ancestral,
+        heun,
+        dpmpp_2m,
+        dpmpp_2m_sde,
+        dpmpp_3m_sde,
+        unipc,
+        lms,
+        dpm_2,
+        dpm_2_ancestral,
+        dpmpp_2s,
+        dpmpp_2s_ancestral,
+        dpmpp_sde,
+        dpm_adaptive,
+        euler_cfg_pp,
+        euler_ancestral_cfg_pp,
+        dpmpp_2m_cfg_pp,
+        deis,
+        ipndm,
+        pndm,
+        lcm,
+        tcd,
+    )
 }
 
 __all__ = ["SAMPLERS", "Builder", "Expr", "History", "Point", "ProgramSampler", "Sampler", "program_sampler"]

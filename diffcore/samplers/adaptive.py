@@ -8,8 +8,8 @@ steps is not known in advance, so this sampler runs its own loop (a model call p
 arithmetic in torch) instead of a precomputed coefficient program. Integration runs from the
 plan's first level to its smallest positive level; when the plan ends at sigma 0, a final
 denoising call lands there (one more model evaluation); a plan that starts at sigma = inf (zero
-terminal SNR, flow t = 1) first takes one exact first-order step to its next level. Pass ``info={}`` in the sampler options
-to receive ``nfe``, ``steps``, ``n_accept`` and ``n_reject``.
+terminal SNR, flow t = 1) first takes one exact first-order step to its next level. Pass
+``info={}`` in the sampler options to receive ``nfe``, ``steps``, ``n_accept`` and ``n_reject``.
 """
 
 from __future__ import annotations
@@ -79,8 +79,11 @@ class _Solver:
         eps1 = self.eps(u1, t + r1 * h)
         low = base - s_next / (2 * r1) * math.expm1(h) * (eps1 - eps)
         r2 = 2.0 / 3.0
-        u2 = (x - math.exp(-(t + r2 * h)) * math.expm1(r2 * h) * eps
-              - math.exp(-(t + r2 * h)) * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * (eps1 - eps))
+        u2 = (
+            x
+            - math.exp(-(t + r2 * h)) * math.expm1(r2 * h) * eps
+            - math.exp(-(t + r2 * h)) * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * (eps1 - eps)
+        )
         eps2 = self.eps(u2, t + r2 * h)
         return low, base - s_next / r2 * (math.expm1(h) / h - 1) * (eps2 - eps)
 
@@ -91,15 +94,36 @@ class AdaptiveSampler:
     name = "dpm_adaptive"
     plan_style = "karras"
     stochastic = False
-    options: dict[str, Any] = {"order": 3, "rtol": 0.05, "atol": 0.0078, "h_init": 0.05, "pcoeff": 0.0,
-                               "icoeff": 1.0, "dcoeff": 0.0, "accept_safety": 0.81, "eta": 0.0, "info": None}
+    options: dict[str, Any] = {
+        "order": 3,
+        "rtol": 0.05,
+        "atol": 0.0078,
+        "h_init": 0.05,
+        "pcoeff": 0.0,
+        "icoeff": 1.0,
+        "dcoeff": 0.0,
+        "accept_safety": 0.81,
+        "eta": 0.0,
+        "info": None,
+    }
 
-    def __call__(self, denoiser: Denoiser, x: Tensor, plan: Plan, *, generator: torch.Generator | None = None,
-                 callback: Callback | None = None, seed: int | None = None, cuda_graph: bool = False,
-                 **options: Any) -> Tensor:
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        x: Tensor,
+        plan: Plan,
+        *,
+        generator: torch.Generator | None = None,
+        callback: Callback | None = None,
+        seed: int | None = None,
+        cuda_graph: bool = False,
+        **options: Any,
+    ) -> Tensor:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
-            raise TypeError(f"sampler 'dpm_adaptive' got unknown option(s) {unknown}; it accepts: {sorted(self.options)}")
+            raise TypeError(
+                f"sampler 'dpm_adaptive' got unknown option(s) {unknown}; it accepts: {sorted(self.options)}"
+            )
         o = {**self.options, **{k: v for k, v in options.items() if v is not None}}
         if o["order"] not in (2, 3):
             raise ValueError(f"dpm_adaptive: order={o['order']!r} must be 2 or 3")
@@ -114,8 +138,9 @@ class AdaptiveSampler:
         xv = x / plan.level(0)[0] if plan.level(0)[0] > 0 else self._from_pure_noise(solver, x, plan)
         sigmas = [float(s) for s in plan.sigmas if 0 < float(s) < math.inf]
         t_end, t = -math.log(min(sigmas)), -math.log(max(sigmas))
-        pid = PIDController(o["h_init"], o["pcoeff"], o["icoeff"], o["dcoeff"], 1.5 if eta else o["order"],
-                            o["accept_safety"])
+        pid = PIDController(
+            o["h_init"], o["pcoeff"], o["icoeff"], o["dcoeff"], 1.5 if eta else o["order"], o["accept_safety"]
+        )
         prev, steps, accepted = xv, 0, 0
         while t < t_end - 1e-5:
             t_next = min(t_end, t + pid.h)

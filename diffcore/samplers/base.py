@@ -27,10 +27,19 @@ from diffcore.timesteps import PLAN_PRESETS, Plan
 class Sampler(Protocol):
     """The sampler contract (see the module docstring); ``name`` is its registry name."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
-    def __call__(self, denoiser: Denoiser, x: Tensor, plan: Plan, *, generator: torch.Generator | None = None,
-                 callback: Callback | None = None, **options: Any) -> Tensor: ...
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        x: Tensor,
+        plan: Plan,
+        *,
+        generator: torch.Generator | None = None,
+        callback: Callback | None = None,
+        **options: Any,
+    ) -> Tensor: ...
 
 
 def check_eta(eta: object, name: str) -> float:
@@ -52,8 +61,9 @@ class ProgramSampler:
 
     def __post_init__(self) -> None:
         if self.plan_style not in PLAN_PRESETS:
-            raise ValueError(f"sampler {self.name!r}: plan_style={self.plan_style!r}: "
-                             f"expected one of {sorted(PLAN_PRESETS)}")
+            raise ValueError(
+                f"sampler {self.name!r}: plan_style={self.plan_style!r}: expected one of {sorted(PLAN_PRESETS)}"
+            )
         if self.frame not in FRAMES:
             raise ValueError(f"sampler {self.name!r}: frame={self.frame!r}: expected one of {FRAMES}")
 
@@ -91,7 +101,9 @@ class ProgramSampler:
         **options: Any,
     ) -> Tensor:
         program = self.program(plan, **options)
-        return run_program(denoiser, x, program, generator=generator, seed=seed, callback=callback, cuda_graph=cuda_graph)
+        return run_program(
+            denoiser, x, program, generator=generator, seed=seed, callback=callback, cuda_graph=cuda_graph
+        )
 
 
 def program_sampler(

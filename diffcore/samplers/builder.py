@@ -45,7 +45,6 @@ from diffcore.samplers.expr import Expr
 from diffcore.samplers.program import Program, Step
 from diffcore.timesteps import Level, Plan
 
-
 FRAMES = ("ve", "ode")
 
 
@@ -218,8 +217,9 @@ class Builder:
         if not 0 <= i <= self.steps:
             raise ValueError(f"level {i} is outside the plan's 0..{self.steps}")
         alpha_to, std_to = self.plan.target(i) if i < self.steps else (math.nan, math.nan)
-        return self._evaluate(plan_level(self.plan, i), self._time(alpha_to, std_to), alpha_to,
-                              self._scale(alpha_to, std_to))
+        return self._evaluate(
+            plan_level(self.plan, i), self._time(alpha_to, std_to), alpha_to, self._scale(alpha_to, std_to)
+        )
 
     def model_at(self, sigma: float) -> Point:
         """Evaluate the model at frame sigma ``sigma`` (e.g. a midpoint); updates name their target."""
@@ -228,8 +228,15 @@ class Builder:
     def _evaluate(self, level: Level, sigma_to: float, alpha_to: float, scale_to: float = math.nan) -> Point:
         if self._open is not None:
             raise ValueError(f"sampler {self.name!r}: each model call needs its update() before the next")
-        self._open = Point(len(self._records), level, self._time(level.alpha, level.std), sigma_to, alpha_to,
-                           self._scale(level.alpha, level.std), scale_to)
+        self._open = Point(
+            len(self._records),
+            level,
+            self._time(level.alpha, level.std),
+            sigma_to,
+            alpha_to,
+            self._scale(level.alpha, level.std),
+            scale_to,
+        )
         return self._open
 
     def update(self, x_next: Expr, *, level: int | None = None, sigma: float | None = None) -> None:
@@ -238,8 +245,12 @@ class Builder:
         p = self._open
         if p is None:
             raise ValueError(f"sampler {self.name!r}: update() needs a model() call first")
-        if level is not None or sigma is not None:
-            land = plan_level(self.plan, level) if level is not None else self.plan.level_at(self._ve(sigma))
+        land = None
+        if level is not None:
+            land = plan_level(self.plan, level)
+        elif sigma is not None:
+            land = self.plan.level_at(self._ve(sigma))
+        if land is not None:
             scale, sigma_land = self._scale(land.alpha, land.std), ve_sigma(land.alpha, land.std)
         elif math.isnan(p.sigma_to):
             raise ValueError(f"sampler {self.name!r}: an update after model_at() needs level= or sigma=")
@@ -265,10 +276,20 @@ class Builder:
             main, factor, side = self._fold(rows, [None, *(s for s, _ in kept)], k)
             rows = np.stack([r for _, r in main])
             noise = bool(np.any(rows[:, -1] != 0))
-            steps.append(Step(rec.point.level, rows, writes=tuple(s for s, _ in main[1:]), noise=noise,
-                              sigma=rec.sigma, span=rec.span if noise else None, uncond=uses_uncond, factor=factor,
-                              side_rows=np.stack([r for _, r in side]) if side else None,
-                              side_writes=tuple(s for s, _ in side)))
+            steps.append(
+                Step(
+                    rec.point.level,
+                    rows,
+                    writes=tuple(s for s, _ in main[1:] if s is not None),
+                    noise=noise,
+                    sigma=rec.sigma,
+                    span=rec.span if noise else None,
+                    uncond=uses_uncond,
+                    factor=factor,
+                    side_rows=np.stack([r for _, r in side]) if side else None,
+                    side_writes=tuple(s for s, _ in side),
+                )
+            )
         return Program(steps=steps, slots=self.slots)
 
     def _row(self, e: Expr, k: int) -> np.ndarray:
@@ -277,12 +298,15 @@ class Builder:
         for term, c in e.terms.items():
             row[{"x": 0, "x0": 1, "x0u": 2, "z": 3 + self.slots}[term] if isinstance(term, str) else 3 + term] += c
         if not np.isfinite(row).all():
-            raise ValueError(f"sampler {self.name!r}: step {k} has a non-finite coefficient {row.tolist()}; at "
-                             "sigma = inf (zero terminal SNR) write updates as x0 + c * d")
+            raise ValueError(
+                f"sampler {self.name!r}: step {k} has a non-finite coefficient {row.tolist()}; at "
+                "sigma = inf (zero terminal SNR) write updates as x0 + c * d"
+            )
         return row
 
-    def _fold(self, rows: np.ndarray, slots: list[int | None], k: int
-              ) -> tuple[list[tuple[int | None, np.ndarray]], float, list[tuple[int, np.ndarray]]]:
+    def _fold(
+        self, rows: np.ndarray, slots: list[int | None], k: int
+    ) -> tuple[list[tuple[int | None, np.ndarray]], float, list[tuple[int, np.ndarray]]]:
         """Split a step's ``[x, x0, x0u, ...]`` rows into the main op's rows (x0u folded into x0;
         the CFG++ factor f) and the side op's history rows of x0u alone (x0u in the x0 column)."""
         drop = lambda r: np.delete(r, 2)  # noqa: E731
@@ -294,17 +318,23 @@ class Builder:
         for _, r in main:
             if r[1] != 0 or r[2] != 0:
                 if r[1] + r[2] == 0:
-                    raise ValueError(f"sampler {self.name!r}: step {k} uses x0 - x0u alone, which no guidance "
-                                     "scale gives; write it as a mix a*x0 + b*x0u with a + b != 0")
+                    raise ValueError(
+                        f"sampler {self.name!r}: step {k} uses x0 - x0u alone, which no guidance "
+                        "scale gives; write it as a mix a*x0 + b*x0u with a + b != 0"
+                    )
                 ratios.append(r[1] / (r[1] + r[2]))
         if any(not math.isclose(f, ratios[0], rel_tol=1e-9, abs_tol=1e-12) for f in ratios):
-            raise ValueError(f"sampler {self.name!r}: step {k} mixes x0 and x0u in different ratios {ratios}; "
-                             "the fused op computes one x0 per step")
+            raise ValueError(
+                f"sampler {self.name!r}: step {k} mixes x0 and x0u in different ratios {ratios}; "
+                "the fused op computes one x0 per step"
+            )
         read = {j for _, r in main for j in range(self.slots) if r[3 + j] != 0}
         for s, r in side:
             if s in read or r[-1] != 0:
-                raise ValueError(f"sampler {self.name!r}: step {k} writes x0u to history slot {s}, which the step "
-                                 "also reads, or with noise; give the History one more slot")
+                raise ValueError(
+                    f"sampler {self.name!r}: step {k} writes x0u to history slot {s}, which the step "
+                    "also reads, or with noise; give the History one more slot"
+                )
         folded = [(s, np.concatenate([r[:1], [r[1] + r[2]], r[3:]])) for s, r in main]
         return folded, ratios[0] if ratios else 1.0, [(s, np.concatenate([r[:1], r[2:3], r[3:]])) for s, r in side]
 
@@ -314,7 +344,7 @@ def _live_writes(records: list[_Record]) -> set[tuple[int, int]]:
     live = set()
     for k, rec in enumerate(records):
         for slot, _ in rec.writes:
-            for later in records[k + 1:]:
+            for later in records[k + 1 :]:
                 if any(slot in e.terms for e in [later.x_next, *(v for _, v in later.writes)]):
                     live.add((k, slot))
                     break

@@ -19,24 +19,19 @@ from __future__ import annotations
 
 from diffcore.samplers.base import program_sampler
 from diffcore.samplers.builder import Builder, half_log_snr
-from diffcore.samplers.ddim import ancestral_split
+from diffcore.samplers.ddim import ancestral_steps
 
 
 @program_sampler("euler_cfg_pp", plan_style="karras")
 def euler_cfg_pp(b: Builder) -> None:
     """Euler CFG++: ``x' = x0 + s' (x - x0u) / s``."""
-    for i in range(b.steps):
-        p = b.model(i)
-        b.update(p.x0 + p.sigma_to * p.du)
+    ancestral_steps(b, 0.0, renoise="du")
 
 
 @program_sampler("euler_ancestral_cfg_pp", plan_style="karras", stochastic=True, eta=1.0)
 def euler_ancestral_cfg_pp(b: Builder, eta: float) -> None:
     """Euler ancestral CFG++: ``x' = x0 + s_down (x - x0u) / s + s_up z``."""
-    for i in range(b.steps):
-        p = b.model(i)
-        s_down, s_up = ancestral_split(p.sigma, p.sigma_to, eta)
-        b.update(p.x0 + s_down * p.du + s_up * b.noise)
+    ancestral_steps(b, eta, renoise="du")
 
 
 @program_sampler("dpmpp_2m_cfg_pp", plan_style="dpm")

@@ -23,23 +23,25 @@ def ancestral_split(sigma: float, sigma_to: float, eta: float) -> tuple[float, f
     return math.sqrt(max(sigma_to * sigma_to - s_up * s_up, 0.0)), s_up
 
 
-def _ancestral(b: Builder, eta: float) -> None:
+def ancestral_steps(b: Builder, eta: float, renoise: str = "d") -> None:
+    """``x' = x0 + s_down * dir + s_up * z`` at every level, ``dir`` the derivative ``p.d`` (or
+    CFG++'s unconditional ``p.du``)."""
     for i in range(b.steps):
         p = b.model(i)
         s_down, s_up = ancestral_split(p.sigma, p.sigma_to, eta)
-        b.update(p.x0 + s_down * p.d + s_up * b.noise)
+        b.update(p.x0 + s_down * getattr(p, renoise) + s_up * b.noise)
 
 
 @program_sampler("ddim", plan_style="ddim", eta=0.0)
 def ddim(b: Builder, eta: float) -> None:
     """DDIM (Song et al. 2021); eta = 0 deterministic, eta = 1 the DDPM posterior variance."""
-    _ancestral(b, eta)
+    ancestral_steps(b, eta)
 
 
 @program_sampler("euler", plan_style="karras", frame="ode")
 def euler(b: Builder) -> None:
     """Euler step of the probability-flow ODE (Karras et al. 2022, Alg. 1)."""
-    _ancestral(b, 0.0)
+    ancestral_steps(b, 0.0)
 
 
 @program_sampler("euler_ancestral", plan_style="karras", stochastic=True, eta=1.0)

@@ -17,6 +17,7 @@ import numpy as np
 from diffcore.samplers.base import program_sampler
 from diffcore.samplers.builder import Builder
 from diffcore.samplers.dpmpp import dpm_orders
+from diffcore.samplers.lms import lagrange_basis
 
 
 def deis_coefficients(sigmas: list[float], s_from: float, s_to: float) -> np.ndarray:
@@ -26,11 +27,7 @@ def deis_coefficients(sigmas: list[float], s_from: float, s_to: float) -> np.nda
     nodes = [math.log(s / s_from) for s in sigmas]
     v_to = -math.inf if s_to == 0 else math.log(s_to / s_from)
     out = np.zeros(len(nodes))
-    for j, vj in enumerate(nodes):
-        poly = np.polynomial.Polynomial([1.0])
-        for k, vk in enumerate(nodes):
-            if k != j:
-                poly = poly * np.polynomial.Polynomial([-vk, 1.0]) / (vj - vk)
+    for j, poly in enumerate(lagrange_basis(nodes)):
         q, term = np.polynomial.Polynomial([0.0]), poly
         for m in range(len(nodes)):
             q, term = q + (-1) ** m * term, term.deriv()

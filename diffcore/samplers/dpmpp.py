@@ -91,8 +91,9 @@ def _dpmpp_sde(b: Builder, order: int, eta: float, solver_type: str, lower_order
         b.update(x_next)
 
 
-@program_sampler("dpmpp_2m_sde", plan_style="dpm", stochastic=True, eta=1.0, solver_type="midpoint",
-                 lower_order_final=True)
+@program_sampler(
+    "dpmpp_2m_sde", plan_style="dpm", stochastic=True, eta=1.0, solver_type="midpoint", lower_order_final=True
+)
 def dpmpp_2m_sde(b: Builder, eta: float, solver_type: str, lower_order_final: bool) -> None:
     """DPM-Solver++(2M) SDE (diffusers' sde-dpmsolver++, k-diffusion dpmpp_2m_sde)."""
     _check_solver_type(solver_type)

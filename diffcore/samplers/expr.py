@@ -8,10 +8,8 @@ paper: ``p.x0 + s_down * p.d + s_up * noise``.
 
 from __future__ import annotations
 
-from typing import Union
-
-Term = Union[str, int]  # "x", "x0", "z", or a history slot index
-Scalar = Union[int, float]
+Term = str | int  # "x", "x0", "z", or a history slot index
+Scalar = int | float
 
 
 class Expr:
@@ -20,7 +18,6 @@ class Expr:
 
     __slots__ = ("terms", "step")
     __array_ufunc__ = None  # numpy scalars defer to Expr's reflected operators
-
 
     def __init__(self, terms: dict[Term, float], step: int | None = None) -> None:
         self.terms = terms

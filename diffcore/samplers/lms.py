@@ -15,18 +15,22 @@ from diffcore.samplers.base import program_sampler
 from diffcore.samplers.builder import Builder
 
 
+def lagrange_basis(nodes: list[float]) -> list[np.polynomial.Polynomial]:
+    """The Lagrange basis polynomials l_j of ``nodes`` (l_j(nodes[k]) = [j == k])."""
+    basis = []
+    for j, vj in enumerate(nodes):
+        poly = np.polynomial.Polynomial([1.0])
+        for k, vk in enumerate(nodes):
+            if k != j:
+                poly = poly * np.polynomial.Polynomial([-vk, 1.0]) / (vj - vk)
+        basis.append(poly)
+    return basis
+
+
 def lms_coefficients(sigmas: list[float], s_from: float, s_to: float) -> np.ndarray:
     """c_j = integral over [s_from, s_to] of the Lagrange basis polynomial l_j of ``sigmas``
     (``sigmas[0]`` is the newest node)."""
-    out = np.zeros(len(sigmas))
-    for j, sj in enumerate(sigmas):
-        poly = np.polynomial.Polynomial([1.0])
-        for k, sk in enumerate(sigmas):
-            if k != j:
-                poly = poly * np.polynomial.Polynomial([-sk, 1.0]) / (sj - sk)
-        antider = poly.integ()
-        out[j] = antider(s_to) - antider(s_from)
-    return out
+    return np.array([(a := poly.integ())(s_to) - a(s_from) for poly in lagrange_basis(sigmas)])
 
 
 @program_sampler("lms", plan_style="karras", order=4)

@@ -80,8 +80,9 @@ def _split(program: Program, views: list[Tensor]) -> tuple[list[Tensor], list[Te
     return main, side
 
 
-def _table(programs: list[Program], denoiser: Denoiser, x: Tensor,
-           per: list[list[np.ndarray]] | None = None) -> list[Tensor]:
+def _table(
+    programs: list[Program], denoiser: Denoiser, x: Tensor, per: list[list[np.ndarray]] | None = None
+) -> list[Tensor]:
     """All steps' coefficients in one device buffer; a (width,) view per step for one program,
     a (B, width) view per step for one program per sample. ``per``: the programs' vectors, if made."""
     per = per if per is not None else [_vectors(p, denoiser) for p in programs]
@@ -107,8 +108,10 @@ def _signature(programs: list[Program], per: list[list[np.ndarray]], denoiser: D
     shape = (len(programs), main.slots, tuple(_structure(st) for st in main.steps))
     coeffs = np.concatenate([v for vs in per for v in vs]).tobytes()
     times = np.array([[st.level.t for st in p.steps] for p in programs], dtype=np.float64).tobytes()
-    scales = np.array([[denoiser.param.input_scale(st.level.alpha, st.level.std) for st in p.steps] for p in programs],
-                      dtype=np.float64).tobytes()
+    scales = np.array(
+        [[denoiser.param.input_scale(st.level.alpha, st.level.std) for st in p.steps] for p in programs],
+        dtype=np.float64,
+    ).tobytes()
     factors = np.array([[st.factor for st in p.steps] for p in programs], dtype=np.float64).tobytes()
     return shape, coeffs, times, scales, factors
 
@@ -121,8 +124,10 @@ def check_same_structure(programs: list[Program]) -> None:
     """Per-sample programs must agree on everything but their coefficients."""
     ref = programs[0]
     for p in programs[1:]:
-        same = p.slots == ref.slots and len(p.steps) == len(ref.steps) and all(
-            _structure(a) == _structure(b) for a, b in zip(p.steps, ref.steps)
+        same = (
+            p.slots == ref.slots
+            and len(p.steps) == len(ref.steps)
+            and all(_structure(a) == _structure(b) for a, b in zip(p.steps, ref.steps))
         )
         if not same:
             raise ValueError("per-sample programs differ in structure (steps, history slots, writes or noise)")
@@ -240,9 +245,13 @@ def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[l
     history = torch.zeros((main.slots, *x.shape), dtype=x.dtype, device=x.device) if main.slots else None
     guides = None
     if denoiser.guidance is not None:
-        guides = step_guides(denoiser.guidance, [[st.level for st in p.steps] for p in programs],
-                             [[st.factor for st in p.steps] for p in programs], x,
-                             reads_uncond=[st.uncond for st in main.steps])
+        guides = step_guides(
+            denoiser.guidance,
+            [[st.level for st in p.steps] for p in programs],
+            [[st.factor for st in p.steps] for p in programs],
+            x,
+            reads_uncond=[st.uncond for st in main.steps],
+        )
     return _Run(table, side, times, scales, history, guides)
 
 
@@ -253,14 +262,22 @@ def _check_static(x: Tensor, main: Program, run: _Run, noise: Tensor | None) -> 
         if k == 0:
             ops.check_step(x, coeffs, history, noise if st.noise else None, st.writes)
         elif coeffs.shape[-1] != ops.coeff_width(slots, len(st.writes)) or any(not 0 <= w < slots for w in st.writes):
-            raise ValueError(f"program step {k}: {coeffs.shape[-1]} coefficients or writes {st.writes} do not fit "
-                             f"{slots} slots")
+            raise ValueError(
+                f"program step {k}: {coeffs.shape[-1]} coefficients or writes {st.writes} do not fit {slots} slots"
+            )
         if side is not None:
             ops.check_step(x, side, history, None, st.side_writes)
 
 
-def _run_graphed(denoiser: Denoiser, x: Tensor, programs: list[Program], *, seed: int | None, stochastic: bool,
-                 callback: Callback | None) -> Tensor:
+def _run_graphed(
+    denoiser: Denoiser,
+    x: Tensor,
+    programs: list[Program],
+    *,
+    seed: int | None,
+    stochastic: bool,
+    callback: Callback | None,
+) -> Tensor:
     """The loop as one CUDA graph, replayed from :data:`diffcore.graphs.cache` when an identical
     run (model, program, shapes, conditioning structure, guidance, seed if stochastic) was captured."""
     graphs.check_capturable(x, stochastic=stochastic, seed=seed, callback=callback)

@@ -14,9 +14,9 @@ import math
 
 from diffcore.samplers.base import program_sampler
 from diffcore.samplers.builder import Builder, Point, half_log_snr
-from diffcore.samplers.expr import Expr
 from diffcore.samplers.ddim import ancestral_split
 from diffcore.samplers.dpmpp import SOLVER_TYPES, _one_minus_exp
+from diffcore.samplers.expr import Expr
 
 
 def _exp_step(p: Point, x0: Expr, sigma_to: float) -> Expr:
@@ -42,41 +42,40 @@ def dpm_2(b: Builder) -> None:
         b.update(start[0] + (p.sigma_to - p.sigma) * m.d, level=i + 1)
 
 
-@program_sampler("dpm_2_ancestral", plan_style="karras", stochastic=True, eta=1.0)
-def dpm_2_ancestral(b: Builder, eta: float) -> None:
-    """DPM-Solver-2 to sigma_down, then noise of std sigma_up (k-diffusion's sample_dpm_2_ancestral,
-    diffusers' KDPM2Ancestral)."""
+def _ancestral_pairs(b: Builder, eta: float, exponential: bool) -> None:
+    """Per interval: the ancestral split, a midpoint step to ``sqrt(s s_down)`` and the full step to
+    ``s_down`` with the midpoint's estimate (Euler in sigma, or DPM-Solver++'s exponential step),
+    then noise ``s_up z``; from sigma = inf or into sigma = 0 one first-order step."""
     start = b.history(1)
     for i in range(b.steps):
         p = b.model(i)
         s_down, s_up = ancestral_split(p.sigma, p.sigma_to, eta)
-        if s_down == 0 or math.isinf(p.sigma):  # to sigma 0, or from pure noise: one first-order step
+        if s_down == 0 or math.isinf(p.sigma):
             b.update(p.x0 + s_down * p.d + s_up * b.noise)
             continue
         s_mid = math.sqrt(p.sigma * s_down)
         start.push(p.x)
-        b.update(p.x + (s_mid - p.sigma) * p.d, sigma=s_mid)
+        b.update(_exp_step(p, p.x0, s_mid) if exponential else p.x + (s_mid - p.sigma) * p.d, sigma=s_mid)
         m = b.model_at(s_mid)
-        b.update(start[0] + (s_down - p.sigma) * m.d + s_up * b.noise, level=i + 1)
+        if exponential:
+            x_next = s_down / p.sigma * start[0] + _one_minus_exp(math.log(p.sigma / s_down)) * m.x0
+        else:
+            x_next = start[0] + (s_down - p.sigma) * m.d
+        b.update(x_next + s_up * b.noise, level=i + 1)
+
+
+@program_sampler("dpm_2_ancestral", plan_style="karras", stochastic=True, eta=1.0)
+def dpm_2_ancestral(b: Builder, eta: float) -> None:
+    """DPM-Solver-2 to sigma_down, then noise of std sigma_up (k-diffusion's sample_dpm_2_ancestral,
+    diffusers' KDPM2Ancestral)."""
+    _ancestral_pairs(b, eta, exponential=False)
 
 
 @program_sampler("dpmpp_2s_ancestral", plan_style="karras", stochastic=True, eta=1.0)
 def dpmpp_2s_ancestral(b: Builder, eta: float) -> None:
     """DPM-Solver++(2S) (Lu et al. 2022, Alg. 1, r = 1/2) to sigma_down, then noise of std sigma_up
     (k-diffusion's sample_dpmpp_2s_ancestral; eta = 0 is the deterministic 2S solver)."""
-    start = b.history(1)
-    for i in range(b.steps):
-        p = b.model(i)
-        s_down, s_up = ancestral_split(p.sigma, p.sigma_to, eta)
-        if s_down == 0 or math.isinf(p.sigma):  # to sigma 0, or from pure noise: one first-order step
-            b.update(p.x0 + s_down * p.d + s_up * b.noise)
-            continue
-        s_mid = math.sqrt(p.sigma * s_down)
-        start.push(p.x)
-        b.update(_exp_step(p, p.x0, s_mid), sigma=s_mid)
-        m = b.model_at(s_mid)
-        b.update(s_down / p.sigma * start[0] + _one_minus_exp(math.log(p.sigma / s_down)) * m.x0
-                 + s_up * b.noise, level=i + 1)
+    _ancestral_pairs(b, eta, exponential=True)
 
 
 @program_sampler("dpmpp_sde", plan_style="karras", stochastic=True, eta=1.0)
@@ -97,8 +96,12 @@ def dpmpp_sde(b: Builder, eta: float) -> None:
         b.update(_exp_step(p, p.x0, down) + up * b.noise_between(p.sigma, s_mid), sigma=s_mid)
         m = b.model_at(s_mid)
         down, up = ancestral_split(p.sigma, p.sigma_to, eta)
-        b.update(down / p.sigma * start[0] + _one_minus_exp(math.log(p.sigma / down)) * m.x0
-                 + up * b.noise_between(p.sigma, p.sigma_to), level=i + 1)
+        b.update(
+            down / p.sigma * start[0]
+            + _one_minus_exp(math.log(p.sigma / down)) * m.x0
+            + up * b.noise_between(p.sigma, p.sigma_to),
+            level=i + 1,
+        )
 
 
 def _singlestep_orders(n: int, lower_order_final: bool) -> list[int]:

@@ -33,8 +33,9 @@ def _b_vector(h: float, order: int) -> tuple[np.ndarray, float, float]:
     return np.array(b), h_phi_1, b_h
 
 
-def _uni(x: Expr, x0s: list[Expr], lams: list[float], sigma_from: float, sigma_to: float,
-         x0_new: Expr | None = None) -> Expr:
+def _uni(
+    x: Expr, x0s: list[Expr], lams: list[float], sigma_from: float, sigma_to: float, x0_new: Expr | None = None
+) -> Expr:
     """UniP (``x0_new`` None) or UniC of order ``len(x0s)`` from state ``x`` at ``lams[0]`` to
     ``sigma_to``: ``x0s[k]`` is the model output at ``lams[k]``, ``x0_new`` the one at the end."""
     order = len(x0s)
@@ -67,10 +68,14 @@ def unipc(b: Builder, order: int, lower_order_final: bool) -> None:
         if p.sigma_to == 0:  # lambda' = inf: only the first-order update is defined
             this_order = 1
         hist = [x0s[k] for k in range(len(x0s))]
-        x_c = p.x if i == 0 else _uni(start[0], hist[:prev_order], lams[i - 1::-1][:prev_order],
-                                      b.sigma(i - 1), p.sigma, p.x0)
-        x_next = _uni(x_c, [p.x0] + hist[: this_order - 1], [lams[i - k] for k in range(this_order)],
-                      p.sigma, p.sigma_to)
+        x_c = (
+            p.x
+            if i == 0
+            else _uni(start[0], hist[:prev_order], lams[i - 1 :: -1][:prev_order], b.sigma(i - 1), p.sigma, p.x0)
+        )
+        x_next = _uni(
+            x_c, [p.x0] + hist[: this_order - 1], [lams[i - k] for k in range(this_order)], p.sigma, p.sigma_to
+        )
         x0s.push(p.x0)
         start.push(x_c)
         b.update(x_next)
