@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import torch
 
-
 THREADS_ENV = "DIFFCORE_BENCH_THREADS"
 
 

@@ -45,8 +45,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--rounds", type=int, default=6, help="timed rounds per case (each runs both sides)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--quick", action="store_true", help="one small case, few steps (a smoke run)")
-    ap.add_argument("--case", action="append", default=None, metavar="UNET:BATCH",
-                    help="run only these cases, e.g. small:64 (repeatable)")
+    ap.add_argument(
+        "--case",
+        action="append",
+        default=None,
+        metavar="UNET:BATCH",
+        help="run only these cases, e.g. small:64 (repeatable)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "e2e_cpu_interleaved")
     args = ap.parse_args(argv)
     if args.rounds < 1:
@@ -59,8 +64,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("this script times the CPU; set DIFFCORE_BENCH_DEVICE=cpu")
     plan = QUICK_PLAN if args.quick else PLAN
     if args.case:
-        wanted = {(c.split(":")[0], int(c.split(":")[1])) for c in args.case if c.count(":") == 1
-                  and c.split(":")[1].isdigit()}
+        wanted = {
+            (c.split(":")[0], int(c.split(":")[1]))
+            for c in args.case
+            if c.count(":") == 1 and c.split(":")[1].isdigit()
+        }
         if len(wanted) != len(args.case) or not wanted <= set(PLAN):
             raise SystemExit(f"--case {args.case}: expected UNET:BATCH among {[f'{u}:{b}' for u, b in PLAN]}")
         plan = {k: v for k, v in PLAN.items() if k in wanted}
@@ -85,8 +93,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             scheduler = getattr(e2e.diffusers, cls_name)(**cfg)
             spec = e2e.scheduler_from_config({**scheduler.config, "_class_name": cls_name}, strict=True)
             kwargs = dict(steps=steps, seed=0, **spec.sample_kwargs())
-            sides = {"diffusers": lambda: e2e._diffusers_run(unet, scheduler, x_T, steps),
-                     "diffcore": lambda: diffcore.sample(model, x_T, **kwargs)}
+            # the lambdas run within this iteration: bind the loop's values explicitly all the same
+            sides = {
+                "diffusers": lambda u=unet, s=scheduler, x=x_T, n=steps: e2e._diffusers_run(u, s, x, n),
+                "diffcore": lambda m=model, x=x_T, kw=kwargs: diffcore.sample(m, x, **kw),
+            }
             with torch.no_grad():
                 first = {name: run() for name, run in sides.items()}
             rel_err = float((first["diffcore"] - first["diffusers"]).abs().max() / first["diffusers"].abs().max())
@@ -102,24 +113,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     times[name].append(time.perf_counter() - t0)
                     overhead[name].append(times[name][-1] - clock["unet"])
             ratios = [a / b for a, b in zip(times["diffusers"], times["diffcore"])]
-            row = {"unet": unet_name, "batch": batch, "sampler": sampler, "steps_per_round": steps,
-                   "rounds": args.rounds, "seconds": times, "rel_err_vs_diffusers": rel_err,
-                   "min_s_per_50_steps": {k: min(v) / steps * 50 for k, v in times.items()},
-                   "loop_overhead_ms_per_step": {k: 1e3 * statistics.median(v) / steps for k, v in overhead.items()},
-                   "speedup_median": statistics.median(ratios), "speedup_min": min(ratios),
-                   "speedup_max": max(ratios), "speedup_of_minima": min(times["diffusers"]) / min(times["diffcore"])}
+            row = {
+                "unet": unet_name,
+                "batch": batch,
+                "sampler": sampler,
+                "steps_per_round": steps,
+                "rounds": args.rounds,
+                "seconds": times,
+                "rel_err_vs_diffusers": rel_err,
+                "min_s_per_50_steps": {k: min(v) / steps * 50 for k, v in times.items()},
+                "loop_overhead_ms_per_step": {k: 1e3 * statistics.median(v) / steps for k, v in overhead.items()},
+                "speedup_median": statistics.median(ratios),
+                "speedup_min": min(ratios),
+                "speedup_max": max(ratios),
+                "speedup_of_minima": min(times["diffusers"]) / min(times["diffcore"]),
+            }
             rows.append(row)
-            print(f"{unet_name} b{batch} {sampler}: speedup median {row['speedup_median']:.3f}x "
-                  f"(rounds {row['speedup_min']:.3f}-{row['speedup_max']:.3f}), of minima "
-                  f"{row['speedup_of_minima']:.3f}x, loop overhead ms/step diffusers "
-                  f"{row['loop_overhead_ms_per_step']['diffusers']:.3f} diffcore "
-                  f"{row['loop_overhead_ms_per_step']['diffcore']:.3f}, rel err {rel_err:.1e}", flush=True)
+            print(
+                f"{unet_name} b{batch} {sampler}: speedup median {row['speedup_median']:.3f}x "
+                f"(rounds {row['speedup_min']:.3f}-{row['speedup_max']:.3f}), of minima "
+                f"{row['speedup_of_minima']:.3f}x, loop overhead ms/step diffusers "
+                f"{row['loop_overhead_ms_per_step']['diffusers']:.3f} diffcore "
+                f"{row['loop_overhead_ms_per_step']['diffcore']:.3f}, rel err {rel_err:.1e}",
+                flush=True,
+            )
         unet.forward = forward
-    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": args.threads,
-                          "diffusers": e2e.diffusers.__version__, "kernels": diffcore.ops.backend(),
-                          "loadavg_at_start": list(os.getloadavg())},
-              "quick": args.quick, "rows": rows}
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": args.threads,
+            "diffusers": e2e.diffusers.__version__,
+            "kernels": diffcore.ops.backend(),
+            "loadavg_at_start": list(os.getloadavg()),
+        },
+        "quick": args.quick,
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(table(report))
@@ -144,10 +176,12 @@ def table(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         t, o = r["min_s_per_50_steps"], r["loop_overhead_ms_per_step"]
-        lines.append(f"| {r['unet']} | {r['batch']} | {r['sampler']} | {r['steps_per_round']} | {r['rounds']} | "
-                     f"{t['diffusers']:.2f} s | {t['diffcore']:.2f} s | {r['speedup_median']:.3f}x "
-                     f"({r['speedup_min']:.3f}-{r['speedup_max']:.3f}) | {o['diffusers']:.3f} / {o['diffcore']:.3f} | "
-                     f"{r['rel_err_vs_diffusers']:.1e} |")
+        lines.append(
+            f"| {r['unet']} | {r['batch']} | {r['sampler']} | {r['steps_per_round']} | {r['rounds']} | "
+            f"{t['diffusers']:.2f} s | {t['diffcore']:.2f} s | {r['speedup_median']:.3f}x "
+            f"({r['speedup_min']:.3f}-{r['speedup_max']:.3f}) | {o['diffusers']:.3f} / {o['diffcore']:.3f} | "
+            f"{r['rel_err_vs_diffusers']:.1e} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -67,8 +67,9 @@ def layout_of(program: Program) -> Layout:
     )
 
 
-def diffcore_case(name: str, x_T: torch.Tensor, model: Callable[..., torch.Tensor], *, steps: int,
-                  check_finite: bool, noise: str) -> Case:
+def diffcore_case(
+    name: str, x_T: torch.Tensor, model: Callable[..., torch.Tensor], *, steps: int, check_finite: bool, noise: str
+) -> Case:
     """``run_program`` of sampler ``name`` with the program built once, outside the timer (what
     ``diffcore.sample`` builds per call). ``noise="generator"``: torch.randn from a seeded
     generator into a preallocated buffer; ``"philox"``: ``seed=0``, noise drawn in the kernel."""

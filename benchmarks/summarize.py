@@ -68,8 +68,10 @@ def collect_floor(report: dict[str, Any], stat: str) -> dict[int, dict[str, Any]
     for bench in report.get("benchmarks", []):
         info = bench.get("extra_info", {})
         if "floor" in info and "iterations" in info:
-            floor[int(info["numel"])] = {"step": bench["stats"][stat] / info["iterations"],
-                                         "bytes": info.get("bytes_per_iteration")}
+            floor[int(info["numel"])] = {
+                "step": bench["stats"][stat] / info["iterations"],
+                "bytes": info.get("bytes_per_iteration"),
+            }
     return floor
 
 
@@ -116,8 +118,13 @@ def step_table(rows: dict, primary: str, others: list[str]) -> list[str]:
         for numel in sorted(n for s, n in rows if s == sampler):
             r = rows[(sampler, numel)]
             main_, df = r.get(primary, {}), r.get("diffusers", {})
-            cells = [sampler, _elements(numel), _fmt_us(main_.get("step")), _fmt_us(df.get("step")),
-                     _fmt_ratio(df.get("step"), main_.get("step"))]
+            cells = [
+                sampler,
+                _elements(numel),
+                _fmt_us(main_.get("step")),
+                _fmt_us(df.get("step")),
+                _fmt_ratio(df.get("step"), main_.get("step")),
+            ]
             for v in others:
                 step = r.get(v, {}).get("step")
                 cells.append(f"{_fmt_us(step)} ({_fmt_ratio(df.get('step'), step)})")
@@ -141,8 +148,9 @@ def floor_ratio_table(rows: dict, floor: dict[int, dict[str, Any]], numel: int) 
     """Each native variant's step / one torch.add pass at ``numel``; bandwidth vs add's, per tensor."""
     add = floor[numel]["step"]
     variants = sorted({v for (s, n), r in rows.items() if n == numel for v in r if _native(v)})
-    head = ("| sampler | history slots K, writes W | "
-            + "".join(f"{v.removeprefix('diffcore-')}: step / add (tensors; bandwidth vs add) | " for v in variants))
+    head = "| sampler | history slots K, writes W | " + "".join(
+        f"{v.removeprefix('diffcore-')}: step / add (tensors; bandwidth vs add) | " for v in variants
+    )
     lines = [head.rstrip(" "), "|" + "---|" * (2 + len(variants))]
     for sampler in dict.fromkeys(s for s, n in rows if n == numel):
         r = rows[(sampler, numel)]
@@ -162,17 +170,20 @@ def floor_ratio_table(rows: dict, floor: dict[int, dict[str, Any]], numel: int) 
 def targets(rows: dict, floor: dict[int, dict[str, Any]], primary: str, largest: int | None) -> list[str]:
     """Which cases miss the issue's targets (a report, not an assertion)."""
     out = []
-    for label, pick in (("default variant", lambda r: r.get(primary, {}).get("step")),
-                        ("fastest native variant", lambda r: min((v["step"] for k, v in r.items() if _native(k)),
-                                                                 default=None))):
+    for label, pick in (
+        ("default variant", lambda r: r.get(primary, {}).get("step")),
+        ("fastest native variant", lambda r: min((v["step"] for k, v in r.items() if _native(k)), default=None)),
+    ):
         miss = []
         for (sampler, numel), r in sorted(rows.items()):
             if numel in SPEEDUP_SIZES:
                 s = _ratio(r.get("diffusers", {}).get("step"), pick(r))
                 if s is not None and s < SPEEDUP_TARGET:
                     miss.append(f"{sampler} {_elements(numel)} ({s:.1f}x)")
-        out.append(f"* >= {SPEEDUP_TARGET:.0f}x diffusers at 16K/256K, {label}: "
-                   + ("met everywhere measured" if not miss else "missed by " + ", ".join(miss)))
+        out.append(
+            f"* >= {SPEEDUP_TARGET:.0f}x diffusers at 16K/256K, {label}: "
+            + ("met everywhere measured" if not miss else "missed by " + ", ".join(miss))
+        )
     if largest is not None:
         add = floor[largest]["step"]
         miss = []
@@ -180,13 +191,20 @@ def targets(rows: dict, floor: dict[int, dict[str, Any]], primary: str, largest:
             best = min((v["step"] for k, v in r.items() if _native(k)), default=None) if numel == largest else None
             if best is not None and best / add > FLOOR_TARGET:
                 miss.append(f"{sampler} ({best / add:.2f}x)")
-        out.append(f"* fastest native step within {FLOOR_TARGET}x of torch.add at {_elements(largest)}: "
-                   + ("met by every sampler" if not miss else "missed by " + ", ".join(miss)))
-    over = [f"{s} {_elements(n)} {v.removeprefix('diffcore-')} ({_peak_x(x):.2f} > {x['bound']})"
-            for (s, n), r in sorted(rows.items()) for v, x in r.items()
-            if _native(v) and _peak_x(x) is not None and x.get("bound") is not None and _peak_x(x) > x["bound"]]
-    out.append("* native peak extra memory <= (slots + 2) x size of x: "
-               + ("met by every native case" if not over else "exceeded by " + ", ".join(over)))
+        out.append(
+            f"* fastest native step within {FLOOR_TARGET}x of torch.add at {_elements(largest)}: "
+            + ("met by every sampler" if not miss else "missed by " + ", ".join(miss))
+        )
+    over = [
+        f"{s} {_elements(n)} {v.removeprefix('diffcore-')} ({_peak_x(x):.2f} > {x['bound']})"
+        for (s, n), r in sorted(rows.items())
+        for v, x in r.items()
+        if _native(v) and _peak_x(x) is not None and x.get("bound") is not None and _peak_x(x) > x["bound"]
+    ]
+    out.append(
+        "* native peak extra memory <= (slots + 2) x size of x: "
+        + ("met by every native case" if not over else "exceeded by " + ", ".join(over))
+    )
     return out
 
 
@@ -214,15 +232,27 @@ def table(report: dict[str, Any], stat: str = "min") -> str:
     out = [machine_line(report), "", *step_table(rows, primary, others), "", notes]
     largest = max((n for n in floor if any(k[1] == n for k in rows)), default=None)
     if floor:
-        out += ["", "Memory floor: one `torch.add(x, y, out=z)` (reads 2, writes 1 full-size tensor), "
-                    f"{stat} over rounds of {'/'.join(map(str, sorted(steps)))} back-to-back calls, same run.", "",
-                *floor_table(floor)]
+        out += [
+            "",
+            "Memory floor: one `torch.add(x, y, out=z)` (reads 2, writes 1 full-size tensor), "
+            f"{stat} over rounds of {'/'.join(map(str, sorted(steps)))} back-to-back calls, same run.",
+            "",
+            *floor_table(floor),
+        ]
     if largest is not None:
-        out += ["", f"At {_elements(largest)} elements: native step time / torch.add time; in parentheses the "
-                    "bandwidth it achieves (tensors streamed x size / step time) as a share of add's.", "",
-                *floor_ratio_table(rows, floor, largest)]
-    out += ["", "Targets of the native-kernels issue (reported, never asserted):", "",
-            *targets(rows, floor, primary, largest)]
+        out += [
+            "",
+            f"At {_elements(largest)} elements: native step time / torch.add time; in parentheses the "
+            "bandwidth it achieves (tensors streamed x size / step time) as a share of add's.",
+            "",
+            *floor_ratio_table(rows, floor, largest),
+        ]
+    out += [
+        "",
+        "Targets of the native-kernels issue (reported, never asserted):",
+        "",
+        *targets(rows, floor, primary, largest),
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -31,8 +31,11 @@ def collect(reports: list[dict[str, Any]], stat: str) -> dict[str, dict[tuple[st
             per_run = bench["stats"][stat] / info["steps_measured"] * info["steps_target"]
             key = (info["unet"], int(info["batch"]), info["scheduler"])
             rows.setdefault(info["device"], {}).setdefault(key, {})[info["impl"]] = {
-                "s": per_run, "err": info.get("rel_err_vs_diffusers"), "steps": info["steps_measured"],
-                "threads": info.get("torch_threads"), "rounds": bench["stats"].get("rounds"),
+                "s": per_run,
+                "err": info.get("rel_err_vs_diffusers"),
+                "steps": info["steps_measured"],
+                "threads": info.get("torch_threads"),
+                "rounds": bench["stats"].get("rounds"),
             }
     return rows
 
@@ -51,8 +54,12 @@ def table(device: str, rows: dict[tuple[str, int, str], dict[str, Any]], stat: s
     for v in present:
         head += [v, f"speedup ({v})"]
     head.append("max rel err vs diffusers")
-    lines = [f"### {device}: time per 50-step run ({stat} round), speedup = diffusers / diffcore", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"### {device}: time per 50-step run ({stat} round), speedup = diffusers / diffcore",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for key in sorted(rows, key=lambda k: (UNET_ORDER.get(k[0], 9), k[1], k[2])):
         impls = rows[key]
         ref = impls.get("diffusers", {}).get("s")
@@ -63,8 +70,11 @@ def table(device: str, rows: dict[tuple[str, int, str], dict[str, Any]], stat: s
         errs = [i["err"] for name, i in impls.items() if name != "diffusers" and i["err"] is not None]
         cells.append(f"{max(errs):.1e}" if errs else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
-    slower = [f"{k[0]} b{k[1]} {k[2]}" for k, i in rows.items()
-              if "diffusers" in i and "diffcore" in i and i["diffcore"]["s"] > i["diffusers"]["s"]]
+    slower = [
+        f"{k[0]} b{k[1]} {k[2]}"
+        for k, i in rows.items()
+        if "diffusers" in i and "diffcore" in i and i["diffcore"]["s"] > i["diffusers"]["s"]
+    ]
     lines += ["", f"diffcore (eager) slower than diffusers in: {', '.join(slower) if slower else 'none'}", ""]
     return lines
 
@@ -74,9 +84,15 @@ def summary(reports: list[dict[str, Any]], stat: str = "min") -> str:
     if not rows:
         raise ValueError("no end-to-end cases (extra_info suite='e2e') in the report(s)")
     machine = reports[0].get("machine_info", {}).get("diffcore", {})
-    lines = ["## End-to-end sampling: diffcore.sample vs the diffusers pipeline loop", "",
-             (f"torch {machine.get('torch', '?')}, diffusers {machine.get('diffusers', '?')}, "
-              f"torch threads {machine.get('torch_threads', '?')}, kernel backend {machine.get('kernel_backend', '?')}"), ""]
+    lines = [
+        "## End-to-end sampling: diffcore.sample vs the diffusers pipeline loop",
+        "",
+        (
+            f"torch {machine.get('torch', '?')}, diffusers {machine.get('diffusers', '?')}, "
+            f"torch threads {machine.get('torch_threads', '?')}, kernel backend {machine.get('kernel_backend', '?')}"
+        ),
+        "",
+    ]
     for device, dev_rows in rows.items():
         lines += table(device, dev_rows, stat)
     return "\n".join(lines)

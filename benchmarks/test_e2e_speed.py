@@ -59,12 +59,24 @@ pytestmark = [
 
 STEPS = 50
 UNETS: dict[str, dict[str, Any]] = {
-    "small": {"sample_size": 32, "in_channels": 3, "out_channels": 3, "block_out_channels": (32, 64, 64),
-              "layers_per_block": 2, "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-              "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")},
-    "mid": {"sample_size": 64, "in_channels": 4, "out_channels": 4, "block_out_channels": (128, 256, 256, 512),
-            "layers_per_block": 2, "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-            "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D")},
+    "small": {
+        "sample_size": 32,
+        "in_channels": 3,
+        "out_channels": 3,
+        "block_out_channels": (32, 64, 64),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    },
+    "mid": {
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (128, 256, 256, 512),
+        "layers_per_block": 2,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    },
 }
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {"clip_sample": False}),
@@ -73,8 +85,12 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 BATCHES = (1, 16, 64)
 # CPU: (unet, batch) -> (steps timed per round, timed rounds); cases not listed are skipped on CPU
 # (the minimum of 3 rounds: on shared cores a single slow round is mostly other jobs' load)
-CPU_PLAN: dict[tuple[str, int], tuple[int, int]] = {("small", 1): (50, 3), ("small", 16): (5, 3),
-                                                    ("small", 64): (2, 3), ("mid", 1): (2, 3)}
+CPU_PLAN: dict[tuple[str, int], tuple[int, int]] = {
+    ("small", 1): (50, 3),
+    ("small", 16): (5, 3),
+    ("small", 64): (2, 3),
+    ("mid", 1): (2, 3),
+}
 GPU_ROUNDS: dict[tuple[str, int], int] = {("mid", 16): 3, ("mid", 64): 2}  # others: 5
 IMPLS = ["diffusers", "diffcore"] + (["diffcore-graph", "diffcore-graph-replay"] if ON_CUDA else [])
 DEADLINE_ENV = "DIFFCORE_BENCH_DEADLINE"
@@ -144,12 +160,15 @@ def test_e2e_sampling(benchmark: Any, unet_name: str, batch: int, sampler: str, 
 
     graphs.clear_cache()  # graphs of earlier cases (other models, other shapes) free their memory
     if impl == "diffusers":
+
         def run() -> torch.Tensor:
             return _diffusers_run(unet, scheduler, x_T, steps)
     elif impl == "diffcore":
+
         def run() -> torch.Tensor:
             return diffcore.sample(model, x_T, **kwargs)
     elif impl == "diffcore-graph":
+
         def run() -> torch.Tensor:
             return diffcore.sample(model, x_T, cuda_graph=True, **kwargs)
     else:  # diffcore-graph-replay: capture once here, replay the cached graph in the timed rounds
@@ -181,20 +200,22 @@ def test_e2e_sampling(benchmark: Any, unet_name: str, batch: int, sampler: str, 
         assert rel_err <= 1e-3, f"{impl} differs from diffusers by {rel_err:.2e}"
 
     benchmark.group = f"{unet_name} b{batch} {sampler}"
-    benchmark.extra_info.update({
-        "suite": "e2e",
-        "unet": unet_name,
-        "unet_config": {k: list(v) if isinstance(v, tuple) else v for k, v in UNETS[unet_name].items()},
-        "batch": batch,
-        "scheduler": sampler,
-        "impl": impl,
-        "steps_measured": steps,
-        "steps_target": STEPS,
-        "device": torch.cuda.get_device_name(DEVICE) if ON_CUDA else "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "untimed_first_run_s": untimed_s,
-        "rel_err_vs_diffusers": rel_err,
-    })
+    benchmark.extra_info.update(
+        {
+            "suite": "e2e",
+            "unet": unet_name,
+            "unet_config": {k: list(v) if isinstance(v, tuple) else v for k, v in UNETS[unet_name].items()},
+            "batch": batch,
+            "scheduler": sampler,
+            "impl": impl,
+            "steps_measured": steps,
+            "steps_target": STEPS,
+            "device": torch.cuda.get_device_name(DEVICE) if ON_CUDA else "cpu",
+            "torch_threads": torch.get_num_threads(),
+            "untimed_first_run_s": untimed_s,
+            "rel_err_vs_diffusers": rel_err,
+        }
+    )
     captures = graphs.cache_info()["captures"]
     benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)
     if impl.startswith("diffcore-graph"):

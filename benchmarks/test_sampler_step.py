@@ -30,10 +30,10 @@ from typing import Any
 
 import pytest
 import torch
+from sampler_cases import diffcore_case, diffusers_case, layout_of, program_for
 
 from diffcore import ops
 from diffcore.samplers import SAMPLERS as BUILTIN_SAMPLERS
-from sampler_cases import diffcore_case, diffusers_case, layout_of, program_for
 
 # name -> (shape, most timed rounds); every case is float32
 # (a 16K run takes ~1 ms: with 10 rounds the minimum still carried warm-up noise of +-50%)
@@ -71,8 +71,12 @@ def _cases() -> Iterator[Any]:
             for impl in IMPLS:
                 if "-philox" in impl and not _stochastic(sampler):
                     continue
-                if (size == "8M" and impl == "diffcore-reference" and BACKEND != "reference"
-                        and sampler not in REFERENCE_AT_8M):
+                if (
+                    size == "8M"
+                    and impl == "diffcore-reference"
+                    and BACKEND != "reference"
+                    and sampler not in REFERENCE_AT_8M
+                ):
                     continue
                 yield pytest.param(sampler, size, impl, id=f"{sampler}-{size}-{impl}")
 
@@ -88,8 +92,9 @@ def _parse(impl: str) -> tuple[str, bool, str]:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' numpy-2 warnings
 @pytest.mark.parametrize("sampler,size,impl", list(_cases()))
-def test_sampler_step(benchmark: Any, peak_alloc: Callable, monkeypatch: pytest.MonkeyPatch, sampler: str, size: str,
-                      impl: str) -> None:
+def test_sampler_step(
+    benchmark: Any, peak_alloc: Callable, monkeypatch: pytest.MonkeyPatch, sampler: str, size: str, impl: str
+) -> None:
     shape, rounds = SIZES[size]
     gen = torch.Generator().manual_seed(1234)
     x_T = torch.randn(shape, generator=gen)
@@ -106,8 +111,7 @@ def test_sampler_step(benchmark: Any, peak_alloc: Callable, monkeypatch: pytest.
         backend, check_finite, noise = _parse(impl)
         monkeypatch.setenv("DIFFCORE_KERNELS", "reference" if backend == "reference" else "native")
         assert ops.backend() == backend
-        setup, run, iterations = diffcore_case(sampler, x_T, model, steps=STEPS, check_finite=check_finite,
-                                               noise=noise)
+        setup, run, iterations = diffcore_case(sampler, x_T, model, steps=STEPS, check_finite=check_finite, noise=noise)
 
     args, _ = setup()
     start = time.perf_counter()
@@ -115,27 +119,32 @@ def test_sampler_step(benchmark: Any, peak_alloc: Callable, monkeypatch: pytest.
     untimed_s = time.perf_counter() - start
 
     benchmark.group = f"{sampler} {size}"
-    benchmark.extra_info.update({
-        "sampler": sampler,
-        "numel": x_T.numel(),
-        "shape": list(shape),
-        "impl": "diffusers" if impl == "diffusers" else "diffcore",
-        "torch_threads": torch.get_num_threads(),
-        "variant": impl,
-        "steps": STEPS,
-        "iterations": iterations,
-        "peak_alloc_bytes": peak,
-        "x_bytes": x_T.numel() * x_T.element_size(),
-        "slots": layout.slots,
-        "max_writes": layout.max_writes,
-        "noise": noise if layout.stochastic else "none",
-        # full-size tensors diffcore's fused step reads + writes (diffusers makes many more passes)
-        "tensors_streamed": None if impl == "diffusers" else layout.tensors_streamed(noise_tensor=noise == "generator"),
-        "memory_bound_x": layout.memory_bound(),
-    })
+    benchmark.extra_info.update(
+        {
+            "sampler": sampler,
+            "numel": x_T.numel(),
+            "shape": list(shape),
+            "impl": "diffusers" if impl == "diffusers" else "diffcore",
+            "torch_threads": torch.get_num_threads(),
+            "variant": impl,
+            "steps": STEPS,
+            "iterations": iterations,
+            "peak_alloc_bytes": peak,
+            "x_bytes": x_T.numel() * x_T.element_size(),
+            "slots": layout.slots,
+            "max_writes": layout.max_writes,
+            "noise": noise if layout.stochastic else "none",
+            # full-size tensors diffcore's fused step reads + writes (diffusers makes many more passes)
+            "tensors_streamed": None
+            if impl == "diffusers"
+            else layout.tensors_streamed(noise_tensor=noise == "generator"),
+            "memory_bound_x": layout.memory_bound(),
+        }
+    )
     rounds = max(1, min(rounds, int(ROUND_BUDGET_S / untimed_s)))
-    result = benchmark.pedantic(run, setup=setup, rounds=rounds, iterations=1,
-                                warmup_rounds=0 if untimed_s > WARMUP_S else 1)
+    result = benchmark.pedantic(
+        run, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0 if untimed_s > WARMUP_S else 1
+    )
     assert result.shape == x_T.shape
 
 
@@ -152,15 +161,17 @@ def test_memory_floor(benchmark: Any, size: str) -> None:
             torch.add(x, y, out=z)
 
     benchmark.group = f"floor {size}"
-    benchmark.extra_info.update({
-        "floor": "torch.add(x, y, out=z)",
-        "numel": x.numel(),
-        "shape": list(shape),
-        "torch_threads": torch.get_num_threads(),
-        "iterations": STEPS,
-        "tensors_streamed": 3,
-        "bytes_per_iteration": 3 * x.numel() * x.element_size(),
-    })
+    benchmark.extra_info.update(
+        {
+            "floor": "torch.add(x, y, out=z)",
+            "numel": x.numel(),
+            "shape": list(shape),
+            "torch_threads": torch.get_num_threads(),
+            "iterations": STEPS,
+            "tensors_streamed": 3,
+            "bytes_per_iteration": 3 * x.numel() * x.element_size(),
+        }
+    )
     benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
     assert torch.equal(z, x + y)
 
@@ -174,8 +185,13 @@ def order_items(items: list[pytest.Item]) -> None:
     def key(item: pytest.Item) -> tuple[int, int]:
         params = item.callspec.params  # type: ignore[attr-defined]
         impl = params.get("impl", "floor")
-        phase = "floor" if impl == "floor" else "diffusers" if impl == "diffusers" else (
-            "reference" if impl.startswith("diffcore-reference") else "native")
+        phase = (
+            "floor"
+            if impl == "floor"
+            else "diffusers"
+            if impl == "diffusers"
+            else ("reference" if impl.startswith("diffcore-reference") else "native")
+        )
         return sizes.index(params["size"]), phases.index(phase)
 
     slots = [i for i, item in enumerate(items) if item.module.__name__ == __name__ and hasattr(item, "callspec")]

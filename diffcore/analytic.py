@@ -11,6 +11,7 @@ form). A flow path ``(1 - t) x0 + t eps`` is the VE path scaled by ``1 - t`` at
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,8 +32,10 @@ class GaussianMixture:
     def __post_init__(self) -> None:
         k, d = self.means.shape
         if self.stds.shape != (k, d) or self.weights.shape != (k,):
-            raise ValueError(f"means {tuple(self.means.shape)}, stds {tuple(self.stds.shape)}, "
-                             f"weights {tuple(self.weights.shape)} disagree")
+            raise ValueError(
+                f"means {tuple(self.means.shape)}, stds {tuple(self.stds.shape)}, "
+                f"weights {tuple(self.weights.shape)} disagree"
+            )
         if not bool((self.stds > 0).all()) or not bool((self.weights > 0).all()):
             raise ValueError("stds and weights must be positive")
 
@@ -107,7 +110,7 @@ class GaussianMixture:
 PREDICTIONS = ("epsilon", "v_prediction", "sample", "flow")
 
 
-def exact_model(mixture: GaussianMixture, schedule: Schedule, prediction: str = "epsilon"):
+def exact_model(mixture: GaussianMixture, schedule: Schedule, prediction: str = "epsilon") -> Callable[..., Tensor]:
     """The exact ``model(x, t)`` of the mixture for ``schedule``: epsilon (or v, x0, flow velocity)
     prediction.
 
@@ -140,7 +143,7 @@ def exact_model(mixture: GaussianMixture, schedule: Schedule, prediction: str = 
     return model
 
 
-def _levels(schedule: Schedule):
+def _levels(schedule: Schedule) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """Model time (B,) -> state (alpha, std), each (B,) float64, for ``schedule``."""
     if isinstance(schedule, DiscreteSchedule):
         train = schedule.train_sigmas()

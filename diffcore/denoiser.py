@@ -11,7 +11,6 @@ A guidance method that does not fold (APG with momentum) gives the guided output
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +105,7 @@ class Denoiser:
         return 0.0 if self.guidance is None else float(self.guidance.rescale)
 
     def _call(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
-        out = self.model(x, t) if cond is None else self.model(x, t, cond)
+        out: Any = self.model(x, t) if cond is None else self.model(x, t, cond)
         if not isinstance(out, Tensor):
             # diffusers models return an output object whose `.sample` holds the tensor
             out = getattr(out, "sample", out[0] if isinstance(out, (tuple, list)) else out)
@@ -172,7 +171,12 @@ class Denoiser:
         return out
 
     def __call__(
-        self, x: Tensor, level: Level, step: int = 0, t: Tensor | None = None, c_in: Tensor | float | None = None,
+        self,
+        x: Tensor,
+        level: Level,
+        step: int = 0,
+        t: Tensor | None = None,
+        c_in: Tensor | float | None = None,
         guide: StepGuide | None = None,
     ) -> Prediction:
         """Evaluate the model at ``level`` on state ``x`` (B, ...); ``t`` and ``c_in`` override the
@@ -307,4 +311,3 @@ def _cat(uncond: Any, cond: Any) -> Any:
     if isinstance(cond, list):  # e.g. prompts
         return list(uncond) + list(cond)
     raise TypeError(f"cannot batch conditioning of type {type(cond).__name__}; pass uncond=None")
-

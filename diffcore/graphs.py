@@ -35,6 +35,7 @@ collected. Replays of one graph from several streams at once are not supported.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import threading
@@ -125,8 +126,9 @@ class GraphCache:
         device_type: the device the state must be on.
     """
 
-    def __init__(self, capacity: int | None = None, *, capture: CaptureFn = capture_cuda,
-                 device_type: str = "cuda") -> None:
+    def __init__(
+        self, capacity: int | None = None, *, capture: CaptureFn = capture_cuda, device_type: str = "cuda"
+    ) -> None:
         self.capture = capture
         self.device_type = device_type
         self._entries: OrderedDict[Hashable, tuple[Hashable, Captured | CaptureFailed]] = OrderedDict()
@@ -156,8 +158,14 @@ class GraphCache:
 
     def info(self) -> dict[str, int]:
         """Counters since the last :meth:`clear`: hits, misses, captures, evictions, size, capacity."""
-        return {"hits": self.hits, "misses": self.misses, "captures": self.captures,
-                "evictions": self.evictions, "size": len(self), "capacity": self.capacity}
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "captures": self.captures,
+            "evictions": self.evictions,
+            "size": len(self),
+            "capacity": self.capacity,
+        }
 
     def clear(self) -> None:
         """Drop every graph (their memory pools are freed) and reset the counters."""
@@ -191,7 +199,7 @@ class GraphCache:
             oid = id(owner)
             known = self._owners.get(oid)
             if known is None or known() is not owner:
-                self._owners[oid] = weakref.ref(owner, lambda _ref, oid=oid: self._dead.append(oid))
+                self._owners[oid] = weakref.ref(owner, functools.partial(self._collected, oid))
             self._entries[key] = (variant, entry)
             self._entries.move_to_end(key)
             self._trim()
@@ -207,6 +215,10 @@ class GraphCache:
         while len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
             self.evictions += 1
+
+    def _collected(self, oid: int, _ref: object) -> None:
+        """weakref callback: the owner ``oid`` is gone; its graphs go on the next operation."""
+        self._dead.append(oid)
 
     def _purge(self) -> None:
         while self._dead:
@@ -306,11 +318,22 @@ def graph_key(denoiser: Any, x: Tensor, program: Hashable, seed: int | None) -> 
     except TypeError:
         raise Uncacheable(f"model of type {type(owner).__name__} cannot be weak-referenced") from None
     key = (
-        id(owner), func, getattr(owner, "training", None), program,
-        tuple(x.shape), x.stride(), x.dtype, x.device,
-        denoiser.timestep_dtype, denoiser.guidance, denoiser.check_finite,
-        structure(denoiser.cond), structure(denoiser.uncond),
-        ops.backend(x.device), torch.is_grad_enabled(), _autocast(x.device.type),
+        id(owner),
+        func,
+        getattr(owner, "training", None),
+        program,
+        tuple(x.shape),
+        x.stride(),
+        x.dtype,
+        x.device,
+        denoiser.timestep_dtype,
+        denoiser.guidance,
+        denoiser.check_finite,
+        structure(denoiser.cond),
+        structure(denoiser.uncond),
+        ops.backend(x.device),
+        torch.is_grad_enabled(),
+        _autocast(x.device.type),
     )
     return key, owner, seed
 
@@ -318,8 +341,9 @@ def graph_key(denoiser: Any, x: Tensor, program: Hashable, seed: int | None) -> 
 # --------------------------------------------------------------------------- running
 
 
-def check_capturable(x: Tensor, *, stochastic: bool, seed: int | None, callback: Any,
-                     graph_cache: GraphCache | None = None) -> None:
+def check_capturable(
+    x: Tensor, *, stochastic: bool, seed: int | None, callback: Any, graph_cache: GraphCache | None = None
+) -> None:
     """Raise unless a run on ``x`` can be captured: device, no callback, in-kernel noise."""
     device_type = (graph_cache if graph_cache is not None else cache).device_type
     if x.device.type != device_type:
@@ -359,8 +383,9 @@ def run_cached(
             store.captures += 1
         except Exception as exc:  # noqa: BLE001 - a model that cannot be captured runs eagerly
             reason = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"diffcore: CUDA graph capture failed ({reason}); running eagerly", RuntimeWarning,
-                          stacklevel=4)
+            warnings.warn(
+                f"diffcore: CUDA graph capture failed ({reason}); running eagerly", RuntimeWarning, stacklevel=4
+            )
             entry = CaptureFailed(reason)
         if key is not None:
             store.store(key, owner, entry, variant)

@@ -146,8 +146,11 @@ class CFGZeroStar(Guidance):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.zero_init_steps, bool) or not isinstance(self.zero_init_steps, int) \
-                or self.zero_init_steps < 0:
+        if (
+            isinstance(self.zero_init_steps, bool)
+            or not isinstance(self.zero_init_steps, int)
+            or self.zero_init_steps < 0
+        ):
             raise ValueError(f"zero_init_steps={self.zero_init_steps!r} must be an integer >= 0")
 
     @property
@@ -229,8 +232,14 @@ def options_of(method: type[Guidance]) -> dict[str, Any]:
     return {f.name: f.default for f in fields(method) if f.name not in common}
 
 
-def make_guidance(method: str | Guidance = "cfg", scale: float | None = None, *, rescale: float = 0.0,
-                  interval: Sequence[float] | None = None, options: dict[str, Any] | None = None) -> Guidance | None:
+def make_guidance(
+    method: str | Guidance = "cfg",
+    scale: float | None = None,
+    *,
+    rescale: float = 0.0,
+    interval: Sequence[float] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Guidance | None:
     """The guidance of ``diffcore.sample``'s arguments: None without ``scale`` (no guidance), a
     method by name with its ``options``, or a :class:`Guidance` passed through (its settings then
     live in the object)."""
@@ -250,9 +259,11 @@ def make_guidance(method: str | Guidance = "cfg", scale: float | None = None, *,
     options = dict(options or {})
     unknown = sorted(set(options) - set(options_of(cls)))
     if unknown:
-        raise TypeError(f"guidance {method!r} got unknown option(s) {unknown}; it accepts: "
-                        f"{', '.join(options_of(cls)) or 'none'}")
-    return cls(scale=scale, rescale=rescale, interval=None if interval is None else tuple(interval), **options)
+        raise TypeError(
+            f"guidance {method!r} got unknown option(s) {unknown}; it accepts: {', '.join(options_of(cls)) or 'none'}"
+        )
+    lo_hi = None if interval is None else Guidance._interval(tuple(interval))  # checked: (lo, hi), lo < hi
+    return cls(scale=scale, rescale=rescale, interval=lo_hi, **options)
 
 
 # --------------------------------------------------------------------------- device side
@@ -311,16 +322,23 @@ class StepGuide:
     side: Tensor | None = None
 
 
-def step_guides(guidance: Guidance, levels: Sequence[Sequence[Level]], factors: Sequence[Sequence[float]],
-                x: Tensor, first: int = 0, reads_uncond: Sequence[bool] | None = None) -> list[StepGuide]:
+def step_guides(
+    guidance: Guidance,
+    levels: Sequence[Sequence[Level]],
+    factors: Sequence[Sequence[float]],
+    x: Tensor,
+    first: int = 0,
+    reads_uncond: Sequence[bool] | None = None,
+) -> list[StepGuide]:
     """One :class:`StepGuide` per model evaluation, from the ``levels`` and CFG++ ``factors`` of
     each program, shape (programs, steps) with programs 1 (shared) or B; ``first`` is the index of
     the first evaluation (for zero-init), ``reads_uncond`` per step whether it is a CFG++ step.
     Every device tensor comes from one host->device copy."""
     fac = np.asarray(factors, dtype=np.float64)
     reads = list(reads_uncond) if reads_uncond is not None else [False] * fac.shape[1]
-    act = np.array([[guidance.active_at(lv, r) for lv, r in zip(row, reads)] for row in levels],
-                   dtype=bool).reshape(fac.shape)
+    act = np.array([[guidance.active_at(lv, r) for lv, r in zip(row, reads)] for row in levels], dtype=bool).reshape(
+        fac.shape
+    )
     f_eff = np.where(act, fac, 1.0)
     ones = np.ones_like(f_eff)
     pair = np.stack([np.where(act, guidance.scale * f_eff, 1.0), ones], -1)  # (P, S, 2)
@@ -334,11 +352,13 @@ def step_guides(guidance: Guidance, levels: Sequence[Sequence[Level]], factors: 
     for k in range(steps):
         on = act[:, k]
         mode = "zero" if first + k < guidance.zero_steps else ("guided" if on.any() else "cond")
-        guides.append(StepGuide(
-            mode,
-            pair=pair_d[k, 0] if shared else pair_d[k],
-            factor=None if np.all(f_eff[:, k] == 1.0) else f_d[k, :, 0],
-            active=None if on.all() else act_d[k, :, 0] > 0.5,
-            side=side_d[k, 0] if shared else side_d[k],
-        ))
+        guides.append(
+            StepGuide(
+                mode,
+                pair=pair_d[k, 0] if shared else pair_d[k],
+                factor=None if np.all(f_eff[:, k] == 1.0) else f_d[k, :, 0],
+                active=None if on.all() else act_d[k, :, 0] > 0.5,
+                side=side_d[k, 0] if shared else side_d[k],
+            )
+        )
     return guides

@@ -157,6 +157,7 @@ def make_parameterization(prediction: str | Parameterization, **kwargs: float) -
         return prediction
     name = ALIASES.get(prediction, prediction) if isinstance(prediction, str) else prediction
     if name not in PARAMETERIZATIONS:
-        raise ValueError(f"prediction={prediction!r}: expected one of {sorted(PARAMETERIZATIONS)} "
-                         f"(or an alias {sorted(ALIASES)})")
+        raise ValueError(
+            f"prediction={prediction!r}: expected one of {sorted(PARAMETERIZATIONS)} (or an alias {sorted(ALIASES)})"
+        )
     return PARAMETERIZATIONS[name](**kwargs)

@@ -114,13 +114,21 @@ def sample(
     fn, sched, param = _resolve(sampler, schedule, prediction)
     options = _options(fn, eta, sampler_options)
     if sigmas is not None:
-        plan = plan_from_sigmas(sched, sigmas)
+        plan = plan_from_sigmas(sched, torch.as_tensor(sigmas, dtype=torch.float64))
     else:
         plan = sampler_plan(fn, sched, steps, timestep_spacing, options)
-    guide = make_guidance(guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval,
-                          options=guidance_options)
-    denoiser = Denoiser(model, param, timestep_dtype=plan.timestep_dtype, cond=cond, uncond=uncond, guidance=guide,
-                        check_finite=check_finite)
+    guide = make_guidance(
+        guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval, options=guidance_options
+    )
+    denoiser = Denoiser(
+        model,
+        param,
+        timestep_dtype=plan.timestep_dtype,
+        cond=cond,
+        uncond=uncond,
+        guidance=guide,
+        check_finite=check_finite,
+    )
     seed, generator = _noise_source(seed, generator, cuda_graph)
     if seed is not None:
         options["seed"] = seed
@@ -174,10 +182,12 @@ def sample_from(
     seed, generator = _noise_source(seed, generator)
     per_sample = [plans[v] for v in starts]
     state = _noised(x, per_sample, noise, generator, seed) if add_noise else x.clone()
-    guide = make_guidance(guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval,
-                          options=guidance_options)
-    denoiser = Denoiser(model, param, timestep_dtype=torch.float32, cond=cond, uncond=uncond, guidance=guide,
-                        check_finite=check_finite)
+    guide = make_guidance(
+        guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval, options=guidance_options
+    )
+    denoiser = Denoiser(
+        model, param, timestep_dtype=torch.float32, cond=cond, uncond=uncond, guidance=guide, check_finite=check_finite
+    )
     if len(plans) == 1:
         kw = {"seed": seed} if seed is not None else {}
         return fn(denoiser, state, per_sample[0], generator=generator, callback=callback, **kw, **options)
@@ -185,8 +195,9 @@ def sample_from(
 
     resolved = fn.resolve(options)  # type: ignore[attr-defined]
     programs = {v: fn.build(p, **resolved) for v, p in plans.items()}  # type: ignore[attr-defined]
-    return run_program(denoiser, state, [programs[v] for v in starts], generator=generator, seed=seed,
-                       callback=callback)
+    return run_program(
+        denoiser, state, [programs[v] for v in starts], generator=generator, seed=seed, callback=callback
+    )
 
 
 def _check_batch(name: str, x: Any) -> None:
@@ -201,8 +212,9 @@ def _check_batch(name: str, x: Any) -> None:
         raise ValueError(f"{name} contains NaN or inf")
 
 
-def _resolve(sampler: str | Sampler, schedule: str | Schedule,
-             prediction: str | Parameterization) -> tuple[Sampler, Schedule, Parameterization]:
+def _resolve(
+    sampler: str | Sampler, schedule: str | Schedule, prediction: str | Parameterization
+) -> tuple[Sampler, Schedule, Parameterization]:
     """The sampler, schedule and parameterization objects of names or objects."""
     return resolve_sampler(sampler), resolve_schedule(schedule), make_parameterization(prediction)
 
@@ -221,8 +233,9 @@ def _options(fn: Sampler, eta: float | None, sampler_options: dict[str, Any] | N
     return options
 
 
-def _noise_source(seed: int | None, generator: torch.Generator | None,
-                  cuda_graph: bool = False) -> tuple[int | None, torch.Generator | None]:
+def _noise_source(
+    seed: int | None, generator: torch.Generator | None, cuda_graph: bool = False
+) -> tuple[int | None, torch.Generator | None]:
     """``(seed, generator)`` with exactly one set: a CUDA graph needs in-kernel noise, so its seed
     is drawn from ``generator``; with neither, in-kernel noise seeded from torch's global RNG."""
     ops.check_noise_source(seed, generator)
@@ -243,13 +256,17 @@ def _starts(t_start: float | Tensor, batch: int) -> list[float]:
     return starts.tolist()
 
 
-def _noised(x: Tensor, plans: list[Plan], noise: Tensor | None, generator: torch.Generator | None,
-            seed: int | None) -> Tensor:
+def _noised(
+    x: Tensor, plans: list[Plan], noise: Tensor | None, generator: torch.Generator | None, seed: int | None
+) -> Tensor:
     """Clean ``x`` noised to each sample's start level, ``alpha*x + std*noise``; ``noise`` given,
     else drawn from ``generator``, else from the Philox stream of ``seed``."""
     if noise is None:
-        noise = (torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) if generator is not None
-                 else ops.philox_noise_like(x, seed, offset=ADD_NOISE_OFFSET))  # type: ignore[arg-type]
+        if generator is not None:
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        else:
+            assert seed is not None  # _noise_source gives a seed when there is no generator
+            noise = ops.philox_noise_like(x, seed, offset=ADD_NOISE_OFFSET)
     elif noise.shape != x.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)} but x has shape {tuple(x.shape)}")
     shape = (-1, *([1] * (x.dim() - 1)))

@@ -63,13 +63,19 @@ def test_converges_at_published_order(sampler: str, problem) -> None:
 def test_gaussian_closed_form_is_the_ode_reference() -> None:
     """For one Gaussian the ODE maps x(S) to mu + (x(S) - mu) sqrt((s^2 + sd^2) / (S^2 + sd^2)) per dimension."""
     f64 = torch.float64
-    g = GaussianMixture(torch.tensor([[0.5, -1.0]], dtype=f64), torch.tensor([[0.3, 2.0]], dtype=f64),
-                        torch.ones(1, dtype=f64))
+    g = GaussianMixture(
+        torch.tensor([[0.5, -1.0]], dtype=f64), torch.tensor([[0.3, 2.0]], dtype=f64), torch.ones(1, dtype=f64)
+    )
     x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 10
     closed = g.means + (x - g.means) * ((0.05**2 + g.stds**2) / (10.0**2 + g.stds**2)).sqrt()
     assert torch.allclose(g.ode_solution(x, 10.0, 0.05, steps=400), closed, atol=1e-8)
-    out = diffcore.sample(exact_model(g, SCHEDULE), x / 10.0, sampler="heun", schedule=SCHEDULE,
-                          sigmas=karras_sigmas(0.05, 10.0, 200, 7.0))
+    out = diffcore.sample(
+        exact_model(g, SCHEDULE),
+        x / 10.0,
+        sampler="heun",
+        schedule=SCHEDULE,
+        sigmas=karras_sigmas(0.05, 10.0, 200, 7.0),
+    )
     assert torch.allclose(out, closed, atol=5e-4)
 
 
@@ -79,8 +85,14 @@ def test_samples_follow_the_mixture(sampler: str) -> None:
     schedule = diffcore.get("schedules", "linear")()
     gm = GaussianMixture.ring(k=8, radius=2.0, std=0.2, dim=2)
     x_T = torch.randn(2000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    out = diffcore.sample(exact_model(gm, schedule), x_T, sampler=sampler, steps=40, schedule=schedule,
-                          generator=torch.Generator().manual_seed(2))
+    out = diffcore.sample(
+        exact_model(gm, schedule),
+        x_T,
+        sampler=sampler,
+        steps=40,
+        schedule=schedule,
+        generator=torch.Generator().manual_seed(2),
+    )
     dist = torch.cdist(out, gm.means).min(dim=1).values
     radial = out.norm(dim=1)
     assert dist.median() < 0.3, f"{sampler}: median distance to the nearest mode {dist.median():.3f}"

@@ -150,8 +150,11 @@ def test_cfg_pp_composes_with_every_guidance_method(name: str, guidance: str) ->
     torch.testing.assert_close(out, want, rtol=1e-7, atol=1e-7 * want.abs().max().item())
 
 
-BASE = {"euler_cfg_pp": ("euler", {}), "euler_ancestral_cfg_pp": ("euler_ancestral", {}),
-        "dpmpp_2m_cfg_pp": ("dpmpp_2m", {"lower_order_final": False})}
+BASE = {
+    "euler_cfg_pp": ("euler", {}),
+    "euler_ancestral_cfg_pp": ("euler_ancestral", {}),
+    "dpmpp_2m_cfg_pp": ("dpmpp_2m", {"lower_order_final": False}),
+}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -184,13 +187,21 @@ def test_outside_the_guidance_interval_steps_are_the_base_sampler() -> None:
         return model(x, t, cond)
 
     kw = dict(steps=8, schedule="linear", seed=2, cond=COND)
-    out = diffcore.sample(counting, _x(), sampler="dpmpp_2m_cfg_pp", uncond=UNCOND, guidance_scale=0.8,
-                          guidance_interval=(1e3, 1e4), **kw)
+    out = diffcore.sample(
+        counting, _x(), sampler="dpmpp_2m_cfg_pp", uncond=UNCOND, guidance_scale=0.8, guidance_interval=(1e3, 1e4), **kw
+    )
     assert len(calls) == 8 and all(c == tuple(COND.tolist()) for c in calls)
     base = diffcore.sample(model, _x(), sampler="dpmpp_2m", sampler_options={"lower_order_final": False}, **kw)
     torch.testing.assert_close(out, base, rtol=1e-10, atol=1e-10)
-    everywhere = diffcore.sample(model, _x(), sampler="dpmpp_2m_cfg_pp", uncond=UNCOND, guidance_scale=0.8,
-                                 guidance_interval=(0.0, math.inf), **kw)
+    everywhere = diffcore.sample(
+        model,
+        _x(),
+        sampler="dpmpp_2m_cfg_pp",
+        uncond=UNCOND,
+        guidance_scale=0.8,
+        guidance_interval=(0.0, math.inf),
+        **kw,
+    )
     plain = diffcore.sample(model, _x(), sampler="dpmpp_2m_cfg_pp", uncond=UNCOND, guidance_scale=0.8, **kw)
     torch.testing.assert_close(everywhere, plain, rtol=0, atol=0)
 
@@ -201,8 +212,9 @@ def test_sample_from_mixes_start_levels(name: str) -> None:
     separate runs of the same batch layout."""
     x = _x(3)
     starts = torch.tensor([200.0, 600.0, 999.0])
-    kw = dict(sampler=name, steps=6, schedule="linear", seed=3, guidance_scale=0.7, guidance_interval=(0.5, 20.0),
-              noise=_x(4))
+    kw = dict(
+        sampler=name, steps=6, schedule="linear", seed=3, guidance_scale=0.7, guidance_interval=(0.5, 20.0), noise=_x(4)
+    )
     mixed = diffcore.sample_from(model, x, starts, cond=COND, uncond=UNCOND, **kw)
     for i, s in enumerate(starts.tolist()):
         alone = diffcore.sample_from(model, x, torch.full((3,), s), cond=COND, uncond=UNCOND, **kw)
@@ -216,8 +228,9 @@ def test_without_guidance_they_are_the_base_samplers(name: str) -> None:
     base, options = BASE[name]
     kw = dict(steps=6, schedule="linear", seed=4, cond=COND)
     ours = diffcore.sample(model, _x(), sampler=name, **kw)
-    torch.testing.assert_close(ours, diffcore.sample(model, _x(), sampler=base, sampler_options=options, **kw),
-                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        ours, diffcore.sample(model, _x(), sampler=base, sampler_options=options, **kw), rtol=1e-10, atol=1e-10
+    )
 
 
 # --------------------------------------------------------------------------- the builder's folding

@@ -49,8 +49,9 @@ def test_predict_x0_applies_guidance_and_rescale_like_the_cfg_step(rescale, batc
     g = u + w * (c - u)
     r = rescale * c.std(dim=(1, 2), keepdim=True) / g.std(dim=(1, 2), keepdim=True) + (1 - rescale)
     want = a * x + b * r * g
-    den = Denoiser(model, param, cond=cond, uncond=zero if batched_uncond else None, guidance_scale=w,
-                   guidance_rescale=rescale)
+    den = Denoiser(
+        model, param, cond=cond, uncond=zero if batched_uncond else None, guidance_scale=w, guidance_rescale=rescale
+    )
     torch.testing.assert_close(den.predict_x0(x, LEVEL), want, rtol=1e-12, atol=1e-12)
 
 

@@ -43,8 +43,12 @@ CASES = {
     "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}, {}, {}),
     "heun": ("HeunDiscreteScheduler", {}, {}, {}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {}, {}, {}),
-    "dpmpp_2m-heun": ("DPMSolverMultistepScheduler", {"solver_type": "heun"}, {},
-                      {"sampler_options": {"solver_type": "heun"}}),
+    "dpmpp_2m-heun": (
+        "DPMSolverMultistepScheduler",
+        {"solver_type": "heun"},
+        {},
+        {"sampler_options": {"solver_type": "heun"}},
+    ),
     "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, {}, {}),
     "dpmpp_3m_sde-eta0": ("DPMSolverMultistepScheduler", {"solver_order": 3}, {}, {"eta": 0.0}),
     "unipc": ("UniPCMultistepScheduler", {}, {}, {}),
@@ -105,8 +109,9 @@ def test_karras_sigmas_match_diffusers(case: str) -> None:
 
 @pytest.mark.parametrize("case", ["ddim", "euler", "dpmpp_2m", "unipc"])
 def test_zero_terminal_snr_matches_diffusers(case: str) -> None:
-    out, ref = _run_both(case, "scaled_linear", "v_prediction", "trailing", steps=30,
-                         extra_cfg={"rescale_betas_zero_snr": True})
+    out, ref = _run_both(
+        case, "scaled_linear", "v_prediction", "trailing", steps=30, extra_cfg={"rescale_betas_zero_snr": True}
+    )
     assert torch.isfinite(out).all()
     err = (out - ref).abs().max().item() / ref.abs().max().item()
     assert err <= TOL, f"{case} zero-SNR: relative error {err:.2e}"
@@ -148,13 +153,20 @@ class _ExactSDE3M(diffusers.DPMSolverMultistepScheduler):
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 def test_dpmpp_3m_sde_matches_diffusers_with_exact_d2_term(prediction: str, spacing: str) -> None:
     x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
-    kwargs = dict(algorithm_type="sde-dpmsolver++", solver_order=3, prediction_type=prediction,
-                  timestep_spacing=spacing)
+    kwargs = dict(
+        algorithm_type="sde-dpmsolver++", solver_order=3, prediction_type=prediction, timestep_spacing=spacing
+    )
     exact = diffusers_loop(_ExactSDE3M(**kwargs), x_T, 50, seed=7)
     stock = diffusers_loop(diffusers.DPMSolverMultistepScheduler(**kwargs), x_T, 50, seed=7)
     ours = diffcore.sample(
-        toy_model, x_T, sampler="dpmpp_3m_sde", steps=50, schedule="linear", prediction=prediction,
-        timestep_spacing=spacing, generator=torch.Generator().manual_seed(7),
+        toy_model,
+        x_T,
+        sampler="dpmpp_3m_sde",
+        steps=50,
+        schedule="linear",
+        prediction=prediction,
+        timestep_spacing=spacing,
+        generator=torch.Generator().manual_seed(7),
     )
     scale = exact.abs().max().item()
     assert (ours - exact).abs().max().item() <= TOL * scale

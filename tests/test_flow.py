@@ -59,8 +59,17 @@ def test_flow_prediction_alias_and_errors():
 
 
 def test_flow_schedule_keywords_state_and_round_trip():
-    s = FLOW(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False, base_shift=0.5, max_shift=1.15,
-             base_image_seq_len=256, max_image_seq_len=4096, shift_terminal=None, time_shift_type="exponential")
+    s = FLOW(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=False,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        shift_terminal=None,
+        time_shift_type="exponential",
+    )
     assert isinstance(s, FlowSchedule) and s.kind == "flow"
     assert make_schedule(**s.config()) == s
     sigma = torch.tensor([0.0, 1.0, 3.0, math.inf], dtype=torch.float64)
@@ -110,26 +119,66 @@ LINEAR_SHIFT = {"use_dynamic_shifting": True, "time_shift_type": "linear"}
 PLAN_CASES = {
     "euler-shift1": ("FlowMatchEulerDiscreteScheduler", {}, None, {}, "karras"),
     "euler-shift3": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, None, {"shift": 3.0}, "karras"),
-    "euler-dynamic": ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True}, 0.9,
-                      {"use_dynamic_shifting": True}, "karras"),
+    "euler-dynamic": (
+        "FlowMatchEulerDiscreteScheduler",
+        {"use_dynamic_shifting": True},
+        0.9,
+        {"use_dynamic_shifting": True},
+        "karras",
+    ),
     "euler-dynamic-linear": ("FlowMatchEulerDiscreteScheduler", LINEAR_SHIFT, 1.7, LINEAR_SHIFT, "karras"),
-    "euler-karras": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "use_karras_sigmas": True}, None,
-                     {"shift": 3.0, "sigma_spacing": "karras"}, "karras"),
-    "euler-exponential": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "use_exponential_sigmas": True}, None,
-                          {"shift": 3.0, "sigma_spacing": "exponential"}, "karras"),
-    "euler-beta": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "use_beta_sigmas": True}, None,
-                   {"shift": 3.0, "sigma_spacing": "beta"}, "karras"),
-    "euler-terminal": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "shift_terminal": 0.1}, None,
-                       {"shift": 3.0, "shift_terminal": 0.1}, "karras"),
+    "euler-karras": (
+        "FlowMatchEulerDiscreteScheduler",
+        {"shift": 3.0, "use_karras_sigmas": True},
+        None,
+        {"shift": 3.0, "sigma_spacing": "karras"},
+        "karras",
+    ),
+    "euler-exponential": (
+        "FlowMatchEulerDiscreteScheduler",
+        {"shift": 3.0, "use_exponential_sigmas": True},
+        None,
+        {"shift": 3.0, "sigma_spacing": "exponential"},
+        "karras",
+    ),
+    "euler-beta": (
+        "FlowMatchEulerDiscreteScheduler",
+        {"shift": 3.0, "use_beta_sigmas": True},
+        None,
+        {"shift": 3.0, "sigma_spacing": "beta"},
+        "karras",
+    ),
+    "euler-terminal": (
+        "FlowMatchEulerDiscreteScheduler",
+        {"shift": 3.0, "shift_terminal": 0.1},
+        None,
+        {"shift": 3.0, "shift_terminal": 0.1},
+        "karras",
+    ),
     "dpm-shift3": ("DPMSolverMultistepScheduler", {"flow_shift": 3.0}, None, {"shift": 3.0}, "dpm"),
-    "dpm-dynamic": ("DPMSolverMultistepScheduler", {"use_dynamic_shifting": True}, 0.9,
-                    {"use_dynamic_shifting": True}, "dpm"),
+    "dpm-dynamic": (
+        "DPMSolverMultistepScheduler",
+        {"use_dynamic_shifting": True},
+        0.9,
+        {"use_dynamic_shifting": True},
+        "dpm",
+    ),
     "unipc-shift1": ("UniPCMultistepScheduler", {}, None, {}, "unipc"),
     "unipc-shift3": ("UniPCMultistepScheduler", {"flow_shift": 3.0}, None, {"shift": 3.0}, "unipc"),
-    "unipc-dynamic": ("UniPCMultistepScheduler", {"use_dynamic_shifting": True}, 0.9,
-                      {"use_dynamic_shifting": True}, "unipc"),
-    "unipc-terminal": ("UniPCMultistepScheduler", {"flow_shift": 3.0, "shift_terminal": 0.1}, None,
-                       {"shift": 3.0, "shift_terminal": 0.1}, "unipc"),
+    "unipc-dynamic": (
+        "UniPCMultistepScheduler",
+        {"use_dynamic_shifting": True},
+        0.9,
+        {"use_dynamic_shifting": True},
+        "unipc",
+    ),
+    "unipc-terminal": (
+        "UniPCMultistepScheduler",
+        {"flow_shift": 3.0, "shift_terminal": 0.1},
+        None,
+        {"shift": 3.0, "shift_terminal": 0.1},
+        "unipc",
+    ),
 }
 FLOW_MULTISTEP = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 
@@ -195,14 +244,29 @@ def test_level_at_partial_and_explicit_flow_plans():
 SAMPLER_CASES = {
     "euler-shift1": ("euler", "FlowMatchEulerDiscreteScheduler", {}, None, {}),
     "euler-shift3": ("euler", "FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, None, {"shift": 3.0}),
-    "euler-dynamic": ("euler", "FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True}, 0.9,
-                      {"use_dynamic_shifting": True}),
-    "euler-karras": ("euler", "FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "use_karras_sigmas": True}, None,
-                     {"shift": 3.0, "sigma_spacing": "karras"}),
+    "euler-dynamic": (
+        "euler",
+        "FlowMatchEulerDiscreteScheduler",
+        {"use_dynamic_shifting": True},
+        0.9,
+        {"use_dynamic_shifting": True},
+    ),
+    "euler-karras": (
+        "euler",
+        "FlowMatchEulerDiscreteScheduler",
+        {"shift": 3.0, "use_karras_sigmas": True},
+        None,
+        {"shift": 3.0, "sigma_spacing": "karras"},
+    ),
     "dpmpp_2m-shift1": ("dpmpp_2m", "DPMSolverMultistepScheduler", {}, None, {}),
     "dpmpp_2m-shift3": ("dpmpp_2m", "DPMSolverMultistepScheduler", {"flow_shift": 3.0}, None, {"shift": 3.0}),
-    "dpmpp_2m-dynamic": ("dpmpp_2m", "DPMSolverMultistepScheduler", {"use_dynamic_shifting": True}, 0.9,
-                         {"use_dynamic_shifting": True}),
+    "dpmpp_2m-dynamic": (
+        "dpmpp_2m",
+        "DPMSolverMultistepScheduler",
+        {"use_dynamic_shifting": True},
+        0.9,
+        {"use_dynamic_shifting": True},
+    ),
     "unipc-shift1": ("unipc", "UniPCMultistepScheduler", {}, None, {}),
     "unipc-shift3": ("unipc", "UniPCMultistepScheduler", {"flow_shift": 3.0}, None, {"shift": 3.0}),
 }
@@ -215,8 +279,9 @@ def _flow_parity(sampler: str, cls_name: str, cfg: dict, mu: float | None, kw: d
     x = x_T.clone()
     for t in scheduler.timesteps:
         x = scheduler.step(toy_velocity(x, t.reshape(1).expand(x.shape[0])), t, x).prev_sample
-    out = diffcore.sample(toy_velocity, x_T, sampler=sampler, steps=steps, schedule=_schedule(kw, mu),
-                          prediction="flow", seed=0)
+    out = diffcore.sample(
+        toy_velocity, x_T, sampler=sampler, steps=steps, schedule=_schedule(kw, mu), prediction="flow", seed=0
+    )
     return (out - x).abs().max().item() / x.abs().max().item()
 
 
@@ -244,8 +309,9 @@ def test_exact_velocity_and_flow_ode_of_one_gaussian():
     """For one Gaussian the VE ODE maps x(S) to mu + (x(S) - mu) sqrt((s^2 + sd^2) / (S^2 + sd^2)); on
     the flow path x_t = (1 - t) x_ve(t / (1 - t))."""
     f64 = torch.float64
-    g = GaussianMixture(torch.tensor([[0.5, -1.0]], dtype=f64), torch.tensor([[0.3, 2.0]], dtype=f64),
-                        torch.ones(1, dtype=f64))
+    g = GaussianMixture(
+        torch.tensor([[0.5, -1.0]], dtype=f64), torch.tensor([[0.3, 2.0]], dtype=f64), torch.ones(1, dtype=f64)
+    )
     x = torch.randn(16, 2, dtype=f64, generator=torch.Generator().manual_seed(3))
     t0, t1 = 0.9, 0.1
     s0, s1 = t0 / (1 - t0), t1 / (1 - t1)
@@ -271,8 +337,16 @@ def flow_problem() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _flow_error(sampler: str, n: int, grid: str, x_T: torch.Tensor, exact: torch.Tensor, **options) -> float:
     schedule = FLOW()
-    out = diffcore.sample(exact_model(MIXTURE, schedule, "flow"), x_T, sampler=sampler, schedule=schedule,
-                          prediction="flow", sigmas=_flow_times(n, grid), sampler_options=options or None, seed=0)
+    out = diffcore.sample(
+        exact_model(MIXTURE, schedule, "flow"),
+        x_T,
+        sampler=sampler,
+        schedule=schedule,
+        prediction="flow",
+        sigmas=_flow_times(n, grid),
+        sampler_options=options or None,
+        seed=0,
+    )
     return (out - exact).pow(2).mean().sqrt().item()
 
 
@@ -304,11 +378,14 @@ def test_flow_samplers_converge_at_published_order(case, flow_problem):
     assert abs(slope - order) <= 0.3, f"{case}: measured order {slope:.2f}, published {order}"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="dpmpp_3m_sde's D2 = (D1_0 - D1_1) / (r0 + r1) estimates h^2 x0''/2 but its "
-                   "coefficient phi_2 / h - 1/2 belongs to h^2 x0'' (as in diffusers and k-diffusion): the local "
-                   "error keeps an h^3 x0''/12 term, so the 3M ODE solver is second order (order 3 with the "
-                   "coefficient doubled)")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="dpmpp_3m_sde's D2 = (D1_0 - D1_1) / (r0 + r1) estimates h^2 x0''/2 but its "
+    "coefficient phi_2 / h - 1/2 belongs to h^2 x0'' (as in diffusers and k-diffusion): the local "
+    "error keeps an h^3 x0''/12 term, so the 3M ODE solver is second order (order 3 with the "
+    "coefficient doubled)",
+)
 def test_flow_dpmpp_3m_ode_is_third_order(flow_problem):
     x_T, exact = flow_problem
     e1 = _flow_error("dpmpp_3m_sde", 96, "karras", x_T, exact, eta=0.0)
@@ -322,8 +399,15 @@ def test_flow_samples_follow_the_mixture():
     gm = GaussianMixture.ring(k=8, radius=2.0, std=0.2, dim=2)
     x_T = torch.randn(2000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     for sampler in ("euler", "dpmpp_2m", "unipc"):
-        out = diffcore.sample(exact_model(gm, FLOW(shift=3.0), "flow"), x_T, sampler=sampler, steps=30,
-                              schedule=FLOW(shift=3.0), prediction="flow", seed=2)
+        out = diffcore.sample(
+            exact_model(gm, FLOW(shift=3.0), "flow"),
+            x_T,
+            sampler=sampler,
+            steps=30,
+            schedule=FLOW(shift=3.0),
+            prediction="flow",
+            seed=2,
+        )
         dist = torch.cdist(out, gm.means).min(dim=1).values
         assert dist.median() < 0.3, f"{sampler}: median distance to the nearest mode {dist.median():.3f}"
         assert abs(out.norm(dim=1).mean().item() - 2.0) < 0.1

@@ -116,12 +116,25 @@ class _Train(Tiny):
     pass
 
 
-@pytest.mark.parametrize("change", [
-    {"steps": 9}, {"sampler": "unipc"}, {"schedule": "squaredcos_cap_v2"}, {"prediction": "v_prediction"},
-    {"x": (4, 2, N)}, {"x": (3, 3, N)}, {"dtype": torch.float64}, {"guidance_scale": 2.0},
-    {"guidance_scale": 3.0, "guidance_rescale": 0.5}, {"cond": (3, N + 0)}, {"timestep_spacing": "trailing"},
-    {"model": "other"}, {"model": "eval"}, {"check_finite": False},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"steps": 9},
+        {"sampler": "unipc"},
+        {"schedule": "squaredcos_cap_v2"},
+        {"prediction": "v_prediction"},
+        {"x": (4, 2, N)},
+        {"x": (3, 3, N)},
+        {"dtype": torch.float64},
+        {"guidance_scale": 2.0},
+        {"guidance_scale": 3.0, "guidance_rescale": 0.5},
+        {"cond": (3, N + 0)},
+        {"timestep_spacing": "trailing"},
+        {"model": "other"},
+        {"model": "eval"},
+        {"check_finite": False},
+    ],
+)
 def test_anything_baked_into_the_graph_is_in_the_key(fake, change):
     model = Tiny()
     base = {"sampler": "dpmpp_2m", "steps": 8, "schedule": "linear", "seed": 7, "guidance_scale": 3.0}

@@ -68,8 +68,13 @@ def _interval(start: float, stop: float, sigmas=SIGMAS) -> tuple[float, float] |
 
 def ours_per_step(guidance: Guidance, us, cs, *, batched: bool = True, direct: bool = False) -> list[torch.Tensor]:
     """The guided output at every step: a program whose step is ``x' = x0`` with x0 = the output."""
-    den = Denoiser(table_model(us, cs), make_parameterization("sample"), cond=COND,
-                   uncond=UNCOND if batched else None, guidance=guidance)
+    den = Denoiser(
+        table_model(us, cs),
+        make_parameterization("sample"),
+        cond=COND,
+        uncond=UNCOND if batched else None,
+        guidance=guidance,
+    )
     levels = [Level(float(k), 1.0, float(s)) for k, s in enumerate(SIGMAS)]
     x = torch.zeros_like(us[0])
     if direct:
@@ -95,22 +100,42 @@ CASES = {
     "cfg-interval": (dict(guidance_scale=5.0, start=0.25, stop=0.75), CFG, {}),
     "cfg-rescale": (dict(guidance_scale=7.5, guidance_rescale=0.7, start=0.0, stop=0.5), CFG, {}),
     "apg": (dict(guidance_scale=7.5), APG, {}),
-    "apg-eta0": (dict(guidance_scale=5.0, eta=0.0, adaptive_projected_guidance_rescale=2.0), APG,
-                 {"eta": 0.0, "norm_threshold": 2.0}),
-    "apg-no-clip": (dict(guidance_scale=5.0, eta=0.5, adaptive_projected_guidance_rescale=0.0), APG,
-                    {"eta": 0.5, "norm_threshold": 0.0}),
-    "apg-scale-1": (dict(guidance_scale=1.0, eta=0.0, adaptive_projected_guidance_rescale=2.0), APG,
-                    {"eta": 0.0, "norm_threshold": 2.0}),  # diffusers: the conditional output
-    "apg-momentum": (dict(guidance_scale=7.5, eta=0.0, adaptive_projected_guidance_momentum=-0.5), APG,
-                     {"eta": 0.0, "momentum": -0.5}),
+    "apg-eta0": (
+        dict(guidance_scale=5.0, eta=0.0, adaptive_projected_guidance_rescale=2.0),
+        APG,
+        {"eta": 0.0, "norm_threshold": 2.0},
+    ),
+    "apg-no-clip": (
+        dict(guidance_scale=5.0, eta=0.5, adaptive_projected_guidance_rescale=0.0),
+        APG,
+        {"eta": 0.5, "norm_threshold": 0.0},
+    ),
+    "apg-scale-1": (
+        dict(guidance_scale=1.0, eta=0.0, adaptive_projected_guidance_rescale=2.0),
+        APG,
+        {"eta": 0.0, "norm_threshold": 2.0},
+    ),  # diffusers: the conditional output
+    "apg-momentum": (
+        dict(guidance_scale=7.5, eta=0.0, adaptive_projected_guidance_momentum=-0.5),
+        APG,
+        {"eta": 0.0, "momentum": -0.5},
+    ),
     "apg-momentum-interval-rescale": (
         dict(guidance_scale=4.0, adaptive_projected_guidance_momentum=0.3, guidance_rescale=0.5, start=0.2, stop=0.8),
-        APG, {"momentum": 0.3}),
+        APG,
+        {"momentum": 0.3},
+    ),
     "zero-star": (dict(guidance_scale=5.0), CFGZeroStar, {}),
-    "zero-star-2-interval": (dict(guidance_scale=5.0, zero_init_steps=2, start=0.0, stop=0.6), CFGZeroStar,
-                             {"zero_init_steps": 2}),
-    "zero-star-rescale": (dict(guidance_scale=5.0, zero_init_steps=0, guidance_rescale=0.7), CFGZeroStar,
-                          {"zero_init_steps": 0}),
+    "zero-star-2-interval": (
+        dict(guidance_scale=5.0, zero_init_steps=2, start=0.0, stop=0.6),
+        CFGZeroStar,
+        {"zero_init_steps": 2},
+    ),
+    "zero-star-rescale": (
+        dict(guidance_scale=5.0, zero_init_steps=0, guidance_rescale=0.7),
+        CFGZeroStar,
+        {"zero_init_steps": 0},
+    ),
 }
 GUIDERS = {CFG: ClassifierFreeGuidance, APG: AdaptiveProjectedGuidance, CFGZeroStar: ClassifierFreeZeroStarGuidance}
 
@@ -135,8 +160,12 @@ def test_matches_diffusers_guiders_on_random_predictions(case: str, path: str) -
 def test_the_interval_skips_the_unconditional_pass_and_zero_init_the_model() -> None:
     us, cs = _preds()
     calls: list = []
-    den = Denoiser(table_model(us, cs, calls), make_parameterization("sample"), cond=COND,
-                   guidance=CFGZeroStar(4.0, zero_init_steps=2, interval=_interval(0.0, 0.5)))
+    den = Denoiser(
+        table_model(us, cs, calls),
+        make_parameterization("sample"),
+        cond=COND,
+        guidance=CFGZeroStar(4.0, zero_init_steps=2, interval=_interval(0.0, 0.5)),
+    )
     levels = [Level(float(k), 1.0, float(s)) for k, s in enumerate(SIGMAS)]
     run_program(den, torch.zeros_like(us[0]), Program([Step(lv, np.array([[0.0, 1.0, 0.0]])) for lv in levels]))
     # steps 0, 1: no call; 2, 3: unconditional and conditional passes; 4..7: conditional only
@@ -167,12 +196,20 @@ def test_mixed_interval_membership_in_one_batch_is_per_sample() -> None:
     """predict_x0 at one level per sample: samples outside the interval get the conditional output."""
     us, cs = _preds()
     levels = [Level(3.0, 1.0, 10.0), Level(3.0, 1.0, 1.0), Level(3.0, 1.0, 0.1)]
-    for g in (CFG(5.0, interval=(0.5, 5.0)), APG(5.0, eta=0.2, interval=(0.5, 5.0)),
-              APG(5.0, momentum=0.5, interval=(0.5, 5.0))):
+    for g in (
+        CFG(5.0, interval=(0.5, 5.0)),
+        APG(5.0, eta=0.2, interval=(0.5, 5.0)),
+        APG(5.0, momentum=0.5, interval=(0.5, 5.0)),
+    ):
         den = Denoiser(table_model(us, cs), make_parameterization("sample"), cond=COND, uncond=UNCOND, guidance=g)
         out = den.predict_x0(torch.zeros_like(us[0]), levels, step=1)
-        guided = Denoiser(table_model(us, cs), make_parameterization("sample"), cond=COND, uncond=UNCOND,
-                          guidance=type(g)(**{**g.__dict__, "interval": None})).predict_x0(us[0] * 0, levels[1], step=1)
+        guided = Denoiser(
+            table_model(us, cs),
+            make_parameterization("sample"),
+            cond=COND,
+            uncond=UNCOND,
+            guidance=type(g)(**{**g.__dict__, "interval": None}),
+        ).predict_x0(us[0] * 0, levels[1], step=1)
         torch.testing.assert_close(out[0], cs[3][0])
         torch.testing.assert_close(out[2], cs[3][2])
         torch.testing.assert_close(out[1], guided[1], rtol=1e-5, atol=1e-5)
@@ -220,8 +257,9 @@ def test_euler_end_to_end_matches_diffusers_scheduler_and_guider(case: str) -> N
     steps = 25
     kw, cls, options = CASES[case]
     guider = GUIDERS[cls](**kw)
-    sched = diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                             timestep_spacing="leading")
+    sched = diffusers.EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="leading"
+    )
     sched.set_timesteps(steps)
     x_T = torch.randn(B, 2, 4, 4, generator=torch.Generator().manual_seed(1))
     x = x_T * sched.init_noise_sigma
@@ -235,9 +273,18 @@ def test_euler_end_to_end_matches_diffusers_scheduler_and_guider(case: str) -> N
     sigmas = sched.sigmas[:-1].double().numpy()
     schedule = diffcore.get("schedules", "scaled_linear")(1000, 0.00085, 0.012)
     out = diffcore.sample(
-        toy, x_T, sampler="euler", steps=steps, schedule=schedule, timestep_spacing="leading", cond=COND,
-        uncond=UNCOND, guidance_scale=kw["guidance_scale"],
-        guidance_rescale=kw.get("guidance_rescale", 0.0), guidance=cls.name, guidance_options=options,
+        toy,
+        x_T,
+        sampler="euler",
+        steps=steps,
+        schedule=schedule,
+        timestep_spacing="leading",
+        cond=COND,
+        uncond=UNCOND,
+        guidance_scale=kw["guidance_scale"],
+        guidance_rescale=kw.get("guidance_rescale", 0.0),
+        guidance=cls.name,
+        guidance_options=options,
         guidance_interval=_interval(kw.get("start", 0.0), kw.get("stop", 1.0), sigmas),
     )
     assert (out - x).abs().max().item() <= 1e-4 * x.abs().max().item()
@@ -267,8 +314,9 @@ _REFERENCES: dict = {}
 
 
 @pytest.mark.parametrize("sampler,order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2)])
-@pytest.mark.parametrize("guidance,options", [("cfg_zero_star", {"zero_init_steps": 0}),
-                                              ("apg", {"eta": 0.3, "norm_threshold": 0.0})])
+@pytest.mark.parametrize(
+    "guidance,options", [("cfg_zero_star", {"zero_init_steps": 0}), ("apg", {"eta": 0.3, "norm_threshold": 0.0})]
+)
 @pytest.mark.slow
 def test_fused_guidance_keeps_the_solver_order(sampler: str, order: int, guidance: str, options: dict) -> None:
     """A per-sample [w, r] computed from each evaluation is a smooth guided vector field: the
@@ -281,9 +329,18 @@ def test_fused_guidance_keeps_the_solver_order(sampler: str, order: int, guidanc
     cond, uncond = torch.ones(64, dtype=torch.float64), torch.zeros(64, dtype=torch.float64)
 
     def run(name: str, n: int) -> torch.Tensor:
-        return diffcore.sample(model, x_T, sampler=name, schedule=sched, sigmas=karras_sigmas(0.1, 80.0, n + 1, 7.0),
-                               cond=cond, uncond=uncond, guidance_scale=3.0, guidance=guidance,
-                               guidance_options=options)
+        return diffcore.sample(
+            model,
+            x_T,
+            sampler=name,
+            schedule=sched,
+            sigmas=karras_sigmas(0.1, 80.0, n + 1, 7.0),
+            cond=cond,
+            uncond=uncond,
+            guidance_scale=3.0,
+            guidance=guidance,
+            guidance_options=options,
+        )
 
     key = (guidance, tuple(sorted(options.items())))
     exact = _REFERENCES.get(key)
@@ -302,10 +359,20 @@ def test_zero_init_on_a_flow_model_leaves_the_state_in_place() -> None:
     base = exact_model(GaussianMixture.ring(k=4, radius=2.0, std=0.5, dim=2), sched, "flow")
     x_T = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     seen = []
-    out = diffcore.sample(lambda x, t, c=None: base(x, t), x_T, sampler="euler", steps=10, schedule=sched,
-                          prediction="flow", cond=torch.ones(16), uncond=torch.zeros(16), guidance_scale=3.0,
-                          guidance="cfg_zero_star", guidance_options={"zero_init_steps": 2},
-                          callback=lambda d: seen.append(d["x"].clone()))
+    out = diffcore.sample(
+        lambda x, t, c=None: base(x, t),
+        x_T,
+        sampler="euler",
+        steps=10,
+        schedule=sched,
+        prediction="flow",
+        cond=torch.ones(16),
+        uncond=torch.zeros(16),
+        guidance_scale=3.0,
+        guidance="cfg_zero_star",
+        guidance_options={"zero_init_steps": 2},
+        callback=lambda d: seen.append(d["x"].clone()),
+    )
     torch.testing.assert_close(seen[0], x_T, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(seen[1], x_T, rtol=1e-12, atol=1e-12)
     assert (seen[2] - x_T).abs().max() > 1e-3 and torch.isfinite(out).all()
@@ -315,7 +382,7 @@ def test_zero_init_on_a_flow_model_leaves_the_state_in_place() -> None:
 
 
 class FakeCapture:
-    """"Replay" re-runs the captured loop on the static buffers (as tests/test_graphs.py)."""
+    """ "Replay" re-runs the captured loop on the static buffers (as tests/test_graphs.py)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -326,12 +393,15 @@ class FakeCapture:
         return graphs.Captured(lambda: loop(inputs[0]), inputs, keep=keep)
 
 
-@pytest.mark.parametrize("options", [
-    dict(guidance="apg", guidance_options={"momentum": -0.5}, guidance_interval=(0.5, 50.0)),
-    dict(guidance="cfg_zero_star", guidance_options={"zero_init_steps": 2}, guidance_rescale=0.5),
-    dict(sampler="dpmpp_2m_cfg_pp", guidance_scale=0.8, guidance_interval=(0.5, 50.0)),
-    dict(sampler="euler_ancestral_cfg_pp", guidance="apg", guidance_scale=0.8),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(guidance="apg", guidance_options={"momentum": -0.5}, guidance_interval=(0.5, 50.0)),
+        dict(guidance="cfg_zero_star", guidance_options={"zero_init_steps": 2}, guidance_rescale=0.5),
+        dict(sampler="dpmpp_2m_cfg_pp", guidance_scale=0.8, guidance_interval=(0.5, 50.0)),
+        dict(sampler="euler_ancestral_cfg_pp", guidance="apg", guidance_scale=0.8),
+    ],
+)
 def test_cuda_graph_replay_equals_eager(monkeypatch, options) -> None:
     fake = FakeCapture()
     monkeypatch.setattr(graphs, "cache", graphs.GraphCache(8, capture=fake, device_type="cpu"))
@@ -348,22 +418,31 @@ def test_cuda_graph_replay_equals_eager(monkeypatch, options) -> None:
     assert fake.count == 2
 
 
-@pytest.mark.parametrize("kwargs,exc,text", [
-    (dict(guidance="pag", guidance_scale=3.0), ValueError, "pag"),
-    (dict(guidance="apg", guidance_scale=3.0, guidance_options={"beta": 1}), TypeError, "beta"),
-    (dict(guidance="apg"), ValueError, "guidance_scale"),
-    (dict(guidance_interval=(1.0, 2.0)), ValueError, "guidance_scale"),
-    (dict(guidance_scale=3.0, guidance_interval=(2.0, 1.0)), ValueError, "guidance_interval"),
-    (dict(guidance_scale=3.0, guidance_interval=(1.0,)), ValueError, "guidance_interval"),
-    (dict(guidance_scale=3.0, guidance_rescale=1.5), ValueError, "guidance_rescale=1.5"),
-    (dict(guidance_scale="7"), TypeError, "guidance_scale"),
-    (dict(guidance_scale=math.nan), ValueError, "guidance_scale"),
-    (dict(guidance="cfg_zero_star", guidance_scale=3.0, guidance_options={"zero_init_steps": -1}), ValueError,
-     "zero_init_steps=-1"),
-    (dict(guidance="apg", guidance_scale=3.0, guidance_options={"norm_threshold": -1.0}), ValueError,
-     "norm_threshold"),
-    (dict(guidance=APG(3.0), guidance_scale=3.0), ValueError, "inside it"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,text",
+    [
+        (dict(guidance="pag", guidance_scale=3.0), ValueError, "pag"),
+        (dict(guidance="apg", guidance_scale=3.0, guidance_options={"beta": 1}), TypeError, "beta"),
+        (dict(guidance="apg"), ValueError, "guidance_scale"),
+        (dict(guidance_interval=(1.0, 2.0)), ValueError, "guidance_scale"),
+        (dict(guidance_scale=3.0, guidance_interval=(2.0, 1.0)), ValueError, "guidance_interval"),
+        (dict(guidance_scale=3.0, guidance_interval=(1.0,)), ValueError, "guidance_interval"),
+        (dict(guidance_scale=3.0, guidance_rescale=1.5), ValueError, "guidance_rescale=1.5"),
+        (dict(guidance_scale="7"), TypeError, "guidance_scale"),
+        (dict(guidance_scale=math.nan), ValueError, "guidance_scale"),
+        (
+            dict(guidance="cfg_zero_star", guidance_scale=3.0, guidance_options={"zero_init_steps": -1}),
+            ValueError,
+            "zero_init_steps=-1",
+        ),
+        (
+            dict(guidance="apg", guidance_scale=3.0, guidance_options={"norm_threshold": -1.0}),
+            ValueError,
+            "norm_threshold",
+        ),
+        (dict(guidance=APG(3.0), guidance_scale=3.0), ValueError, "inside it"),
+    ],
+)
 def test_bad_guidance_is_named(kwargs, exc, text) -> None:
     with pytest.raises(exc, match=text):
         diffcore.sample(toy, torch.randn(B, 2, 4, 4), steps=4, schedule="linear", cond=COND, uncond=UNCOND, **kwargs)

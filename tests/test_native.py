@@ -29,7 +29,9 @@ def test_native_extension_is_built():
 
 
 @needs_native
-@pytest.mark.parametrize("op", ["forward_noise", "sampler_step", "cfg_sampler_step", "cfg_rescale_factor", "philox_normal_"])
+@pytest.mark.parametrize(
+    "op", ["forward_noise", "sampler_step", "cfg_sampler_step", "cfg_rescale_factor", "philox_normal_"]
+)
 def test_each_device_registers_its_kernels(op):
     """csrc/cpu/ registers every op for CPU; csrc/cuda/ for CUDA, in a CUDA build only."""
     from diffcore import _C
@@ -70,7 +72,9 @@ def _close(a, b, dtype):
 def test_sampler_step_matches_reference(device, dtype, slots, writes, per_sample, noise, monkeypatch):
     shape = (3, 4, 5, 6)
     width = ops.coeff_width(slots, len(writes))
-    coeffs = _rand((3, width) if per_sample else (width,), 9, device, torch.float64 if dtype == torch.float64 else torch.float32)
+    coeffs = _rand(
+        (3, width) if per_sample else (width,), 9, device, torch.float64 if dtype == torch.float64 else torch.float32
+    )
 
     def run():
         x = _rand(shape, 0, device, dtype)
@@ -194,7 +198,10 @@ def _opcheck_cases(device):
             torch.ops.diffcore.cfg_sampler_step.default,
             (x, m, z, torch.tensor([2.0, 1.0], device=device), torch.rand(5, device=device), None, None, [], -1, 0),
         ),
-        "cfg_rescale_factor": (torch.ops.diffcore.cfg_rescale_factor.default, (m, z, torch.tensor(3.0, device=device), 0.5)),
+        "cfg_rescale_factor": (
+            torch.ops.diffcore.cfg_rescale_factor.default,
+            (m, z, torch.tensor(3.0, device=device), 0.5),
+        ),
         "forward_noise": (
             torch.ops.diffcore.forward_noise.default,
             (x, z, torch.tensor([1, 0], device=device), torch.rand(3, 4, device=device)),
@@ -218,7 +225,17 @@ def test_opcheck(device, case):
     [
         (lambda: (torch.ones(2, 3), torch.ones(2, 4), torch.ones(5), None, None, []), "shape"),
         (lambda: (torch.ones(2, 3), torch.ones(2, 3, dtype=torch.float64), torch.ones(5), None, None, []), "dtype"),
-        (lambda: (torch.ones(2, 3, dtype=torch.int32), torch.ones(2, 3, dtype=torch.int32), torch.ones(5), None, None, []), "float32"),
+        (
+            lambda: (
+                torch.ones(2, 3, dtype=torch.int32),
+                torch.ones(2, 3, dtype=torch.int32),
+                torch.ones(5),
+                None,
+                None,
+                [],
+            ),
+            "float32",
+        ),
         (lambda: (torch.ones(0, 3), torch.ones(0, 3), torch.ones(5), None, None, []), "non-empty"),
         (lambda: (torch.ones(2, 3), torch.ones(2, 3), torch.ones(7), None, None, []), "expected \\(5\\)"),
         (lambda: (torch.ones(2, 3), torch.ones(2, 3), torch.ones(10), torch.ones(1, 2, 3), None, [1]), "write slot 1"),

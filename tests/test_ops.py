@@ -56,7 +56,9 @@ def test_cfg_rescale_factor_matches_lin_et_al():
     got = ops.cfg_rescale_factor(u, c, w, phi)
     assert torch.allclose(got, want, atol=1e-6)
     # diffusers' rescale_noise_cfg, written out: phi * cfg * std_c / std_cfg + (1 - phi) * cfg
-    assert torch.allclose(got[:, None, None] * cfg, phi * cfg * (std_c / std_cfg)[:, None, None] + (1 - phi) * cfg, atol=1e-5)
+    assert torch.allclose(
+        got[:, None, None] * cfg, phi * cfg * (std_c / std_cfg)[:, None, None] + (1 - phi) * cfg, atol=1e-5
+    )
 
 
 def test_forward_noise_gathers_per_sample_rows():
@@ -105,8 +107,16 @@ BAD = {
         ValueError,
         "history slots",
     ),
-    "history shape": (lambda: dict(history=torch.zeros(1, 2, 4), coeffs=torch.ones(6)), ValueError, "history has shape"),
-    "write out of range": (lambda: dict(history=torch.zeros(1, 2, 3), coeffs=torch.ones(2 + 2 * 4), writes=[3]), ValueError, "writes"),
+    "history shape": (
+        lambda: dict(history=torch.zeros(1, 2, 4), coeffs=torch.ones(6)),
+        ValueError,
+        "history has shape",
+    ),
+    "write out of range": (
+        lambda: dict(history=torch.zeros(1, 2, 3), coeffs=torch.ones(2 + 2 * 4), writes=[3]),
+        ValueError,
+        "writes",
+    ),
     "writes without history": (lambda: dict(writes=[0]), ValueError, "history"),
     "per-sample coeffs wrong batch": (lambda: dict(coeffs=torch.ones(3, 5)), ValueError, "batch=2"),
 }
@@ -115,7 +125,9 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_raises_clear_error(case):
     make, exc, text = BAD[case]
-    args = dict(x=torch.ones(2, 3), model_out=torch.ones(2, 3), coeffs=torch.ones(5), history=None, noise=None, writes=())
+    args = dict(
+        x=torch.ones(2, 3), model_out=torch.ones(2, 3), coeffs=torch.ones(5), history=None, noise=None, writes=()
+    )
     args.update(make())
     with pytest.raises(exc, match=text.replace("(", r"\(").replace(")", r"\)")):
         ops.sampler_step(**args)

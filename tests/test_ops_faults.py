@@ -79,10 +79,20 @@ def test_raw_native_op_checks_aliasing_and_leaves() -> None:
         pytest.skip("raw native ops not built")
     history = torch.zeros(2, 3, 4)
     with pytest.raises(RuntimeError, match="shares memory"):
-        torch.ops.diffcore.sampler_step(history[0], torch.randn(3, 4), torch.zeros(_width(2, 1)), history, None, [0], -1, 0)
+        torch.ops.diffcore.sampler_step(
+            history[0], torch.randn(3, 4), torch.zeros(_width(2, 1)), history, None, [0], -1, 0
+        )
     with pytest.raises(RuntimeError, match="overlapping memory"):
-        torch.ops.diffcore.sampler_step(torch.randn(3, 4), torch.randn(3, 4), torch.zeros(_width(2, 1)),
-                                        torch.zeros(3, 4).expand(2, 3, 4), None, [0], -1, 0)
+        torch.ops.diffcore.sampler_step(
+            torch.randn(3, 4),
+            torch.randn(3, 4),
+            torch.zeros(_width(2, 1)),
+            torch.zeros(3, 4).expand(2, 3, 4),
+            None,
+            [0],
+            -1,
+            0,
+        )
     leaf = torch.randn(3, 4, requires_grad=True)
     with pytest.raises(RuntimeError, match="requires grad"):
         torch.ops.diffcore.sampler_step(leaf, torch.randn(3, 4), torch.zeros(_width(0, 0)), None, None, [], -1, 0)

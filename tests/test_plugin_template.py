@@ -22,7 +22,18 @@ TEMPLATE = ROOT / "examples" / "plugin-template"
 def installed(tmp_path_factory) -> dict[str, str]:
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(TEMPLATE)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(TEMPLATE),
+        ],
         check=True,
         capture_output=True,
     )
@@ -38,7 +49,9 @@ def _python(code: str, env: dict[str, str]) -> str:
 
 
 def test_plugin_is_listed_with_its_hooks(installed):
-    out = subprocess.run([sys.executable, "-m", "diffcore", "plugins"], env=installed, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "diffcore", "plugins"], env=installed, check=True, capture_output=True, text=True
+    ).stdout
     info = {p["name"]: p for p in json.loads(out)}
     assert info["template"]["version"] == "0.1.0"
     assert set(info["template"]["hooks"]) == {"register_samplers", "register_tasks"}
@@ -67,18 +80,38 @@ print(json.dumps({"order": math.log2(errs[0] / errs[1]), "finite": bool(torch.is
 
 def test_task_runs_through_the_cli(installed):
     out = subprocess.run(
-        [sys.executable, "-m", "diffcore", "run", "mixture-fidelity", "--sampler", "ralston", "--steps", "12", "--points", "64"],
-        env=installed, check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "diffcore",
+            "run",
+            "mixture-fidelity",
+            "--sampler",
+            "ralston",
+            "--steps",
+            "12",
+            "--points",
+            "64",
+        ],
+        env=installed,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     result = json.loads(out)
     assert result["sampler"] == "ralston" and result["steps"] == 12
     assert 0 < result["rms_error"] < 0.1 and math.isfinite(result["rms_error"])
     bad = subprocess.run(
-        [sys.executable, "-m", "diffcore", "run", "mixture-fidelity", "--steps", "0"], env=installed, capture_output=True, text=True
+        [sys.executable, "-m", "diffcore", "run", "mixture-fidelity", "--steps", "0"],
+        env=installed,
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 2 and "steps=0" in bad.stderr
 
 
 def test_disabling_autoload_hides_the_plugin(installed):
     env = dict(installed, DIFFCORE_DISABLE_PLUGIN_AUTOLOAD="1")
-    assert "ralston" not in json.loads(_python("import json, diffcore; print(json.dumps(diffcore.available('samplers')))", env))
+    assert "ralston" not in json.loads(
+        _python("import json, diffcore; print(json.dumps(diffcore.available('samplers')))", env)
+    )

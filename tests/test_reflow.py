@@ -16,8 +16,19 @@ TINY = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "atten
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("flow")
-    diffcore.train("digits", "unet", 4, out, dataset_options=DATA, model_config=TINY, schedule="flow",
-                   prediction="flow", batch_size=16, checkpoint_every=4, log_every=2)
+    diffcore.train(
+        "digits",
+        "unet",
+        4,
+        out,
+        dataset_options=DATA,
+        model_config=TINY,
+        schedule="flow",
+        prediction="flow",
+        batch_size=16,
+        checkpoint_every=4,
+        log_every=2,
+    )
     return str(out)
 
 
@@ -27,9 +38,16 @@ def test_pairs_are_the_teachers_ode_solutions(teacher) -> None:
     assert pairs.labels.tolist() == [i % 10 for i in range(12)]  # labels cycle through the classes
     torch.testing.assert_close(pairs.noise, torch.randn((12, 1, 8, 8), generator=torch.Generator().manual_seed(3)))
     pipe = diffcore.Pipeline.load(teacher)
-    again = diffcore.sample(lambda x, t, c=None: pipe.model(x, t, c), pairs.noise[:5].clone(), sampler="euler",
-                            steps=4, schedule=pipe.schedule, prediction=pipe.param,
-                            cond={"class_labels": pairs.labels[:5]}, seed=3)
+    again = diffcore.sample(
+        lambda x, t, c=None: pipe.model(x, t, c),
+        pairs.noise[:5].clone(),
+        sampler="euler",
+        steps=4,
+        schedule=pipe.schedule,
+        prediction=pipe.param,
+        cond={"class_labels": pairs.labels[:5]},
+        seed=3,
+    )
     torch.testing.assert_close(again, pairs.samples[:5])  # batching does not change a pair
     assert pairs.meta == {"teacher": teacher, "seed": 3, "n": 12, "sampler": "euler", "steps": 4, "shape": [1, 8, 8]}
 
@@ -45,23 +63,43 @@ def test_reflow_trains_on_the_pairs_and_keeps_them(teacher, tmp_path, monkeypatc
         return real(self)
 
     monkeypatch.setattr(trainer_mod.Trainer, "_batch", spy)
-    pipe = diffcore.train(steps=3, out=tmp_path, reflow_from=teacher, pairs=16, pair_sampler="euler", pair_steps=3,
-                          batch_size=8, checkpoint_every=3, log_every=1)
+    pipe = diffcore.train(
+        steps=3,
+        out=tmp_path,
+        reflow_from=teacher,
+        pairs=16,
+        pair_sampler="euler",
+        pair_steps=3,
+        batch_size=8,
+        checkpoint_every=3,
+        log_every=1,
+    )
     pairs = ReflowPairs.load(tmp_path / PAIRS_FILE)
     assert seen and seen[0] is not None and torch.equal(seen[0], pairs.noise)
     assert pipe.run["reflow"]["n"] == 16 and pipe.run["model"] == diffcore.Pipeline.load(teacher).run["model"]
     reloaded = diffcore.Pipeline.load(tmp_path)
     assert reloaded.run["reflow"] == pairs.meta
     mtime = (tmp_path / PAIRS_FILE).stat().st_mtime_ns
-    diffcore.train(steps=4, out=tmp_path, reflow_from=teacher, pairs=16, pair_sampler="euler", pair_steps=3,
-                   batch_size=8, checkpoint_every=4, log_every=1, resume=True)
+    diffcore.train(
+        steps=4,
+        out=tmp_path,
+        reflow_from=teacher,
+        pairs=16,
+        pair_sampler="euler",
+        pair_steps=3,
+        batch_size=8,
+        checkpoint_every=4,
+        log_every=1,
+        resume=True,
+    )
     assert (tmp_path / PAIRS_FILE).stat().st_mtime_ns == mtime  # same settings: the pairs are reused
 
 
 def test_reflow_needs_a_flow_teacher(tmp_path) -> None:
     diffusion = tmp_path / "ddpm"
-    diffcore.train("digits", "unet", 2, diffusion, dataset_options=DATA, model_config=TINY, batch_size=8,
-                   checkpoint_every=2)
+    diffcore.train(
+        "digits", "unet", 2, diffusion, dataset_options=DATA, model_config=TINY, batch_size=8, checkpoint_every=2
+    )
     with pytest.raises(ValueError, match="flow model"):
         draw_pairs(diffusion, 4)
     with pytest.raises(ValueError, match="pairs=0"):

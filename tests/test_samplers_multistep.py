@@ -37,14 +37,23 @@ def _schedule():
 
 
 def _scheduler(name: str, prediction: str, **cfg):
-    return getattr(diffusers, name)(beta_schedule="scaled_linear", beta_start=BETAS[0], beta_end=BETAS[1],
-                                    prediction_type=prediction, **cfg)
+    return getattr(diffusers, name)(
+        beta_schedule="scaled_linear", beta_start=BETAS[0], beta_end=BETAS[1], prediction_type=prediction, **cfg
+    )
 
 
 def _ours(sampler: str, prediction: str, spacing: str = "leading", steps: int = 25, **options) -> torch.Tensor:
-    return diffcore.sample(toy_model, _x_T(), sampler=sampler, steps=steps, schedule=_schedule(), prediction=prediction,
-                           timestep_spacing=spacing, generator=torch.Generator().manual_seed(7),
-                           sampler_options=options or None)
+    return diffcore.sample(
+        toy_model,
+        _x_T(),
+        sampler=sampler,
+        steps=steps,
+        schedule=_schedule(),
+        prediction=prediction,
+        timestep_spacing=spacing,
+        generator=torch.Generator().manual_seed(7),
+        sampler_options=options or None,
+    )
 
 
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -138,8 +147,9 @@ def test_tcd_matches_diffusers(gamma: float, prediction: str) -> None:
 
 def _run_on_plan(sampler: str, plan, prediction: str, **options) -> torch.Tensor:
     denoiser = Denoiser(toy_model, make_parameterization(prediction), timestep_dtype=plan.timestep_dtype)
-    return SAMPLERS[sampler](denoiser, _x_T() * plan.init_scale, plan, generator=torch.Generator().manual_seed(7),
-                             **options)
+    return SAMPLERS[sampler](
+        denoiser, _x_T() * plan.init_scale, plan, generator=torch.Generator().manual_seed(7), **options
+    )
 
 
 @pytest.mark.parametrize("sampler", ["lcm", "tcd"])
@@ -170,8 +180,15 @@ def test_lcm_on_flow_matches_flow_match_lcm() -> None:
     x, g = _x_T(), torch.Generator().manual_seed(7)
     for t in sched.timesteps:
         x = sched.step(toy_velocity(x, t.reshape(1).expand(x.shape[0])), t, x, generator=g).prev_sample
-    out = diffcore.sample(toy_velocity, _x_T(), sampler="lcm", steps=8, schedule=FLOW(shift=3.0), prediction="flow",
-                          generator=torch.Generator().manual_seed(7))
+    out = diffcore.sample(
+        toy_velocity,
+        _x_T(),
+        sampler="lcm",
+        steps=8,
+        schedule=FLOW(shift=3.0),
+        prediction="flow",
+        generator=torch.Generator().manual_seed(7),
+    )
     assert _rel(out, x) <= TOL
 
 
@@ -181,15 +198,24 @@ def test_deis_on_flow_matches_diffusers_up_to_its_last_level(order: int) -> None
     on to t = 0, so the states agree at that last level."""
     from test_flow import FLOW, toy_velocity
 
-    sched = diffusers.DEISMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0,
-                                             solver_order=order)
+    sched = diffusers.DEISMultistepScheduler(
+        use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0, solver_order=order
+    )
     sched.set_timesteps(25)
     x = _x_T()
     for t in sched.timesteps:
         x = sched.step(toy_velocity(x, t.reshape(1).expand(x.shape[0])), t, x).prev_sample
     states: dict[int, torch.Tensor] = {}
-    diffcore.sample(toy_velocity, _x_T(), sampler="deis", steps=25, schedule=FLOW(shift=3.0), prediction="flow",
-                    sampler_options={"solver_order": order}, callback=lambda s: states.update({s["i"]: s["x"].clone()}))
+    diffcore.sample(
+        toy_velocity,
+        _x_T(),
+        sampler="deis",
+        steps=25,
+        schedule=FLOW(shift=3.0),
+        prediction="flow",
+        sampler_options={"solver_order": order},
+        callback=lambda s: states.update({s["i"]: s["x"].clone()}),
+    )
     assert _rel(states[23], x) <= TOL
 
 
@@ -202,8 +228,24 @@ def _order(sampler: str, n: tuple[int, int], sigmas, lo: float, hi: float, optio
     sched = EDMSchedule()
     x_T = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     exact = MIXTURE.ode_solution(x_T * hi, hi, lo, steps=1000)
-    errs = [(diffcore.sample(exact_model(MIXTURE, sched), x_T, sampler=sampler, schedule=sched, sigmas=sigmas(k),
-                             sampler_options=options or None) - exact).pow(2).mean().sqrt().item() for k in n]
+    errs = [
+        (
+            diffcore.sample(
+                exact_model(MIXTURE, sched),
+                x_T,
+                sampler=sampler,
+                schedule=sched,
+                sigmas=sigmas(k),
+                sampler_options=options or None,
+            )
+            - exact
+        )
+        .pow(2)
+        .mean()
+        .sqrt()
+        .item()
+        for k in n
+    ]
     return math.log(errs[0] / errs[1]) / math.log(n[1] / n[0])
 
 
@@ -229,8 +271,9 @@ def test_converges_at_its_order(case: str) -> None:
     if grid == "karras":
         slope = _order(sampler, (48, 96), lambda k: karras_sigmas(0.1, 80.0, k + 1, 7.0), 0.1, 80.0, options)
     else:  # equal steps in sigma, where the ODE is smooth
-        slope = _order(sampler, (32, 64), lambda k: torch.linspace(2.0, 1.0, k + 1, dtype=torch.float64), 1.0, 2.0,
-                       options)
+        slope = _order(
+            sampler, (32, 64), lambda k: torch.linspace(2.0, 1.0, k + 1, dtype=torch.float64), 1.0, 2.0, options
+        )
     assert abs(slope - order) <= 0.3, f"{case}: measured order {slope:.2f}, expected {order}"
 
 
@@ -246,8 +289,11 @@ def _plans():
         "linear": (diffcore.get("schedules", "linear")(), "epsilon", "leading"),
         "edm": (EDMSchedule(), "epsilon", "leading"),
         "flow": (FLOW(shift=3.0), "flow", "leading"),
-        "zero-snr": (diffcore.get("schedules", "scaled_linear")(1000, *BETAS, rescale_betas_zero_snr=True),
-                     "v_prediction", "trailing"),
+        "zero-snr": (
+            diffcore.get("schedules", "scaled_linear")(1000, *BETAS, rescale_betas_zero_snr=True),
+            "v_prediction",
+            "trailing",
+        ),
     }
 
 
@@ -256,8 +302,16 @@ def _plans():
 def test_samples_follow_the_mixture_on_every_schedule(sampler: str, schedule: str) -> None:
     sched, prediction, spacing = _plans()[schedule]
     x_T = torch.randn(2000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    out = diffcore.sample(exact_model(RING, sched, prediction), x_T, sampler=sampler, steps=20, schedule=sched,
-                          prediction=prediction, timestep_spacing=spacing, seed=2)
+    out = diffcore.sample(
+        exact_model(RING, sched, prediction),
+        x_T,
+        sampler=sampler,
+        steps=20,
+        schedule=sched,
+        prediction=prediction,
+        timestep_spacing=spacing,
+        seed=2,
+    )
     assert torch.isfinite(out).all()
     dist = torch.cdist(out, RING.means).min(dim=1).values
     assert dist.median() < 0.3, f"{sampler} on {schedule}: median distance to the nearest mode {dist.median():.3f}"
@@ -280,15 +334,18 @@ def test_pndm_and_tcd_place_their_half_and_intermediate_levels_by_model_time() -
 # ---------------------------------------------------------------- option errors
 
 
-@pytest.mark.parametrize(("sampler", "options", "text"), [
-    ("deis", {"solver_order": 4}, "solver_order=4"),
-    ("deis", {"solver_order": True}, "solver_order=True"),
-    ("tcd", {"gamma": 1.5}, "gamma=1.5"),
-    ("tcd", {"gamma": "0.3"}, "gamma='0.3'"),
-    ("lcm", {"timestep_scaling": 0.0}, "timestep_scaling=0.0"),
-    ("lcm", {"original_inference_steps": 0}, "original_inference_steps=0"),
-    ("tcd", {"original_inference_steps": 2.5}, "original_inference_steps=2.5"),
-])
+@pytest.mark.parametrize(
+    ("sampler", "options", "text"),
+    [
+        ("deis", {"solver_order": 4}, "solver_order=4"),
+        ("deis", {"solver_order": True}, "solver_order=True"),
+        ("tcd", {"gamma": 1.5}, "gamma=1.5"),
+        ("tcd", {"gamma": "0.3"}, "gamma='0.3'"),
+        ("lcm", {"timestep_scaling": 0.0}, "timestep_scaling=0.0"),
+        ("lcm", {"original_inference_steps": 0}, "original_inference_steps=0"),
+        ("tcd", {"original_inference_steps": 2.5}, "original_inference_steps=2.5"),
+    ],
+)
 def test_bad_options_raise_naming_the_value(sampler: str, options: dict, text: str) -> None:
     with pytest.raises(ValueError, match=text):
         diffcore.sample(toy_model, _x_T(), sampler=sampler, steps=4, schedule=_schedule(), sampler_options=options)

@@ -31,15 +31,24 @@ BETAS = (0.00085, 0.012)
 def _diffcore(sampler: str, prediction: str, spacing: str, steps: int, **kw) -> torch.Tensor:
     x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
     schedule = diffcore.get("schedules", "scaled_linear")(1000, *BETAS)
-    return diffcore.sample(toy_model, x_T, sampler=sampler, steps=steps, schedule=schedule, prediction=prediction,
-                           timestep_spacing=spacing, **kw)
+    return diffcore.sample(
+        toy_model,
+        x_T,
+        sampler=sampler,
+        steps=steps,
+        schedule=schedule,
+        prediction=prediction,
+        timestep_spacing=spacing,
+        **kw,
+    )
 
 
 def _scheduler(name: str, prediction: str, spacing: str | None, **cfg):
     if spacing is not None:  # DPMSolverSinglestep has no timestep_spacing: its grid is linspace
         cfg["timestep_spacing"] = spacing
-    return getattr(diffusers, name)(beta_schedule="scaled_linear", beta_start=BETAS[0], beta_end=BETAS[1],
-                                    prediction_type=prediction, **cfg)
+    return getattr(diffusers, name)(
+        beta_schedule="scaled_linear", beta_start=BETAS[0], beta_end=BETAS[1], prediction_type=prediction, **cfg
+    )
 
 
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -48,8 +57,10 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("spacing", ["leading", "linspace", "trailing"])
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize(("sampler", "scheduler"), [("dpm_2", "KDPM2DiscreteScheduler"),
-                                                    ("dpm_2_ancestral", "KDPM2AncestralDiscreteScheduler")])
+@pytest.mark.parametrize(
+    ("sampler", "scheduler"),
+    [("dpm_2", "KDPM2DiscreteScheduler"), ("dpm_2_ancestral", "KDPM2AncestralDiscreteScheduler")],
+)
 @pytest.mark.slow
 def test_kdpm2_matches_diffusers(sampler: str, scheduler: str, prediction: str, spacing: str) -> None:
     x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
@@ -127,14 +138,17 @@ def _kdiffusion_sampling() -> types.ModuleType:
 MIXTURE = GaussianMixture.ring(k=4, radius=2.0, std=0.5, dim=2)
 
 
-@pytest.mark.parametrize(("sampler", "function", "eta"), [
-    ("dpm_2", "sample_dpm_2", None),
-    ("dpm_2_ancestral", "sample_dpm_2_ancestral", 1.0),
-    ("dpm_2_ancestral", "sample_dpm_2_ancestral", 0.5),
-    ("dpmpp_2s_ancestral", "sample_dpmpp_2s_ancestral", 1.0),
-    ("dpmpp_2s_ancestral", "sample_dpmpp_2s_ancestral", 0.0),
-    ("dpmpp_sde", "sample_dpmpp_sde", 1.0),
-])
+@pytest.mark.parametrize(
+    ("sampler", "function", "eta"),
+    [
+        ("dpm_2", "sample_dpm_2", None),
+        ("dpm_2_ancestral", "sample_dpm_2_ancestral", 1.0),
+        ("dpm_2_ancestral", "sample_dpm_2_ancestral", 0.5),
+        ("dpmpp_2s_ancestral", "sample_dpmpp_2s_ancestral", 1.0),
+        ("dpmpp_2s_ancestral", "sample_dpmpp_2s_ancestral", 0.0),
+        ("dpmpp_sde", "sample_dpmpp_sde", 1.0),
+    ],
+)
 def test_matches_k_diffusion(sampler: str, function: str, eta: float | None) -> None:
     """Same EDM denoiser, same sigmas, same noise (k-diffusion is handed diffcore's draws)."""
     k = _kdiffusion_sampling()
@@ -144,8 +158,9 @@ def test_matches_k_diffusion(sampler: str, function: str, eta: float | None) -> 
     x_T = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     model = exact_model(MIXTURE, sched)
     options = {} if eta is None else {"eta": eta}
-    out = diffcore.sample(model, x_T, sampler=sampler, schedule=sched, sigmas=sigmas_0, seed=5,
-                          sampler_options=options or None)
+    out = diffcore.sample(
+        model, x_T, sampler=sampler, schedule=sched, sigmas=sigmas_0, seed=5, sampler_options=options or None
+    )
     plan = plan_from_sigmas(sched, sigmas_0)
     program = SAMPLERS[sampler].program(plan, **options)
     like = x_T * float(sigmas_0[0])
@@ -169,15 +184,37 @@ def _order(sampler: str, options: dict) -> float:
     sched = EDMSchedule()
     x_T = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     exact = MIXTURE.ode_solution(x_T * 80.0, 80.0, 0.1, steps=1000)
-    errs = [(diffcore.sample(exact_model(MIXTURE, sched), x_T, sampler=sampler, schedule=sched,
-                             sigmas=karras_sigmas(0.1, 80.0, n + 1, 7.0), sampler_options=options)
-             - exact).pow(2).mean().sqrt().item() for n in (24, 48)]
+    errs = [
+        (
+            diffcore.sample(
+                exact_model(MIXTURE, sched),
+                x_T,
+                sampler=sampler,
+                schedule=sched,
+                sigmas=karras_sigmas(0.1, 80.0, n + 1, 7.0),
+                sampler_options=options,
+            )
+            - exact
+        )
+        .pow(2)
+        .mean()
+        .sqrt()
+        .item()
+        for n in (24, 48)
+    ]
     return math.log2(errs[0] / errs[1])
 
 
-@pytest.mark.parametrize(("sampler", "options"), [("dpm_2", {}), ("dpm_2_ancestral", {"eta": 0.0}),
-                                                  ("dpmpp_2s_ancestral", {"eta": 0.0}), ("dpmpp_2s", {}),
-                                                  ("dpmpp_sde", {"eta": 0.0})])
+@pytest.mark.parametrize(
+    ("sampler", "options"),
+    [
+        ("dpm_2", {}),
+        ("dpm_2_ancestral", {"eta": 0.0}),
+        ("dpmpp_2s_ancestral", {"eta": 0.0}),
+        ("dpmpp_2s", {}),
+        ("dpmpp_sde", {"eta": 0.0}),
+    ],
+)
 @pytest.mark.slow
 def test_deterministic_variants_converge_at_second_order(sampler: str, options: dict) -> None:
     assert abs(_order(sampler, options) - 2.0) <= 0.3
@@ -207,16 +244,26 @@ def test_dpmpp_sde_follows_one_path_at_any_step_count() -> None:
     model = exact_model(MIXTURE, sched)
 
     def run(n: int) -> torch.Tensor:
-        return diffcore.sample(model, x_T, sampler="dpmpp_sde", schedule=sched,
-                               sigmas=torch.cat([karras_sigmas(0.05, 80.0, n, 7.0), torch.zeros(1, dtype=torch.float64)]),
-                               seed=123)
+        return diffcore.sample(
+            model,
+            x_T,
+            sampler="dpmpp_sde",
+            schedule=sched,
+            sigmas=torch.cat([karras_sigmas(0.05, 80.0, n, 7.0), torch.zeros(1, dtype=torch.float64)]),
+            seed=123,
+        )
 
     ref = run(200)
     e25, e50 = (run(25) - ref).norm().item(), (run(50) - ref).norm().item()
     assert e50 < e25 * 0.8
-    other = diffcore.sample(model, x_T, sampler="dpmpp_sde", schedule=sched,
-                            sigmas=torch.cat([karras_sigmas(0.05, 80.0, 50, 7.0), torch.zeros(1, dtype=torch.float64)]),
-                            seed=124)
+    other = diffcore.sample(
+        model,
+        x_T,
+        sampler="dpmpp_sde",
+        schedule=sched,
+        sigmas=torch.cat([karras_sigmas(0.05, 80.0, 50, 7.0), torch.zeros(1, dtype=torch.float64)]),
+        seed=124,
+    )
     assert (other - ref).norm().item() > 2 * e50  # another seed is another path
 
 
@@ -229,8 +276,14 @@ def test_dpm_adaptive_matches_k_diffusion(order: int) -> None:
     x_T = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     model = exact_model(MIXTURE, sched)
     info: dict = {}
-    out = diffcore.sample(model, x_T, sampler="dpm_adaptive", schedule=sched, sigmas=[80.0, 0.05],
-                          sampler_options={"order": order, "info": info})
+    out = diffcore.sample(
+        model,
+        x_T,
+        sampler="dpm_adaptive",
+        schedule=sched,
+        sigmas=[80.0, 0.05],
+        sampler_options={"order": order, "info": info},
+    )
 
     def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return x - sigma[:, None] * model(x, sigma)
@@ -248,14 +301,27 @@ def test_dpm_adaptive_tightens_with_rtol_and_ends_at_zero() -> None:
     runs = {}
     for rtol in (0.1, 0.01):
         info: dict = {}
-        out = diffcore.sample(exact_model(MIXTURE, sched), x_T, sampler="dpm_adaptive", schedule=sched,
-                              sigmas=[80.0, 0.01], sampler_options={"rtol": rtol, "atol": rtol / 10, "info": info})
+        out = diffcore.sample(
+            exact_model(MIXTURE, sched),
+            x_T,
+            sampler="dpm_adaptive",
+            schedule=sched,
+            sigmas=[80.0, 0.01],
+            sampler_options={"rtol": rtol, "atol": rtol / 10, "info": info},
+        )
         runs[rtol] = ((out - exact).pow(2).mean().sqrt().item(), info["nfe"])
     assert runs[0.01][0] < runs[0.1][0] and runs[0.01][1] > runs[0.1][1]
     info = {}
-    final = diffcore.sample(exact_model(MIXTURE, sched), x_T, sampler="dpm_adaptive", schedule=sched, steps=10,
-                            sampler_options={"info": info})
+    final = diffcore.sample(
+        exact_model(MIXTURE, sched),
+        x_T,
+        sampler="dpm_adaptive",
+        schedule=sched,
+        steps=10,
+        sampler_options={"info": info},
+    )
     assert torch.isfinite(final).all() and info["nfe"] == 3 * info["steps"] + 1  # + the denoising call at sigma 0
     with pytest.raises(ValueError, match="order"):
-        diffcore.sample(exact_model(MIXTURE, sched), x_T, sampler="dpm_adaptive", schedule=sched,
-                        sampler_options={"order": 4})
+        diffcore.sample(
+            exact_model(MIXTURE, sched), x_T, sampler="dpm_adaptive", schedule=sched, sampler_options={"order": 4}
+        )

@@ -68,8 +68,9 @@ def _cond_model(x, t, cond=None):
 def test_guidance_scale_one_equals_the_conditional_model():
     cond = torch.ones(64, 3, dtype=torch.float64)
     plain = diffcore.sample(lambda x, t: _cond_model(x, t, cond), _x(), sampler="dpmpp_2m", steps=10, schedule=LINEAR)
-    guided = diffcore.sample(_cond_model, _x(), sampler="dpmpp_2m", steps=10, schedule=LINEAR, cond=cond,
-                             guidance_scale=1.0)
+    guided = diffcore.sample(
+        _cond_model, _x(), sampler="dpmpp_2m", steps=10, schedule=LINEAR, cond=cond, guidance_scale=1.0
+    )
     assert torch.allclose(plain, guided, atol=1e-10)
 
 
@@ -103,8 +104,9 @@ def test_batched_uncond_equals_separate_calls_and_rescale_matches_formula():
 
 def test_callback_sees_every_step():
     seen = []
-    diffcore.sample(exact_model(GM, LINEAR), _x(), sampler="heun", steps=6, schedule=LINEAR,
-                    callback=lambda d: seen.append(d["i"]))
+    diffcore.sample(
+        exact_model(GM, LINEAR), _x(), sampler="heun", steps=6, schedule=LINEAR, callback=lambda d: seen.append(d["i"])
+    )
     assert seen == list(range(11))  # heun: 2 * steps - 1 model calls
 
 
@@ -128,8 +130,15 @@ def test_sampling_loop_allocates_nothing_per_step_beyond_the_model(monkeypatch):
     def full_size_allocations(sampler: str, steps: int) -> int:
         calls.clear()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-            out = diffcore.sample(lambda x_, t: out_buf.clone(), x, sampler=sampler, steps=steps, schedule=LINEAR,
-                                  generator=torch.Generator().manual_seed(0), check_finite=False)
+            out = diffcore.sample(
+                lambda x_, t: out_buf.clone(),
+                x,
+                sampler=sampler,
+                steps=steps,
+                schedule=LINEAR,
+                generator=torch.Generator().manual_seed(0),
+                check_finite=False,
+            )
         assert calls == list(range(steps)), f"{sampler}: the stand-in ran at steps {calls}"
         torch.testing.assert_close(out, x * 0.5**steps, rtol=0, atol=0)  # only the stand-in touched x
         return sum(1 for e in prof.events() if e.cpu_memory_usage >= big and not e.cpu_children)
@@ -152,8 +161,11 @@ def _nan_at(step):
 
 
 BAD = [
-    (dict(model=lambda x, t: torch.zeros(64, 4, dtype=torch.float64)), ValueError,
-     r"model output has shape \(64, 4\) but x has shape \(64, 3\)"),
+    (
+        dict(model=lambda x, t: torch.zeros(64, 4, dtype=torch.float64)),
+        ValueError,
+        r"model output has shape \(64, 4\) but x has shape \(64, 3\)",
+    ),
     (dict(steps=0), ValueError, "steps=0"),
     (dict(sampler="euler_maruyama_9000"), KeyError, "dpmpp_2m"),
     (dict(schedule="quadratic"), KeyError, "linear"),
@@ -200,10 +212,10 @@ def test_sample_from_mixes_start_levels_in_one_batch(sampler):
         # the same batch layout, every sample at this level: equal rows, ddpm's noise included
         # (in-kernel noise is keyed by the position in the batch, and the step)
         whole = diffcore.sample_from(model, x, float(starts[lo]), noise=noise, **kw)
-        assert torch.allclose(mixed[lo:lo + 2], whole[lo:lo + 2], atol=1e-10)
+        assert torch.allclose(mixed[lo : lo + 2], whole[lo : lo + 2], atol=1e-10)
         if sampler != "ddpm":  # a deterministic sampler does not depend on the rest of the batch either
-            alone = diffcore.sample_from(model, x[lo:lo + 2], float(starts[lo]), noise=noise[lo:lo + 2], **kw)
-            assert torch.allclose(mixed[lo:lo + 2], alone, atol=1e-10)
+            alone = diffcore.sample_from(model, x[lo : lo + 2], float(starts[lo]), noise=noise[lo : lo + 2], **kw)
+            assert torch.allclose(mixed[lo : lo + 2], alone, atol=1e-10)
     other_seed = diffcore.sample_from(model, x, starts, noise=noise, **{**kw, "seed": 4})
     assert torch.equal(other_seed, mixed) == (sampler != "ddpm")  # only ddpm draws step noise
     # low strength stays close to the input, full strength forgets it
@@ -218,8 +230,9 @@ def test_sample_from_without_noise_starts_from_the_given_state():
     abar = float(LINEAR.alphas_cumprod[t])
     s = ((1 - abar) / abar) ** 0.5
     y = x0 + s * torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    out = diffcore.sample_from(exact_model(GM, LINEAR), abar**0.5 * y, float(t), sampler="ddim", steps=20,
-                               schedule=LINEAR, add_noise=False)
+    out = diffcore.sample_from(
+        exact_model(GM, LINEAR), abar**0.5 * y, float(t), sampler="ddim", steps=20, schedule=LINEAR, add_noise=False
+    )
     assert (out - x0).pow(2).mean() < 0.5 * (y - x0).pow(2).mean()
 
 
@@ -236,5 +249,6 @@ def test_sample_from_bad_input(kw, exc, text):
     args = dict(t_start=200.0)
     args.update(kw)
     with pytest.raises(exc, match=text):
-        diffcore.sample_from(exact_model(GM, LINEAR), GM.sample(4, torch.Generator().manual_seed(0)), schedule=LINEAR,
-                             **args)
+        diffcore.sample_from(
+            exact_model(GM, LINEAR), GM.sample(4, torch.Generator().manual_seed(0)), schedule=LINEAR, **args
+        )

@@ -122,15 +122,30 @@ def test_pipeline_roundtrip_and_class_guidance(tmp_path):
 
 @pytest.mark.parametrize(
     "prediction,weighting,schedule",
-    [("v_prediction", "min_snr", "linear"), ("sample", "uniform", "squaredcos_cap_v2"), ("edm", "edm", "edm"),
-     ("epsilon", "edm", "scaled_linear")],
+    [
+        ("v_prediction", "min_snr", "linear"),
+        ("sample", "uniform", "squaredcos_cap_v2"),
+        ("edm", "edm", "edm"),
+        ("epsilon", "edm", "scaled_linear"),
+    ],
 )
 @pytest.mark.slow
 def test_parameterizations_and_weightings_train(tmp_path, prediction, weighting, schedule):
     model = dict(TINY, time_input="sigma" if schedule == "edm" else "timestep")
-    pipe = diffcore.train("digits", "unet", 2, tmp_path, dataset_options=DATA, model_config=model, schedule=schedule,
-                          prediction=prediction, loss_weighting=weighting, batch_size=8, log_every=1,
-                          bf16=(weighting == "edm"))
+    pipe = diffcore.train(
+        "digits",
+        "unet",
+        2,
+        tmp_path,
+        dataset_options=DATA,
+        model_config=model,
+        schedule=schedule,
+        prediction=prediction,
+        loss_weighting=weighting,
+        batch_size=8,
+        log_every=1,
+        bf16=(weighting == "edm"),
+    )
     losses = [json.loads(x)["loss"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert torch.isfinite(pipe.generate(2, steps=3)).all()
@@ -149,21 +164,64 @@ def test_objective_noises_with_the_parameterization_target():
         want = {"epsilon": eps, "sample": x0, "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[name]
         assert torch.allclose(target, want, atol=1e-5)
         snr = abar[:, 0] / (1 - abar[:, 0])
-        expect = {"epsilon": snr.clamp(max=5) / snr, "v_prediction": snr.clamp(max=5) / (snr + 1),
-                  "sample": snr.clamp(max=5)}[name]
+        expect = {
+            "epsilon": snr.clamp(max=5) / snr,
+            "v_prediction": snr.clamp(max=5) / (snr + 1),
+            "sample": snr.clamp(max=5),
+        }[name]
         assert torch.allclose(weight, expect, rtol=1e-4)
 
 
 def test_train_and_sample_commands(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--dataset", "digits", "--dataset-opt", "limit=200", "--model", "unet",
-                 "--model-opt", "base_channels=16", "--model-opt", "channel_mult=[1,2]", "--model-opt", "groups=8",
-                 "--model-opt", "num_res_blocks=1", "--steps", "3", "--batch-size", "8", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--dataset-opt",
+            "limit=200",
+            "--model",
+            "unet",
+            "--model-opt",
+            "base_channels=16",
+            "--model-opt",
+            "channel_mult=[1,2]",
+            "--model-opt",
+            "groups=8",
+            "--model-opt",
+            "num_res_blocks=1",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert (out / "checkpoint.safetensors").exists()
     grid = tmp_path / "grid.png"
-    assert main(["sample", "--checkpoint", str(out), "--n", "6", "--steps", "4", "--out", str(grid),
-                 "--class-label", "3", "--guidance-scale", "2"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(out),
+                "--n",
+                "6",
+                "--steps",
+                "4",
+                "--out",
+                str(grid),
+                "--class-label",
+                "3",
+                "--guidance-scale",
+                "2",
+            ]
+        )
+        == 0
+    )
     from PIL import Image
 
     with Image.open(grid) as im:
@@ -195,10 +253,36 @@ def test_bad_command_input_is_one_clear_line(tmp_path, capsys, argv, text):
 def test_torchrun_ddp_two_processes(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "diffcore",
-           "train", "--dataset", "digits", "--dataset-opt", "limit=200", "--model-opt", "base_channels=16",
-           "--model-opt", "channel_mult=[1,2]", "--model-opt", "groups=8", "--model-opt", "num_res_blocks=1",
-           "--steps", "4", "--batch-size", "8", "--checkpoint-every", "2", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        "-m",
+        "diffcore",
+        "train",
+        "--dataset",
+        "digits",
+        "--dataset-opt",
+        "limit=200",
+        "--model-opt",
+        "base_channels=16",
+        "--model-opt",
+        "channel_mult=[1,2]",
+        "--model-opt",
+        "groups=8",
+        "--model-opt",
+        "num_res_blocks=1",
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -206,16 +290,29 @@ def test_torchrun_ddp_two_processes(tmp_path):
     assert [c["checkpoint"] for c in checkpoints] == [2, 4]  # written once each: only rank 0 writes
     for c in checkpoints:
         assert len(c["rank_checksums"]) == 2 and c["rank_checksums"][0] == c["rank_checksums"][1]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "loss.png",
-                                                     "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.safetensors",
+        "config.json",
+        "loss.png",
+        "metrics.jsonl",
+    ]
     _, meta = load_checkpoint(out / "checkpoint.safetensors")
     assert meta["world_size"] == 2 and meta["step"] == 4
 
 
 @pytest.mark.parametrize("name,channels", [("super_resolution", 1), ("inpainting", 2)])
 def test_task_condition_training_feeds_the_source_as_channels(tmp_path, name, channels):
-    pipe = diffcore.train("digits", "unet", 2, tmp_path, dataset_options=DATA, model_config=TINY, task_condition=name,
-                          batch_size=8, log_every=1)
+    pipe = diffcore.train(
+        "digits",
+        "unet",
+        2,
+        tmp_path,
+        dataset_options=DATA,
+        model_config=TINY,
+        task_condition=name,
+        batch_size=8,
+        log_every=1,
+    )
     assert pipe.run["task_condition"]["name"] == name
     assert pipe.model.config["concat_channels"] == channels
     loaded = Pipeline.load(tmp_path)
@@ -255,14 +352,41 @@ def test_safetensors_whose_header_length_starts_with_0x80_loads(tmp_path):
 @pytest.mark.parametrize(
     "model, shape, meta, classes, want",
     [
-        ("unet", (5, 1, 8, 8), {"channels": 1, "height": 8}, 10,
-         {"in_channels": 1, "image_size": 8, "num_classes": 10, "base_channels": 64, "channel_mult": [1, 2],
-          "attention_resolutions": [4]}),
-        ("unet", (5, 3, 28, 28), {}, 0,
-         {"in_channels": 3, "image_size": 28, "num_classes": 0, "base_channels": 64, "channel_mult": [1, 2, 2],
-          "attention_resolutions": [7]}),
-        ("unet", (5, 3, 64, 64), {"channels": 3, "height": 64}, 2,
-         {"in_channels": 3, "image_size": 64, "num_classes": 2}),
+        (
+            "unet",
+            (5, 1, 8, 8),
+            {"channels": 1, "height": 8},
+            10,
+            {
+                "in_channels": 1,
+                "image_size": 8,
+                "num_classes": 10,
+                "base_channels": 64,
+                "channel_mult": [1, 2],
+                "attention_resolutions": [4],
+            },
+        ),
+        (
+            "unet",
+            (5, 3, 28, 28),
+            {},
+            0,
+            {
+                "in_channels": 3,
+                "image_size": 28,
+                "num_classes": 0,
+                "base_channels": 64,
+                "channel_mult": [1, 2, 2],
+                "attention_resolutions": [7],
+            },
+        ),
+        (
+            "unet",
+            (5, 3, 64, 64),
+            {"channels": 3, "height": 64},
+            2,
+            {"in_channels": 3, "image_size": 64, "num_classes": 2},
+        ),
         ("mlp", (5, 30), {}, 2, {"dim": 30, "num_classes": 2}),
         ("mlp", (5, 7), {}, None, {"dim": 7, "num_classes": 0}),
     ],
@@ -302,7 +426,7 @@ def test_timestep_samplings_follow_sd3(sampling):
     from diffcore.training.objective import draw_times
 
     u = draw_times(sampling, 200_000, torch.Generator().manual_seed(1), logit_mean=0.0, logit_std=1.0, mode_scale=1.29)
-    assert 0 <= float(u.min()) and float(u.max()) <= 1 and abs(float(u.mean()) - 0.5) < 0.01
+    assert float(u.min()) >= 0 and float(u.max()) <= 1 and abs(float(u.mean()) - 0.5) < 0.01
     middle = float(((u > 0.25) & (u < 0.75)).double().mean())
     assert middle == pytest.approx({"uniform": 0.5, "logit_normal": 0.7281, "mode": 0.7328}[sampling], abs=0.01)
     shifted = draw_times("logit_normal", 100_000, torch.Generator().manual_seed(1), logit_mean=1.0)
@@ -332,8 +456,9 @@ def test_flow_training_resumes_exactly(tmp_path):
     run = json.loads((tmp_path / "once" / "config.json").read_text())
     assert run["prediction"] == {"name": "flow"} and run["schedule"]["name"] == "flow"
     assert run["train"]["timestep_sampling"] == "mode"
-    losses = [json.loads(x)["loss"] for x in (tmp_path / "once" / "metrics.jsonl").read_text().splitlines()
-              if '"loss"' in x]
+    losses = [
+        json.loads(x)["loss"] for x in (tmp_path / "once" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x
+    ]
     assert len(losses) == 4 and all(math.isfinite(v) and 0.5 < v < 5 for v in losses)
     loaded = Pipeline.load(tmp_path / "once")
     assert loaded.schedule == diffcore.get("schedules", "flow")(shift=3.0) and loaded.param.name == "flow"

@@ -80,15 +80,19 @@ def step_rows(report: dict[str, Any], stat: str) -> dict[tuple[str, str, int], d
         if "sampler" not in info or "iterations" not in info:
             continue
         rows.setdefault((info.get("dtype", "float32"), info["sampler"], int(info["numel"])), {})[info["variant"]] = {
-            "step": per_iteration(b, stat), "peak": info.get("peak_alloc_bytes"), "x_bytes": info.get("x_bytes"),
-            "bound": info.get("memory_bound_x"), "tensors": info.get("tensors_streamed"),
+            "step": per_iteration(b, stat),
+            "peak": info.get("peak_alloc_bytes"),
+            "x_bytes": info.get("x_bytes"),
+            "bound": info.get("memory_bound_x"),
+            "tensors": info.get("tensors_streamed"),
         }
     return rows
 
 
 def _native_default(variants: list[str]) -> str | None:
-    return next((v for v in variants if v.startswith("diffcore-native") and not v.endswith(("-nocheck", "-graph"))),
-                None)
+    return next(
+        (v for v in variants if v.startswith("diffcore-native") and not v.endswith(("-nocheck", "-graph"))), None
+    )
 
 
 def step_tables(rows: dict, copy_bw: dict[str, float]) -> list[str]:
@@ -98,9 +102,12 @@ def step_tables(rows: dict, copy_bw: dict[str, float]) -> list[str]:
         variants = sorted({v for k in keys for v in rows[k]}, key=_variant_key)
         native = _native_default(variants)
         nocheck = next((v for v in variants if v.endswith("-nocheck")), None)
-        head = ("| sampler | elements | " + "".join(f"{_short(v)} us/step | " for v in variants)
-                + "diffusers / native | compile / nocheck | nocheck GB/s (% of copy) "
-                + "| peak / x: native, diffusers (bound) |")
+        head = (
+            "| sampler | elements | "
+            + "".join(f"{_short(v)} us/step | " for v in variants)
+            + "diffusers / native | compile / nocheck | nocheck GB/s (% of copy) "
+            + "| peak / x: native, diffusers (bound) |"
+        )
         out += [f"### {dtype}", "", head, "|" + "---|" * (head.count(" | ") + 1)]
         for k in keys:
             r = rows[k]
@@ -127,21 +134,27 @@ def bandwidth(report: dict[str, Any], stat: str) -> dict[str, dict[str, dict[str
         info = b.get("extra_info", {})
         if "bandwidth" in info:
             out.setdefault(info["dtype"], {})[info["bandwidth"]] = {
-                "gbs": info["bytes_per_iteration"] / per_iteration(b, stat), "numel": int(info["numel"]),
-                "step": per_iteration(b, stat)}
+                "gbs": info["bytes_per_iteration"] / per_iteration(b, stat),
+                "numel": int(info["numel"]),
+                "step": per_iteration(b, stat),
+            }
     return out
 
 
 def bandwidth_table(bw: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    lines = ["| dtype | elements | copy GB/s (2 tensors) | add GB/s (3) | native ddim step GB/s (3) | step / copy |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| dtype | elements | copy GB/s (2 tensors) | add GB/s (3) | native ddim step GB/s (3) | step / copy |",
+        "|---|---|---|---|---|---|",
+    ]
     for dtype, ops in bw.items():
         numel = next(iter(ops.values()))["numel"]
         g = {op: ops.get(op, {}).get("gbs") for op in ("copy", "add", "ddim-step")}
         share = _ratio(g["ddim-step"], g["copy"])
-        lines.append(f"| {dtype} | {_elements(numel)} | "
-                     + " | ".join("n/a" if g[o] is None else _gbs(g[o]) for o in ("copy", "add", "ddim-step"))
-                     + f" | {'n/a' if share is None else f'{share:.0%}'} |")
+        lines.append(
+            f"| {dtype} | {_elements(numel)} | "
+            + " | ".join("n/a" if g[o] is None else _gbs(g[o]) for o in ("copy", "add", "ddim-step"))
+            + f" | {'n/a' if share is None else f'{share:.0%}'} |"
+        )
     return lines
 
 
@@ -160,43 +173,75 @@ def graph_table(rows: dict[str, dict[tuple[int, str], float]], steps: str) -> li
     lines = [head.rstrip(" "), "|" + "---|" * (1 + len(cols))]
     for sampler in sorted(rows):
         lines.append(f"| {sampler} | " + " | ".join(_us(rows[sampler].get(c)) for c in cols) + " |")
-    return [f"A {steps}-step loop of the native step kernel (no model) captured once in a CUDA graph; "
-            "time per step = one replay / its steps (heun: 2N-1).", "", *lines]
+    return [
+        f"A {steps}-step loop of the native step kernel (no model) captured once in a CUDA graph; "
+        "time per step = one replay / its steps (heun: 2N-1).",
+        "",
+        *lines,
+    ]
 
 
 def targets(rows: dict, bw: dict, graphs: dict) -> list[str]:
     out = []
-    for label, pick in (("native (default check)", lambda v: _native_default([v]) is not None),
-                        ("native-nocheck", lambda v: v.startswith("diffcore-native") and v.endswith("-nocheck"))):
-        miss = [f"{s} {_elements(n)} {d} ({_us(x['step'])})" for (d, s, n), r in sorted(rows.items())
-                for v, x in r.items() if pick(v) and n <= STEP_TARGET_NUMEL and x["step"] > STEP_TARGET_S]
-        out.append(f"* <= {STEP_TARGET_S * 1e6:.0f} us per step at <= 1M elements, {label}: "
-                   + ("met everywhere measured" if not miss else f"missed by {len(miss)}: " + _listed(miss)))
+    for label, pick in (
+        ("native (default check)", lambda v: _native_default([v]) is not None),
+        ("native-nocheck", lambda v: v.startswith("diffcore-native") and v.endswith("-nocheck")),
+    ):
+        miss = [
+            f"{s} {_elements(n)} {d} ({_us(x['step'])})"
+            for (d, s, n), r in sorted(rows.items())
+            for v, x in r.items()
+            if pick(v) and n <= STEP_TARGET_NUMEL and x["step"] > STEP_TARGET_S
+        ]
+        out.append(
+            f"* <= {STEP_TARGET_S * 1e6:.0f} us per step at <= 1M elements, {label}: "
+            + ("met everywhere measured" if not miss else f"missed by {len(miss)}: " + _listed(miss))
+        )
     for dtype, ops in bw.items():
         share = _ratio(ops.get("ddim-step", {}).get("gbs"), ops.get("copy", {}).get("gbs"))
         if share is not None:
-            out.append(f"* native ddim step >= {BANDWIDTH_TARGET:.0%} of copy bandwidth, {dtype}: "
-                       + ("met" if share >= BANDWIDTH_TARGET else "missed") + f" ({share:.0%})")
-    miss = [f"{s} {_elements(n)} {d} ({_us(t)})" for s, r in sorted(graphs.items()) for (n, d), t in sorted(r.items())
-            if t > GRAPH_TARGET_S]
+            out.append(
+                f"* native ddim step >= {BANDWIDTH_TARGET:.0%} of copy bandwidth, {dtype}: "
+                + ("met" if share >= BANDWIDTH_TARGET else "missed")
+                + f" ({share:.0%})"
+            )
+    miss = [
+        f"{s} {_elements(n)} {d} ({_us(t)})"
+        for s, r in sorted(graphs.items())
+        for (n, d), t in sorted(r.items())
+        if t > GRAPH_TARGET_S
+    ]
     if graphs:
-        out.append(f"* <= {GRAPH_TARGET_S * 1e6:.0f} us per step in a CUDA graph: "
-                   + ("met everywhere measured" if not miss else f"missed by {len(miss)}: " + _listed(miss)))
-    over = [f"{s} {_elements(n)} {d} {_short(v)}" for (d, s, n), r in sorted(rows.items()) for v, x in r.items()
-            if v.startswith("diffcore-native") and x.get("peak") is not None and x.get("x_bytes")
-            and x.get("bound") is not None and x["peak"] / x["x_bytes"] > x["bound"]]
-    out.append("* native peak extra memory <= (slots + 2) x size of x: "
-               + ("met by every native case" if not over else f"exceeded by {len(over)}: " + _listed(over)))
+        out.append(
+            f"* <= {GRAPH_TARGET_S * 1e6:.0f} us per step in a CUDA graph: "
+            + ("met everywhere measured" if not miss else f"missed by {len(miss)}: " + _listed(miss))
+        )
+    over = [
+        f"{s} {_elements(n)} {d} {_short(v)}"
+        for (d, s, n), r in sorted(rows.items())
+        for v, x in r.items()
+        if v.startswith("diffcore-native")
+        and x.get("peak") is not None
+        and x.get("x_bytes")
+        and x.get("bound") is not None
+        and x["peak"] / x["x_bytes"] > x["bound"]
+    ]
+    out.append(
+        "* native peak extra memory <= (slots + 2) x size of x: "
+        + ("met by every native case" if not over else f"exceeded by {len(over)}: " + _listed(over))
+    )
     return out
 
 
 def machine_line(report: dict[str, Any]) -> str:
     d = report.get("machine_info", {}).get("diffcore", {})
     c = d.get("cuda") or {}
-    return (f"GPU: {c.get('device', '?')} (sm {c.get('capability', '?')}, {c.get('sm_count', '?')} SMs, "
-            f"{c.get('memory_gib', '?')} GiB); torch {d.get('torch', '?')} CUDA {c.get('torch_cuda', '?')}, "
-            f"diffusers {d.get('diffusers') or 'not installed'}, diffcore {d.get('version', '?')} CUDA backend "
-            f"`{c.get('kernel_backend', '?')}`.")
+    return (
+        f"GPU: {c.get('device', '?')} (sm {c.get('capability', '?')}, {c.get('sm_count', '?')} SMs, "
+        f"{c.get('memory_gib', '?')} GiB); torch {d.get('torch', '?')} CUDA {c.get('torch_cuda', '?')}, "
+        f"diffusers {d.get('diffusers') or 'not installed'}, diffcore {d.get('version', '?')} CUDA backend "
+        f"`{c.get('kernel_backend', '?')}`."
+    )
 
 
 def summary(report: dict[str, Any], stat: str = "min") -> str:
@@ -204,21 +249,34 @@ def summary(report: dict[str, Any], stat: str = "min") -> str:
     if not (rows or bw or graphs):
         raise ValueError("no GPU benchmarks (extra_info with 'sampler', 'bandwidth' or 'graph_loop') in this report")
     copy_bw = {d: ops["copy"]["gbs"] for d, ops in bw.items() if "copy" in ops}
-    steps = sorted({str(b["extra_info"]["steps"]) for b in report["benchmarks"]
-                    if "sampler" in b.get("extra_info", {}) and "steps" in b["extra_info"]})
-    gsteps = sorted({str(b["extra_info"]["steps"]) for b in report["benchmarks"]
-                     if "graph_loop" in b.get("extra_info", {})})
+    steps = sorted(
+        {
+            str(b["extra_info"]["steps"])
+            for b in report["benchmarks"]
+            if "sampler" in b.get("extra_info", {}) and "steps" in b["extra_info"]
+        }
+    )
+    gsteps = sorted(
+        {str(b["extra_info"]["steps"]) for b in report["benchmarks"] if "graph_loop" in b.get("extra_info", {})}
+    )
     out = [machine_line(report), ""]
     if rows:
-        out += [f"Per-step time = {stat} over rounds of a whole {'/'.join(steps)}-step `run_program` loop / its "
-                "iterations (one model call + one update), model excluded. native: CUDA kernels, in-kernel Philox "
-                "noise, default NaN/inf check; -nocheck: without it; reference: pure Torch, torch.randn noise; "
-                "reference-compile: torch.compile of the reference step, check off. nocheck GB/s = tensors the "
-                "fused step streams x their size / step time. Peak: max_memory_allocated above the run's start.",
-                "", *step_tables(rows, copy_bw)]
+        out += [
+            f"Per-step time = {stat} over rounds of a whole {'/'.join(steps)}-step `run_program` loop / its "
+            "iterations (one model call + one update), model excluded. native: CUDA kernels, in-kernel Philox "
+            "noise, default NaN/inf check; -nocheck: without it; reference: pure Torch, torch.randn noise; "
+            "reference-compile: torch.compile of the reference step, check off. nocheck GB/s = tensors the "
+            "fused step streams x their size / step time. Peak: max_memory_allocated above the run's start.",
+            "",
+            *step_tables(rows, copy_bw),
+        ]
     if bw:
-        out += ["Bandwidth at the largest size (bytes read + written per call / time per call):", "",
-                *bandwidth_table(bw), ""]
+        out += [
+            "Bandwidth at the largest size (bytes read + written per call / time per call):",
+            "",
+            *bandwidth_table(bw),
+            "",
+        ]
     if graphs:
         out += [*graph_table(graphs, "/".join(gsteps)), ""]
     out += ["Targets of the native-kernels issue (reported, never asserted):", "", *targets(rows, bw, graphs)]

@@ -107,8 +107,10 @@ def peak_extra_bytes(fn: Callable[[], Any], cpu_probe: Callable[[Callable[[], An
 def _inputs(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_T, model output): standard normal, seeded, on DEVICE."""
     gen = torch.Generator(device=DEVICE).manual_seed(1234)
-    return (torch.randn(shape, generator=gen, device=DEVICE, dtype=dtype),
-            torch.randn(shape, generator=gen, device=DEVICE, dtype=dtype))
+    return (
+        torch.randn(shape, generator=gen, device=DEVICE, dtype=dtype),
+        torch.randn(shape, generator=gen, device=DEVICE, dtype=dtype),
+    )
 
 
 # --- torch.compile of the reference step ------------------------------------------------------
@@ -116,8 +118,14 @@ def _inputs(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, t
 _compiled: dict[str, Callable[..., None]] = {}
 
 
-def _reference_update(x: torch.Tensor, m: torch.Tensor, coeffs: torch.Tensor, history: torch.Tensor | None,
-                      noise: torch.Tensor | None, writes: tuple[int, ...]) -> None:
+def _reference_update(
+    x: torch.Tensor,
+    m: torch.Tensor,
+    coeffs: torch.Tensor,
+    history: torch.Tensor | None,
+    noise: torch.Tensor | None,
+    writes: tuple[int, ...],
+) -> None:
     reference.sampler_step(x, m, coeffs, history, noise, list(writes))
 
 
@@ -162,6 +170,7 @@ def compiled_step_kernels(layout: Layout) -> Callable[[Any], tuple[Callable[...,
 
 # --- per-step time of run_program ----------------------------------------------------------------
 
+
 def _cases() -> Iterator[Any]:
     for dtype in DTYPES:  # dtype-major: a stage cut short by its budget still has all of float32
         for sampler in SAMPLERS:
@@ -173,8 +182,15 @@ def _cases() -> Iterator[Any]:
 
 
 @pytest.mark.parametrize("sampler,size,dtype,impl", list(_cases()))
-def test_gpu_step(benchmark: Any, peak_alloc: Callable, monkeypatch: pytest.MonkeyPatch, sampler: str, size: str,
-                  dtype: str, impl: str) -> None:
+def test_gpu_step(
+    benchmark: Any,
+    peak_alloc: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+    sampler: str,
+    size: str,
+    dtype: str,
+    impl: str,
+) -> None:
     shape, rounds = SIZES[size]  # at most
     x_T, out_buf = _inputs(shape, DTYPES[dtype])
 
@@ -222,30 +238,35 @@ def test_gpu_step(benchmark: Any, peak_alloc: Callable, monkeypatch: pytest.Monk
     rounds = max(1, min(rounds, int(ROUND_BUDGET_S / (time.perf_counter() - start))))  # slow loops: fewer
 
     benchmark.group = f"{sampler} {size} {dtype}"
-    benchmark.extra_info.update({
-        "sampler": sampler,
-        "numel": x_T.numel(),
-        "shape": list(shape),
-        "dtype": dtype,
-        "device": str(DEVICE),
-        "impl": "diffusers" if impl == "diffusers" else "diffcore",
-        "variant": variant,
-        "noise": noise if layout.stochastic else "none",
-        "check_finite": impl in ("native", "reference"),
-        "steps": STEPS,
-        "iterations": iterations,
-        "peak_alloc_bytes": peak,
-        "x_bytes": x_T.numel() * x_T.element_size(),
-        "slots": layout.slots,
-        "max_writes": layout.max_writes,
-        "tensors_streamed": None if impl == "diffusers" else layout.tensors_streamed(noise_tensor=noise == "generator"),
-        "memory_bound_x": layout.memory_bound(),
-    })
+    benchmark.extra_info.update(
+        {
+            "sampler": sampler,
+            "numel": x_T.numel(),
+            "shape": list(shape),
+            "dtype": dtype,
+            "device": str(DEVICE),
+            "impl": "diffusers" if impl == "diffusers" else "diffcore",
+            "variant": variant,
+            "noise": noise if layout.stochastic else "none",
+            "check_finite": impl in ("native", "reference"),
+            "steps": STEPS,
+            "iterations": iterations,
+            "peak_alloc_bytes": peak,
+            "x_bytes": x_T.numel() * x_T.element_size(),
+            "slots": layout.slots,
+            "max_writes": layout.max_writes,
+            "tensors_streamed": None
+            if impl == "diffusers"
+            else layout.tensors_streamed(noise_tensor=noise == "generator"),
+            "memory_bound_x": layout.memory_bound(),
+        }
+    )
     result = benchmark.pedantic(timed, setup=synced_setup, rounds=rounds, iterations=1, warmup_rounds=0)
     assert result.shape == x_T.shape and result.dtype == x_T.dtype and result.device.type == DEVICE.type
 
 
 # --- the memory-bound figures: copy, add and one native step at the largest size --------------
+
 
 def coefficient_views(program: Program, param: Parameterization, x: torch.Tensor) -> list[torch.Tensor]:
     """Every step's coefficient vector ``[a, b, rows...]`` as views of one device buffer (the
@@ -258,7 +279,7 @@ def coefficient_views(program: Program, param: Parameterization, x: torch.Tensor
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     flat = torch.from_numpy(np.concatenate(vectors)).to(device=x.device, dtype=dtype)
     offsets = np.cumsum([0] + [len(v) for v in vectors])
-    return [flat[offsets[k]:offsets[k + 1]] for k in range(len(vectors))]
+    return [flat[offsets[k] : offsets[k + 1]] for k in range(len(vectors))]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -290,16 +311,18 @@ def test_bandwidth(benchmark: Any, op: str, dtype: str) -> None:
         sync()
 
     benchmark.group = f"bandwidth {LARGEST} {dtype}"
-    benchmark.extra_info.update({
-        "bandwidth": op,
-        "numel": x.numel(),
-        "shape": list(shape),
-        "dtype": dtype,
-        "device": str(DEVICE),
-        "iterations": BANDWIDTH_REPS,
-        "tensors_streamed": tensors,
-        "bytes_per_iteration": tensors * x.numel() * x.element_size(),
-    })
+    benchmark.extra_info.update(
+        {
+            "bandwidth": op,
+            "numel": x.numel(),
+            "shape": list(shape),
+            "dtype": dtype,
+            "device": str(DEVICE),
+            "iterations": BANDWIDTH_REPS,
+            "tensors_streamed": tensors,
+            "bytes_per_iteration": tensors * x.numel() * x.element_size(),
+        }
+    )
     setup()
     timed()  # warm-up
     benchmark.pedantic(timed, setup=setup, rounds=BANDWIDTH_ROUNDS, iterations=1, warmup_rounds=0)
@@ -312,6 +335,7 @@ def test_bandwidth(benchmark: Any, op: str, dtype: str) -> None:
 
 
 # --- a GRAPH_STEPS-step loop of the native kernel in one CUDA graph ----------------------------
+
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("size", GRAPH_SIZES)
@@ -343,8 +367,12 @@ def test_graph_loop(benchmark: Any, monkeypatch: pytest.MonkeyPatch, sampler: st
         return (), {}
 
     # The loop must compute what run_program computes (same coefficients, same Philox noise).
-    expected = run_program(Denoiser(lambda xx, t: out_buf, param, timestep_dtype=plan.timestep_dtype,
-                                    check_finite=False), x_start.clone(), program, seed=0)
+    expected = run_program(
+        Denoiser(lambda xx, t: out_buf, param, timestep_dtype=plan.timestep_dtype, check_finite=False),
+        x_start.clone(),
+        program,
+        seed=0,
+    )
     reset()
     loop()
     torch.testing.assert_close(x, expected, rtol=0, atol=0, equal_nan=True)
@@ -369,14 +397,16 @@ def test_graph_loop(benchmark: Any, monkeypatch: pytest.MonkeyPatch, sampler: st
         sync()
 
     benchmark.group = f"graph {size} {dtype}"
-    benchmark.extra_info.update({
-        "graph_loop": sampler,
-        "variant": f"diffcore-{backend}-graph",
-        "numel": x.numel(),
-        "shape": list(shape),
-        "dtype": dtype,
-        "device": str(DEVICE),
-        "steps": GRAPH_STEPS,
-        "iterations": len(program.steps),
-    })
+    benchmark.extra_info.update(
+        {
+            "graph_loop": sampler,
+            "variant": f"diffcore-{backend}-graph",
+            "numel": x.numel(),
+            "shape": list(shape),
+            "dtype": dtype,
+            "device": str(DEVICE),
+            "steps": GRAPH_STEPS,
+            "iterations": len(program.steps),
+        }
+    )
     benchmark.pedantic(replay, setup=reset, rounds=GRAPH_ROUNDS, iterations=1, warmup_rounds=2)

@@ -175,7 +175,8 @@ class NoiseLevelEmbedding(nn.Module):
 
     def forward(self, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         features = sinusoidal_features(t, self.feature_dim, self.time_input)
-        emb = self.mlp(features.to(self.mlp[0].weight.dtype))
+        first: nn.Linear = self.mlp[0]  # type: ignore[assignment]
+        emb = self.mlp(features.to(first.weight.dtype))
         if self.class_table is not None:
             if class_labels is None:
                 class_labels = torch.full_like(t, self.num_classes, dtype=torch.long)

@@ -40,10 +40,21 @@ from diffcore.models.layers import (
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": {"in_channels": 1, "image_size": 8, "channel_mult": [1, 2], "attention_resolutions": [4]},
     "mnist": {"in_channels": 1, "image_size": 28, "channel_mult": [1, 2, 2], "attention_resolutions": [7]},
-    "cifar": {"in_channels": 3, "image_size": 32, "channel_mult": [1, 2, 2, 2], "attention_resolutions": [16],
-              "base_channels": 128, "dropout": 0.1},
-    "rgb64": {"in_channels": 3, "image_size": 64, "channel_mult": [1, 2, 3, 4], "attention_resolutions": [16, 8],
-              "base_channels": 128},
+    "cifar": {
+        "in_channels": 3,
+        "image_size": 32,
+        "channel_mult": [1, 2, 2, 2],
+        "attention_resolutions": [16],
+        "base_channels": 128,
+        "dropout": 0.1,
+    },
+    "rgb64": {
+        "in_channels": 3,
+        "image_size": 64,
+        "channel_mult": [1, 2, 3, 4],
+        "attention_resolutions": [16, 8],
+        "base_channels": 128,
+    },
 }
 
 
@@ -88,10 +99,20 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         cfg = check_config(
-            in_channels=in_channels, out_channels=out_channels, image_size=image_size, base_channels=base_channels,
-            channel_mult=channel_mult, num_res_blocks=num_res_blocks, attention_resolutions=attention_resolutions,
-            num_heads=num_heads, dropout=dropout, num_classes=num_classes, context_dim=context_dim,
-            concat_channels=concat_channels, time_input=time_input, groups=groups,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            image_size=image_size,
+            base_channels=base_channels,
+            channel_mult=channel_mult,
+            num_res_blocks=num_res_blocks,
+            attention_resolutions=attention_resolutions,
+            num_heads=num_heads,
+            dropout=dropout,
+            num_classes=num_classes,
+            context_dim=context_dim,
+            concat_channels=concat_channels,
+            time_input=time_input,
+            groups=groups,
         )
         self.config: dict[str, Any] = cfg
         self.in_channels = cfg["in_channels"]
@@ -110,8 +131,9 @@ class UNet(nn.Module):
         self.mid = Stage([blocks.res(ch, ch), blocks.attn(ch), blocks.res(ch, ch)])
         self.up = blocks.up_path(skips)
         ch = blocks.width(0)
-        self.out = nn.Sequential(nn.GroupNorm(cfg["groups"], ch), nn.SiLU(),
-                                 zero_(nn.Conv2d(ch, cfg["out_channels"], 3, padding=1)))
+        self.out = nn.Sequential(
+            nn.GroupNorm(cfg["groups"], ch), nn.SiLU(), zero_(nn.Conv2d(ch, cfg["out_channels"], 3, padding=1))
+        )
 
     @staticmethod
     def default_config(data: Any) -> dict[str, Any]:
@@ -119,8 +141,11 @@ class UNet(nn.Module):
         classes, and the ``digits`` (size <= 8) or ``mnist``-like (size <= 32) depth and attention."""
         meta = getattr(data, "meta", {}) or {}
         size = int(meta.get("height", data.train.shape[-1]))
-        cfg: dict[str, Any] = {"in_channels": int(meta.get("channels", data.train.shape[1])), "image_size": size,
-                               "num_classes": int(getattr(data, "num_classes", 0) or 0)}
+        cfg: dict[str, Any] = {
+            "in_channels": int(meta.get("channels", data.train.shape[1])),
+            "image_size": size,
+            "num_classes": int(getattr(data, "num_classes", 0) or 0),
+        }
         if size <= 8:
             cfg.update(base_channels=64, channel_mult=[1, 2], attention_resolutions=[4])
         elif size <= 32:
@@ -176,8 +201,9 @@ def check_config(**raw: Any) -> dict[str, Any]:
     cfg["base_channels"] = check_int("base_channels", raw["base_channels"], 1)
     cfg["channel_mult"] = check_int_list("channel_mult", raw["channel_mult"], 1, allow_empty=False)
     cfg["num_res_blocks"] = check_int("num_res_blocks", raw["num_res_blocks"], 1)
-    cfg["attention_resolutions"] = check_int_list("attention_resolutions", raw["attention_resolutions"], 1,
-                                                  allow_empty=True)
+    cfg["attention_resolutions"] = check_int_list(
+        "attention_resolutions", raw["attention_resolutions"], 1, allow_empty=True
+    )
     cfg["num_heads"] = check_int("num_heads", raw["num_heads"], 1)
     cfg["dropout"] = check_dropout(raw["dropout"])
     for name in ("num_classes", "context_dim", "concat_channels"):

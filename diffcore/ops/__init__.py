@@ -42,8 +42,7 @@ def _native_module() -> object | None:
         return _native_state["module"]
     module = None
     try:
-        from diffcore import _C  # type: ignore[attr-defined]
-
+        from diffcore import _C
         from diffcore.ops import _fake  # noqa: F401  (fake kernels for torch.compile / meta)
 
         module = _C
@@ -137,8 +136,10 @@ def _check_step_args(
     if x.dim() < 1:
         raise ValueError("x must have a batch dimension")
     if x.requires_grad and x.is_leaf and torch.is_grad_enabled():
-        raise RuntimeError("x is a leaf tensor that requires grad and the step updates it in place; "
-                           "sample under torch.no_grad() or pass x.detach()")
+        raise RuntimeError(
+            "x is a leaf tensor that requires grad and the step updates it in place; "
+            "sample under torch.no_grad() or pass x.detach()"
+        )
     if _self_overlapping(x):
         raise ValueError(f"x has overlapping memory (stride {tuple(x.stride())}); the step writes it in place")
     k = 0
@@ -152,8 +153,9 @@ def _check_step_args(
             raise ValueError(f"history is {history.dtype} on {history.device}; x is {x.dtype} on {x.device}")
         k = history.shape[0]
         if _self_overlapping(history):
-            raise ValueError(f"history has overlapping memory (stride {tuple(history.stride())}); "
-                             "each slot needs its own storage")
+            raise ValueError(
+                f"history has overlapping memory (stride {tuple(history.stride())}); each slot needs its own storage"
+            )
         if _overlapping(x, history):
             raise ValueError("x shares memory with history; the step reads every slot before it writes x")
         if k > MAX_HISTORY_SLOTS:
@@ -313,8 +315,9 @@ def step_kernels(device: torch.device | str) -> tuple[StepFn, StepFn]:
     return step, cfg_step
 
 
-def check_step(x: Tensor, coeffs: Tensor, history: Tensor | None = None, noise: Tensor | None = None,
-               writes: Sequence[int] = ()) -> list[int]:
+def check_step(
+    x: Tensor, coeffs: Tensor, history: Tensor | None = None, noise: Tensor | None = None, writes: Sequence[int] = ()
+) -> list[int]:
     """Validate the arguments of :func:`sampler_step` (except the model output); returns writes."""
     return _check_step_args(x, coeffs, history, noise, writes)
 

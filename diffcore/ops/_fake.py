@@ -17,17 +17,39 @@ def _same_device(x: Tensor, *others: Tensor | None) -> None:
 @torch.library.register_fake("diffcore::forward_noise")
 def _forward_noise(x0: Tensor, noise: Tensor, t: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
     _same_device(x0, noise, t, table)
-    return torch.empty_like(x0, memory_format=torch.contiguous_format), torch.empty_like(x0, memory_format=torch.contiguous_format)
+    return torch.empty_like(x0, memory_format=torch.contiguous_format), torch.empty_like(
+        x0, memory_format=torch.contiguous_format
+    )
 
 
 @torch.library.register_fake("diffcore::sampler_step")
-def _sampler_step(x, model_out, coeffs, history, noise, writes, seed=-1, offset=0) -> None:
+def _sampler_step(
+    x: Tensor,
+    model_out: Tensor,
+    coeffs: Tensor,
+    history: Tensor | None,
+    noise: Tensor | None,
+    writes: list[int],
+    seed: int = -1,
+    offset: int = 0,
+) -> None:
     _same_device(x, model_out, coeffs, history, noise)
     return None
 
 
 @torch.library.register_fake("diffcore::cfg_sampler_step")
-def _cfg_sampler_step(x, uncond, cond, guidance, coeffs, history, noise, writes, seed=-1, offset=0) -> None:
+def _cfg_sampler_step(
+    x: Tensor,
+    uncond: Tensor,
+    cond: Tensor,
+    guidance: Tensor,
+    coeffs: Tensor,
+    history: Tensor | None,
+    noise: Tensor | None,
+    writes: list[int],
+    seed: int = -1,
+    offset: int = 0,
+) -> None:
     _same_device(x, uncond, cond, guidance, coeffs, history, noise)
     return None
 

@@ -77,7 +77,8 @@ def _mix(
         outputs.append(out)
     x.copy_(outputs[0].to(x.dtype))
     for slot, value in zip(writes, outputs[1:]):
-        history[slot].copy_(value.to(history.dtype))  # type: ignore[index]
+        assert history is not None  # writes name history slots
+        history[slot].copy_(value.to(history.dtype))
 
 
 def sampler_step(

@@ -89,8 +89,19 @@ def train(
     teacher's dataset, architecture, schedule and weights; the pairs are saved in ``out``.
     """
     if reflow_from is not None:
-        return _reflow(reflow_from, out, pairs=pairs, pair_sampler=pair_sampler, pair_steps=pair_steps, steps=steps,
-                       sampler=sampler, sample_steps=sample_steps, resume=resume, device=device, **config)
+        return _reflow(
+            reflow_from,
+            out,
+            pairs=pairs,
+            pair_sampler=pair_sampler,
+            pair_steps=pair_steps,
+            steps=steps,
+            sampler=sampler,
+            sample_steps=sample_steps,
+            resume=resume,
+            device=device,
+            **config,
+        )
     train_cfg = TrainConfig.from_dict({"steps": steps, **config})
     data = get("datasets", dataset)(**(dataset_options or {}))
     condition = None
@@ -112,8 +123,14 @@ def train(
     sched = get("schedules", schedule)(**(schedule_options or {}))
     param = make_parameterization(prediction, **(prediction_options or {}))
     run = {
-        "dataset": {"name": dataset, "options": dataset_options or {}, "meta": data.meta,
-                    "num_classes": int(data.num_classes), "kind": data.kind, "shape": list(data.shape)},
+        "dataset": {
+            "name": dataset,
+            "options": dataset_options or {},
+            "meta": data.meta,
+            "num_classes": int(data.num_classes),
+            "kind": data.kind,
+            "shape": list(data.shape),
+        },
         "model": {"name": model, "config": dict(getattr(net, "config", model_cfg))},
         "schedule": sched.config(),
         "prediction": param.config(),
@@ -125,8 +142,24 @@ def train(
     if caption_set is not None:
         run["text"] = {"captions": captions, "dropout": text_dropout}
     json.dumps(run)  # the run config must be JSON: fail here, not at the first checkpoint
-    return _fit(lambda: Trainer(net, sched, param, data, train_cfg, out, run, device=device, condition=condition,
-                                captions=caption_set, text_dropout=text_dropout), resume, sampler, sample_steps)
+    return _fit(
+        lambda: Trainer(
+            net,
+            sched,
+            param,
+            data,
+            train_cfg,
+            out,
+            run,
+            device=device,
+            condition=condition,
+            captions=caption_set,
+            text_dropout=text_dropout,
+        ),
+        resume,
+        sampler,
+        sample_steps,
+    )
 
 
 def _fit(build: Any, resume: bool, sampler: str, sample_steps: int) -> Pipeline:
@@ -137,8 +170,9 @@ def _fit(build: Any, resume: bool, sampler: str, sample_steps: int) -> Pipeline:
     try:
         trainer.train(resume=resume)
         obj = trainer.objective
-        return Pipeline(trainer.ema.cpu(), obj.schedule, obj.param, run=trainer.run, sampler=sampler,
-                        steps=sample_steps)
+        return Pipeline(
+            trainer.ema.cpu(), obj.schedule, obj.param, run=trainer.run, sampler=sampler, steps=sample_steps
+        )
     finally:
         if started:  # gloo can abort at exit unless the group is torn down after the last tensor
             del trainer
@@ -147,8 +181,20 @@ def _fit(build: Any, resume: bool, sampler: str, sample_steps: int) -> Pipeline:
             dist.destroy_process_group()
 
 
-def _reflow(teacher: str | Path, out: str | Path, *, pairs: int, pair_sampler: str, pair_steps: int, steps: int,
-            sampler: str, sample_steps: int, resume: bool, device: str | None, **config: Any) -> Pipeline:
+def _reflow(
+    teacher: str | Path,
+    out: str | Path,
+    *,
+    pairs: int,
+    pair_sampler: str,
+    pair_steps: int,
+    steps: int,
+    sampler: str,
+    sample_steps: int,
+    resume: bool,
+    device: str | None,
+    **config: Any,
+) -> Pipeline:
     """Train a reflowed copy of the flow model ``teacher`` on its own ODE pairs."""
     from diffcore.training.reflow import pairs_for
 
@@ -160,5 +206,11 @@ def _reflow(teacher: str | Path, out: str | Path, *, pairs: int, pair_sampler: s
     data = get("datasets", run["dataset"]["name"])(**run["dataset"].get("options", {}))
     run.update(train=train_cfg.to_dict(), sampler={"name": sampler, "steps": sample_steps}, reflow=drawn.meta)
     net = teacher_pipe.model.train().requires_grad_(True)  # 2-rectified flow starts from the teacher (Alg. 1)
-    return _fit(lambda: Trainer(net, teacher_pipe.schedule, teacher_pipe.param, data, train_cfg, out, run,
-                                device=device, pairs=drawn), resume, sampler, sample_steps)
+    return _fit(
+        lambda: Trainer(
+            net, teacher_pipe.schedule, teacher_pipe.param, data, train_cfg, out, run, device=device, pairs=drawn
+        ),
+        resume,
+        sampler,
+        sample_steps,
+    )

@@ -26,8 +26,15 @@ WEIGHTINGS = ("uniform", "min_snr", "edm")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "mode")
 
 
-def draw_times(sampling: str, batch: int, generator: torch.Generator, *, logit_mean: float = 0.0,
-               logit_std: float = 1.0, mode_scale: float = 1.29) -> Tensor:
+def draw_times(
+    sampling: str,
+    batch: int,
+    generator: torch.Generator,
+    *,
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+) -> Tensor:
     """(batch,) float64 times in [0, 1] (1 = noise): ``uniform``; ``logit_normal``, the sigmoid of
     N(logit_mean, logit_std^2); ``mode``, ``1 - u - s (cos^2(pi u / 2) - 1 + u)`` of a uniform u
     (Esser et al. 2024, "Scaling Rectified Flow Transformers", eq. 19 and 20)."""
@@ -77,8 +84,10 @@ class Objective:
             raise ValueError(f"min_snr_gamma={self.min_snr_gamma} must be > 0")
         check_timestep_sampling(self.timestep_sampling, self.logit_std, self.mode_scale)
         if isinstance(self.schedule, EDMSchedule) and self.timestep_sampling != "uniform":
-            raise ValueError(f"timestep_sampling={self.timestep_sampling!r}: an EDM schedule draws log-normal "
-                             "sigmas (p_mean, p_std); use it with discrete or flow schedules")
+            raise ValueError(
+                f"timestep_sampling={self.timestep_sampling!r}: an EDM schedule draws log-normal "
+                "sigmas (p_mean, p_std); use it with discrete or flow schedules"
+            )
         if isinstance(self.schedule, DiscreteSchedule):
             abar = self.schedule.alphas_cumprod_clamped()
             self._alpha, self._std = abar.sqrt(), (1 - abar).sqrt()
@@ -94,8 +103,9 @@ class Objective:
     def _weights(self, alpha: Tensor, std: Tensor) -> Tensor:
         if self.weighting == "uniform":
             return torch.ones_like(alpha)
-        b = torch.tensor([self.param.x0_coeffs(a, s)[1] for a, s in zip(alpha.tolist(), std.tolist())],
-                         dtype=torch.float64)
+        b = torch.tensor(
+            [self.param.x0_coeffs(a, s)[1] for a, s in zip(alpha.tolist(), std.tolist())], dtype=torch.float64
+        )
         return x0_weight(self.weighting, alpha, std, gamma=self.min_snr_gamma, sigma_data=self.sigma_data) * b**2
 
     def draw(self, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -120,8 +130,14 @@ class Objective:
         return torch.arange(batch), self._rows(alpha, std), sigma.float(), self._weights(alpha, std).float()
 
     def _times(self, batch: int, generator: torch.Generator) -> Tensor:
-        return draw_times(self.timestep_sampling, batch, generator, logit_mean=self.logit_mean,
-                          logit_std=self.logit_std, mode_scale=self.mode_scale)
+        return draw_times(
+            self.timestep_sampling,
+            batch,
+            generator,
+            logit_mean=self.logit_mean,
+            logit_std=self.logit_std,
+            mode_scale=self.mode_scale,
+        )
 
     def input_scale(self, model_time: Tensor) -> Tensor | None:
         """Per-sample c_in (None when it is 1 everywhere, as for VP and flow states)."""
@@ -129,15 +145,17 @@ class Objective:
             return torch.tensor([self.param.input_scale(1.0, float(s)) for s in model_time], dtype=torch.float32)
         if isinstance(self.schedule, FlowSchedule):
             t = model_time.to(torch.float64) / self.schedule.num_train_timesteps
-            scales = [self.param.input_scale(1.0 - float(v), float(v)) for v in t]
-            return None if set(scales) == {1.0} else torch.tensor(scales, dtype=torch.float32)
-        scales = {self.param.input_scale(1.0, 1.0), self.param.input_scale(0.5, math.sqrt(0.75))}
-        if scales == {1.0}:
+            flow_scales = [self.param.input_scale(1.0 - float(v), float(v)) for v in t]
+            return None if set(flow_scales) == {1.0} else torch.tensor(flow_scales, dtype=torch.float32)
+        if {self.param.input_scale(1.0, 1.0), self.param.input_scale(0.5, math.sqrt(0.75))} == {1.0}:
             return None
-        abar = self.schedule.alphas_cumprod_clamped()  # type: ignore[union-attr]
+        assert isinstance(self.schedule, DiscreteSchedule)
+        abar = self.schedule.alphas_cumprod_clamped()
         idx = model_time.long()
-        return torch.tensor([self.param.input_scale(float(abar[i].sqrt()), float((1 - abar[i]).sqrt())) for i in idx],
-                            dtype=torch.float32)
+        return torch.tensor(
+            [self.param.input_scale(float(abar[i].sqrt()), float((1 - abar[i]).sqrt())) for i in idx],
+            dtype=torch.float32,
+        )
 
 
 def check_timestep_sampling(sampling: str, logit_std: float, mode_scale: float) -> None:

@@ -57,13 +57,16 @@ class ReflowPairs:
 
 def _check_flow_teacher(pipe: Any, source: str) -> None:
     if pipe.param.name != "flow" or pipe.schedule.config().get("name") != "flow":
-        raise ValueError(f"reflow needs a flow model (schedule 'flow', prediction 'flow'); {source} has schedule "
-                         f"{pipe.schedule.config().get('name')!r} and prediction {pipe.param.name!r}")
+        raise ValueError(
+            f"reflow needs a flow model (schedule 'flow', prediction 'flow'); {source} has schedule "
+            f"{pipe.schedule.config().get('name')!r} and prediction {pipe.param.name!r}"
+        )
 
 
 @torch.no_grad()
-def draw_pairs(teacher: str | Path, n: int, *, seed: int = 0, sampler: str = "heun", steps: int = 32,
-               batch_size: int = 256) -> ReflowPairs:
+def draw_pairs(
+    teacher: str | Path, n: int, *, seed: int = 0, sampler: str = "heun", steps: int = 32, batch_size: int = 256
+) -> ReflowPairs:
     """Solve the teacher's flow ODE from ``n`` noises (seeded); class labels cycle through the
     classes of a class-conditional teacher (no guidance: the conditional ODE itself)."""
     from diffcore.pipeline import Pipeline
@@ -81,8 +84,16 @@ def draw_pairs(teacher: str | Path, n: int, *, seed: int = 0, sampler: str = "he
     for start in range(0, n, batch_size):
         part = slice(start, min(n, start + batch_size))
         cond = None if labels is None else {"class_labels": labels[part]}
-        samples[part] = sample(pipe.call_model, noise[part].clone(), sampler=sampler, steps=steps, schedule=pipe.schedule,
-                               prediction=pipe.param, cond=cond, seed=seed)
+        samples[part] = sample(
+            pipe.call_model,
+            noise[part].clone(),
+            sampler=sampler,
+            steps=steps,
+            schedule=pipe.schedule,
+            prediction=pipe.param,
+            cond=cond,
+            seed=seed,
+        )
     meta = {"teacher": str(teacher), "seed": seed, "n": n, "sampler": sampler, "steps": steps, "shape": list(shape)}
     return ReflowPairs(noise, samples, labels, meta)
 

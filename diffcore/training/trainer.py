@@ -63,9 +63,17 @@ class Trainer:
         self.config = config
         self.out = Path(out)
         self.run = run
-        self.objective = Objective(schedule, param, config.loss_weighting, config.min_snr_gamma, config.sigma_data,
-                                   timestep_sampling=config.timestep_sampling, logit_mean=config.logit_mean,
-                                   logit_std=config.logit_std, mode_scale=config.mode_scale)
+        self.objective = Objective(
+            schedule,
+            param,
+            config.loss_weighting,
+            config.min_snr_gamma,
+            config.sigma_data,
+            timestep_sampling=config.timestep_sampling,
+            logit_mean=config.logit_mean,
+            logit_std=config.logit_std,
+            mode_scale=config.mode_scale,
+        )
         self.num_classes = int(getattr(data, "num_classes", 0) or 0)
         self.condition = condition  # paired translation: makes cond["concat"] from x0
         self.captions = captions  # text-to-image: captions.train(labels, generator) -> list[str]
@@ -108,16 +116,19 @@ class Trainer:
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
         for e, p in zip(self.ema.parameters(), self.model.parameters()):
             e.lerp_(p.detach(), 1 - decay)
-        for e, b in zip(self.ema.buffers(), self.model.buffers()):
-            e.copy_(b)
+        for e_buf, b in zip(self.ema.buffers(), self.model.buffers()):
+            e_buf.copy_(b)
 
     # ---------------------------------------------------------------- one step
     def _batch(self) -> tuple[Tensor, Tensor, Tensor, Any, Tensor]:
         c, g = self.config, self.generator
         idx = torch.randint(0, self.train_x.shape[0], (c.batch_size,), generator=g)
         x0 = self.train_x[idx.to(self.device)]
-        noise = (torch.randn(x0.shape, generator=g).to(self.device, x0.dtype) if self.train_noise is None
-                 else self.train_noise[idx.to(self.device)])
+        noise = (
+            torch.randn(x0.shape, generator=g).to(self.device, x0.dtype)
+            if self.train_noise is None
+            else self.train_noise[idx.to(self.device)]
+        )
         index, table, time_, weight = self.objective.draw(c.batch_size, g)
         x_t, target = ops.forward_noise(x0, noise, index.to(self.device), table.to(self.device, torch.float32))
         scale = self.objective.input_scale(time_)
@@ -174,8 +185,15 @@ class Trainer:
         for r, s in enumerate(states):
             tensors[f"rng.gen.{r}"] = s.cpu()
         groups = [{k: v for k, v in grp.items() if k != "params"} for grp in opt["param_groups"]]
-        meta = {"format": 1, "kind": "training", "step": self.step, "world_size": self.world, "run": self.run,
-                "optim_groups": groups, "sampler": self.run.get("sampler", {})}
+        meta = {
+            "format": 1,
+            "kind": "training",
+            "step": self.step,
+            "world_size": self.world,
+            "run": self.run,
+            "optim_groups": groups,
+            "sampler": self.run.get("sampler", {}),
+        }
         save_checkpoint(self.out / CHECKPOINT_NAME, tensors, meta)
         return info
 
@@ -186,12 +204,13 @@ class Trainer:
         if meta.get("kind") != "training":
             raise CheckpointError(f"{file} is not a training checkpoint (kind={meta.get('kind')!r})")
         if int(meta.get("world_size", 1)) != self.world:
-            raise CheckpointError(f"{file} was written by {meta.get('world_size')} processes; "
-                                  f"resuming with {self.world}")
+            raise CheckpointError(
+                f"{file} was written by {meta.get('world_size')} processes; resuming with {self.world}"
+            )
         saved_model = meta["run"].get("model")
         if saved_model != self.run.get("model"):
             raise CheckpointError(f"{file} holds model {saved_model}, not {self.run.get('model')}")
-        pick = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        pick = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
         self.model.load_state_dict(pick("model."))
         self.ema.load_state_dict(pick("ema."))
         state: dict[int, dict[str, Tensor]] = {}
@@ -227,7 +246,8 @@ class Trainer:
             loss = self._loss(net)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"step {self.step}: training loss is {loss.item()}; lower lr or check the data")
+                    f"step {self.step}: training loss is {loss.item()}; lower lr or check the data"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if c.grad_clip > 0:
@@ -240,8 +260,12 @@ class Trainer:
             bar.update(1)
             if self.step % c.log_every == 0 or self.step == c.steps:
                 elapsed = time.perf_counter() - t0
-                record = {"step": self.step, "loss": sum(window) / len(window), "lr": self.lr_at(self.step - 1),
-                          "images_per_s": seen / elapsed if elapsed > 0 else None}
+                record = {
+                    "step": self.step,
+                    "loss": sum(window) / len(window),
+                    "lr": self.lr_at(self.step - 1),
+                    "images_per_s": seen / elapsed if elapsed > 0 else None,
+                }
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if self.rank == 0:
                     with open(metrics_path, "a") as f:

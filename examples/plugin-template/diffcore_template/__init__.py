@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from diffcore import hookimpl
-
 from diffcore_template.ralston import ralston
 from diffcore_template.task import MixtureFidelity
 
