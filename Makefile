@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml setup.py $(NATIVE_SOURCES) | $(VENV_PY)
 	@$(VENV_PY) -c 'import torch' 2>/dev/null || $(PIP) install --progress-bar off torch==2.13.0
 	$(PIP) install --progress-bar off ninja pybind11 setuptools wheel
 	$(PIP) install --progress-bar off --no-build-isolation -e ".[test,text,lint]"
+	@# test oracles: k-diffusion's sampler functions (its package pulls torchvision and training tools,
+	@# so it comes without dependencies; the tests load only k_diffusion/sampling.py) and torchsde
+	$(PIP) install --progress-bar off --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 trampoline==0.1.2
 	@touch $@
 
 test: setup
