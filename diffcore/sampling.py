@@ -78,17 +78,16 @@ def sample(
 ) -> Tensor:
     """Integrate the reverse process from standard-normal ``x_T`` and return the sample.
 
-    ``model(x, t, cond)`` receives exactly what a diffusers UNet receives in a diffusers pipeline:
-    the (scaled) model input and a (B,) tensor of timesteps (sigmas for EDM schedules); ``cond``
-    is passed only when given. One trained model serves every sampler. Runs under ``torch.no_grad()``:
-    the fused steps update the state in place, and a sampling loop needs no autograd graph.
+    ``model(x, t, cond)`` receives what a diffusers UNet receives in a diffusers pipeline: the
+    (scaled) model input and a (B,) tensor of timesteps (sigmas for EDM schedules); ``cond`` is
+    passed only when given. Runs under ``torch.no_grad()`` (the fused steps update x in place).
 
     Args:
         x_T: standard-normal noise (B, ...); each sampler scales it to its first noise level.
         sampler: registry name (``diffcore.available("samplers")``) or a sampler callable.
         steps: number of sampler steps (Heun: intervals, 2*steps-1 model calls).
         schedule: a schedule object (``diffcore.get("schedules", name)(...)``) or a name.
-        prediction: ``epsilon``, ``sample``, ``v_prediction``, ``edm`` or a Parameterization.
+        prediction: ``epsilon``, ``sample``, ``v_prediction``, ``edm``, ``flow`` or a Parameterization.
         timestep_spacing: ``linspace``, ``leading`` or ``trailing`` (diffusers' meaning).
         eta: stochasticity of ddim / euler_ancestral / dpmpp_*_sde in [0, 1]; None = the
             sampler's default (ddim 0, the others 1).
@@ -120,14 +119,9 @@ def sample(
     guide = make_guidance(
         guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval, options=guidance_options
     )
+    dtype = plan.timestep_dtype
     denoiser = Denoiser(
-        model,
-        param,
-        timestep_dtype=plan.timestep_dtype,
-        cond=cond,
-        uncond=uncond,
-        guidance=guide,
-        check_finite=check_finite,
+        model, param, timestep_dtype=dtype, cond=cond, uncond=uncond, guidance=guide, check_finite=check_finite
     )
     seed, generator = _noise_source(seed, generator, cuda_graph)
     if seed is not None:
