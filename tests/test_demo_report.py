@@ -14,15 +14,26 @@ import pytest
 
 import diffcore
 from diffcore import cli, plugins
+from diffcore.evaluation import ADAPTIVE, TIMESTEPS, stepped_samplers
 from diffcore_plugins.demo import app as demo
 from diffcore_plugins.demo import check
-from diffcore_plugins.demo.recipes import QUICK
+from diffcore_plugins.demo.recipes import FLOW_STEPS, QUICK
 from diffcore_plugins.demo.report import Report
 from diffcore_plugins.demo.runs import train_or_reuse
 
 pytestmark = pytest.mark.slow  # one quick `diffcore demo` run (trains every model) shared by the module
 
-SECTIONS = ("training", "generation", "text2image", "img2img", "denoising", "anomaly", "samplers")
+SECTIONS = (
+    "training",
+    "generation",
+    "text2image",
+    "img2img",
+    "denoising",
+    "anomaly",
+    "flow",
+    "sampler-sweep",
+    "samplers",
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +48,18 @@ def test_writes_report_and_results(run: tuple[Path, dict[str, Any]]) -> None:
         assert (out / name).is_file(), name
     saved = json.loads((out / "results.json").read_text())
     assert saved["kernel_backend"] == result["kernel_backend"]
-    assert set(saved) >= {"generation", "text2image", "img2img", "denoising", "anomaly", "samplers", "training"}
+    assert set(saved) >= {
+        "generation",
+        "text2image",
+        "img2img",
+        "denoising",
+        "anomaly",
+        "flow",
+        "sampler_sweep",
+        "samplers",
+        "training",
+    }
+    assert set(saved["training"]) == {"digits", "text", "tabular", "flow"}
 
 
 def test_every_section_is_in_both_pages(run: tuple[Path, dict[str, Any]]) -> None:
@@ -70,6 +92,36 @@ def test_images_load_in_headless_chromium(run: tuple[Path, dict[str, Any]]) -> N
 def test_inpainting_keeps_known_pixels(run: tuple[Path, dict[str, Any]]) -> None:
     _, result = run
     assert result["img2img"]["known_pixels_exact"] is True
+
+
+def test_flow_and_diffusion_are_compared_at_few_euler_steps(run: tuple[Path, dict[str, Any]]) -> None:
+    out, result = run
+    flow = result["flow"]
+    assert (out / "runs" / "flow" / "checkpoint.safetensors").is_file()
+    assert set(flow["rows"]) == {"diffusion", "flow", "flow, equal steps in t"}
+    for by_steps in flow["rows"].values():
+        assert list(by_steps) == [str(k) for k in FLOW_STEPS]
+        for k, row in by_steps.items():
+            assert row["evals_per_image"] == int(k)  # Euler at guidance 1: one evaluation per step
+            assert row["fd"] > 0 and 0 <= row["class_accuracy"] <= 1
+    assert flow["real_fd"]["n_subset"] == flow["n"] == 10 * QUICK["samples"]["flow_per_class"]
+
+
+def test_sampler_sweep_covers_every_sampler_and_ranks_by_evaluations(run: tuple[Path, dict[str, Any]]) -> None:
+    _, result = run
+    sweep = result["sampler_sweep"]
+    rows = sweep["rows"]
+    on_own = {(r["sampler"], r["steps"]) for r in rows if r["schedule"] == TIMESTEPS and r["sampler"] != ADAPTIVE}
+    assert on_own == {(s, k) for s in stepped_samplers(cfg_pp=False) for k in QUICK["sweep"]["steps"]}
+    assert {r["schedule"] for r in rows} >= {TIMESTEPS, "karras", "exponential"}
+    adaptive = [r for r in rows if r["sampler"] == ADAPTIVE]
+    assert [r["sampler_options"]["rtol"] for r in adaptive] == list(QUICK["sweep"]["rtols"])
+    assert all(r["info"]["nfe"] == r["evals_per_image"] for r in adaptive)
+    assert all("fd" in r or "error" in r for r in rows)
+    fewest = sweep["fewest"]
+    reached = [r["evals_per_image"] for r in fewest if r["reached"]]
+    assert reached == sorted(reached) and all(r["fd"] <= sweep["target"]["target"] for r in fewest if r["reached"])
+    assert sweep["target"]["sampler"] == "dpmpp_2m" and sweep["target"]["steps"] == max(QUICK["sweep"]["steps"])
 
 
 def test_check_reports_a_missing_image(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@
 - :mod:`~diffcore.evaluation.recipes`: the training recipes the benchmarks chose, which the demo
   trains with too.
 - :mod:`~diffcore.evaluation.convergence`: sampler errors against the exact ODE solution on a
-  Gaussian mixture and the estimated order of convergence.
+  Gaussian mixture (fixed steps, and dpm_adaptive by tolerance) and the estimated order of convergence.
+- :mod:`~diffcore.evaluation.sweep`: samplers and sigma schedules compared on a trained model, by
+  model evaluations, and the configurations that reach a target FD in the fewest.
 
 The classical denoising and inpainting baselines (Wiener, kNN fill) and the synthetic defects
 are in :mod:`diffcore.baselines`; the metrics themselves (FD, NN ratio, PSNR, SSIM) in
@@ -29,30 +31,65 @@ from diffcore.evaluation.classifier import (
     pixel_classifier,
     train_evaluator,
 )
-from diffcore.evaluation.convergence import estimated_order, mixture_log_density, rms_error, sampler_errors
+from diffcore.evaluation.convergence import (
+    adaptive_errors,
+    estimated_order,
+    mixture_log_density,
+    rms_error,
+    sampler_errors,
+)
 from diffcore.evaluation.generation import balanced_labels, class_gaussian_samples, real_fd, train_subset
 from diffcore.evaluation.images import psnr_db
+from diffcore.evaluation.sweep import (
+    ADAPTIVE,
+    TIMESTEPS,
+    EvaluationCounter,
+    fd_target,
+    fewest_evaluations,
+    generate_run,
+    is_cfg_pp,
+    model_calls,
+    run_sweep,
+    sigma_schedules,
+    stepped_samplers,
+    uniform_flow_sigmas,
+    with_schedule,
+)
 
 __all__ = [
+    "ADAPTIVE",
     "DETECTORS",
+    "TIMESTEPS",
+    "EvaluationCounter",
     "Evaluator",
     "SmallCNN",
+    "adaptive_errors",
     "auroc",
     "balanced_labels",
     "class_gaussian_samples",
     "classical_maps",
     "classical_scores",
     "estimated_order",
+    "fd_target",
+    "fewest_evaluations",
+    "generate_run",
+    "is_cfg_pp",
     "label_accuracy",
     "load_evaluator",
     "mixture_log_density",
+    "model_calls",
     "nearest_train",
     "normal_split",
     "pixel_classifier",
     "psnr_db",
     "real_fd",
     "rms_error",
+    "run_sweep",
     "sampler_errors",
+    "sigma_schedules",
+    "stepped_samplers",
     "train_evaluator",
     "train_subset",
+    "uniform_flow_sigmas",
+    "with_schedule",
 ]

@@ -20,7 +20,7 @@ from diffcore.analytic import GaussianMixture, exact_model
 from diffcore.sampling import sample
 from diffcore.schedules import karras_sigmas
 
-__all__ = ["estimated_order", "mixture_log_density", "rms_error", "sampler_errors"]
+__all__ = ["adaptive_errors", "estimated_order", "mixture_log_density", "rms_error", "sampler_errors"]
 
 
 def rms_error(x: Tensor, ref: Tensor) -> float:
@@ -89,6 +89,42 @@ def sampler_errors(
             prediction=prediction,
             sigmas=karras_sigmas(sigma_min, sigma_max, n + 1, rho),
             sampler_options=options,
+        )
+        errors.append(rms_error(x, reference))
+        evaluations.append(calls[0])
+    return errors, evaluations
+
+
+def adaptive_errors(
+    gm: GaussianMixture,
+    schedule: Any,
+    x_T: Tensor,
+    reference: Tensor,
+    rtols: Sequence[float],
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    atol: float = 1e-4,
+    prediction: str = "epsilon",
+    options: dict[str, Any] | None = None,
+    tick: Callable[[str], None] | None = None,
+) -> tuple[list[float], list[int]]:
+    """RMS errors of ``dpm_adaptive`` against ``reference`` (as :func:`sampler_errors`, from
+    ``sigma_max`` to ``sigma_min``), and the model evaluations it took, for each ``rtol``
+    (``atol`` fixed, small enough that rtol controls the step size)."""
+    errors, evaluations = [], []
+    for rtol in rtols:
+        if tick is not None:
+            tick(f"dpm_adaptive rtol {rtol:g}")
+        model, calls = _counted(exact_model(gm, schedule, prediction=prediction))
+        x = sample(
+            model,
+            x_T,
+            sampler="dpm_adaptive",
+            schedule=schedule,
+            prediction=prediction,
+            sigmas=torch.tensor([sigma_max, sigma_min], dtype=torch.float64),
+            sampler_options={**(options or {}), "rtol": rtol, "atol": atol},
         )
         errors.append(rms_error(x, reference))
         evaluations.append(calls[0])

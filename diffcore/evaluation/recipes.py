@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DIGITS_TRAINING", "DIGITS_UNET", "TABLE_MLP", "TABLE_PREDICTION", "TABLE_SCHEDULE", "TABLE_TRAIN"]
+__all__ = [
+    "DIGITS_DATA",
+    "DIGITS_EVALUATOR",
+    "DIGITS_FLOW",
+    "DIGITS_TRAINING",
+    "DIGITS_UNET",
+    "TABLE_MLP",
+    "TABLE_PREDICTION",
+    "TABLE_SCHEDULE",
+    "TABLE_TRAIN",
+]
 
 # The class-conditional digits UNet of benchmarks/quality/digits.py.
 DIGITS_UNET: dict[str, Any] = {
@@ -30,6 +40,33 @@ DIGITS_TRAINING: dict[str, Any] = {
     "grad_clip": 1.0,
     "loss_weighting": "min_snr",
     "min_snr_gamma": 5.0,
+    "seed": 0,
+}
+# The flow-matching version of the digits recipe (benchmarks/quality/flow.py; issue #14): the same
+# network, data and optimizer on the velocity of the straight path x_t = (1 - t) x0 + t eps, SD3's
+# logit-normal training times (Esser et al. 2024), uniform loss weights, sampled with Euler. Applied
+# on top of DIGITS_TRAINING.
+DIGITS_FLOW: dict[str, Any] = {
+    "schedule": "flow",
+    "schedule_options": {},
+    "prediction": "flow",
+    "timestep_sampling": "logit_normal",
+    "loss_weighting": "uniform",
+    "sampler": "euler",
+}
+# The digits split every benchmark trains and scores on, and the CNN evaluator's recipe on it
+# (benchmarks/quality/evaluator.py; diffcore.evaluation.load_evaluator's arguments): held-out
+# accuracy 0.994, trains in ~8 s.
+DIGITS_DATA: dict[str, Any] = {"dataset": "digits", "options": {"seed": 0, "holdout": 0.2}}
+DIGITS_EVALUATOR: dict[str, Any] = {
+    "channels": [16, 32],
+    "pools": 1,
+    "feature_dim": 64,
+    "dropout": 0.3,
+    "epochs": 30,
+    "batch_size": 64,
+    "lr": 2e-3,
+    "weight_decay": 1e-4,
     "seed": 0,
 }
 # Tabular anomaly detection (benchmarks/quality/anomaly.py, chosen on development seeds 10 and 11 of

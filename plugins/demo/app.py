@@ -9,7 +9,11 @@ MLP on the benign rows of scikit-learn's breast cancer table. It then runs every
 on held-out paraphrases, image-to-image (SDEdit strength strip, RePaint inpainting), denoising at
 sigma 25/50/75 and anomaly detection (synthetic defects on held-out digits; malignant tumours),
 scores each against a classical baseline run side by side (:mod:`diffcore.evaluation`), and
-writes ``report.html`` and ``report.md`` with the figures beside them.
+writes ``report.html`` and ``report.md`` with the figures beside them. Then it compares a
+flow-matching model of the digits network (same data and budget) with the diffusion model at
+1-10 Euler steps, and every sampler and sigma schedule on the digits model by FD and model
+evaluations, both scored with the CNN evaluator of ``benchmarks/quality`` (trained on the train
+split, cached with the runs).
 
 Runs are cached in ``DIR/runs/<name>`` with the recipe that made them: a rerun with the same
 recipe reuses the checkpoint (``retrain=True`` trains again). ``quick=True`` shrinks every budget
@@ -19,6 +23,7 @@ recipe reuses the checkpoint (``retrain=True`` trains again). ``quick=True`` shr
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -32,13 +37,14 @@ import numpy as np
 import torch
 
 from diffcore import ops
-from diffcore.evaluation import normal_split, pixel_classifier
+from diffcore.evaluation import Evaluator, load_evaluator, normal_split, pixel_classifier
+from diffcore.evaluation.recipes import DIGITS_DATA
 from diffcore_plugins.demo import study
 from diffcore_plugins.demo.figures import plot_losses
 from diffcore_plugins.demo.recipes import FULL, QUICK
 from diffcore_plugins.demo.report import Report
 from diffcore_plugins.demo.runs import jsonable, log, prepare_out, train_or_reuse
-from diffcore_plugins.demo.stages import anomaly, denoising, generation, img2img, text2image
+from diffcore_plugins.demo.stages import anomaly, denoising, flow, generation, img2img, sampler_sweep, text2image
 
 __all__ = ["breast_cancer_split", "main"]
 
@@ -46,6 +52,7 @@ MODELS = {
     "digits": "class-conditional UNet (unconditional via the null label)",
     "text": "text_unet + built-in encoder",
     "tabular": "MLP on benign breast-cancer rows",
+    "flow": "the digits UNet trained by flow matching",
 }
 
 
@@ -80,7 +87,10 @@ def _report(data: Any, backend: str, quick: bool, recipes: dict[str, Any], train
     s = rep.section("Training", "training")
     s.table(
         ["model", "what", "iterations", "train seconds"],
-        [[name, what, recipes[name]["steps"], training[name]["seconds"] or "reused"] for name, what in MODELS.items()],
+        [
+            [name, what, recipes[name]["steps"], "reused" if training[name]["reused"] else training[name]["seconds"]]
+            for name, what in MODELS.items()
+        ],
     )
     s.figure("training_loss.png", "Training loss (metrics.jsonl of each run).", width=900)
     return rep
@@ -95,12 +105,23 @@ def _samplers(path: Path, rep: Report, quick: bool) -> dict[str, Any]:
     s = rep.section("Samplers", "samplers")
     s.text(
         "Every deterministic sampler on a Gaussian mixture whose exact denoiser is known, against an RK4 solution "
-        "of the probability-flow ODE: error vs steps and the estimated order of convergence."
+        "of the probability-flow ODE: error vs steps and the estimated order of convergence, and error vs model "
+        "evaluations next to dpm_adaptive, which picks its own steps for a tolerance. The CFG++ samplers are left "
+        "out (without guidance they are euler and dpmpp_2m)."
     )
-    s.table(["sampler", "estimated order"], [[k, v] for k, v in st.get("orders", {}).items()])
-    s.figure("study_samplers.png", "Error vs steps per sampler.", width=560)
-    s.figure("study_samples.png", "Samples of the stochastic samplers vs data.", width=700)
-    return {"orders": st.get("orders")}
+    s.table(
+        ["sampler", "estimated order", "model evaluations at the most steps"],
+        [[k, v, st["model_evaluations"][k][-1]] for k, v in st["orders"].items()],
+    )
+    ad = st["adaptive"]
+    s.table(
+        ["dpm_adaptive rtol", "model evaluations", "RMS error"],
+        [[f"{r:g}", n, f"{e:.2e}"] for r, n, e in zip(ad["rtol"], ad["model_evaluations"], ad["errors"])],
+        f"atol {ad['atol']:g}, order 3",
+    )
+    s.figure("study_samplers.png", "Error vs steps and vs model evaluations per sampler.", width=1000)
+    s.figure("study_samples.png", "Samples of the stochastic samplers vs data.", width=900)
+    return {"orders": st["orders"], "adaptive": ad}
 
 
 def main(out: str | Path = "outputs/demo", *, quick: bool = False, retrain: bool = False) -> dict[str, Any]:
@@ -133,6 +154,9 @@ def main(out: str | Path = "outputs/demo", *, quick: bool = False, retrain: bool
     pipes, training = {}, {}
     for name, recipe in recipes.items():
         pipes[name], training[name] = train_or_reuse(name, recipe, runs, retrain)
+    with torch.random.fork_rng(devices=[]):  # trained last, without touching the global RNG the stages see
+        pipes["flow"], training["flow"] = train_or_reuse("flow", cfg["flow"], runs, retrain)
+    recipes["flow"] = cfg["flow"]
     plot_losses(runs, list(recipes), path / "training_loss.png")
     data = diffcore.get("datasets", "digits")(seed=0, holdout=0.2)
     clf = pixel_classifier(data.train, data.train_labels)
@@ -144,12 +168,18 @@ def main(out: str | Path = "outputs/demo", *, quick: bool = False, retrain: bool
     rep = _report(data, backend, quick, recipes, training)
     results: dict[str, Any] = {"kernel_backend": backend, "quick": quick, "training": training, "stage_seconds": {}}
     samples = cfg["samples"]
+    evaluator: Callable[[], Evaluator] = functools.cache(
+        lambda: load_evaluator("digits", data, cfg["evaluator"], DIGITS_DATA, runs / "evaluator-digits.safetensors")
+    )
+    models = {"diffusion": pipes["digits"], "flow": pipes["flow"]}
     stages: dict[str, Callable[[], dict[str, Any]]] = {
         "generation": lambda: generation.run(pipes["digits"], data, clf, samples, path, rep),
         "text2image": lambda: text2image.run(pipes["text"], clf, samples, path, rep),
         "img2img": lambda: img2img.run(pipes["digits"], data, clf, samples, path, rep),
         "denoising": lambda: denoising.run(pipes["digits"], data, samples, path, rep),
         "anomaly": lambda: anomaly.run(pipes["digits"], pipes["tabular"], data, tab, path, rep),
+        "flow": lambda: flow.run(models, data, evaluator(), samples, path, rep),
+        "sampler_sweep": lambda: sampler_sweep.run(pipes["digits"], data, evaluator(), cfg, path, rep),
     }
     for name, run in stages.items():
         t0 = time.perf_counter()

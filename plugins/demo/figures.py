@@ -1,4 +1,5 @@
-"""The demo's figures: labelled image strips, training-loss curves, score histograms and ROC curves.
+"""The demo's figures: labelled image strips, training-loss curves, score histograms, ROC curves and
+metric-vs-cost curves.
 
 Every function writes one PNG (matplotlib, imported when called; the caller selects the Agg backend).
 """
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-__all__ = ["plot_histograms", "plot_losses", "plot_roc", "strip_figure"]
+__all__ = ["plot_curves", "plot_histograms", "plot_losses", "plot_roc", "strip_figure"]
 
 
 def strip_figure(
@@ -110,5 +111,55 @@ def plot_roc(curves: list[tuple[np.ndarray, dict[str, Any], str]], path: Path) -
     axes[0].set_ylabel("true-positive rate", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(
+    curves: dict[str, list[tuple[float, float]]],
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    floor: tuple[float, str] | None = None,
+    xticks: list[float] | None = None,
+) -> Path:
+    """One line of (x, y) points per named curve on log-log axes (``xticks``: labelled x values); a
+    curve whose name ends in ``" *"`` is dashed; ``floor`` = (y, label) is drawn as a dotted line."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(9.0, 4.8), dpi=110)
+    markers = "osD^vP<>hX*p"
+    for i, (name, pts) in enumerate(curves.items()):
+        xs, ys = zip(*sorted(pts)) if pts else ((), ())
+        dashed = name.endswith(" *")
+        ax.plot(
+            xs,
+            ys,
+            marker=markers[i % len(markers)],
+            ms=4,
+            lw=1.3,
+            ls="--" if dashed else "-",
+            color=plt.get_cmap("tab20")((2 * i) % 20 + (i // 10) % 2),
+            label=name.removesuffix(" *"),
+        )
+    if floor is not None:
+        ax.axhline(floor[0], color="k", lw=1, ls=":", label=floor[1])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if xticks:
+        ax.set_xticks(xticks)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, ncol=1 + len(curves) // 16)
+    fig.tight_layout()
+    fig.savefig(path)
     plt.close(fig)
     return path

@@ -1,7 +1,8 @@
 """The demo's fixed recipes: what each model trains with and how many samples each stage draws.
 
 ``FULL`` is ``make demo`` (~15 min on 2 cores, most of it training); ``QUICK`` shrinks every budget
-(a smoke run for tests; its numbers mean nothing).
+(a smoke run for tests; its numbers mean nothing). The flow-matching model is the digits model's
+network, data and budget with the flow recipe of ``benchmarks/quality/flow.py``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from diffcore.evaluation.recipes import (
+    DIGITS_EVALUATOR,
+    DIGITS_FLOW,
     DIGITS_TRAINING,
     DIGITS_UNET,
     TABLE_MLP,
@@ -17,7 +20,7 @@ from diffcore.evaluation.recipes import (
     TABLE_TRAIN,
 )
 
-__all__ = ["FULL", "GUIDANCE", "QUICK", "SIGMAS", "STRENGTHS"]
+__all__ = ["FLOW_STEPS", "FULL", "GUIDANCE", "QUICK", "SIGMAS", "STRENGTHS"]
 
 # The fixed budgets of the full demo (~15 min on 2 cores, most of it training). The models and how
 # they train are the ones benchmarks/quality chose (diffcore.evaluation.recipes), on smaller budgets.
@@ -78,8 +81,12 @@ FULL: dict[str, Any] = {
         "repaint_jump": 5,
         "repaint_resample": 3,
         "repaint_draws": 4,
+        "flow_per_class": 50,
+        "sweep_per_class": 10,
     },
+    "evaluator": DIGITS_EVALUATOR,
 }
+FULL["flow"] = {**FULL["digits"], **DIGITS_FLOW}  # same network, data and iterations
 QUICK: dict[str, Any] = {
     "digits": {
         **FULL["digits"],
@@ -110,8 +117,18 @@ QUICK: dict[str, Any] = {
         "repaint_jump": 2,
         "repaint_resample": 2,
         "repaint_draws": 2,
+        "flow_per_class": 2,
+        "sweep_per_class": 1,
     },
+    "evaluator": {**DIGITS_EVALUATOR, "epochs": 2},
 }
+QUICK["flow"] = {**QUICK["digits"], **DIGITS_FLOW}
 SIGMAS = (25, 50, 75)  # denoising, on the 0..255 scale
 STRENGTHS = (0.2, 0.4, 0.6, 0.8)
 GUIDANCE = (0.0, 1.0, 3.0, 5.0)
+FLOW_STEPS = (1, 2, 4, 10)  # the few-step comparison of the flow and diffusion models (Euler)
+# The digits sampler sweep: every sampler at these steps, the sigma schedules for a few samplers,
+# dpm_adaptive by tolerance; the FD target is 1.1 x that of the model's default (dpmpp_2m at the
+# most steps).
+FULL["sweep"] = {"steps": (5, 10, 20), "schedule_samplers": ("euler", "dpmpp_2m"), "rtols": (0.1, 0.05, 0.02)}
+QUICK["sweep"] = {"steps": (2, 4), "schedule_samplers": ("euler", "dpmpp_2m"), "rtols": (0.1,)}
