@@ -30,6 +30,7 @@ from diffcore.evaluation import (
     nearest_train,
     normal_split,
     psnr_db,
+    run_cost,
     run_sweep,
     sampler_errors,
     sigma_schedules,
@@ -175,6 +176,17 @@ def test_model_calls_count_model_evaluations_not_steps() -> None:
     assert model_calls(pipe, "heun", 5) == model_calls(pipe, "dpm_2", 5) == 9  # two per step but the last
     assert model_calls(pipe, "euler", 4, schedule="karras") == 4
     assert "dpm_adaptive" not in stepped_samplers() and "euler_cfg_pp" not in stepped_samplers(cfg_pp=False)
+
+
+def test_run_cost_plans_what_generate_run_counts() -> None:
+    pipe, labels = _tiny_pipe(), balanced_labels(3, 3)
+    for run in (
+        {"sampler": "heun", "steps": 3, "guidance_scale": 1.0},
+        {"sampler": "euler", "steps": 3, "guidance_scale": 3.0},
+        {"sampler": "dpmpp_2m", "steps": 4, "guidance_scale": 0.0, "schedule": "karras"},
+    ):
+        assert run_cost(pipe, run) == generate_run(pipe, run, labels)[1]["evals_per_image"], run
+    assert run_cost(pipe, {"sampler": "dpm_adaptive", "steps": 3, "guidance_scale": 3.0}, adaptive_calls=10) == 20
 
 
 def test_evaluation_counter_counts_rows_while_active() -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "generate_run",
     "is_cfg_pp",
     "model_calls",
+    "run_cost",
     "run_sweep",
     "sigma_schedules",
     "stepped_samplers",
@@ -136,6 +137,29 @@ def model_calls(
     spacing = {"timestep_spacing": timestep_spacing} if schedule == TIMESTEPS else {}
     stand_in.sample(torch.ones(1, 1), sampler=sampler, steps=steps, seed=0, sampler_options=sampler_options, **spacing)
     return calls[0]
+
+
+def run_cost(pipe: Any, run: dict[str, Any], *, timestep_spacing: str = "trailing", adaptive_calls: int = 40) -> int:
+    """Model evaluations per image that ``run`` will take: :func:`model_calls` (``adaptive_calls`` for
+    :data:`ADAPTIVE`, which decides at run time), twice when guided (:func:`generate_run`'s passes);
+    0 when the sampler or schedule refuses the run."""
+    if run["sampler"] == ADAPTIVE:
+        calls = adaptive_calls
+    else:
+        try:
+            calls = model_calls(
+                pipe,
+                run["sampler"],
+                run["steps"],
+                schedule=run.get("schedule", TIMESTEPS),
+                timestep_spacing=timestep_spacing,
+                sampler_options=run.get("sampler_options"),
+            )
+        except ValueError:
+            return 0
+    w = run.get("guidance_scale")
+    one_pass = w is None or (w in (0.0, 1.0) and not is_cfg_pp(run["sampler"]))
+    return calls if one_pass else 2 * calls
 
 
 def generate_run(
