@@ -16,7 +16,8 @@ al. 2022, "DDRM"). From there
 Level matching is exact: on a discrete schedule the start time is the fractional timestep at which
 the schedule's piecewise-linear sigma(t) (the interpolation :func:`diffcore.timesteps.partial_plan`
 and the samplers use) equals sigma, and the model sees that fractional t; on an EDM schedule it is
-sigma itself. A sigma above the model's largest level raises; an explicit sigma below its smallest
+sigma itself; on a flow schedule the flow time ``t = sigma / (1 + sigma)``, where ``x_t = (1 - t) y``
+(the model sees ``t * T``). A sigma above the model's largest level raises; an explicit sigma below its smallest
 level raises too (the image is as good as clean for this model), an estimated one is raised to it.
 
 ``sigma="auto"`` estimates sigma per image (Donoho & Johnstone 1994); sigma's units, its estimate

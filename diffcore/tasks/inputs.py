@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffcore.schedules import EDMSchedule, Schedule
+from diffcore.schedules import Schedule
+from diffcore.tasks.levels import fraction_to_time
 
 __all__ = [
     "MASK_REGIONS",
@@ -188,13 +189,10 @@ def check_strength(strength: Any, n: int) -> Tensor:
 
 
 def start_time(schedule: Schedule, strength: Tensor) -> Tensor:
-    """Model time of each strength: ``strength * (T - 1)`` on a discrete schedule; on an EDM
-    schedule the sigma at that fraction of the Karras ramp from sigma_min to sigma_max."""
-    if isinstance(schedule, EDMSchedule):
-        lo, hi, rho = schedule.sigma_min ** (1 / schedule.rho), schedule.sigma_max ** (1 / schedule.rho), schedule.rho
-        sig = (lo + strength * (hi - lo)) ** rho
-        return torch.maximum(sig, torch.full_like(sig, schedule.sigma_min * (1 + 1e-6)))
-    return strength * (schedule.num_train_timesteps - 1)
+    """Model time of each strength (a fraction of the schedule, :func:`diffcore.tasks.levels.fraction_to_time`):
+    ``strength * (T - 1)`` on a discrete schedule; the sigma at that fraction of the Karras ramp
+    from sigma_min to sigma_max on an EDM schedule; ``shift(strength) * T`` on a flow schedule."""
+    return fraction_to_time(schedule, strength)
 
 
 def check_sampler(sampler: str | None) -> str | None:

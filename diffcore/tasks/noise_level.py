@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffcore.schedules import DiscreteSchedule, EDMSchedule, Schedule
+from diffcore.schedules import DiscreteSchedule, Schedule
+from diffcore.tasks.levels import sigma_range
 
 __all__ = [
     "check_sigma",
@@ -122,34 +123,23 @@ def resolve_sigma(images: Tensor, sigma: Any, schedule: Schedule, *, sigma_scale
     return sig
 
 
-def sigma_range(schedule: Schedule) -> tuple[float, float]:
-    """The smallest and largest VE sigma the model was trained at."""
-    if isinstance(schedule, EDMSchedule):
-        return float(schedule.sigma_min), float(schedule.sigma_max)
-    train = _discrete(schedule).train_sigmas()
-    return float(train[0]), float(train[-1])
-
-
-def _discrete(schedule: Schedule) -> DiscreteSchedule:
-    if not isinstance(schedule, DiscreteSchedule):
-        raise TypeError(f"denoising supports discrete and EDM schedules, not {type(schedule).__name__}")
-    return schedule
-
-
 def match_level(schedule: Schedule, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(t, alpha, std) per model-space sigma (n,), float64, with ``std / alpha == sigma`` exactly.
+    """(t, alpha, std) per model-space sigma (n,), float64, with ``std / alpha == sigma``.
 
     Discrete schedules: ``t`` is the fractional timestep where the piecewise-linear interpolation
     of the training sigmas (as :func:`~diffcore.timesteps.partial_plan` and the samplers use it)
-    equals sigma; EDM schedules: ``t = sigma``. Sigma must lie within the model's levels."""
+    equals sigma; EDM schedules: ``t = sigma``; flow schedules: the flow time ``t' = sigma / (1 +
+    sigma)``, ``t = t' T``, ``(alpha, std) = (1 - t', t')``. Sigma must lie within the model's
+    levels (:func:`~diffcore.tasks.levels.sigma_range`)."""
     s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
     lo, hi = sigma_range(schedule)
     if bool((s > hi).any()) or bool((s < lo).any()):
         bad = s[(s > hi) | (s < lo)].tolist()[:8]
         raise ValueError(f"noise level(s) {bad} (model space) outside the model's range [{lo:.4g}, {hi:.4g}]")
-    if isinstance(schedule, EDMSchedule):
-        return s.clone(), torch.ones_like(s), s.clone()
-    train = _discrete(schedule).train_sigmas()
+    if not isinstance(schedule, DiscreteSchedule):  # EDM: (sigma, 1, sigma); flow: its own state and time
+        alpha, std = schedule.state(s)
+        return schedule.sigma_to_t(s), alpha, std
+    train = schedule.train_sigmas()
     idx = (torch.searchsorted(train, s, right=True) - 1).clamp(0, train.shape[0] - 2)
     s_lo, s_hi = train[idx], train[idx + 1]
     t = idx + ((s - s_lo) / (s_hi - s_lo)).clamp(0, 1)

@@ -28,7 +28,7 @@ from torch import Tensor
 from diffcore.pipeline import Pipeline
 from diffcore.schedules import EDMSchedule
 from diffcore.tasks.anomaly.scores import Detection, batches, check_input, pixel_map, progress_bar, sample_shape
-from diffcore.tasks.inputs import start_time
+from diffcore.tasks.levels import fraction_of_sigma, fraction_to_time, sigma_at_time, sigma_range
 from diffcore.timesteps import Level
 
 __all__ = ["dte_scores"]
@@ -40,26 +40,15 @@ _SIGMA_CAP = 50.0  # VE noise 50x the data scale is pure noise: no grid level be
 def _levels(schedule: Any, n: int, t_max: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``n`` noise levels spaced uniformly in log sigma from the schedule's smallest level up to
     the fraction ``t_max`` of it (at most sigma 50): (VE sigma, model time, alpha, std), float64."""
-    top = start_time(schedule, torch.tensor([float(t_max)], dtype=torch.float64))
+    top = float(fraction_to_time(schedule, torch.tensor([float(t_max)], dtype=torch.float64))[0])
     if isinstance(schedule, EDMSchedule):
-        hi = min(float(top[0]), _SIGMA_CAP)
+        hi = min(top, _SIGMA_CAP)
         sigma = torch.logspace(math.log10(schedule.sigma_min * (1 + 1e-6)), math.log10(hi), n, dtype=torch.float64)
         return sigma, sigma.clone(), torch.ones_like(sigma), sigma.clone()
-    train = schedule.train_sigmas()
-    t_hi = float(top[0])
-    lo = min(int(t_hi), train.shape[0] - 2)
-    hi = min(float(train[lo] + (t_hi - lo) * (train[lo + 1] - train[lo])), _SIGMA_CAP)
-    sigma = torch.logspace(math.log10(float(train[0])), math.log10(hi), n, dtype=torch.float64)
-    alpha = 1 / (1 + sigma**2).sqrt()
-    return sigma, schedule.sigma_to_t(sigma), alpha, sigma * alpha
-
-
-def _time_fraction(schedule: Any, sigma: Tensor) -> Tensor:
-    """VE sigma -> fraction of the schedule: t / (T - 1), or the position on EDM's Karras ramp."""
-    if isinstance(schedule, EDMSchedule):
-        lo, hi = schedule.sigma_min ** (1 / schedule.rho), schedule.sigma_max ** (1 / schedule.rho)
-        return ((sigma ** (1 / schedule.rho) - lo) / (hi - lo)).clamp(0, 1)
-    return schedule.sigma_to_t(sigma) / (schedule.num_train_timesteps - 1)
+    lo, hi = sigma_range(schedule)[0], min(sigma_at_time(schedule, top), _SIGMA_CAP)
+    sigma = torch.logspace(math.log10(lo), math.log10(hi), n, dtype=torch.float64)
+    alpha, std = schedule.state(sigma)
+    return sigma, schedule.sigma_to_t(sigma), alpha, std
 
 
 def _scaled_residual(pipe: Pipeline, x: Tensor, z: Tensor, level: Level, sigma: float) -> Tensor:
@@ -132,7 +121,7 @@ def dte_scores(
                 log_sigma = torch.where(new, lo + w * (math.log(sigma) - lo), log_sigma)
             prev_rho = rho_k
     never = log_sigma.isnan()
-    scores = _time_fraction(pipe.schedule, log_sigma.nan_to_num(0.0).exp())
+    scores = fraction_of_sigma(pipe.schedule, log_sigma.nan_to_num(0.0).exp())
     scores[never] = 1.0
     settings = {"method": "dte", "levels": levels, "t_max": t_max, "explained": explained, "seed": seed}
     return Detection(scores, pixel_map(maps), "dte", settings=settings)

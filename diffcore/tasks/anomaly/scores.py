@@ -35,7 +35,8 @@ from torch import Tensor
 from diffcore.pipeline import Pipeline
 from diffcore.schedules import EDMSchedule
 from diffcore.tasks.anomaly.noise import simplex_noise
-from diffcore.tasks.inputs import check_images, start_time
+from diffcore.tasks.inputs import check_images
+from diffcore.tasks.levels import fraction_to_time, max_time
 
 METHODS = ("recon", "dte")
 NOISES = ("gaussian", "simplex")
@@ -144,8 +145,9 @@ def standardize(pipe: Pipeline, values: Any, columns: Sequence[str] | None = Non
 
 
 def depth_timesteps(schedule: Any, depth: float | Sequence[float]) -> list[float]:
-    """Model time of each depth: a fraction of the schedule in (0, 1], or (discrete schedules) a
-    training timestep > 1."""
+    """Model time of each depth: a fraction of the schedule in (0, 1]
+    (:func:`~diffcore.tasks.levels.fraction_to_time`), or (discrete and flow schedules) a model
+    time > 1, up to :func:`~diffcore.tasks.levels.max_time`."""
     values = [depth] if isinstance(depth, (int, float)) else list(depth)
     if not values:
         raise ValueError("depth is empty; give at least one depth")
@@ -154,14 +156,11 @@ def depth_timesteps(schedule: Any, depth: float | Sequence[float]) -> list[float
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0:
             raise ValueError(f"depth={d!r} must be a fraction in (0, 1] or a training timestep > 1")
         if d <= 1:
-            out.append(float(start_time(schedule, torch.tensor([float(d)], dtype=torch.float64))[0]))
-        elif isinstance(schedule, EDMSchedule) or d > schedule.num_train_timesteps - 1:
-            last = (
-                "an EDM schedule takes fractions only"
-                if isinstance(schedule, EDMSchedule)
-                else f"timesteps go up to {schedule.num_train_timesteps - 1}"
-            )
-            raise ValueError(f"depth={d!r}: {last}")
+            out.append(float(fraction_to_time(schedule, torch.tensor([float(d)], dtype=torch.float64))[0]))
+        elif isinstance(schedule, EDMSchedule):
+            raise ValueError(f"depth={d!r}: an EDM schedule takes fractions only")
+        elif d > max_time(schedule):
+            raise ValueError(f"depth={d!r}: timesteps go up to {max_time(schedule):g}")
         else:
             out.append(float(d))
     return out
