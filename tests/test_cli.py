@@ -395,3 +395,22 @@ def test_task_warnings_are_one_line_each(capsys: pytest.CaptureFixture[str]) -> 
     code, out, err = run_cli(capsys, "warns")
     assert code == 0 and json.loads(out) == {}
     assert err.splitlines() == ["diffcore: warning: first thing"] * 2
+
+
+# --------------------------------------------------------------------------- diffcore train --help
+
+
+def test_train_help_documents_predictions_timestep_sampling_and_reflow(capsys: pytest.CaptureFixture[str]) -> None:
+    from diffcore.training.config import TrainConfig
+
+    code, out, _ = run_cli(capsys, "train", "--help")
+    text = " ".join(out.split())  # argparse wraps the help text
+    assert code == 0
+    assert "--prediction PREDICTION" in text and "epsilon (default) | sample | v_prediction | edm | flow" in text
+    assert "--timestep-sampling {uniform,logit_normal,mode}" in text
+    for flag in ("--logit-mean", "--logit-std", "--mode-scale", "--reflow-from RUN", "--pairs N"):
+        assert flag in text
+    assert "--pair-sampler NAME" in text and "--pair-steps N" in text and "dataset, model, schedule and" in text
+    for f in dataclasses.fields(TrainConfig):  # every TrainConfig field is a flag, with its default
+        assert f"--{f.name.replace('_', '-')}" in text and f"(default: {f.default})" in text
+    assert "TrainConfig." not in text  # each has its own help
