@@ -14,13 +14,18 @@ Every schedule maps a VE noise level ``sigma`` (= std / alpha) to its state ``(a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
-import numpy as np
 import torch
 from torch import Tensor
 
-SIGMA_SPACINGS = ("timesteps", "karras", "exponential")
+from diffcore.sigmas import AYS_MODELS, AYS_SIGMAS, ON_TRAINING_GRID, SIGMA_SPACINGS
+
+# the spacing functions lived here first: re-exported
+from diffcore.sigmas import beta_sigmas as beta_sigmas
+from diffcore.sigmas import exponential_sigmas as exponential_sigmas
+from diffcore.sigmas import karras_sigmas as karras_sigmas
 
 
 def vp_from_sigma(sigmas: Tensor) -> tuple[Tensor, Tensor]:
@@ -79,9 +84,12 @@ _BETA_FUNCTIONS = {
 class DiscreteSchedule:
     """A variance-preserving schedule over ``num_train_timesteps`` integer timesteps.
 
-    ``sigma_spacing`` picks how sampling noise levels are spaced: ``"timesteps"`` (the levels of
-    the spaced timesteps), ``"karras"`` (Karras et al. 2022, eq. 5, with ``rho``) or
-    ``"exponential"`` (uniform in log sigma); the latter two map back to fractional timesteps.
+    ``sigma_spacing`` picks how sampling noise levels are spaced (:mod:`diffcore.sigmas`):
+    ``"timesteps"`` (the levels of the spaced timesteps), between two ends ``"karras"`` (Karras et
+    al. 2022, eq. 5, with ``rho``), ``"exponential"``, ``"beta"``, ``"kl_optimal"`` (ends
+    ``sigma_min`` / ``sigma_max`` when set); on the training grid ``"simple"``, ``"sgm_uniform"``;
+    or the Align Your Steps table of ``ays_model`` (``"align_your_steps"``). Levels map back to
+    (fractional) timesteps.
     """
 
     name: str
@@ -95,6 +103,7 @@ class DiscreteSchedule:
     sigma_max: float | None = None
     steps_offset: int = 0
     rescale_betas_zero_snr: bool = False
+    ays_model: str = "sd15"
     alphas_cumprod: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -104,7 +113,22 @@ class DiscreteSchedule:
             raise ValueError(f"rho={self.rho} must be > 0")
         if self.steps_offset < 0:
             raise ValueError(f"steps_offset={self.steps_offset} must be >= 0")
+        if self.ays_model not in AYS_MODELS:
+            raise ValueError(f"ays_model={self.ays_model!r}: expected one of {AYS_MODELS}")
+        fixed = self.sigma_spacing in (*ON_TRAINING_GRID, "align_your_steps")
+        if fixed and (self.sigma_min is not None or self.sigma_max is not None):
+            raise ValueError(
+                f"sigma_spacing={self.sigma_spacing!r} places its own levels; sigma_min="
+                f"{self.sigma_min} / sigma_max={self.sigma_max} apply only to spacings between two ends"
+            )
         object.__setattr__(self, "alphas_cumprod", torch.cumprod(1 - self.betas, 0))
+        if self.sigma_spacing == "align_your_steps":
+            top, train_top = AYS_SIGMAS[self.ays_model][0], float(self.train_sigmas()[-1])
+            if top > 1.01 * train_top:
+                raise ValueError(
+                    f"ays_model={self.ays_model!r}: its table starts at sigma {top}, above this "
+                    f"schedule's largest training sigma {train_top:.6g}"
+                )
 
     @property
     def kind(self) -> str:
@@ -148,6 +172,7 @@ class DiscreteSchedule:
             "sigma_max": self.sigma_max,
             "steps_offset": self.steps_offset,
             "rescale_betas_zero_snr": self.rescale_betas_zero_snr,
+            "ays_model": self.ays_model,
         }
 
 
@@ -162,8 +187,9 @@ class EDMSchedule:
 
     def __post_init__(self) -> None:
         if not 0 < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
-                             f"sigma_max={self.sigma_max}")
+            raise ValueError(
+                f"need 0 < sigma_min < sigma_max, got sigma_min={self.sigma_min}, sigma_max={self.sigma_max}"
+            )
         if self.rho <= 0:
             raise ValueError(f"rho={self.rho} must be > 0")
 
@@ -184,7 +210,7 @@ class EDMSchedule:
         return {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "rho": self.rho}
 
 
-FLOW_SPACINGS = ("timesteps", "karras", "exponential", "beta")
+FLOW_SPACINGS = tuple(name for name in SIGMA_SPACINGS if name != "align_your_steps")
 TIME_SHIFT_TYPES = ("exponential", "linear")
 
 
@@ -199,8 +225,10 @@ def calculate_shift(
     length from ``base_shift`` at ``base_image_seq_len`` to ``max_shift`` at ``max_image_seq_len``
     (Flux; Esser et al. 2024, "Scaling Rectified Flow Transformers", sec. 5.3.2)."""
     if image_seq_len <= 0 or base_image_seq_len == max_image_seq_len:
-        raise ValueError(f"need image_seq_len > 0 and base_image_seq_len != max_image_seq_len, got "
-                         f"{image_seq_len}, {base_image_seq_len}, {max_image_seq_len}")
+        raise ValueError(
+            f"need image_seq_len > 0 and base_image_seq_len != max_image_seq_len, got "
+            f"{image_seq_len}, {base_image_seq_len}, {max_image_seq_len}"
+        )
     slope = (max_shift - base_shift) / (max_image_seq_len - base_image_seq_len)
     return float(image_seq_len * slope + base_shift - slope * base_image_seq_len)
 
@@ -213,8 +241,9 @@ def shift_times(t: Tensor, shift: float) -> Tensor:
 def stretch_to_terminal(t: Tensor, terminal: float) -> Tensor:
     """Scale ``1 - t`` so the last time equals ``terminal`` (LTX-Video's shift_terminal)."""
     if not float(t[-1]) < 1:
-        raise ValueError(f"shift_terminal={terminal} cannot stretch times that end at 1 (one step from t = 1); "
-                         "use steps >= 2")
+        raise ValueError(
+            f"shift_terminal={terminal} cannot stretch times that end at 1 (one step from t = 1); use steps >= 2"
+        )
     return 1 - (1 - t) / ((1 - t[-1]) / (1 - terminal))  # diffusers' operation order
 
 
@@ -228,8 +257,11 @@ class FlowSchedule:
     ``shift_times(t, shift)``; with ``use_dynamic_shifting`` the shift is ``exp(mu)``
     (``time_shift_type="exponential"``) or ``mu`` (``"linear"``), mu set with :meth:`with_mu` or
     :meth:`with_image_seq_len`; ``shift_terminal`` stretches sampling times to end there.
-    ``sigma_spacing`` respaces the sampling times (``karras`` with ``rho``, ``exponential``,
-    ``beta``) between their ends, as diffusers' use_karras/exponential/beta_sigmas do.
+    ``sigma_spacing`` respaces the sampling times, in flow time t as ComfyUI does for flow models:
+    between their ends (``karras`` with ``rho``, ``exponential``, ``beta`` as diffusers'
+    use_karras/exponential/beta_sigmas do, ``kl_optimal``), or on the shifted training grid
+    ``shift(k / T)`` (``simple``, ``sgm_uniform``: the fractional index k as on discrete schedules).
+    ``align_your_steps`` has no flow table and is refused.
     """
 
     num_train_timesteps: int = 1000
@@ -252,16 +284,26 @@ class FlowSchedule:
                 raise ValueError(f"{field_name}={getattr(self, field_name)!r}: {what}")
 
         n = self.num_train_timesteps
-        need(isinstance(n, int) and not isinstance(n, bool) and n >= 2, "num_train_timesteps",
-             "must be an integer >= 2")
+        need(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 2, "num_train_timesteps", "must be an integer >= 2"
+        )
         need(self.shift > 0, "shift", "must be > 0")
         need(self.time_shift_type in TIME_SHIFT_TYPES, "time_shift_type", f"expected one of {TIME_SHIFT_TYPES}")
+        need(
+            self.sigma_spacing != "align_your_steps",
+            "sigma_spacing",
+            "its tables are the noise levels of "
+            "SD1.5/SDXL (VP) and SVD (EDM) models, not flow times; use kl_optimal, beta or karras on flow",
+        )
         need(self.sigma_spacing in FLOW_SPACINGS, "sigma_spacing", f"expected one of {FLOW_SPACINGS}")
         need(self.rho > 0, "rho", "must be > 0")
         need(self.shift_terminal is None or 0 < self.shift_terminal < 1, "shift_terminal", "must be in (0, 1)")
         need(self.mu is None or math.isfinite(self.mu), "mu", "must be a finite number")
-        need(self.mu is None or self.time_shift_type == "exponential" or self.mu > 0, "mu",
-             "must be > 0 for time_shift_type='linear'")
+        need(
+            self.mu is None or self.time_shift_type == "exponential" or self.mu > 0,
+            "mu",
+            "must be > 0 for time_shift_type='linear'",
+        )
 
     @property
     def kind(self) -> str:
@@ -273,16 +315,20 @@ class FlowSchedule:
 
     def with_image_seq_len(self, image_seq_len: int) -> FlowSchedule:
         """This schedule with mu of :func:`calculate_shift` for ``image_seq_len`` latent tokens."""
-        return self.with_mu(calculate_shift(image_seq_len, self.base_image_seq_len, self.max_image_seq_len,
-                                            self.base_shift, self.max_shift))
+        return self.with_mu(
+            calculate_shift(
+                image_seq_len, self.base_image_seq_len, self.max_image_seq_len, self.base_shift, self.max_shift
+            )
+        )
 
     def effective_shift(self) -> float:
         """The s of :func:`shift_times`: ``shift``, or ``exp(mu)`` / ``mu`` under dynamic shifting."""
         if not self.use_dynamic_shifting:
             return float(self.shift)
         if self.mu is None:
-            raise ValueError("use_dynamic_shifting=True needs mu: use schedule.with_mu(mu) or "
-                             "schedule.with_image_seq_len(n)")
+            raise ValueError(
+                "use_dynamic_shifting=True needs mu: use schedule.with_mu(mu) or schedule.with_image_seq_len(n)"
+            )
         return math.exp(self.mu) if self.time_shift_type == "exponential" else float(self.mu)
 
     def train_times(self, u: Tensor) -> Tensor:
@@ -316,28 +362,7 @@ Schedule = DiscreteSchedule | EDMSchedule | FlowSchedule
 SCHEDULE_TYPES = (DiscreteSchedule, EDMSchedule, FlowSchedule)
 
 
-def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> Tensor:
-    """n sigmas from sigma_max down to sigma_min, uniform in sigma**(1/rho) (Karras et al. 2022, eq. 5)."""
-    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (hi + ramp * (lo - hi)) ** rho
-
-
-def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> Tensor:
-    """n sigmas from sigma_max down to sigma_min, uniform in log sigma."""
-    return torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
-
-
-def beta_sigmas(sigma_min: float, sigma_max: float, n: int, a: float = 0.6, b: float = 0.6) -> Tensor:
-    """n sigmas from sigma_max down to sigma_min at the quantiles ``1 - i / (n - 1)`` of Beta(a, b)
-    (Lee et al. 2024, "Beta Sampling is All You Need", with their a = b = 0.6)."""
-    from scipy.stats import beta  # scikit-learn's dependency; imported only for this spacing
-
-    q = torch.from_numpy(beta.ppf(1 - np.linspace(0, 1, n), a, b)).to(torch.float64)
-    return sigma_min + q * (sigma_max - sigma_min)
-
-
-def _discrete(name: str, spacing: str = "timesteps"):
+def _discrete(name: str, spacing: str = "timesteps") -> Callable[..., DiscreteSchedule]:
     def build(
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
@@ -349,6 +374,7 @@ def _discrete(name: str, spacing: str = "timesteps"):
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         beta_schedule: str | None = None,
+        ays_model: str = "sd15",
     ) -> DiscreteSchedule:
         base = beta_schedule or (name if spacing == "timesteps" else "linear")
         if base not in _BETA_FUNCTIONS:
@@ -372,10 +398,15 @@ def _discrete(name: str, spacing: str = "timesteps"):
             sigma_max=sigma_max,
             steps_offset=steps_offset,
             rescale_betas_zero_snr=rescale_betas_zero_snr,
+            ays_model=ays_model,
         )
 
     build.__name__ = name
-    build.__doc__ = f"Build the {name!r} discrete schedule (diffusers keyword names)."
+    build.__doc__ = (
+        f"Build the {name!r} discrete schedule (diffusers keyword names)."
+        if spacing == "timesteps"
+        else f"Build a discrete schedule (``beta_schedule``, default linear) with sigma_spacing={name!r}."
+    )
     return build
 
 
@@ -396,17 +427,29 @@ def flow(
 ) -> FlowSchedule:
     """Build the ``flow`` schedule (diffusers' FlowMatchEulerDiscreteScheduler keywords; see
     :class:`FlowSchedule`)."""
-    return FlowSchedule(num_train_timesteps, shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len,
-                        max_image_seq_len, shift_terminal, time_shift_type, sigma_spacing, rho, mu)
+    return FlowSchedule(
+        num_train_timesteps,
+        shift,
+        use_dynamic_shifting,
+        base_shift,
+        max_shift,
+        base_image_seq_len,
+        max_image_seq_len,
+        shift_terminal,
+        time_shift_type,
+        sigma_spacing,
+        rho,
+        mu,
+    )
 
 
-SCHEDULES = {
+SPACING_NAMES = tuple(name for name in SIGMA_SPACINGS if name != "timesteps")  # registry names too
+SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "linear": _discrete("linear"),
     "scaled_linear": _discrete("scaled_linear"),
     "squaredcos_cap_v2": _discrete("squaredcos_cap_v2"),
     "sigmoid": _discrete("sigmoid"),
-    "karras": _discrete("karras", "karras"),
-    "exponential": _discrete("exponential", "exponential"),
+    **{spacing: _discrete(spacing, spacing) for spacing in SPACING_NAMES},
     "edm": EDMSchedule,
     "flow": flow,
 }
@@ -416,7 +459,7 @@ def make_schedule(name: str, **kwargs: object) -> Schedule:
     """Rebuild a schedule from :meth:`config` output (used by checkpoints)."""
     if name == "flow":
         return flow(**kwargs)  # type: ignore[arg-type]
-    if name in ("karras", "exponential") or kwargs.get("sigma_spacing") not in (None, "timesteps"):
+    if name in SPACING_NAMES or kwargs.get("sigma_spacing") not in (None, "timesteps"):
         spacing = kwargs.pop("sigma_spacing", name)
         kwargs.setdefault("beta_schedule", name if name in _BETA_FUNCTIONS else "linear")
         name = str(spacing)
@@ -426,4 +469,4 @@ def make_schedule(name: str, **kwargs: object) -> Schedule:
         return EDMSchedule(**kwargs)  # type: ignore[arg-type]
     if name not in SCHEDULES:
         raise KeyError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}")
-    return SCHEDULES[name](**kwargs)  # type: ignore[operator]
+    return SCHEDULES[name](**kwargs)

@@ -24,22 +24,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffcore.flow_levels import flow_spaced_times, flow_times
 from diffcore.schedules import (
     SCHEDULE_TYPES,
     DiscreteSchedule,
     EDMSchedule,
     FlowSchedule,
     Schedule,
-    beta_sigmas,
-    exponential_sigmas,
-    karras_sigmas,
     shift_times,
-    stretch_to_terminal,
     vp_from_sigma,
 )
+from diffcore.sigmas import BETWEEN_ENDS, ays_sigmas, discrete_sigmas, karras_sigmas, log_interp
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
-FLOW_GRIDS = ("euler", "dpm", "unipc")
+STEP_RULES = ("diffusers", "exact")
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class PlanPreset:
     ``grid``: ``"train"`` timesteps on the training grid (DDIM/DDPM), ``"dpm"`` the n+1-point
     spacing of the multistep solvers, ``"karras"`` sigmas interpolated at fractional timesteps.
     ``target``: ``"next"`` steps land on the next level; ``"ddim"`` on ``t - T // steps``.
-    ``flow``: the levels on a flow schedule, one of :data:`FLOW_GRIDS` (see :func:`flow_times`).
+    ``flow``: the levels on a flow schedule, one of :data:`diffcore.flow_levels.FLOW_GRIDS` (see :func:`flow_times`).
     ``plan``: where no grid fits, ``plan(schedule, steps, spacing, **options)`` places the levels
     on a discrete schedule; ``options`` names the sampler options it takes (see :func:`make_plan`).
     """
@@ -63,12 +61,15 @@ class PlanPreset:
 
 
 PLAN_PRESETS: dict[str, PlanPreset] = {
-    "ddim": PlanPreset("train", "ddim", "DDIMScheduler", "euler"),
     "ddpm": PlanPreset("train", "next", "DDPMScheduler", "euler"),
     "dpm": PlanPreset("dpm", "next", "DPMSolverMultistepScheduler", "dpm"),
     "unipc": PlanPreset("dpm", "next", "UniPCMultistepScheduler", "unipc"),
-    "karras": PlanPreset("karras", "next", "Euler-, EulerAncestral-, Heun- and LMSDiscreteScheduler; "
-                         "FlowMatchEuler- and FlowMatchHeunDiscreteScheduler", "euler"),
+    "karras": PlanPreset(
+        "karras",
+        "next",
+        "Euler-, EulerAncestral-, Heun- and LMSDiscreteScheduler; FlowMatchEuler- and FlowMatchHeunDiscreteScheduler",
+        "euler",
+    ),
 }
 
 
@@ -129,8 +130,9 @@ def _check(steps: int, spacing: str, style: str, schedule: Schedule) -> None:
     if isinstance(schedule, DiscreteSchedule) and steps > schedule.num_train_timesteps:
         raise ValueError(f"steps={steps} exceeds num_train_timesteps={schedule.num_train_timesteps}")
     if not isinstance(schedule, SCHEDULE_TYPES):
-        raise TypeError(f"schedule must be a DiscreteSchedule, EDMSchedule or FlowSchedule, got "
-                        f"{type(schedule).__name__}")
+        raise TypeError(
+            f"schedule must be a DiscreteSchedule, EDMSchedule or FlowSchedule, got {type(schedule).__name__}"
+        )
 
 
 def _spaced(T: int, n: int, spacing: str, offset: int, extra: int) -> Tensor:
@@ -153,11 +155,11 @@ def _append(values: Tensor, last: float) -> Tensor:
 
 
 def _spaced_sigmas(schedule: DiscreteSchedule, lo: float, hi: float, n: int) -> Tensor:
+    """n levels in the schedule's ``sigma_spacing``; ``lo`` / ``hi`` (or the schedule's
+    ``sigma_min`` / ``sigma_max``) are the ends of the spacings between two ends."""
     lo = schedule.sigma_min if schedule.sigma_min is not None else lo
     hi = schedule.sigma_max if schedule.sigma_max is not None else hi
-    if schedule.sigma_spacing == "karras":
-        return karras_sigmas(lo, hi, n, schedule.rho)
-    return exponential_sigmas(lo, hi, n)
+    return discrete_sigmas(schedule.sigma_spacing, n, lo, hi, schedule.train_sigmas(), schedule.rho, schedule.ays_model)
 
 
 def _next_targets(alphas: Tensor, stds: Tensor) -> tuple[Tensor, Tensor]:
@@ -205,6 +207,15 @@ def _ddim_plan(schedule: DiscreteSchedule, n: int, spacing: str, rule: str) -> P
     return Plan(ts, sigmas, alphas, stds, 1.0, torch.int64, ta, tsd)
 
 
+def _ddim_rule_plan(schedule: DiscreteSchedule, n: int, spacing: str, step_rule: str = "diffusers") -> Plan:
+    """DDIMScheduler's timesteps. ``step_rule="diffusers"`` (default, for parity) steps from t to
+    ``t - T // n`` as DDIMScheduler does, which under linspace / trailing spacing is not the next
+    planned timestep (diffusers issues #11347, #12633); ``"exact"`` lands on the next one."""
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"step_rule={step_rule!r}: expected one of {STEP_RULES}")
+    return _ddim_plan(schedule, n, spacing, "ddim" if step_rule == "diffusers" else "next")
+
+
 def _dpm_plan(schedule: DiscreteSchedule, n: int, spacing: str) -> Plan:
     T = schedule.num_train_timesteps
     train = schedule.train_sigmas()
@@ -248,57 +259,6 @@ def _karras_plan(schedule: DiscreteSchedule, n: int, spacing: str) -> Plan:
     return Plan(ts, sigmas, alphas, stds, init_ve * float(alphas[0]), torch.float32, *_next_targets(alphas, stds))
 
 
-def _flow_shifted(schedule: FlowSchedule, u: np.ndarray, grid: str) -> np.ndarray:
-    """Shift sampling times ``u``, in the float64 operation order of the scheduler of ``grid``
-    (so DPM/UniPC timesteps truncate to the same integers as diffusers')."""
-    s = schedule.effective_shift()
-    if schedule.use_dynamic_shifting and grid != "dpm":  # FlowMatchEuler's and UniPC's time_shift(mu, 1, u)
-        with np.errstate(divide="ignore"):
-            return s / (s + (1 / u - 1))
-    return s * u / (1 + (s - 1) * u)
-
-
-def flow_times(schedule: FlowSchedule, n: int, grid: str = "euler") -> tuple[Tensor, bool]:
-    """The ``n`` descending sampling times t of a flow schedule as a diffusers flow scheduler
-    places them, and whether its model sees ``t * num_train_timesteps`` truncated to an integer.
-
-    ``euler``: FlowMatchEulerDiscreteScheduler, ``linspace(1, t_min, n)`` with t_min the shifted
-    last training time (1 / T under dynamic shifting), then shifted; ``dpm``:
-    DPMSolverMultistepScheduler(use_flow_sigmas), the shifted ``1 - linspace(1, 1/T, n + 1)``
-    without its 0; ``unipc``: UniPCMultistepScheduler(use_flow_sigmas), the shifted first n of
-    ``linspace(1, 1/T, n + 1)`` with a first time of 1 moved to ``1 - 1e-6``. Then
-    ``shift_terminal`` and the schedule's ``sigma_spacing`` (between the first and last time).
-    """
-    if grid not in FLOW_GRIDS:
-        raise ValueError(f"flow grid {grid!r}: expected one of {FLOW_GRIDS}")
-    T = schedule.num_train_timesteps
-    if grid == "euler":
-        t_min = 1 / T if schedule.use_dynamic_shifting else float(shift_times(torch.tensor(1 / T), schedule.shift))
-        u = np.linspace(1.0 * T, t_min * T, n) / T
-    elif grid == "dpm":
-        u = (1.0 - np.linspace(1, 1 / T, n + 1))[::-1][:-1]
-    else:
-        u = np.linspace(1, 1 / T, n + 1)[:-1]
-    t = _flow_shifted(schedule, np.ascontiguousarray(u), grid)
-    if schedule.shift_terminal:
-        t = stretch_to_terminal(torch.from_numpy(t), schedule.shift_terminal).numpy()
-    if grid == "unipc" and abs(t[0] - 1) < 1e-6:
-        t[0] -= 1e-6
-    times = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float64))
-    if schedule.sigma_spacing != "timesteps":
-        times = _flow_spaced(schedule, float(times[-1]), float(times[0]), n)
-    return times, grid != "euler"
-
-
-def _flow_spaced(schedule: FlowSchedule, lo: float, hi: float, n: int) -> Tensor:
-    """n flow times from hi down to lo in the schedule's ``sigma_spacing`` (karras, exponential, beta)."""
-    if schedule.sigma_spacing == "karras":
-        return karras_sigmas(lo, hi, n, schedule.rho)
-    if schedule.sigma_spacing == "exponential":
-        return exponential_sigmas(lo, hi, n)
-    return beta_sigmas(lo, hi, n)
-
-
 def _flow_plan(schedule: FlowSchedule, times: Tensor, integer: bool) -> Plan:
     """A plan through descending flow times ``times`` down to t = 0."""
     t = _append(times, 0.0)
@@ -307,13 +267,15 @@ def _flow_plan(schedule: FlowSchedule, times: Tensor, integer: bool) -> Plan:
     if integer:  # diffusers' multistep schedulers cast t * T to int64
         model_t = torch.from_numpy((times.numpy() * schedule.num_train_timesteps).astype(np.int64)).to(torch.float64)
     alphas, stds = 1 - t, t.clone()
-    plan = Plan(model_t, sigmas, alphas, stds, 1.0, torch.int64 if integer else torch.float32,
-                *_next_targets(alphas, stds))
+    plan = Plan(
+        model_t, sigmas, alphas, stds, 1.0, torch.int64 if integer else torch.float32, *_next_targets(alphas, stds)
+    )
     return _with_schedule(plan, schedule)
 
 
-def make_plan(schedule: Schedule, steps: int, spacing: str = "leading", style: str = "karras",
-              **options: object) -> Plan:
+def make_plan(
+    schedule: Schedule, steps: int, spacing: str = "leading", style: str = "karras", **options: object
+) -> Plan:
     """The noise levels ``steps`` sampler steps visit on ``schedule``, placed as the diffusers
     scheduler of preset ``style`` (a key of :data:`PLAN_PRESETS`) places them. ``options``: the
     sampler options the preset's plan function takes (``PLAN_PRESETS[style].options``)."""
@@ -321,8 +283,9 @@ def make_plan(schedule: Schedule, steps: int, spacing: str = "leading", style: s
     preset = PLAN_PRESETS[style]
     unknown = sorted(set(options) - set(preset.options))
     if unknown:
-        raise TypeError(f"plan preset {style!r} got unknown option(s) {unknown}; it takes: "
-                        f"{', '.join(preset.options) or 'none'}")
+        raise TypeError(
+            f"plan preset {style!r} got unknown option(s) {unknown}; it takes: {', '.join(preset.options) or 'none'}"
+        )
     if isinstance(schedule, FlowSchedule):
         return _flow_plan(schedule, *flow_times(schedule, steps, preset.flow))
     if isinstance(schedule, EDMSchedule):
@@ -360,9 +323,11 @@ def partial_plan(schedule: Schedule, steps: int, t_start: float) -> Plan:
     """``steps`` steps from model time ``t_start`` down to 0, for runs that start from data:
     SDEdit, denoising, partial-diffusion reconstruction. ``t_start`` is a (fractional) training
     timestep of a discrete schedule, the VE sigma of an EDM schedule, or the model time
-    ``t * num_train_timesteps`` of a flow schedule. Timesteps are uniform in t (sigma-spaced for
-    karras / exponential / EDM schedules; on a flow schedule uniform before its shift, so the
-    levels are the shifted schedule's below t_start); the model sees their exact t."""
+    ``t * num_train_timesteps`` of a flow schedule. Timesteps are uniform in t (on a flow
+    schedule uniform before its shift, so the levels are the shifted schedule's below t_start;
+    log-interpolated levels for simple / sgm_uniform); the spacings between two ends and EDM place
+    their levels between the first training level and t_start's; align_your_steps follows its
+    table's curve from t_start's level. The model sees their exact t."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps={steps!r} must be an integer >= 1")
     t0 = float(t_start)
@@ -379,8 +344,12 @@ def partial_plan(schedule: Schedule, steps: int, t_start: float) -> Plan:
     lo = ts.floor().long().clamp(0, train.shape[0] - 1)
     hi = (lo + 1).clamp(max=train.shape[0] - 1)
     sig = train[lo] * (1 - (ts - lo)) + train[hi] * (ts - lo)
-    if schedule.sigma_spacing != "timesteps":
+    if schedule.sigma_spacing in BETWEEN_ENDS:
         sig = _spaced_sigmas(schedule, float(train[0]), float(sig[0]), steps)
+    elif schedule.sigma_spacing == "align_your_steps":  # the table's curve from the start level
+        sig = ays_sigmas(schedule.ays_model, steps, start=float(sig[0]))
+    elif schedule.sigma_spacing != "timesteps":  # simple, sgm_uniform: uniform timesteps from t_start
+        sig = log_interp(train, ts)
     return plan_from_sigmas(schedule, _append(sig, 0.0))
 
 
@@ -393,9 +362,9 @@ def _flow_partial_plan(schedule: FlowSchedule, steps: int, t0: float) -> Plan:
     u0 = start / (s - (s - 1) * start)  # the inverse of shift_times
     times = shift_times(torch.linspace(u0, 0, steps + 1, dtype=torch.float64)[:-1], s)
     times[0] = start
-    if schedule.sigma_spacing != "timesteps":
+    if schedule.sigma_spacing in BETWEEN_ENDS:  # simple, sgm_uniform: the uniform training index above
         lo = min(float(shift_times(torch.tensor(1 / T, dtype=torch.float64), s)), start / 2)
-        times = _flow_spaced(schedule, lo, start, steps)
+        times = flow_spaced_times(schedule, lo, start, steps)
     return _flow_plan(schedule, times, integer=False)
 
 
@@ -404,11 +373,12 @@ def sigma_at_time(plan: Plan, t: float) -> float:
     ``sigma_to_t`` by bisection in log sigma, ``sup{sigma : sigma_to_t(sigma) <= t}`` (so time 0 of
     a discrete schedule is its first training level). Returns the upper end of the final bracket,
     whose time is >= t: an integer time truncates back to ``t``."""
-    if plan.sigma_to_t is None:
+    to_t = plan.sigma_to_t
+    if to_t is None:
         raise ValueError("the plan does not know its schedule's times")
 
     def time(s: float) -> float:
-        return float(plan.sigma_to_t(torch.tensor([s], dtype=torch.float64))[0])
+        return float(to_t(torch.tensor([s], dtype=torch.float64))[0])
 
     lo, hi = 0.0, 1.0
     while time(hi) <= t:
@@ -480,9 +450,16 @@ def _tcd_plan(schedule: DiscreteSchedule, n: int, spacing: str, original_inferen
     return _train_plan(schedule, ts, float(schedule.alphas_cumprod[0]))
 
 
-PLAN_PRESETS.update({
-    "deis": PlanPreset("dpm", "next", "DEISMultistepScheduler", "dpm", plan=_deis_plan),
-    "pndm": PlanPreset("train", "ddim", "PNDMScheduler", "euler", plan=_pndm_plan),
-    "lcm": PlanPreset("lcm", "next", "LCMScheduler", "euler", plan=_lcm_plan, options=("original_inference_steps",)),
-    "tcd": PlanPreset("lcm", "next", "TCDScheduler", "euler", plan=_tcd_plan, options=("original_inference_steps",)),
-})
+PLAN_PRESETS.update(
+    {
+        "ddim": PlanPreset("train", "ddim", "DDIMScheduler", "euler", plan=_ddim_rule_plan, options=("step_rule",)),
+        "deis": PlanPreset("dpm", "next", "DEISMultistepScheduler", "dpm", plan=_deis_plan),
+        "pndm": PlanPreset("train", "ddim", "PNDMScheduler", "euler", plan=_pndm_plan),
+        "lcm": PlanPreset(
+            "lcm", "next", "LCMScheduler", "euler", plan=_lcm_plan, options=("original_inference_steps",)
+        ),
+        "tcd": PlanPreset(
+            "lcm", "next", "TCDScheduler", "euler", plan=_tcd_plan, options=("original_inference_steps",)
+        ),
+    }
+)
