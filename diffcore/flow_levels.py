@@ -24,7 +24,7 @@ def _flow_shifted(schedule: FlowSchedule, u: np.ndarray, grid: str) -> np.ndarra
     return s * u / (1 + (s - 1) * u)
 
 
-def flow_times(schedule: FlowSchedule, n: int, grid: str = "euler") -> tuple[Tensor, bool]:
+def flow_times(schedule: FlowSchedule, n: int, grid: str = "euler", *, uniform: bool = False) -> tuple[Tensor, bool]:
     """The ``n`` descending sampling times t of a flow schedule as a diffusers flow scheduler
     places them, and whether its model sees ``t * num_train_timesteps`` truncated to an integer.
 
@@ -36,11 +36,16 @@ def flow_times(schedule: FlowSchedule, n: int, grid: str = "euler") -> tuple[Ten
     ``shift_terminal`` and the schedule's ``sigma_spacing``: between the first and last time, or
     on the shifted training grid (:func:`flow_grid_times`) with a first time no higher than the
     grid's (DPM's and UniPC's solvers need a finite first sigma, so theirs is below 1).
+    ``uniform`` (``timestep_spacing="trailing"``) replaces the ``euler`` grid by evenly spaced
+    times ``1 - i / n`` that end the run exactly at t = 0 (the Euler grid of rectified flow, Liu
+    et al. 2023): diffusers' ``linspace(1, 1/T, n)`` spends one of ``n`` steps going from 1/T to 0.
     """
     if grid not in FLOW_GRIDS:
         raise ValueError(f"flow grid {grid!r}: expected one of {FLOW_GRIDS}")
     T = schedule.num_train_timesteps
-    if grid == "euler":
+    if grid == "euler" and uniform:
+        u = np.linspace(1.0, 0.0, n + 1)[:-1]
+    elif grid == "euler":
         t_min = 1 / T if schedule.use_dynamic_shifting else float(shift_times(torch.tensor(1 / T), schedule.shift))
         u = np.linspace(1.0 * T, t_min * T, n) / T
     elif grid == "dpm":
@@ -68,6 +73,8 @@ def flow_grid_times(schedule: FlowSchedule, n: int) -> Tensor:
     schedule is time (k + 1) / T before the shift, as its training levels are), then
     ``shift_terminal``."""
     T = schedule.num_train_timesteps
+    if schedule.sigma_spacing == "simple" and n > T:
+        raise ValueError(f"steps={n} exceeds num_train_timesteps={T}: simple picks distinct training levels")
     u = (grid_indices(schedule.sigma_spacing, T, n) + 1) / T
     times = shift_times(u, schedule.effective_shift())
     if schedule.shift_terminal:

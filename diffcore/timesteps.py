@@ -12,7 +12,8 @@ On a flow schedule the presets place the levels of diffusers' flow schedulers (t
 field): FlowMatchEulerDiscreteScheduler for ``karras`` (and for ``ddim`` / ``ddpm``, which have
 no flow counterpart: DDIM is the Euler step on a flow path), DPMSolverMultistepScheduler and
 UniPCMultistepScheduler with ``use_flow_sigmas=True`` for ``dpm`` and ``unipc``; diffusers
-ignores ``timestep_spacing`` there, and so does diffcore.
+ignores ``timestep_spacing`` there, and so does diffcore, except ``trailing``: evenly spaced flow
+times that end exactly at t = 0, for the Euler-grid presets.
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ def make_plan(
             f"plan preset {style!r} got unknown option(s) {unknown}; it takes: {', '.join(preset.options) or 'none'}"
         )
     if isinstance(schedule, FlowSchedule):
-        return _flow_plan(schedule, *flow_times(schedule, steps, preset.flow))
+        return _flow_plan(schedule, *flow_times(schedule, steps, preset.flow, uniform=spacing == "trailing"))
     if isinstance(schedule, EDMSchedule):
         plan = _edm_plan(schedule, steps)
     elif preset.plan is not None:

@@ -218,7 +218,7 @@ def test_heun_and_ddim_presets_use_flow_match_euler_levels():
     ref = diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0)
     ref.set_timesteps(12)
     for preset in ("karras", "ddim", "ddpm"):
-        plan = make_plan(FLOW(shift=3.0), 12, "trailing", preset)
+        plan = make_plan(FLOW(shift=3.0), 12, "leading", preset)  # trailing: even times to 0
         np.testing.assert_allclose(plan.stds.numpy(), ref.sigmas.double().unique_consecutive().numpy(), rtol=1e-6)
 
 
@@ -430,3 +430,17 @@ def test_every_sampler_runs_on_flow_models(shift):
             assert near.float().mean() > 0.95, name
         else:
             assert (out - ref).pow(2).mean().sqrt() < 0.1, name
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_trailing_spacing_gives_even_flow_times_ending_at_zero(shift):
+    """diffusers' FlowMatchEuler grid linspace(1, 1/T, n) spends a step going from 1/T to 0;
+    timestep_spacing="trailing" places n evenly spaced times 1 - i/n (then the shift) instead."""
+    sched = FLOW(shift=shift)
+    plan = make_plan(sched, 4, "trailing", "karras")
+    u = torch.tensor([1.0, 0.75, 0.5, 0.25], dtype=torch.float64)
+    t = shift * u / (1 + (shift - 1) * u)
+    torch.testing.assert_close(plan.stds[:-1], t)
+    assert float(plan.stds[-1]) == 0.0 and plan.steps == 4
+    leading = make_plan(sched, 4, "leading", "karras")
+    assert float(leading.stds[-2]) < 0.01  # diffusers' grid: the last step goes from ~1/T to 0
