@@ -271,10 +271,6 @@ def test_step_rule_is_checked() -> None:
         make_plan(sched, 10, "linspace", "dpm", step_rule="exact")
 
 
-@pytest.mark.skipif(
-    "step_rule" not in getattr(diffcore.get("samplers", "ddim"), "options", {}),
-    reason="the ddim sampler does not declare the step_rule option yet",
-)
 def test_sample_passes_step_rule_to_ddims_plan() -> None:
     sched = diffcore.get("schedules", "linear")()
     x = torch.randn(16, 2, dtype=F64, generator=torch.Generator().manual_seed(0))

@@ -32,9 +32,10 @@ def ancestral_steps(b: Builder, eta: float, renoise: str = "d") -> None:
         b.update(p.x0 + s_down * getattr(p, renoise) + s_up * b.noise)
 
 
-@program_sampler("ddim", plan_style="ddim", eta=0.0)
-def ddim(b: Builder, eta: float) -> None:
-    """DDIM (Song et al. 2021); eta = 0 deterministic, eta = 1 the DDPM posterior variance."""
+@program_sampler("ddim", plan_style="ddim", eta=0.0, step_rule="diffusers")
+def ddim(b: Builder, eta: float, step_rule: str) -> None:
+    """DDIM (Song et al. 2021); eta = 0 deterministic, eta = 1 the DDPM posterior variance.
+    ``step_rule`` is the plan's: diffusers' ``t - T // n`` targets, or ``exact`` (the next level)."""
     ancestral_steps(b, eta)
 
 
