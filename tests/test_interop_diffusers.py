@@ -1,11 +1,13 @@
 """diffusers UNet2DModel checkpoints under diffcore samplers: tiny random UNets are saved with
 ``save_pretrained``, loaded through ``diffcore.interop.diffusers`` and sampled by diffcore; diffusers'
-own pipeline / scheduler loop with the same noise is the oracle (relative 1e-4 over 50 float32 steps)."""
+own pipeline / scheduler loop with the same noise is the oracle (relative 1e-4 over 50 float32 steps;
+28 for the flow-matching schedulers)."""
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 import pickle
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from diffcore.interop.diffusers import (
     scheduler_from_config,
 )
 from diffcore.interop.scheduler_config import DEFAULTS
+from diffcore.schedules import FlowSchedule
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -361,6 +364,179 @@ def test_scheduler_config_needs_a_class_and_valid_json(tmp_path: Path) -> None:
         scheduler_from_config(tmp_path)
     with pytest.raises(DiffusersInteropError, match="no diffusers config"):
         scheduler_from_config(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------- flow-matching schedulers
+
+FLOW_STEPS = 28
+FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+# (diffusers class, its config, set_timesteps mu, the diffcore sampler that reproduces it)
+FLOW_CASES = {
+    "euler-shift1": ("FlowMatchEulerDiscreteScheduler", {}, None, "euler"),
+    "euler-shift3": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, None, "euler"),
+    "euler-dynamic": ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True}, 0.9, "euler"),
+    "euler-karras": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "use_karras_sigmas": True}, None, "euler"),
+    "euler-terminal": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "shift_terminal": 0.1}, None, "euler"),
+    "euler-stochastic": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "stochastic_sampling": True}, None, "lcm"),
+    "heun": ("FlowMatchHeunDiscreteScheduler", {"shift": 3.0}, None, "heun"),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {**FLOW_SIGMAS, "flow_shift": 3.0}, None, "dpmpp_2m"),
+    "dpmpp_2m-dynamic": ("DPMSolverMultistepScheduler", {**FLOW_SIGMAS, "use_dynamic_shifting": True}, 0.9, "dpmpp_2m"),
+    "dpmpp_2m_sde": (
+        "DPMSolverMultistepScheduler",
+        {**FLOW_SIGMAS, "flow_shift": 3.0, "algorithm_type": "sde-dpmsolver++"},
+        None,
+        "dpmpp_2m_sde",
+    ),
+    "dpmpp_3m": (
+        "DPMSolverMultistepScheduler",
+        {**FLOW_SIGMAS, "flow_shift": 3.0, "solver_order": 3},
+        None,
+        "dpmpp_3m_sde",
+    ),
+    "dpmpp_2m-epsilon": ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "flow_shift": 3.0}, None, "dpmpp_2m"),
+    "unipc": ("UniPCMultistepScheduler", {**FLOW_SIGMAS, "flow_shift": 3.0}, None, "unipc"),
+    "unipc-dynamic": ("UniPCMultistepScheduler", {**FLOW_SIGMAS, "use_dynamic_shifting": True}, 0.9, "unipc"),
+}
+
+
+@torch.no_grad()
+def flow_loop(unet, scheduler, x_T: torch.Tensor, steps: int, mu: float | None, seed: int) -> torch.Tensor:
+    """A flow pipeline's loop (SD3, Flux): no input scaling, the scheduler's timesteps as the model time."""
+    scheduler.set_timesteps(steps) if mu is None else scheduler.set_timesteps(steps, mu=mu)
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    extra = {"generator": torch.Generator().manual_seed(seed)} if takes_generator else {}
+    x = x_T.clone()
+    for t in scheduler.timesteps:
+        x = scheduler.step(unet(x, t).sample, t, x, **extra).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("case", list(FLOW_CASES))
+def test_flow_scheduler_folder_matches_diffusers(unet, tmp_path: Path, case: str) -> None:
+    cls_name, config, mu, sampler = FLOW_CASES[case]
+    scheduler = getattr(diffusers, cls_name)(**config)
+    unet.save_pretrained(tmp_path)
+    scheduler.save_pretrained(tmp_path)
+    loaded = load_diffusers_pipeline(tmp_path, strict=True, mu=mu)
+    assert isinstance(loaded.schedule, FlowSchedule) and loaded.sampler == sampler
+    assert loaded.spec.prediction == ("epsilon" if case.endswith("epsilon") else "flow")
+    ref = flow_loop(unet, scheduler, noise(), FLOW_STEPS, mu, seed=7)
+    with torch.no_grad():
+        out = diffcore.sample(
+            loaded.model,
+            noise(),
+            steps=FLOW_STEPS,
+            generator=torch.Generator().manual_seed(7),
+            **loaded.spec.sample_kwargs(),
+        )
+    err = rel_err(out, ref)
+    assert err <= TOL, f"{case}: relative error {err:.2e}"
+
+
+def test_flow_pipeline_generates_saves_loads_and_runs_tasks(unet, tmp_path: Path) -> None:
+    from diffcore.tasks import denoise, img2img
+
+    unet.save_pretrained(tmp_path / "d")
+    diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).save_pretrained(tmp_path / "d")
+    no_mu = load_diffusers_pipeline(tmp_path / "d", steps=4)
+    with pytest.raises(ValueError, match="needs mu"):
+        no_mu.generate(1)
+    loaded = load_diffusers_pipeline(tmp_path / "d", steps=4, mu=0.7)
+    first = loaded.generate(2, seed=1)
+    assert first.shape == (2, 3, 8, 8) and bool(torch.isfinite(first).all())
+    loaded.save(tmp_path / "run")
+    again = diffcore.Pipeline.load(tmp_path / "run")
+    assert again.schedule == loaded.schedule and again.schedule.mu == 0.7 and again.param.name == "flow"
+    images = noise().clamp(-1, 1)
+    assert img2img.sdedit(again, images, 0.5, steps=3).shape == images.shape
+    assert denoise.denoise(again, images, 0.2).shape == images.shape
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "invert_sigmas": True}, "invert_sigmas=True"),
+        ({"_class_name": "DPMSolverMultistepScheduler", **FLOW_SIGMAS, "use_karras_sigmas": True}, "use_karras_sigmas"),
+        (
+            {"_class_name": "UniPCMultistepScheduler", **FLOW_SIGMAS, "use_exponential_sigmas": True},
+            "use_exponential_sigmas",
+        ),
+        ({"_class_name": "UniPCMultistepScheduler", **FLOW_SIGMAS, "use_beta_sigmas": True}, "use_beta_sigmas"),
+        (
+            {"_class_name": "DPMSolverMultistepScheduler", **FLOW_SIGMAS, "prediction_type": "v_prediction"},
+            "prediction_type='v_prediction'",
+        ),
+        (
+            {"_class_name": "DPMSolverMultistepScheduler", **FLOW_SIGMAS, "final_sigmas_type": "sigma_min"},
+            "final_sigmas_type='sigma_min'",
+        ),
+        (
+            {
+                "_class_name": "DPMSolverMultistepScheduler",
+                **FLOW_SIGMAS,
+                "use_dynamic_shifting": True,
+                "time_shift_type": "linear",
+            },
+            "time_shift_type='linear'",
+        ),
+    ],
+)
+def test_unreproduced_flow_options_warn_or_raise_in_strict_mode(config: dict, match: str) -> None:
+    with pytest.warns(DiffusersInteropWarning, match=match):
+        spec = scheduler_from_config(config)
+    assert isinstance(spec.schedule, FlowSchedule) and any(match in p for p in spec.unsupported)
+    with pytest.raises(DiffusersInteropError, match=match):
+        scheduler_from_config(config, strict=True)
+
+
+def test_flow_configs_map_onto_the_flow_schedule(tmp_path: Path) -> None:
+    diffusers.FlowMatchEulerDiscreteScheduler(
+        shift=2.0,
+        use_dynamic_shifting=True,
+        base_shift=0.3,
+        max_shift=1.2,
+        time_shift_type="linear",
+        use_beta_sigmas=True,
+    ).save_pretrained(tmp_path)
+    spec = scheduler_from_config(tmp_path, strict=True, mu=1.5)
+    want = FlowSchedule(
+        shift=2.0,
+        use_dynamic_shifting=True,
+        base_shift=0.3,
+        max_shift=1.2,
+        time_shift_type="linear",
+        sigma_spacing="beta",
+        mu=1.5,
+    )
+    assert spec.schedule == want and spec.sampler == "euler" and spec.prediction == "flow"
+    spec = scheduler_from_config(
+        {"_class_name": "UniPCMultistepScheduler", **FLOW_SIGMAS, "solver_order": 3}, strict=True
+    )
+    assert spec.schedule == FlowSchedule() and spec.sampler_options == {"order": 3, "lower_order_final": True}
+    # DPM-Solver++ without mu samples with flow_shift, dynamic or not (as diffusers does)
+    dpm = {"_class_name": "DPMSolverMultistepScheduler", **FLOW_SIGMAS, "use_dynamic_shifting": True, "flow_shift": 2.0}
+    assert scheduler_from_config(dpm, strict=True).schedule == FlowSchedule(shift=2.0)
+    assert scheduler_from_config(dpm, strict=True, mu=0.5).schedule.effective_shift() == pytest.approx(math.exp(0.5))
+
+
+@pytest.mark.parametrize(
+    "config, mu, match",
+    [
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}, 0.5, "mu=0.5 applies only"),
+        ({"_class_name": "DDIMScheduler", "clip_sample": False}, 0.5, "mu=0.5 applies only"),
+        ({"_class_name": "DPMSolverMultistepScheduler", "prediction_type": "flow_prediction"}, None, "use_flow_sigmas"),
+        (
+            {"_class_name": "FlowMatchEulerDiscreteScheduler", "use_karras_sigmas": True, "use_beta_sigmas": True},
+            None,
+            "several sigma spacings",
+        ),
+        ({"_class_name": "FlowMatchHeunDiscreteScheduler", "shift": -1.0}, None, "shift=-1.0"),
+        ({"_class_name": "UniPCMultistepScheduler", **FLOW_SIGMAS, "prediction_type": "nope"}, None, "nope"),
+    ],
+)
+def test_bad_flow_configs_raise(config: dict, mu: float | None, match: str) -> None:
+    with pytest.raises(DiffusersInteropError, match=match):
+        scheduler_from_config(config, mu=mu)
 
 
 # --------------------------------------------------------------------------- files that do not load

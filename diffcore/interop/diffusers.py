@@ -14,7 +14,8 @@ directly::
     x = diffcore.sample(unet, torch.randn(4, 3, 32, 32), steps=50, **spec.sample_kwargs())
 
 The UNet sees exactly what a diffusers pipeline feeds it: the sample and the scheduler's
-timesteps (int64 for DDIM/DDPM/DPM-Solver spacings, float32 for Euler-style fractional ones).
+timesteps (int64 for DDIM/DDPM/DPM-Solver spacings, float32 for Euler-style fractional ones;
+``t * 1000`` on a flow-matching scheduler, truncated to int64 by DPM-Solver++ and UniPC).
 Weights load through safetensors only; a pickle ``.bin`` checkpoint is refused unread. diffusers
 itself is imported on first use (``pip install 'diffcore[diffusers]'``).
 """
@@ -255,6 +256,7 @@ def load_diffusers_pipeline(
     device: str | torch.device = "cpu",
     steps: int | None = None,
     strict: bool = False,
+    mu: float | None = None,
 ) -> DiffusersPipeline:
     """A UNet folder or DDPM/DDIM pipeline folder as a :class:`DiffusersPipeline`.
 
@@ -262,7 +264,8 @@ def load_diffusers_pipeline(
     pipeline's ``scheduler/`` or a ``scheduler_config.json`` beside the UNet's ``config.json``;
     with none, :data:`DEFAULT_SCHEDULER_CONFIG` with a warning. A DDIMPipeline runs its scheduler
     as DDIM, as diffusers does. ``steps`` defaults to the diffusers pipeline's: 1000 for DDPM, else 50.
-    ``strict`` raises instead of warning on scheduler options diffcore does not reproduce.
+    ``strict`` raises instead of warning on scheduler options diffcore does not reproduce; ``mu``
+    is the dynamic-shift exponent of a flow scheduler with ``use_dynamic_shifting``.
     """
     import warnings
 
@@ -284,7 +287,7 @@ def load_diffusers_pipeline(
             stacklevel=2,
         )
         config = DEFAULT_SCHEDULER_CONFIG
-    spec = scheduler_from_config(config, scheduler_class=scheduler_class, strict=strict)
+    spec = scheduler_from_config(config, scheduler_class=scheduler_class, strict=strict, mu=mu)
     if steps is None:
         steps = 1000 if spec.scheduler_class == "DDPMScheduler" else 50
     return DiffusersPipeline(unet, spec, steps=min(steps, spec.schedule.num_train_timesteps))

@@ -1,7 +1,9 @@
 """A diffusers ``scheduler_config.json`` read into diffcore terms: schedule, prediction, sampler.
 
 Needs no diffusers install: the config is plain JSON, and keys a saved config omits take the
-defaults of diffusers 0.42 (:data:`DEFAULTS`). Options diffcore does not reproduce (e.g.
+defaults of diffusers 0.42 (:data:`DEFAULTS`). Flow-matching configs (FlowMatchEuler/Heun, and
+DPM-Solver++ / UniPC with ``use_flow_sigmas``) become diffcore's ``flow`` schedule
+(:mod:`diffcore.interop.flow_scheduler`). Options diffcore does not reproduce (e.g.
 ``clip_sample=True``, ``thresholding=True``) are never dropped silently: they are named in a
 :class:`DiffusersInteropWarning`, or raised as a :class:`DiffusersInteropError` with
 ``strict=True``.
@@ -17,15 +19,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffcore.schedules import SCHEDULES, DiscreteSchedule
+from diffcore.interop.errors import DiffusersInteropError, DiffusersInteropWarning
+from diffcore.interop.flow_scheduler import (
+    FLOW_DEFAULTS,
+    FLOW_INERT,
+    FLOW_KEYS,
+    FLOW_MATCH_SAMPLERS,
+    MULTISTEP_FLOW_DEFAULTS,
+    flow_match_sampler,
+    flow_problems,
+    flow_schedule,
+    uses_flow,
+)
+from diffcore.schedules import SCHEDULES, DiscreteSchedule, FlowSchedule
 
-
-class DiffusersInteropError(ValueError):
-    """A diffusers model, pipeline or scheduler config that diffcore cannot load as asked."""
-
-
-class DiffusersInteropWarning(UserWarning):
-    """A diffusers option diffcore does not reproduce: its samples will differ from diffusers'."""
+__all__ = [
+    "DEFAULTS",
+    "SAMPLER_FOR_SCHEDULER",
+    "DiffusersInteropError",
+    "DiffusersInteropWarning",
+    "SchedulerSpec",
+    "read_config",
+    "scheduler_from_config",
+]
 
 
 # diffusers scheduler class -> the diffcore sampler that reproduces its step (options aside)
@@ -38,6 +54,7 @@ SAMPLER_FOR_SCHEDULER: dict[str, str] = {
     "HeunDiscreteScheduler": "heun",
     "LMSDiscreteScheduler": "lms",
     "UniPCMultistepScheduler": "unipc",
+    **FLOW_MATCH_SAMPLERS,
 }
 FALLBACK_SAMPLER = "dpmpp_2m"  # for a scheduler class no diffcore sampler follows (e.g. PNDM)
 
@@ -80,6 +97,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "euler_at_final": False,
         "final_sigmas_type": "zero",
         "variance_type": None,
+        **MULTISTEP_FLOW_DEFAULTS,
     },
     "EulerDiscreteScheduler": {
         **_COMMON,
@@ -106,7 +124,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "final_sigmas_type": "zero",
         "sigma_min": None,
         "sigma_max": None,
+        **MULTISTEP_FLOW_DEFAULTS,
+        "shift_terminal": None,
     },
+    **FLOW_DEFAULTS,
 }
 # option -> the only value diffcore reproduces (when the config sets it at all)
 _REQUIRED: dict[str, Any] = {
@@ -138,6 +159,8 @@ _READ = (
 )
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 _PREDICTIONS = ("epsilon", "v_prediction", "sample")
+_SPACINGS = ("linspace", "leading", "trailing")
+_FLOW_PREDICTIONS = {**{p: p for p in _PREDICTIONS}, "flow_prediction": "flow"}  # with use_flow_sigmas
 
 
 @dataclass(frozen=True)
@@ -146,7 +169,7 @@ class SchedulerSpec:
     :func:`diffcore.sample` to sample like that scheduler, or override ``sampler`` freely."""
 
     scheduler_class: str
-    schedule: DiscreteSchedule
+    schedule: DiscreteSchedule | FlowSchedule
     prediction: str
     timestep_spacing: str
     sampler: str
@@ -188,13 +211,19 @@ def read_config(config: Mapping[str, Any] | str | Path, name: str = "scheduler_c
 
 
 def scheduler_from_config(
-    config: Mapping[str, Any] | str | Path, *, scheduler_class: str | None = None, strict: bool = False
+    config: Mapping[str, Any] | str | Path,
+    *,
+    scheduler_class: str | None = None,
+    strict: bool = False,
+    mu: float | None = None,
 ) -> SchedulerSpec:
     """Translate a diffusers scheduler config (dict, ``scheduler_config.json`` or its folder).
 
     ``scheduler_class`` overrides the config's ``_class_name`` (a DDIMPipeline runs any saved
-    scheduler as a DDIMScheduler). Options diffcore does not reproduce warn, or raise
-    :class:`DiffusersInteropError` with ``strict=True``; malformed values always raise.
+    scheduler as a DDIMScheduler). ``mu``: the dynamic-shift exponent of a flow scheduler with
+    ``use_dynamic_shifting=True`` (what diffusers' ``set_timesteps(mu=...)`` takes). Options
+    diffcore does not reproduce warn, or raise :class:`DiffusersInteropError` with
+    ``strict=True``; malformed values always raise.
     """
     raw = read_config(config)
     cls = scheduler_class or raw.get("_class_name")
@@ -203,6 +232,29 @@ def scheduler_from_config(
             "scheduler config has no '_class_name'; pass scheduler_class= (e.g. 'DDIMScheduler')"
         )
     cfg = {**DEFAULTS.get(cls, _COMMON), **{k: v for k, v in raw.items() if not k.startswith("_")}}
+    spec, unknown = _flow_spec(cls, cfg, mu) if uses_flow(cls, cfg) else _diffusion_spec(cls, cfg, mu)
+    if spec.unsupported:
+        message = f"{cls}: options diffcore does not reproduce (its samples will differ from diffusers'): " + "; ".join(
+            spec.unsupported
+        )
+        if strict:
+            raise DiffusersInteropError(message)
+        warnings.warn(message, DiffusersInteropWarning, stacklevel=2)
+    if unknown:
+        warnings.warn(
+            f"{cls}: config options unknown to diffcore, ignored: {unknown}", DiffusersInteropWarning, stacklevel=2
+        )
+    return spec
+
+
+def _diffusion_spec(cls: str, cfg: dict[str, Any], mu: float | None) -> tuple[SchedulerSpec, list[str]]:
+    """The spec of a diffusion (beta-schedule) config and its unknown keys."""
+    if mu is not None:
+        raise DiffusersInteropError(f"mu={mu} applies only to a flow scheduler with use_dynamic_shifting=True")
+    if cfg.get("prediction_type") == "flow_prediction":
+        raise DiffusersInteropError(
+            "scheduler config prediction_type='flow_prediction' needs use_flow_sigmas=True (a flow-matching schedule)"
+        )
     problems = [
         f"{k}={cfg[k]!r}: diffcore reproduces only {k}={want!r}"
         for k, want in _REQUIRED.items()
@@ -214,24 +266,36 @@ def scheduler_from_config(
         scheduler_class=cls,
         schedule=_schedule(cfg),
         prediction=_choice(cfg, "prediction_type", _PREDICTIONS),
-        timestep_spacing=_choice(cfg, "timestep_spacing", ("linspace", "leading", "trailing")),
+        timestep_spacing=_choice(cfg, "timestep_spacing", _SPACINGS),
         sampler=sampler,
         sampler_options=options,
         eta=eta,
         unsupported=tuple(problems),
     )
-    if problems:
-        message = f"{cls}: options diffcore does not reproduce (its samples will differ from diffusers'): " + "; ".join(
-            problems
-        )
-        if strict:
-            raise DiffusersInteropError(message)
-        warnings.warn(message, DiffusersInteropWarning, stacklevel=2)
-    if unknown:
-        warnings.warn(
-            f"{cls}: config options unknown to diffcore, ignored: {unknown}", DiffusersInteropWarning, stacklevel=2
-        )
-    return spec
+    return spec, unknown
+
+
+def _flow_spec(cls: str, cfg: dict[str, Any], mu: float | None) -> tuple[SchedulerSpec, list[str]]:
+    """The spec of a flow-matching config (:mod:`diffcore.interop.flow_scheduler`) and its unknown keys."""
+    problems = flow_problems(cls, cfg)
+    if cls in FLOW_MATCH_SAMPLERS:
+        prediction = "flow"
+    else:
+        prediction = _FLOW_PREDICTIONS[_choice(cfg, "prediction_type", tuple(_FLOW_PREDICTIONS))]
+    known = _READ | FLOW_KEYS | FLOW_INERT | set(_REQUIRED) | _INERT
+    unknown = sorted(k for k in cfg if k not in known)
+    sampler, options, eta = _sampler_for(cls, cfg, problems)
+    spec = SchedulerSpec(
+        scheduler_class=cls,
+        schedule=flow_schedule(cls, cfg, mu),
+        prediction=prediction,
+        timestep_spacing=_choice({"timestep_spacing": "linspace", **cfg}, "timestep_spacing", _SPACINGS),
+        sampler=sampler,
+        sampler_options=options,
+        eta=eta,
+        unsupported=tuple(problems),
+    )
+    return spec, unknown
 
 
 def _choice(cfg: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
@@ -273,6 +337,8 @@ def _sampler_for(cls: str, cfg: dict[str, Any], problems: list[str]) -> tuple[st
             f"(known: {sorted(SAMPLER_FOR_SCHEDULER)})"
         )
         return FALLBACK_SAMPLER, {}, None
+    if cls in FLOW_MATCH_SAMPLERS:
+        return flow_match_sampler(cls, cfg), {}, None
     if cls == "DDIMScheduler":
         return "ddim", {}, 0.0  # DDIMPipeline's default eta
     if cls == "DDPMScheduler":
