@@ -32,8 +32,9 @@ def register_commands(cli: Any) -> None:
     p = cli.add_command("demo", "run the main job: train on the embedded digits, run all five tasks, write a report")
     p.description = (
         "Train the demo models on the embedded digits data (or reuse them), run generation, "
-        "text-to-image, image-to-image, denoising and anomaly detection, and write report.html / "
-        "report.md to --out."
+        "text-to-image, image-to-image, denoising and anomaly detection, compare a flow-matching "
+        "model with the diffusion model at few steps and every sampler and sigma schedule by model "
+        "evaluations, and write report.html / report.md to --out."
     )
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (as used by the tests)")

@@ -128,7 +128,7 @@ def plot_curves(
     """One line of (x, y) points per named curve on log-log axes (``xticks``: labelled x values); a
     curve whose name ends in ``" *"`` is dashed; ``floor`` = (y, label) is drawn as a dotted line."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter, NullFormatter
 
     fig, ax = plt.subplots(figsize=(9.0, 4.8), dpi=110)
     markers = "osD^vP<>hX*p"
@@ -149,11 +149,13 @@ def plot_curves(
         ax.axhline(floor[0], color="k", lw=1, ls=":", label=floor[1])
     ax.set_xscale("log")
     ax.set_yscale("log")
+    some = FuncFormatter(lambda v, _: f"{v:g}" if v > 0 and f"{v:.0e}"[0] in "25" else "")  # 2, 5, 20, 50, ...
     if xticks:
         ax.set_xticks(xticks)
+    ax.xaxis.set_minor_formatter(NullFormatter() if xticks else some)
+    ax.yaxis.set_minor_formatter(some)
     for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(ScalarFormatter())
-        axis.set_minor_formatter(NullFormatter())
+        axis.set_major_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
