@@ -67,9 +67,11 @@ def sdedit(
 
     ``strength`` in (0, 1] is the fraction of the diffusion the input is pushed through (one
     number, or one per image: a batch may mix strengths, stepping together with per-sample
-    coefficients); each image takes ``steps`` sampler steps from its start level. Small strengths
-    stay faithful to the input, large ones trade faithfulness for realism. ``noise`` (like the
-    images) fixes the start noise. Returns (B, C, H, W) in [-1, 1].
+    coefficients; on a flow schedule the flow time before its shift,
+    :func:`~diffcore.tasks.levels.fraction_to_time`); each image takes ``steps`` sampler steps
+    from its start level. Small strengths stay faithful to the input, large ones trade
+    faithfulness for realism. ``noise`` (like the images) fixes the start noise. Returns
+    (B, C, H, W) in [-1, 1].
     """
     pipe = Pipeline.wrap(pipe_or_model, schedule, prediction)
     x = check_images(images, pipe.shape, resize=resize).to(pipe.device)
