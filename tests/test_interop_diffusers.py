@@ -395,6 +395,12 @@ FLOW_CASES = {
     ),
     "dpmpp_2m-epsilon": ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "flow_shift": 3.0}, None, "dpmpp_2m"),
     "unipc": ("UniPCMultistepScheduler", {**FLOW_SIGMAS, "flow_shift": 3.0}, None, "unipc"),
+    "unipc-trailing": (  # the beta spacing does not act on flow sigmas
+        "UniPCMultistepScheduler",
+        {**FLOW_SIGMAS, "flow_shift": 3.0, "timestep_spacing": "trailing"},
+        None,
+        "unipc",
+    ),
     "unipc-dynamic": ("UniPCMultistepScheduler", {**FLOW_SIGMAS, "use_dynamic_shifting": True}, 0.9, "unipc"),
 }
 
@@ -420,6 +426,7 @@ def test_flow_scheduler_folder_matches_diffusers(unet, tmp_path: Path, case: str
     loaded = load_diffusers_pipeline(tmp_path, strict=True, mu=mu)
     assert isinstance(loaded.schedule, FlowSchedule) and loaded.sampler == sampler
     assert loaded.spec.prediction == ("epsilon" if case.endswith("epsilon") else "flow")
+    assert loaded.spec.timestep_spacing == "linspace"
     ref = flow_loop(unet, scheduler, noise(), FLOW_STEPS, mu, seed=7)
     with torch.no_grad():
         out = diffcore.sample(

@@ -289,7 +289,7 @@ def _flow_spec(cls: str, cfg: dict[str, Any], mu: float | None) -> tuple[Schedul
         scheduler_class=cls,
         schedule=flow_schedule(cls, cfg, mu),
         prediction=prediction,
-        timestep_spacing=_choice({"timestep_spacing": "linspace", **cfg}, "timestep_spacing", _SPACINGS),
+        timestep_spacing="linspace",  # diffusers' flow schedulers ignore it; diffcore's flow trailing differs
         sampler=sampler,
         sampler_options=options,
         eta=eta,
