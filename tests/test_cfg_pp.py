@@ -289,3 +289,24 @@ def test_a_side_write_into_a_slot_the_step_reads_is_refused() -> None:
         b.update(x_next)
     with pytest.raises(ValueError, match="history slot 0"):
         b.build()
+
+
+def test_generate_keeps_both_passes_for_cfg_pp_at_scale_one(monkeypatch) -> None:
+    """At guidance 1 plain CFG is the conditional model alone, but CFG++ still renoises with the
+    unconditional branch: the generate task must not drop it for the *_cfg_pp samplers."""
+    from diffcore.tasks import generation
+
+    seen = []
+
+    class Pipe:
+        num_classes, sampler = 10, "euler"
+
+        def generate(self, n, **kw):
+            seen.append(kw["guidance_scale"])
+            return torch.zeros(n, 1, 8, 8)
+
+    monkeypatch.setattr(generation, "resolve_labels", lambda pipe, spec, n: torch.zeros(n, dtype=torch.long))
+    for sampler in ("euler", "euler_cfg_pp"):
+        params = generation.GenerateParams("ckpt", n=2, class_label="0", guidance_scale=1.0, sampler=sampler)
+        generation.generate_samples(Pipe(), params)
+    assert seen == [None, 1.0]

@@ -58,6 +58,7 @@ class ProgramSampler:
     options: dict[str, Any] = field(default_factory=dict)
     stochastic: bool = False
     frame: str = "ve"
+    uses_uncond: bool = False  # renoises with the unconditional x0 (CFG++): needs both passes at any scale
 
     def __post_init__(self) -> None:
         if self.plan_style not in PLAN_PRESETS:
@@ -107,13 +108,19 @@ class ProgramSampler:
 
 
 def program_sampler(
-    name: str, *, plan_style: str = "karras", stochastic: bool = False, frame: str = "ve", **options: Any
+    name: str,
+    *,
+    plan_style: str = "karras",
+    stochastic: bool = False,
+    frame: str = "ve",
+    uses_uncond: bool = False,
+    **options: Any,
 ) -> Callable[[Author], ProgramSampler]:
     """Decorator: ``@program_sampler("euler", plan_style="karras")`` over ``author(b, **options)``;
     keyword ``options`` are the sampler's options and their defaults; ``frame="ode"`` runs a
     generic ODE solver in its schedule's natural frame (flow time on flow schedules)."""
 
     def wrap(author: Author) -> ProgramSampler:
-        return ProgramSampler(name, author, plan_style, dict(options), stochastic, frame)
+        return ProgramSampler(name, author, plan_style, dict(options), stochastic, frame, uses_uncond)
 
     return wrap

@@ -22,19 +22,19 @@ from diffcore.samplers.builder import Builder, half_log_snr
 from diffcore.samplers.ddim import ancestral_steps
 
 
-@program_sampler("euler_cfg_pp", plan_style="karras")
+@program_sampler("euler_cfg_pp", uses_uncond=True, plan_style="karras")
 def euler_cfg_pp(b: Builder) -> None:
     """Euler CFG++: ``x' = x0 + s' (x - x0u) / s``."""
     ancestral_steps(b, 0.0, renoise="du")
 
 
-@program_sampler("euler_ancestral_cfg_pp", plan_style="karras", stochastic=True, eta=1.0)
+@program_sampler("euler_ancestral_cfg_pp", uses_uncond=True, plan_style="karras", stochastic=True, eta=1.0)
 def euler_ancestral_cfg_pp(b: Builder, eta: float) -> None:
     """Euler ancestral CFG++: ``x' = x0 + s_down (x - x0u) / s + s_up z``."""
     ancestral_steps(b, eta, renoise="du")
 
 
-@program_sampler("dpmpp_2m_cfg_pp", plan_style="dpm")
+@program_sampler("dpmpp_2m_cfg_pp", uses_uncond=True, plan_style="dpm")
 def dpmpp_2m_cfg_pp(b: Builder) -> None:
     """DPM-Solver++(2M) CFG++ (ComfyUI's): the 2M correction is ``x0 - x0u_prev``."""
     prev = b.history(2)  # x0u of the last step; a second slot so that the write never hits the read

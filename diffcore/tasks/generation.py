@@ -19,6 +19,7 @@ from torch import Tensor
 
 from diffcore import io
 from diffcore.pipeline import Pipeline
+from diffcore.sampling import resolve_sampler
 from diffcore.tasks import check_device, load_pipeline
 from diffcore.tasks.inputs import check_int, check_number, check_sampler, check_suffix
 
@@ -169,7 +170,9 @@ def generate_samples(pipe: Pipeline, params: GenerateParams) -> tuple[Tensor, Te
     given = labels
     # u + w (c - u) needs one model pass instead of two at w = 1 (= c; the rescale factor is 1)
     # and at w = 0 without rescale (= u: the null label, which is what no labels means).
-    if guidance == 1.0:
+    # Not for CFG++, which renoises with the unconditional branch at any scale.
+    cfg_pp = getattr(resolve_sampler(params.sampler or pipe.sampler), "uses_uncond", False)
+    if guidance == 1.0 and not cfg_pp:
         guidance, rescale = None, 0.0
     elif guidance == 0.0 and rescale == 0.0:
         guidance, given = None, None

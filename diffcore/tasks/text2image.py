@@ -21,6 +21,7 @@ from torch import Tensor
 
 from diffcore import io
 from diffcore.pipeline import Pipeline
+from diffcore.sampling import resolve_sampler
 from diffcore.tasks import TaskWarning, load_pipeline
 from diffcore.tasks.inputs import check_int, check_number, check_sampler, check_suffix
 from diffcore.text.encoders import check_prompts
@@ -68,8 +69,10 @@ def generate_from_prompts(
         guidance_scale = check_number("guidance_scale", guidance_scale, 0.0)
     elif rescale:
         raise ValueError(f"guidance_rescale={rescale} needs a guidance_scale")
-    # w = 1 is the conditional model alone (rescaling it is the identity): skip the null branch.
-    guided = guidance_scale is not None and guidance_scale != 1.0
+    # w = 1 is the conditional model alone (rescaling it is the identity): skip the null branch,
+    # except for CFG++, which renoises with the null branch at any scale.
+    cfg_pp = getattr(resolve_sampler(sampler or pipe.sampler), "uses_uncond", False)
+    guided = guidance_scale is not None and (guidance_scale != 1.0 or cfg_pp)
     everything = [p for p in prompts for _ in range(n)]
     return pipe.generate(
         len(everything),
