@@ -7,8 +7,8 @@ The diffusion model is digits.py's fixed recipe (cosine schedule, v-prediction, 
 the flow model is the same network, data, optimizer and iteration budget trained on the velocity
 of the straight path with SD3's logit-normal times; the reflowed model starts from the flow model
 and trains the same budget again on 10k (noise, sample) pairs of its ODE (Heun, 32 steps), so it
-has seen twice the budget (reported). Every model is sampled with Euler (and the diffusion model
-also with DPM-Solver++(2M)) at 1, 2, 4, 10, 20 and 50 steps, 1000 samples each (labels 0..9
+has seen twice the budget (reported). Every model is sampled with Euler and DPM-Solver++(2M) at
+1, 2, 4, 10, 20 and 50 steps, 1000 samples each (labels 0..9
 cycling, no guidance, seed 0, ``timestep_spacing="trailing"``: the diffusion model's levels reach
 pure noise, the flow models' are evenly spaced flow times ending at 0), and scored with the
 evaluator of evaluator.py: FD against the held-out split, prompted-class accuracy,
@@ -32,19 +32,12 @@ import diffcore
 from benchmarks.quality.digits import RECIPE as DIFFUSION
 from benchmarks.quality.evaluator import CACHE_DIR, RESULTS_DIR, load_data, load_evaluator, machine, train_timed
 from diffcore.evaluation import balanced_labels
+from diffcore.evaluation.recipes import DIGITS_FLOW
 
-FLOW: dict[str, Any] = {
-    **copy.deepcopy(DIFFUSION),
-    "schedule": "flow",
-    "schedule_options": {},
-    "prediction": "flow",
-    "loss_weighting": "uniform",
-    "timestep_sampling": "logit_normal",
-    "sampler": "euler",
-}
+FLOW: dict[str, Any] = {**copy.deepcopy(DIFFUSION), **DIGITS_FLOW}  # the same recipe on the flow objective
 REFLOW: dict[str, Any] = {"pairs": 10_000, "pair_sampler": "heun", "pair_steps": 32}
 STEPS = (1, 2, 4, 10, 20, 50)
-SAMPLERS = {"diffusion": ("euler", "dpmpp_2m"), "flow": ("euler",), "reflow": ("euler",)}
+SAMPLERS = {"diffusion": ("euler", "dpmpp_2m"), "flow": ("euler", "dpmpp_2m"), "reflow": ("euler", "dpmpp_2m")}
 EVAL = {"n_samples": 1000, "seed": 0, "timestep_spacing": "trailing", "guidance": None}
 TARGETS = {"flow_fd_within_at_ge_20": 0.10, "reflow2_fd_over_flow20": 2.0, "reflow2_accuracy": 0.95}
 
