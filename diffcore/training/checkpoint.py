@@ -3,44 +3,101 @@
 A checkpoint is ONE ``.safetensors`` file whose header metadata holds a JSON document (key
 ``"diffcore"``). It is written to a temporary file in the same folder, flushed and fsynced, then
 renamed over the old one (``os.replace`` is atomic on POSIX and Windows), so a process killed at
-any moment leaves the previous checkpoint intact. Loading goes through the safetensors parser
-only: a pickle file (``torch.save`` output) is refused before anything in it is executed.
+any moment leaves the previous checkpoint intact; the temporary's name ends in
+:data:`TEMP_SUFFIX` and carries the writer's pid, so :func:`remove_stale_temporaries` finds those
+of dead writers. Files get mode 0666 minus the umask, as ``open()`` gives.
+
+Loading reads the file through one descriptor (a concurrent ``os.replace`` cannot mix two
+versions), checks the header and metadata before reading any weight
+(:mod:`diffcore.training.checkpoint_checks`), and goes through the safetensors parser only: a
+pickle file (``torch.save`` output) is refused before anything in it is executed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import secrets
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 from torch import Tensor
 
+from diffcore.training.checkpoint_checks import CheckpointError, check_header, check_meta, check_values, parse_meta
+
+__all__ = [
+    "META_KEY",
+    "TEMP_SUFFIX",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "load_checkpoint",
+    "read_meta",
+    "remove_stale_temporaries",
+    "save_checkpoint",
+]
+
 META_KEY = "diffcore"
+TEMP_SUFFIX = ".diffcore.tmp"  # temporary files are ".<name>.<pid>.<random>.diffcore.tmp"
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ opcode; torch.save's zip container
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, not a safetensors file, truncated or inconsistent."""
+@contextlib.contextmanager
+def _temporary(path: Path) -> Iterator[Path]:
+    """A fresh temporary file next to ``path`` (mode 0666 minus the umask, like any new file),
+    renamed over ``path`` when the block succeeds and removed when it raises."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask made of 0666
+    try:
+        yield tmp
+        os.chmod(tmp, mode)  # a writer that recreated the file (safetensors does) made it 0600
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files in ``folder`` left by writers that died (their pid is gone);
+    return them."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        pid = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)[-2]
+        if not (pid.isdigit() and _alive(int(pid))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this one included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _temporary(Path(path)) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -50,22 +107,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Path:
     """Atomically write ``tensors`` (contiguous CPU copies are made) and JSON ``meta`` to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(cpu, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _temporary(path) as tmp:
+        save_file(cpu, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
     return path
 
 
-def _sniff(path: Path) -> None:
+def _sniff(head: bytes, size: int, path: Path) -> None:
     """Refuse pickle files before any parser reads them.
 
     A safetensors file starts with its header length (u64, little endian) followed by the JSON
@@ -73,9 +121,6 @@ def _sniff(path: Path) -> None:
     file is a zip archive. The header-length bytes may be anything, 0x80 included, so the
     safetensors layout is checked first.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(9)
     if len(head) < 9:
         raise CheckpointError(f"{path} is truncated ({len(head)} bytes): not a safetensors checkpoint")
     if head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
@@ -87,33 +132,59 @@ def _sniff(path: Path) -> None:
         )
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint, without loading its tensors."""
-    path = Path(path)
+def _read(path: Path, *, data: bool) -> tuple[dict[str, Any], bytes | None]:
+    """``(meta, whole file or None)``, read through ONE file descriptor (a checkpoint replaced
+    meanwhile by ``os.replace`` is read whole, old or new) after the header and metadata pass the
+    checks of :mod:`diffcore.training.checkpoint_checks`."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist")
-    _sniff(path)
-    from safetensors import safe_open
+    corrupt = f"{path} is not a valid safetensors file (corrupt or truncated)"
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(9)
+            _sniff(head, size, path)
+            n = int.from_bytes(head[:8], "little")
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(f"{corrupt}: a header of {n} bytes in a file of {size}")
+            f.seek(8)
+            try:
+                header = json.loads(f.read(n).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                raise CheckpointError(f"{corrupt}: its header is not JSON ({exc})") from exc
+            check_header(header, size - 8 - n, path)
+            raw = header.get("__metadata__", {}).get(META_KEY)
+            if raw is None:
+                raise CheckpointError(f"{path} is a safetensors file without diffcore metadata")
+            meta = parse_meta(raw, path)
+            check_meta(meta, header, path)
+            if not data:
+                return meta, None
+            f.seek(0)
+            blob = f.read()
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc}") from exc
+    if len(blob) != size:
+        raise CheckpointError(f"{corrupt}: it changed size while being read ({size} -> {len(blob)} bytes)")
+    return meta, blob
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a valid safetensors file (corrupt or truncated): {exc}") from exc
-    if raw is None:
-        raise CheckpointError(f"{path} is a safetensors file without diffcore metadata")
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: its diffcore metadata is not valid JSON: {exc}") from exc
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint (checked), without loading its tensors."""
+    return _read(Path(path), data=False)[0]
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """``(tensors, meta)`` of a checkpoint; never unpickles. Raises :class:`CheckpointError`."""
+    """``(tensors, meta)`` of a checkpoint; never unpickles. Raises :class:`CheckpointError`
+    naming the key or tensor when the header, the metadata or a weight is malformed (see
+    :mod:`diffcore.training.checkpoint_checks`)."""
     path = Path(path)
-    meta = read_meta(path)
+    meta, blob = _read(path, data=True)
     try:
-        tensors = load_file(str(path), device=str(device))
+        tensors = load_bytes(blob)  # type: ignore[arg-type]
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not a valid safetensors file (corrupt or truncated): {exc}") from exc
+    check_values(tensors, path)
+    if torch.device(device).type != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, meta
