@@ -1,7 +1,8 @@
 """``diffcore.train``: dataset + model + schedule + parameterization -> trained Pipeline.
 
 Mirrors the ``diffcore train`` command. Under ``torchrun`` (WORLD_SIZE > 1) it joins the process
-group (gloo on CPU, nccl on CUDA) and trains with DistributedDataParallel; rank 0 writes.
+group (gloo on CPU, nccl on CUDA) and trains with DistributedDataParallel; rank 0 writes, and
+holds the run folder's lock.
 """
 
 from __future__ import annotations
@@ -10,16 +11,19 @@ import gc
 import inspect
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from diffcore.devices import resolve_device
 from diffcore.parameterization import make_parameterization
 from diffcore.pipeline import Pipeline
-from diffcore.plugins import get
+from diffcore.plugins import available, get
 from diffcore.training.config import TrainConfig
+from diffcore.training.run_folder import run_folder
 from diffcore.training.trainer import Trainer
 
 
@@ -41,15 +45,32 @@ def _takes(factory: Any, name: str) -> bool:
         return False
 
 
-def _maybe_init_distributed() -> bool:
-    """Join the torchrun process group when launched with WORLD_SIZE > 1; True if we did."""
+def _maybe_init_distributed(device: str | torch.device | None) -> bool:
+    """Join the torchrun process group when launched with WORLD_SIZE > 1; True if we did. NCCL
+    (each rank on GPU ``LOCAL_RANK``) when the device is CUDA (``auto`` with a GPU), else gloo."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    name = "auto" if device is None else str(device)
+    cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+    if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
     return True
+
+
+def _writes() -> bool:
+    """Whether this process writes the run folder: rank 0 (or no torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_sampler(sampler: str, sample_steps: int) -> None:
+    """The default sampler a run stores must exist: ValueError listing the registered ones."""
+    if not isinstance(sampler, str) or sampler not in available("samplers"):
+        raise ValueError(f"sampler={sampler!r} is not a registered sampler; known: {', '.join(available('samplers'))}")
+    if isinstance(sample_steps, bool) or not isinstance(sample_steps, int) or sample_steps < 1:
+        raise ValueError(f"sample_steps={sample_steps!r} must be an integer >= 1")
 
 
 def train(
@@ -71,7 +92,8 @@ def train(
     captions: str | None = None,
     text_dropout: float = 0.1,
     resume: bool = False,
-    device: str | None = None,
+    overwrite: bool = False,
+    device: str | torch.device | None = "auto",
     reflow_from: str | Path | None = None,
     pairs: int = 10_000,
     pair_sampler: str = "heun",
@@ -81,6 +103,10 @@ def train(
     """Train a diffusion model and return its Pipeline (EMA weights); see ``diffcore train -h``.
 
     ``config`` holds :class:`~diffcore.training.TrainConfig` fields (batch_size, lr, ...).
+    ``out`` is the run folder (:mod:`diffcore.training.run_folder`): one that holds a run is
+    refused unless ``resume`` (continue it; changed options other than steps are refused unless
+    ``overwrite`` too) or ``overwrite`` (replace it); it is locked while the run writes.
+    ``device``: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     ``task_condition`` (``super_resolution`` | ``inpainting``) trains a paired-translation model
     that sees the degraded image as extra input channels; ``captions`` names a caption set
     (``diffcore.text.captions``) for text-to-image models, with null-text dropout ``text_dropout``.
@@ -88,21 +114,78 @@ def train(
     ``pairs`` (noise, sample) pairs solved with ``pair_sampler`` in ``pair_steps`` steps, the
     teacher's dataset, architecture, schedule and weights; the pairs are saved in ``out``.
     """
+    check_sampler(sampler, sample_steps)
+    if device is not None and str(device) != "auto":
+        resolve_device(device)  # a device this machine lacks is refused before anything is built
+    fit: dict[str, Any] = {"resume": resume, "overwrite": overwrite, "sampler": sampler, "sample_steps": sample_steps}
     if reflow_from is not None:
-        return _reflow(
-            reflow_from,
-            out,
-            pairs=pairs,
-            pair_sampler=pair_sampler,
-            pair_steps=pair_steps,
-            steps=steps,
-            sampler=sampler,
-            sample_steps=sample_steps,
-            resume=resume,
+        with run_folder(out, resume=resume, overwrite=overwrite, writer=_writes()):
+            options: dict[str, Any] = {"pairs": pairs, "pair_sampler": pair_sampler, "pair_steps": pair_steps}
+            return _reflow(reflow_from, out, fit=fit, device=device, steps=steps, **options, **config)
+    train_cfg = TrainConfig.from_dict({"steps": steps, **config})  # bad options: refused before the folder is made
+    with run_folder(out, resume=resume, overwrite=overwrite, writer=_writes()):
+        setup = _setup(
+            dataset, model, dataset_options, model_config, train_cfg.seed, task_condition,
+            task_condition_options, captions,
+        )  # fmt: skip
+        sched = get("schedules", schedule)(**(schedule_options or {}))
+        param = make_parameterization(prediction, **(prediction_options or {}))
+        run = {
+            "dataset": setup.dataset_record(dataset, dataset_options),
+            "model": {"name": model, "config": dict(getattr(setup.net, "config", setup.model_config))},
+            "schedule": sched.config(),
+            "prediction": param.config(),
+            "train": train_cfg.to_dict(),
+            "sampler": {"name": sampler, "steps": sample_steps},
+        }
+        if setup.condition is not None:
+            run["task_condition"] = setup.condition.config()
+        if setup.captions is not None:
+            run["text"] = {"captions": captions, "dropout": text_dropout}
+        json.dumps(run)  # the run config must be JSON: fail here, not at the first checkpoint
+        return _fit(
+            lambda: Trainer(
+                setup.net, sched, param, setup.data, train_cfg, out, run, device=device,
+                condition=setup.condition, captions=setup.captions, text_dropout=text_dropout,
+            ),
             device=device,
-            **config,
-        )
-    train_cfg = TrainConfig.from_dict({"steps": steps, **config})
+            **fit,
+        )  # fmt: skip
+
+
+@dataclass
+class _Setup:
+    """The dataset, model and conditioning a run trains on."""
+
+    data: Any
+    net: Any
+    model_config: dict[str, Any]
+    condition: Any
+    captions: Any
+
+    def dataset_record(self, name: str, options: dict[str, Any] | None) -> dict[str, Any]:
+        data = self.data
+        return {
+            "name": name,
+            "options": options or {},
+            "meta": data.meta,
+            "num_classes": int(data.num_classes),
+            "kind": data.kind,
+            "shape": list(data.shape),
+        }
+
+
+def _setup(
+    dataset: str,
+    model: str,
+    dataset_options: dict[str, Any] | None,
+    model_config: dict[str, Any] | None,
+    seed: int,
+    task_condition: str | None,
+    task_condition_options: dict[str, Any] | None,
+    captions: str | None,
+) -> _Setup:
+    """Load the dataset and build the model (initial weights from ``seed``) and conditioning."""
     data = get("datasets", dataset)(**(dataset_options or {}))
     condition = None
     if task_condition is not None:
@@ -118,57 +201,26 @@ def train(
     if condition is not None and _takes(get("models", model), "concat_channels"):  # the degraded image as input
         model_cfg["concat_channels"] = condition.channels(int(data.shape[0]))
     model_cfg = {**model_cfg, **(model_config or {})}
-    torch.manual_seed(train_cfg.seed)  # the initial weights depend only on the seed
+    torch.manual_seed(seed)  # the initial weights depend only on the seed
     net = get("models", model)(**model_cfg)
-    sched = get("schedules", schedule)(**(schedule_options or {}))
-    param = make_parameterization(prediction, **(prediction_options or {}))
-    run = {
-        "dataset": {
-            "name": dataset,
-            "options": dataset_options or {},
-            "meta": data.meta,
-            "num_classes": int(data.num_classes),
-            "kind": data.kind,
-            "shape": list(data.shape),
-        },
-        "model": {"name": model, "config": dict(getattr(net, "config", model_cfg))},
-        "schedule": sched.config(),
-        "prediction": param.config(),
-        "train": train_cfg.to_dict(),
-        "sampler": {"name": sampler, "steps": sample_steps},
-    }
-    if condition is not None:
-        run["task_condition"] = condition.config()
-    if caption_set is not None:
-        run["text"] = {"captions": captions, "dropout": text_dropout}
-    json.dumps(run)  # the run config must be JSON: fail here, not at the first checkpoint
-    return _fit(
-        lambda: Trainer(
-            net,
-            sched,
-            param,
-            data,
-            train_cfg,
-            out,
-            run,
-            device=device,
-            condition=condition,
-            captions=caption_set,
-            text_dropout=text_dropout,
-        ),
-        resume,
-        sampler,
-        sample_steps,
-    )
+    return _Setup(data, net, model_cfg, condition, caption_set)
 
 
-def _fit(build: Any, resume: bool, sampler: str, sample_steps: int) -> Pipeline:
+def _fit(
+    build: Any,
+    *,
+    resume: bool,
+    overwrite: bool,
+    sampler: str,
+    sample_steps: int,
+    device: str | torch.device | None,
+) -> Pipeline:
     """Run the trainer ``build()`` makes (after joining torchrun's process group, if any) and
     return the Pipeline of its EMA weights."""
-    started = _maybe_init_distributed()
+    started = _maybe_init_distributed(device)
     trainer = build()
     try:
-        trainer.train(resume=resume)
+        trainer.train(resume=resume, overwrite=overwrite)
         obj = trainer.objective
         return Pipeline(
             trainer.ema.cpu(), obj.schedule, obj.param, run=trainer.run, sampler=sampler, steps=sample_steps
@@ -185,14 +237,12 @@ def _reflow(
     teacher: str | Path,
     out: str | Path,
     *,
+    fit: dict[str, Any],
     pairs: int,
     pair_sampler: str,
     pair_steps: int,
     steps: int,
-    sampler: str,
-    sample_steps: int,
-    resume: bool,
-    device: str | None,
+    device: str | torch.device | None,
     **config: Any,
 ) -> Pipeline:
     """Train a reflowed copy of the flow model ``teacher`` on its own ODE pairs."""
@@ -204,13 +254,14 @@ def _reflow(
     run = dict(teacher_pipe.run)
     train_cfg = TrainConfig.from_dict({**run.get("train", {}), "steps": steps, **config})
     data = get("datasets", run["dataset"]["name"])(**run["dataset"].get("options", {}))
-    run.update(train=train_cfg.to_dict(), sampler={"name": sampler, "steps": sample_steps}, reflow=drawn.meta)
+    run.update(
+        train=train_cfg.to_dict(), sampler={"name": fit["sampler"], "steps": fit["sample_steps"]}, reflow=drawn.meta
+    )
     net = teacher_pipe.model.train().requires_grad_(True)  # 2-rectified flow starts from the teacher (Alg. 1)
     return _fit(
         lambda: Trainer(
             net, teacher_pipe.schedule, teacher_pipe.param, data, train_cfg, out, run, device=device, pairs=drawn
         ),
-        resume,
-        sampler,
-        sample_steps,
+        device=device,
+        **fit,
     )

@@ -42,6 +42,7 @@ __all__ = [
     "read_meta",
     "remove_stale_temporaries",
     "save_checkpoint",
+    "temporary_path",
 ]
 
 META_KEY = "diffcore"
@@ -51,7 +52,7 @@ _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ opcode; torch.sav
 
 
 @contextlib.contextmanager
-def _temporary(path: Path) -> Iterator[Path]:
+def temporary_path(path: Path) -> Iterator[Path]:
     """A fresh temporary file next to ``path`` (mode 0666 minus the umask, like any new file),
     renamed over ``path`` when the block succeeds and removed when it raises."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def _alive(pid: int) -> bool:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
-    with _temporary(Path(path)) as tmp:
+    with temporary_path(Path(path)) as tmp:
         tmp.write_bytes(data)
 
 
@@ -108,7 +109,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, Tensor], meta: dict[str
     """Atomically write ``tensors`` (contiguous CPU copies are made) and JSON ``meta`` to ``path``."""
     path = Path(path)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    with _temporary(path) as tmp:
+    with temporary_path(path) as tmp:
         save_file(cpu, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
     return path
 

@@ -10,9 +10,9 @@ resume + ``N`` steps reproduce ``2N`` steps bit for bit.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from diffcore import ops
+from diffcore.devices import resolve_device
 from diffcore.parameterization import Parameterization
 from diffcore.schedules import Schedule
 from diffcore.training.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, save_checkpoint
 from diffcore.training.config import TrainConfig
+from diffcore.training.metrics_file import append_metrics, plot_loss_curve, truncate_metrics
 from diffcore.training.objective import Objective
+from diffcore.training.run_folder import changed_settings
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -38,7 +41,12 @@ def _rank_world() -> tuple[int, int]:
 
 
 class Trainer:
-    """Train ``model`` on ``data`` (a DiffusionDataset) and write checkpoints to ``out``."""
+    """Train ``model`` on ``data`` (a DiffusionDataset) and write checkpoints to ``out``.
+
+    ``device``: a name for :func:`diffcore.devices.resolve_device` (``"auto"``: CUDA, then MPS,
+    then CPU) or a torch device. ``out=None`` trains in memory: no checkpoint, metrics or plot
+    (what :class:`diffcore.DiffusionDetector` does). ``quiet`` hides the progress bar.
+    """
 
     def __init__(
         self,
@@ -47,21 +55,23 @@ class Trainer:
         param: Parameterization,
         data: Any,
         config: TrainConfig,
-        out: str | Path,
+        out: str | Path | None,
         run: dict[str, Any],
-        device: str | torch.device | None = None,
+        device: str | torch.device | None = "auto",
         *,
         condition: Any = None,
         captions: Any = None,
         text_dropout: float = 0.1,
         pairs: Any = None,
+        quiet: bool = False,
     ) -> None:
         self.rank, self.world = _rank_world()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and self.world > 1 else "cpu"))
+        self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.data = data
         self.config = config
-        self.out = Path(out)
+        self.out = None if out is None else Path(out)
+        self.quiet = quiet
         self.run = run
         self.objective = Objective(
             schedule,
@@ -166,13 +176,18 @@ class Trainer:
     def checksum(self) -> float:
         return float(sum(p.detach().double().sum() for p in self.model.parameters()))
 
+    def _cuda_rng(self) -> Tensor | None:
+        return torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+
     def save(self) -> dict[str, Any]:
         """Checkpoint (rank 0 writes; every rank takes part in the RNG-state gather)."""
         gen_state = self.generator.get_state().clone()
         states = self._gather(gen_state.to(self.device))
+        cuda_state = self._cuda_rng()
+        cuda_states = [] if cuda_state is None else self._gather(cuda_state.to(self.device))
         sums = self._gather(torch.tensor([self.checksum()], dtype=torch.float64, device=self.device))
         info = {"step": self.step, "rank_checksums": [float(s) for s in sums]}
-        if self.rank != 0:
+        if self.rank != 0 or self.out is None:
             return info
         tensors: dict[str, Tensor] = {}
         tensors.update({f"model.{k}": v for k, v in self.model.state_dict().items()})
@@ -184,6 +199,8 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         for r, s in enumerate(states):
             tensors[f"rng.gen.{r}"] = s.cpu()
+        for r, s in enumerate(cuda_states):  # dropout on the GPU draws from the CUDA generator
+            tensors[f"rng.cuda.{r}"] = s.cpu()
         groups = [{k: v for k, v in grp.items() if k != "params"} for grp in opt["param_groups"]]
         meta = {
             "format": 1,
@@ -197,8 +214,13 @@ class Trainer:
         save_checkpoint(self.out / CHECKPOINT_NAME, tensors, meta)
         return info
 
-    def resume(self) -> None:
-        """Restore model, EMA, optimizer, step and RNG states from ``out``'s checkpoint."""
+    def resume(self, allow_changes: bool = False) -> None:
+        """Restore model, EMA, optimizer, step and RNG states from ``out``'s checkpoint.
+
+        Training options other than ``steps``, ``checkpoint_every`` and ``log_every`` (and the
+        data, schedule and prediction) must be the run's, unless ``allow_changes``."""
+        if self.out is None:
+            raise ValueError("resume needs a run folder (out=None trains in memory)")
         file = self.out / CHECKPOINT_NAME
         tensors, meta = load_checkpoint(file)
         if meta.get("kind") != "training":
@@ -207,9 +229,15 @@ class Trainer:
             raise CheckpointError(
                 f"{file} was written by {meta.get('world_size')} processes; resuming with {self.world}"
             )
-        saved_model = meta["run"].get("model")
-        if saved_model != self.run.get("model"):
-            raise CheckpointError(f"{file} holds model {saved_model}, not {self.run.get('model')}")
+        saved_run = meta.get("run") or {}
+        if saved_run.get("model") != self.run.get("model"):
+            raise CheckpointError(f"{file} holds model {saved_run.get('model')}, not {self.run.get('model')}")
+        changed = changed_settings(saved_run, self.run)
+        if changed and not allow_changes:
+            raise ValueError(
+                f"resume: {'; '.join(changed)} differ from the run in {self.out}; resume with the run's values, "
+                "or pass overwrite=True (CLI: --overwrite) to continue with the new ones"
+            )
         pick = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
         self.model.load_state_dict(pick("model."))
         self.ema.load_state_dict(pick("ema."))
@@ -222,21 +250,38 @@ class Trainer:
         self.step = int(meta["step"])
         torch.set_rng_state(tensors["rng.torch"])
         self.generator.set_state(tensors[f"rng.gen.{self.rank}"])
+        cuda_state = tensors.get(f"rng.cuda.{self.rank}")
+        if cuda_state is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_state, self.device)
 
     # ---------------------------------------------------------------- the loop
-    def train(self, resume: bool = False) -> dict[str, Any]:
-        c = self.config
+    def _start(self, resume: bool, overwrite: bool) -> Path | None:
+        """Resume if asked, write config.json and drop the metrics records past the resumed step
+        (rank 0 with a run folder); return metrics.jsonl's path, or None when nothing is written."""
         if resume:
-            self.resume()
-        if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.out / "config.json", self.run)
+            self.resume(allow_changes=overwrite)
+        if self.rank != 0 or self.out is None:
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "config.json", self.run)
+        metrics_path = self.out / "metrics.jsonl"
+        dropped = truncate_metrics(metrics_path, self.step) if resume else 0
+        if dropped:
+            warnings.warn(f"{metrics_path}: dropped {dropped} record(s) past step {self.step} (which the resumed "
+                          "run writes again) or torn", stacklevel=3)  # fmt: skip
+        return metrics_path
+
+    def train(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Train to ``config.steps`` (from the checkpoint's step with ``resume``; ``overwrite``
+        accepts changed options on resume, see :meth:`resume`); return the last checkpoint's info."""
+        c = self.config
+        metrics_path = self._start(resume, overwrite)
         net: nn.Module = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        metrics_path = self.out / "metrics.jsonl"
-        bar = tqdm(total=c.steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
+        bar = tqdm(total=c.steps, initial=self.step, desc="train", disable=self.rank != 0 or self.quiet,
+                   dynamic_ncols=True)  # fmt: skip
         window, seen, t0 = [], 0, time.perf_counter()
         self.model.train()
         last_info: dict[str, Any] = {}
@@ -267,48 +312,17 @@ class Trainer:
                     "images_per_s": seen / elapsed if elapsed > 0 else None,
                 }
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if self.rank == 0:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                if metrics_path is not None:
+                    append_metrics(metrics_path, record)
                 window, seen, t0 = [], 0, time.perf_counter()
-            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+            if self.out is not None and (self.step % c.checkpoint_every == 0 or self.step == c.steps):
                 last_info = self.save()
                 if len(set(last_info["rank_checksums"])) > 1:
                     raise RuntimeError(f"step {self.step}: DDP ranks diverged: {last_info['rank_checksums']}")
-                if self.rank == 0:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps({"checkpoint": self.step, **last_info}) + "\n")
+                if metrics_path is not None:
+                    append_metrics(metrics_path, {"checkpoint": self.step, **last_info})
         bar.close()
         self.model.eval()
-        if self.rank == 0:
+        if metrics_path is not None and self.out is not None:
             plot_loss_curve(metrics_path, self.out / "loss.png")
         return last_info
-
-
-def plot_loss_curve(metrics: Path, png: Path) -> None:
-    """Loss vs step from metrics.jsonl (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps, losses = [], []
-    for line in metrics.read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            steps.append(rec["step"])
-            losses.append(rec["loss"])
-    if not steps:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, losses)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    ax.set_title("diffcore training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
