@@ -13,6 +13,21 @@ DATA = {"limit": 200}
 TINY = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4], "groups": 8}
 
 
+def _reflow(teacher: str, out, steps: int, **kw):
+    return diffcore.train(
+        steps=steps,
+        out=out,
+        reflow_from=teacher,
+        pairs=16,
+        pair_sampler="euler",
+        pair_steps=3,
+        batch_size=8,
+        checkpoint_every=steps,
+        log_every=1,
+        **kw,
+    )
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("flow")
@@ -63,35 +78,14 @@ def test_reflow_trains_on_the_pairs_and_keeps_them(teacher, tmp_path, monkeypatc
         return real(self)
 
     monkeypatch.setattr(trainer_mod.Trainer, "_batch", spy)
-    pipe = diffcore.train(
-        steps=3,
-        out=tmp_path,
-        reflow_from=teacher,
-        pairs=16,
-        pair_sampler="euler",
-        pair_steps=3,
-        batch_size=8,
-        checkpoint_every=3,
-        log_every=1,
-    )
+    pipe = _reflow(teacher, tmp_path, steps=3)
     pairs = ReflowPairs.load(tmp_path / PAIRS_FILE)
     assert seen and seen[0] is not None and torch.equal(seen[0], pairs.noise)
     assert pipe.run["reflow"]["n"] == 16 and pipe.run["model"] == diffcore.Pipeline.load(teacher).run["model"]
     reloaded = diffcore.Pipeline.load(tmp_path)
     assert reloaded.run["reflow"] == pairs.meta
     mtime = (tmp_path / PAIRS_FILE).stat().st_mtime_ns
-    diffcore.train(
-        steps=4,
-        out=tmp_path,
-        reflow_from=teacher,
-        pairs=16,
-        pair_sampler="euler",
-        pair_steps=3,
-        batch_size=8,
-        checkpoint_every=4,
-        log_every=1,
-        resume=True,
-    )
+    _reflow(teacher, tmp_path, steps=4, resume=True)
     assert (tmp_path / PAIRS_FILE).stat().st_mtime_ns == mtime  # same settings: the pairs are reused
 
 

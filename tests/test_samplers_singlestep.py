@@ -16,6 +16,7 @@ import torch
 
 import diffcore
 from diffcore.analytic import GaussianMixture, exact_model
+from diffcore.evaluation.convergence import estimated_order, sampler_errors
 from diffcore.samplers import SAMPLERS
 from diffcore.samplers.brownian import BrownianPath
 from diffcore.schedules import EDMSchedule, karras_sigmas
@@ -181,28 +182,13 @@ def test_matches_k_diffusion(sampler: str, function: str, eta: float | None) -> 
 
 
 def _order(sampler: str, options: dict) -> float:
-    sched = EDMSchedule()
+    """Measured order from 24 to 48 Karras steps (the shared convergence study)."""
     x_T = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     exact = MIXTURE.ode_solution(x_T * 80.0, 80.0, 0.1, steps=1000)
-    errs = [
-        (
-            diffcore.sample(
-                exact_model(MIXTURE, sched),
-                x_T,
-                sampler=sampler,
-                schedule=sched,
-                sigmas=karras_sigmas(0.1, 80.0, n + 1, 7.0),
-                sampler_options=options,
-            )
-            - exact
-        )
-        .pow(2)
-        .mean()
-        .sqrt()
-        .item()
-        for n in (24, 48)
-    ]
-    return math.log2(errs[0] / errs[1])
+    errors, _ = sampler_errors(
+        MIXTURE, EDMSchedule(), sampler, x_T, exact, [24, 48], sigma_min=0.1, sigma_max=80.0, options=options or None
+    )
+    return estimated_order([24, 48], errors)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from torch import Tensor
 import diffcore
 from diffcore import evaluation
 from diffcore.evaluation import Evaluator
+from diffcore.evaluation.recipes import DIGITS_DATA, DIGITS_EVALUATOR
 from diffcore.metrics import frechet_distance
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ MIN_ACCURACY = 0.97
 # name -> (dataset plugin, its options, classifier recipe). The split seed is the one the
 # diffusion benchmarks train on, so "train" and "held-out" mean the same images everywhere.
 DATASETS: dict[str, dict[str, Any]] = {
-    "digits": {"dataset": "digits", "options": {"seed": 0, "holdout": 0.2}},
+    "digits": DIGITS_DATA,
     "mnist": {
         "dataset": "mnist-idx",
         "options": {
@@ -54,17 +55,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     },
 }
 RECIPES: dict[str, dict[str, Any]] = {
-    "digits": {
-        "channels": [16, 32],
-        "pools": 1,
-        "feature_dim": 64,
-        "dropout": 0.3,
-        "epochs": 30,
-        "batch_size": 64,
-        "lr": 2e-3,
-        "weight_decay": 1e-4,
-        "seed": 0,
-    },
+    "digits": DIGITS_EVALUATOR,
     "mnist": {
         "channels": [16, 32],
         "pools": 2,

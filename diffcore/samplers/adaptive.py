@@ -107,18 +107,13 @@ class AdaptiveSampler:
         "info": None,
     }
 
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        x: Tensor,
-        plan: Plan,
-        *,
-        generator: torch.Generator | None = None,
-        callback: Callback | None = None,
-        seed: int | None = None,
-        cuda_graph: bool = False,
-        **options: Any,
-    ) -> Tensor:
+    def __call__(self, denoiser: Denoiser, x: Tensor, plan: Plan, **options: Any) -> Tensor:
+        """The sampler contract; ``generator``, ``callback``, ``seed`` and ``cuda_graph`` come with
+        the options."""
+        generator: torch.Generator | None = options.pop("generator", None)
+        callback: Callback | None = options.pop("callback", None)
+        seed: int | None = options.pop("seed", None)
+        cuda_graph = bool(options.pop("cuda_graph", False))
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise TypeError(

@@ -30,16 +30,9 @@ class Sampler(Protocol):
     @property
     def name(self) -> str: ...
 
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        x: Tensor,
-        plan: Plan,
-        *,
-        generator: torch.Generator | None = None,
-        callback: Callback | None = None,
-        **options: Any,
-    ) -> Tensor: ...
+    def __call__(self, denoiser: Denoiser, x: Tensor, plan: Plan, **options: Any) -> Tensor:
+        """Integrate ``x`` over ``plan``; options include ``generator``, ``callback`` and ``seed``."""
+        ...
 
 
 def check_eta(eta: object, name: str) -> float:
