@@ -5,8 +5,13 @@ Loading order, done once on first use: the built-in modules in :data:`BUILTIN_PL
 group ``diffcore`` (sorted by name; one whose module is already loaded is skipped).
 Each plugin's ``register_*`` hooks are then called, in that order, with a ``register``
 callback that fills the registry of that kind. A plugin that fails to import or raises
-in a hook is reported with a :class:`PluginWarning`, recorded in :func:`plugin_info`,
-and skipped with all its registrations rolled back; diffcore keeps working.
+in a hook -- any exception, ``SystemExit`` from a plugin calling ``sys.exit()`` included; only
+``KeyboardInterrupt`` goes through -- is reported with a :class:`PluginWarning`, recorded in
+:func:`plugin_info`, and skipped with all its registrations rolled back; diffcore keeps working.
+A registration that is not callable (a task: without ``Params`` and ``run``) is refused naming
+the plugin. A plugin's ``override=True`` of another plugin's name is listed in
+:func:`plugin_info` (``overrides``) and, when it replaces a built-in, warned about once, on
+first use.
 
 Environment: ``DIFFCORE_DISABLE_PLUGIN_AUTOLOAD=1`` loads no entry points;
 ``DIFFCORE_LOAD_PLUGINS=a,b`` loads only the entry points named ``a`` and ``b``.
@@ -15,11 +20,10 @@ Built-ins load in both cases.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.metadata
-import os
-import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -30,12 +34,18 @@ from typing import Any, Protocol
 import pluggy
 
 from diffcore import hookspecs
+from diffcore.plugin_sources import (
+    DISABLE_AUTOLOAD_ENV,
+    LOAD_PLUGINS_ENV,
+    allow_list,
+    diffcore_version,
+    env_flag,
+    version_of,
+)
 
 hookimpl = pluggy.HookimplMarker("diffcore")
 
 ENTRY_POINT_GROUP = "diffcore"
-DISABLE_AUTOLOAD_ENV = "DIFFCORE_DISABLE_PLUGIN_AUTOLOAD"
-LOAD_PLUGINS_ENV = "DIFFCORE_LOAD_PLUGINS"
 KINDS: tuple[str, ...] = ("models", "schedules", "samplers", "tasks", "datasets", "text_encoders")
 # Built-in plugin modules, loaded first. Later work appends e.g. "diffcore_plugins.unet".
 BUILTIN_PLUGINS: list[str] = ["diffcore_plugins.schedules", "diffcore_plugins.samplers"]
@@ -98,7 +108,7 @@ class UnknownNameError(KeyError):
 class _HookFailed(Exception):
     """Internal: a register_* hook raised ``error``."""
 
-    def __init__(self, hook: str, error: Exception) -> None:
+    def __init__(self, hook: str, error: BaseException) -> None:
         super().__init__(f"{hook} raised {_describe(error)}")
         self.hook = hook
         self.error = error
@@ -112,12 +122,14 @@ class _Plugin:
     builtin: bool
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
+    overrides: list[dict[str, str]] = field(default_factory=list)  # {"kind", "name", "replaces"}
 
 
 @dataclass(frozen=True)
 class _Entry:
     obj: object
     plugin: str
+    replaces_builtin: str | None = None  # the built-in plugin this third-party registration overrides
 
 
 class _State:
@@ -126,6 +138,7 @@ class _State:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, _Plugin] = {}  # load order
         self.registries: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
+        self.warned: set[tuple[str, str]] = set()  # overrides of built-ins already warned about
 
 
 _lock = threading.RLock()
@@ -153,9 +166,27 @@ def get(kind: str, name: str) -> Any:
     """
     registry = _registry(kind)
     try:
-        return registry[name].obj
+        entry = registry[name]
     except (KeyError, TypeError):
         raise UnknownNameError(_unknown_name_message(kind, name, registry)) from None
+    if entry.replaces_builtin is not None:
+        _warn_override(kind, name, entry)
+    return entry.obj
+
+
+def _warn_override(kind: str, name: str, entry: _Entry) -> None:
+    """Warn, once per process and name, that a third-party plugin's object replaces a built-in."""
+    state = _ensure()
+    with _lock:
+        if (kind, name) in state.warned:
+            return
+        state.warned.add((kind, name))
+    warnings.warn(
+        f"{kind[:-1]} {name!r} is plugin {entry.plugin!r}'s override of the built-in from plugin "
+        f"{entry.replaces_builtin!r} (override=True); `diffcore plugins` lists overrides",
+        PluginWarning,
+        stacklevel=3,
+    )
 
 
 def registered_by(kind: str, name: str) -> str:
@@ -170,7 +201,9 @@ def plugin_info() -> list[dict[str, Any]]:
     """Describe every plugin, in load order, failed ones included.
 
     Each dict has ``name``, ``version`` (of the distribution providing it; diffcore's
-    for built-ins), ``hooks`` (sorted hook names), ``builtin`` and ``error`` (None if fine).
+    for built-ins), ``hooks`` (sorted hook names), ``builtin``, ``error`` (None if fine) and
+    ``overrides``: the registrations it replaced with ``override=True``, as ``{"kind", "name",
+    "replaces"}`` (the plugin whose object it replaced).
     """
     state = _ensure()
     return [
@@ -180,6 +213,7 @@ def plugin_info() -> list[dict[str, Any]]:
             "hooks": list(p.hooks),
             "builtin": p.builtin,
             "error": p.error,
+            "overrides": [dict(o) for o in p.overrides],
         }
         for p in state.plugins.values()
     ]
@@ -196,7 +230,7 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
         state = _ensure()
         module = plugin.__name__ if isinstance(plugin, ModuleType) else getattr(plugin, "__module__", None)
         plugin_name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
-        _add_plugin(state, plugin, plugin_name, module, _version_of(module), builtin=False, strict=True)
+        _add_plugin(state, plugin, plugin_name, module, version_of(module), builtin=False, strict=True)
         return plugin_name
 
 
@@ -250,7 +284,7 @@ def _ensure() -> _State:
         try:
             state = _State()
             _load_builtins(state)
-            if not _env_flag(DISABLE_AUTOLOAD_ENV):
+            if not env_flag(DISABLE_AUTOLOAD_ENV):
                 _load_entry_points(state)
             _state = state
         finally:
@@ -259,19 +293,21 @@ def _ensure() -> _State:
 
 
 def _load_builtins(state: _State) -> None:
-    version = _diffcore_version()
+    version = diffcore_version()
     for module_name in BUILTIN_PLUGINS:
         short = module_name.rpartition(".")[2]
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must never break diffcore
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a broken plugin (sys.exit too) must not break diffcore
             _fail(state, _Plugin(short, module_name, version, builtin=True), f"import failed: {_describe(exc)}")
             continue
         _add_plugin(state, module, short, module_name, version, builtin=True, strict=False)
 
 
 def _load_entry_points(state: _State) -> None:
-    allowed = _allow_list()
+    allowed = allow_list()
     builtin_modules = set(BUILTIN_PLUGINS)
     seen: set[str] = set()
     for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -284,7 +320,9 @@ def _load_entry_points(state: _State) -> None:
         version = ep.dist.version if ep.dist is not None else None
         try:
             plugin = ep.load()
-        except Exception as exc:  # noqa: BLE001
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too
             _fail(state, _Plugin(ep.name, ep.module, version, builtin=False), f"import failed: {_describe(exc)}")
             continue
         _add_plugin(state, plugin, ep.name, ep.module, version, builtin=False, strict=False)
@@ -325,7 +363,7 @@ def _add_plugin(
         return
     record.hooks = sorted(caller.name for caller in (state.pm.get_hookcallers(plugin) or []))
     try:
-        staged = _collect_registrations(state, plugin, name)
+        staged = _collect_registrations(state, plugin, record)
     except (PluginError, _HookFailed) as exc:
         state.pm.unregister(plugin)
         cause = exc.error if isinstance(exc, _HookFailed) else exc
@@ -338,8 +376,10 @@ def _add_plugin(
     state.plugins[name] = record
 
 
-def _collect_registrations(state: _State, plugin: object, plugin_name: str) -> dict[str, dict[str, _Entry]]:
-    """Call ``plugin``'s register_* hooks; return what they registered, per kind."""
+def _collect_registrations(state: _State, plugin: object, record: _Plugin) -> dict[str, dict[str, _Entry]]:
+    """Call ``plugin``'s register_* hooks; return what they registered, per kind (overrides are
+    noted in ``record``)."""
+    plugin_name = record.name
     staged: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
     for kind in KINDS:
         hook = f"register_{kind}"
@@ -348,31 +388,64 @@ def _collect_registrations(state: _State, plugin: object, plugin_name: str) -> d
                 continue
             if impl.hookwrapper or impl.wrapper:
                 raise PluginError(f"plugin {plugin_name!r}: {hook} must be a plain hook, not a wrapper")
-            register = _make_register(state, kind, plugin_name, staged[kind])
+            register = _make_register(state, kind, record, staged[kind])
             try:
                 _call_impl(impl, register=register)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - SystemExit from a hook is the plugin's failure too
                 raise _HookFailed(hook, exc) from exc
     return staged
 
 
-def _make_register(state: _State, kind: str, plugin_name: str, staged: dict[str, _Entry]) -> Register:
-    singular = kind[:-1]
+def _make_register(state: _State, kind: str, record: _Plugin, staged: dict[str, _Entry]) -> Register:
+    singular, plugin_name = kind[:-1], record.name
 
     def register(name: str, obj: object, *, override: bool = False) -> None:
         if not isinstance(name, str) or not name.strip():
             raise PluginError(
                 f"plugin {plugin_name!r} registered a {singular} named {name!r}; expected a non-empty string"
             )
+        problem = _unusable(kind, obj)
+        if problem:
+            raise PluginError(f"plugin {plugin_name!r} registered {singular} {name!r} as {_short(obj)}: {problem}")
         existing = staged.get(name) or state.registries[kind].get(name)
         if existing is not None and not override:
             raise PluginError(
                 f"{singular} {name!r} is registered by both plugin {existing.plugin!r} and plugin "
                 f"{plugin_name!r}; pass override=True in {plugin_name!r} to replace it"
             )
-        staged[name] = _Entry(obj, plugin_name)
+        replaces_builtin = None
+        if existing is not None and existing.plugin != plugin_name:
+            record.overrides.append({"kind": kind, "name": name, "replaces": existing.plugin})
+            replaced = state.plugins.get(existing.plugin)
+            if not record.builtin and replaced is not None and replaced.builtin:
+                replaces_builtin = existing.plugin
+            elif existing.replaces_builtin is not None:
+                replaces_builtin = existing.replaces_builtin
+        staged[name] = _Entry(obj, plugin_name, replaces_builtin)
 
     return register
+
+
+def _unusable(kind: str, obj: object) -> str | None:
+    """Why ``obj`` cannot be registered under ``kind`` (None if it can): tasks need ``Params``
+    (a dataclass) and a callable ``run``; everything else is a factory or function to call."""
+    if kind == "tasks":
+        params = getattr(obj, "Params", None)
+        if not (isinstance(params, type) and dataclasses.is_dataclass(params)) or not callable(
+            getattr(obj, "run", None)
+        ):
+            return "a task needs a Params dataclass and a run(params) method"
+        return None
+    if not callable(obj):
+        return f"a {kind[:-1]} must be callable (a factory, class or function)"
+    return None
+
+
+def _short(obj: object) -> str:
+    text = repr(obj)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(obj).__name__})"
 
 
 def _call_impl(impl: Any, **kwargs: Any) -> Any:
@@ -420,40 +493,6 @@ def _hook_names() -> list[str]:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}): the plugin called sys.exit()"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in {"", "0", "false", "no", "off"}
-
-
-def _allow_list() -> set[str] | None:
-    value = os.environ.get(LOAD_PLUGINS_ENV)
-    if value is None:
-        return None
-    return {part.strip() for part in value.split(",") if part.strip()}
-
-
-def _diffcore_version() -> str | None:
-    version = getattr(sys.modules.get("diffcore"), "__version__", None)
-    if version is not None:
-        return str(version)
-    try:
-        return importlib.metadata.version("diffcore")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _version_of(module: str | None) -> str | None:
-    """Version of the installed distribution providing ``module``, if any."""
-    if not module:
-        return None
-    top = module.partition(".")[0]
-    if top in {"diffcore", "diffcore_plugins"}:
-        return _diffcore_version()
-    for dist in importlib.metadata.packages_distributions().get(top, []):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
