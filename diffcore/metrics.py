@@ -185,7 +185,10 @@ def ssim(
     std ``sigma`` (the paper's 11 / 1.5) over the valid region; images smaller than the window
     use the largest odd window that fits (7 for 8x8). Channels (grayscale or RGB) are scored
     separately and averaged, as is the SSIM map. ``C1 = (k1 L)^2``, ``C2 = (k2 L)^2`` with
-    ``L = data_range``. SSIM(x, x) = 1; lower is less similar.
+    ``L = data_range``. SSIM(x, x) = 1; lower is less similar. Equal (to 1e-10) to
+    ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)`` on images of at least 11 x 11, which is all skimage accepts
+    with those settings (tests/test_metrics.py).
     """
     a, b = _image_pair(x, y, data_range)
     if isinstance(win_size, bool) or not isinstance(win_size, int) or win_size < 1 or win_size % 2 == 0:

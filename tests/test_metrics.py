@@ -148,3 +148,34 @@ def test_ssim_bad_input_raises() -> None:
         ssim(torch.zeros(8), torch.zeros(8), 1.0)
     with pytest.raises(ValueError, match="NaN"):
         ssim(torch.full((8, 8), float("inf")), torch.zeros(8, 8), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "data_range"),
+    [((11, 11), 2.0), ((32, 32), 2.0), ((3, 40, 33), 2.0), ((1, 28, 28), 1.0), ((3, 64, 64), 255.0)],
+)
+def test_ssim_matches_scikit_image(shape: tuple[int, ...], data_range: float) -> None:
+    """Issue #18 point 12: the same numbers as skimage.metrics.structural_similarity with the paper's
+    settings (Gaussian window, sigma 1.5, population covariances), per image and channel-averaged."""
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(sum(shape))
+    lo = -1.0 if data_range == 2.0 else 0.0
+    x = rng.uniform(lo, lo + data_range, size=shape)
+    y = np.clip(x + rng.normal(0, 0.15 * data_range, size=shape), lo, lo + data_range)
+    if data_range == 255.0:
+        x, y = x.round(), y.round()  # uint8-like values
+    settings = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False, "data_range": data_range}
+    channels = {"channel_axis": 0} if len(shape) == 3 else {}
+    expected = skimage_metrics.structural_similarity(x, y, **settings, **channels)
+    assert ssim(x, y, data_range=data_range) == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+def test_ssim_of_a_batch_is_the_mean_of_scikit_image_per_image() -> None:
+    skimage_metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, size=(4, 3, 24, 24))
+    y = np.clip(x + rng.normal(0, 0.3, size=x.shape), -1, 1)
+    settings = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False, "data_range": 2.0}
+    expected = [skimage_metrics.structural_similarity(a, b, channel_axis=0, **settings) for a, b in zip(x, y)]
+    per_image = ssim(torch.from_numpy(x), torch.from_numpy(y), data_range=2.0, reduction="none")
+    assert per_image.tolist() == pytest.approx(expected, rel=1e-10)
