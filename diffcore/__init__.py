@@ -4,6 +4,7 @@ Public API::
 
     diffcore.sample(model, x_T, sampler="dpmpp_2m", steps=20, schedule=..., prediction="epsilon")
     diffcore.available("samplers"); diffcore.get("schedules", "linear")(num_train_timesteps=1000)
+    diffcore.train(...) -> Pipeline; diffcore.Pipeline.load(run); diffcore.DiffusionDetector().fit(X)
 """
 
 from __future__ import annotations
@@ -25,7 +26,22 @@ def __getattr__(name: str) -> Any:  # the training stack loads on first use, not
         from diffcore.pipeline import Pipeline
 
         return Pipeline
+    if name == "DiffusionDetector":  # scikit-learn loads only for the detector
+        from diffcore.detector import DiffusionDetector
+
+        return DiffusionDetector
     raise AttributeError(f"module 'diffcore' has no attribute {name!r}")
 
 
-__all__ = ["Pipeline", "__version__", "available", "get", "hookimpl", "plugin_info", "sample", "sample_from", "train"]
+__all__ = [
+    "DiffusionDetector",
+    "Pipeline",
+    "__version__",
+    "available",
+    "get",
+    "hookimpl",
+    "plugin_info",
+    "sample",
+    "sample_from",
+    "train",
+]
