@@ -173,3 +173,20 @@ def test_an_unknown_sampler_is_refused_before_training(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="sample_steps=0"):
         _train(tmp_path / "run", 2, sample_steps=0)
+
+
+def test_resuming_from_an_incomplete_training_checkpoint_is_a_clear_error(tmp_path):
+    from diffcore.training.checkpoint import CheckpointError, save_checkpoint
+
+    _train(tmp_path, 2)
+    tensors, meta = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    del tensors["rng.torch"]
+    save_checkpoint(tmp_path / "checkpoint.safetensors", tensors, meta)
+    with pytest.raises(CheckpointError, match=r"not a complete training checkpoint: KeyError: 'rng\.torch'"):
+        _train(tmp_path, 4, resume=True)
+    tensors, meta = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    save_checkpoint(
+        tmp_path / "checkpoint.safetensors", tensors, {k: v for k, v in meta.items() if k != "optim_groups"}
+    )
+    with pytest.raises(CheckpointError, match="optim_groups"):
+        _train(tmp_path, 4, resume=True)

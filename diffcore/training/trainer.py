@@ -238,6 +238,13 @@ class Trainer:
                 f"resume: {'; '.join(changed)} differ from the run in {self.out}; resume with the run's values, "
                 "or pass overwrite=True (CLI: --overwrite) to continue with the new ones"
             )
+        try:
+            self._restore(tensors, meta)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise CheckpointError(f"{file} is not a complete training checkpoint: {type(exc).__name__}: {exc}") from exc
+
+    def _restore(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        """Load the model, EMA, optimizer, step and RNG states of a training checkpoint."""
         pick = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
         self.model.load_state_dict(pick("model."))
         self.ema.load_state_dict(pick("ema."))
