@@ -74,8 +74,8 @@ def test_python_m_diffcore_plugins_subprocess() -> None:
 
 def test_list_samplers_prints_sorted_json(capsys: pytest.CaptureFixture[str]) -> None:
     def register_samplers(register: plugins.Register) -> None:
-        register("zz_cli_sampler", object())
-        register("aa_cli_sampler", object())
+        register("zz_cli_sampler", lambda *a, **k: None)
+        register("aa_cli_sampler", lambda *a, **k: None)
 
     plugins.register_plugin(plugin_module("cli_samplers", register_samplers=register_samplers))
     code, out, _ = run_cli(capsys, "list", "samplers")

@@ -98,7 +98,7 @@ def test_flow_and_diffusion_are_compared_at_few_euler_steps(run: tuple[Path, dic
     out, result = run
     flow = result["flow"]
     assert (out / "runs" / "flow" / "checkpoint.safetensors").is_file()
-    assert set(flow["rows"]) == {"diffusion", "flow", "flow, equal steps in t"}
+    assert set(flow["rows"]) == {"diffusion", "flow", "flow, FlowMatchEuler levels"}
     for by_steps in flow["rows"].values():
         assert list(by_steps) == [str(k) for k in FLOW_STEPS]
         for k, row in by_steps.items():

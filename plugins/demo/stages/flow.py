@@ -1,15 +1,15 @@
 """Flow matching vs diffusion at few steps (issue #14): the demo's class-conditional digits model
 and a flow-matching model of the same network, data and training budget, both sampled with Euler
 at 1, 2, 4 and 10 steps from the same noise, scored by FD, class accuracy and NN ratio. The flow
-model runs on two plans: its schedule's default (diffusers' FlowMatchEuler: t from 1 to 1/T, then
-a last step to 0) and n equal steps in t."""
+model runs on two plans: n equal steps in t (``timestep_spacing="trailing"``) and diffusers'
+FlowMatchEuler levels (``"leading"``: t from 1 to 1/T, then a last step to 0)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from diffcore.evaluation import Evaluator, balanced_labels, generate_run, real_fd, uniform_flow_sigmas
+from diffcore.evaluation import Evaluator, balanced_labels, generate_run, real_fd
 from diffcore.pipeline import Pipeline
 from diffcore_plugins.demo.figures import plot_curves, strip_figure
 from diffcore_plugins.demo.recipes import FLOW_STEPS
@@ -18,16 +18,17 @@ from diffcore_plugins.demo.runs import log
 
 __all__ = ["run"]
 
-SPACING = "trailing"  # the diffusion model's first step starts at pure noise
-UNIFORM = "flow, equal steps in t"
+SPACING = "trailing"  # diffusion: the first step starts at pure noise; flow: equal steps in t ending at 0
+DIFFUSERS = "flow, FlowMatchEuler levels"  # timestep_spacing "leading": diffusers' flow grid
 TEXT = (
     "The flow-matching model is the digits model's UNet, data, optimizer and iteration budget trained on the "
     'velocity of the straight path x_t = (1 - t) x0 + t eps (`schedule="flow"`, `prediction="flow"`, '
     "logit-normal training times as in SD3, uniform loss weights). Both models are sampled with Euler, "
     "class-conditional at guidance 1 (one model evaluation per step), trailing timesteps, from the same noise; "
     "FD is measured in the features of a small CNN trained on the train split, against the held-out digits. "
-    "The flow schedule's default plan is diffusers' FlowMatchEuler (t = linspace(1, 1/T, n), then 0), whose "
-    "n-th step only covers t in [1/T, 0]: at 2 steps it is one step. It is shown next to n equal steps in t. "
+    "With trailing timesteps the flow model takes n equal steps in t from 1 to 0; diffusers' FlowMatchEuler "
+    "levels (t = linspace(1, 1/T, n), then 0; diffcore's leading spacing) spend the n-th step on t in [1/T, 0], "
+    "so at 2 steps they are one step: they are shown too. "
     "The full benchmark, with a reflowed model and up to 50 steps, is `benchmarks/quality/flow.py`. CLI: "
     "`diffcore generate --checkpoint outputs/demo/runs/flow --sampler euler --steps 2 --class-label all`."
 )
@@ -40,15 +41,15 @@ def run(
     n = 10 * cfg["flow_per_class"]
     log(f"flow vs diffusion: Euler at {', '.join(map(str, FLOW_STEPS))} steps, {n} samples each")
     labels = balanced_labels(data.num_classes, n)
-    variants = {"diffusion": models["diffusion"], "flow": models["flow"], UNIFORM: models["flow"]}
+    variants = {"diffusion": models["diffusion"], "flow": models["flow"], DIFFUSERS: models["flow"]}
     rows: dict[str, dict[str, Any]] = {}
     strips = []
     for name, pipe in variants.items():
         rows[name] = {}
         for steps in FLOW_STEPS:
-            plan = {"sigmas": uniform_flow_sigmas(steps)} if name == UNIFORM else {}
-            run_ = {"sampler": "euler", "steps": steps, "guidance_scale": 1.0, **plan}
-            x, facts = generate_run(pipe, run_, labels, seed=0, timestep_spacing=SPACING)
+            run_ = {"sampler": "euler", "steps": steps, "guidance_scale": 1.0}
+            spacing = "leading" if name == DIFFUSERS else SPACING
+            x, facts = generate_run(pipe, run_, labels, seed=0, timestep_spacing=spacing)
             rows[name][str(steps)] = {
                 **ev.score(x, labels, data),
                 "evals_per_image": facts["evals_per_image"],
@@ -59,7 +60,7 @@ def run(
     _report(rows, strips, floor, n, ev.accuracy, out, rep)
     return {
         "sampler": "euler",
-        "timestep_spacing": {"diffusion": SPACING, "flow": "the flow schedule's plan", UNIFORM: "t = linspace(1, 0)"},
+        "timestep_spacing": {"diffusion": SPACING, "flow": SPACING, DIFFUSERS: "leading"},
         "n": n,
         "rows": rows,
         "real_fd": floor,
