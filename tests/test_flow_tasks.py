@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_training import TINY_CLI
 
 import diffcore
 from diffcore.analytic import GaussianMixture, exact_model
@@ -375,14 +376,7 @@ def test_train_command_flow_and_reflow(run, tmp_path, capsys):
         "train",
         "--dataset-opt",
         "limit=32",
-        "--model-opt",
-        "base_channels=16",
-        "--model-opt",
-        "channel_mult=[1,2]",
-        "--model-opt",
-        "groups=8",
-        "--model-opt",
-        "num_res_blocks=1",
+        *TINY_CLI,
         "--schedule",
         "flow",
         "--schedule-opt",

@@ -20,6 +20,17 @@ from diffcore.pipeline import Pipeline
 from diffcore.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from diffcore.training.objective import Objective
 
+# the TINY model as `diffcore train` options
+TINY_CLI = [
+    "--model-opt",
+    "base_channels=16",
+    "--model-opt",
+    "channel_mult=[1,2]",
+    "--model-opt",
+    "groups=8",
+    "--model-opt",
+    "num_res_blocks=1",
+]
 TINY = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4], "groups": 8}
 DATA = {"limit": 240}
 
@@ -183,14 +194,7 @@ def test_train_and_sample_commands(tmp_path, capsys):
             "limit=200",
             "--model",
             "unet",
-            "--model-opt",
-            "base_channels=16",
-            "--model-opt",
-            "channel_mult=[1,2]",
-            "--model-opt",
-            "groups=8",
-            "--model-opt",
-            "num_res_blocks=1",
+            *TINY_CLI,
             "--steps",
             "3",
             "--batch-size",
@@ -266,14 +270,7 @@ def test_torchrun_ddp_two_processes(tmp_path):
         "digits",
         "--dataset-opt",
         "limit=200",
-        "--model-opt",
-        "base_channels=16",
-        "--model-opt",
-        "channel_mult=[1,2]",
-        "--model-opt",
-        "groups=8",
-        "--model-opt",
-        "num_res_blocks=1",
+        *TINY_CLI,
         "--steps",
         "4",
         "--batch-size",
