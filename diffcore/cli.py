@@ -352,7 +352,9 @@ def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
         cli = PluginCommands(plugin, owners)
         try:
             call(cli=cli)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a broken plugin (sys.exit() too) must not break the CLI
             plugins.record_failure(plugin, exc, "register_commands")
             continue
         for name, (help_text, staged) in cli._added.items():
