@@ -162,7 +162,7 @@ BAD = [
     (["--sampler", "nope"], "sampler='nope' is not registered; known samplers: ddim, ddpm, "),
     (["--out", "{tmp}/x.jpg"], "x.jpg': expected a path ending in .png or .npz"),
     (["--npz", "{tmp}/x.png"], "x.png': expected a path ending in .npz"),
-    (["--device", "gpu7"], "device='gpu7'"),
+    (["--device", "gpu7"], "device 'gpu7'"),
     (["--timestep-spacing", "even"], "timestep_spacing='even': expected one of leading, linspace, trailing"),
 ]
 

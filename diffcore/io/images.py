@@ -1,12 +1,18 @@
 """Images on disk <-> model space: PNG/JPEG and NPY/NPZ readers, uint8 conversion and PNG grids.
 
 Model space is float (N, C, H, W) in [-1, 1]; uint8 pixels map to it by ``x / 127.5 - 1``.
-Arrays are read with ``allow_pickle=False``: a user's file is never unpickled.
+Arrays are read with ``allow_pickle=False``: a user's file is never unpickled. Sizes are checked
+from the file's header before anything is decoded: an array over :data:`MAX_ARRAY_BYTES` (also
+inside a compressed NPZ) or a picture over :data:`MAX_PIXELS` is refused. PNGs are written whole
+or not at all (:mod:`diffcore.io.files`) and can carry text chunks (``info``: the generation
+parameters).
 """
 
 from __future__ import annotations
 
 import math
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +20,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffcore.io.files import temporary_path
+
 __all__ = [
     "ARRAY_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "MAX_ARRAY_BYTES",
+    "MAX_PIXELS",
     "check_file",
     "grid",
     "load_images",
     "load_mask",
     "read_array",
+    "read_png_info",
     "save_grid",
     "save_image",
     "to_uint8",
@@ -29,6 +40,8 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy", ".npz")
+MAX_ARRAY_BYTES = 2**32  # 4 GiB: the largest array a reader expands (NPY, or one NPZ member)
+MAX_PIXELS = 2**26  # 64 Mpixel (8192 x 8192): the largest PNG/JPEG a reader decodes
 
 
 # --------------------------------------------------------------------------- writing
@@ -57,25 +70,46 @@ def grid(x: Tensor, nrow: int | None = None, pad: int = 1, scale: int = 1) -> np
     return out
 
 
-def _save_png(arr: np.ndarray, path: str | Path) -> Path:
+def _save_png(arr: np.ndarray, path: str | Path, info: Mapping[str, Any] | None = None) -> Path:
+    """``arr`` (H, W, C) uint8 as a PNG with ``info`` as tEXt/iTXt chunks, via a temporary file."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(path)
+    chunks = PngInfo()
+    for key, value in (info or {}).items():
+        if value is not None:
+            chunks.add_itxt(str(key), str(value))
+    with temporary_path(path) as tmp:
+        Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(tmp, format="PNG", pnginfo=chunks)
     return path
 
 
-def save_grid(x: Tensor, path: str | Path, nrow: int | None = None, scale: int | None = None) -> Path:
-    """Write a PNG grid of (N, C, H, W) images in [-1, 1]; small images are upscaled for viewing."""
+def save_grid(
+    x: Tensor,
+    path: str | Path,
+    nrow: int | None = None,
+    scale: int | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a PNG grid of (N, C, H, W) images in [-1, 1]; small images are upscaled for viewing.
+    ``info``: text chunks (e.g. checkpoint, sampler, steps, seed)."""
     h = x.shape[-2]
     scale = scale or max(1, 64 // max(h, 1))
-    return _save_png(grid(x, nrow=nrow, scale=scale), path)
+    return _save_png(grid(x, nrow=nrow, scale=scale), path, info)
 
 
-def save_image(x: Tensor, path: str | Path) -> Path:
+def save_image(x: Tensor, path: str | Path, info: Mapping[str, Any] | None = None) -> Path:
     """Write one (C, H, W) or (1, C, H, W) image in [-1, 1] as a PNG at its own size."""
-    return _save_png(to_uint8(x if x.dim() == 4 else x[None])[0], path)
+    return _save_png(to_uint8(x if x.dim() == 4 else x[None])[0], path, info)
+
+
+def read_png_info(path: str | Path) -> dict[str, str]:
+    """The text chunks of a PNG (what :func:`save_grid` / :func:`save_image` wrote as ``info``)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return {str(k): str(v) for k, v in getattr(im, "text", {}).items()}
 
 
 # --------------------------------------------------------------------------- reading
@@ -92,10 +126,14 @@ def check_file(path: Path, what: str, suffixes: tuple[str, ...]) -> None:
 
 
 def read_array(path: Path, keys: tuple[str, ...], what: str) -> np.ndarray:
-    """The array in an NPY file, or in an NPZ archive under one of ``keys`` (or its only array)."""
+    """The array in an NPY file, or in an NPZ archive under one of ``keys`` (or its only array);
+    its header's shape and dtype are checked against :data:`MAX_ARRAY_BYTES` before it is read."""
     try:
+        if path.suffix.lower() == ".npy":
+            with open(path, "rb") as f:
+                _check_npy_header(f, f"{what} {str(path)!r}")
         loaded = np.load(path, allow_pickle=False)  # never unpickle a user's file
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{what} {str(path)!r} is not a readable {path.suffix} file: {exc}") from None
     if isinstance(loaded, np.ndarray):
         return loaded
@@ -106,7 +144,30 @@ def read_array(path: Path, keys: tuple[str, ...], what: str) -> np.ndarray:
             raise ValueError(
                 f"{what} {str(path)!r} holds arrays {names}; expected one of {list(keys)} or a single array"
             )
-        return loaded[key]
+        try:
+            with loaded.zip.open(f"{key}.npy") as member:
+                _check_npy_header(member, f"{what} {str(path)!r} array {key!r}")
+            return loaded[key]
+        except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise ValueError(f"{what} {str(path)!r} array {key!r} is not readable: {exc}") from None
+
+
+def _check_npy_header(f: Any, what: str) -> None:
+    """Read an NPY header from ``f``; ValueError when the array it announces is over
+    :data:`MAX_ARRAY_BYTES` or holds Python objects."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    if dtype.hasobject:
+        raise ValueError(f"{what} holds Python objects (dtype {dtype}); expected numbers")
+    size = math.prod(int(s) for s in shape) * dtype.itemsize
+    if size > MAX_ARRAY_BYTES:
+        raise ValueError(
+            f"{what} has shape {tuple(shape)} of {dtype} ({size / 2**30:.3g} GiB); arrays up to "
+            f"{MAX_ARRAY_BYTES / 2**30:g} GiB are read (diffcore.io.images.MAX_ARRAY_BYTES)"
+        )
 
 
 def _to_nchw(arr: np.ndarray, what: str) -> np.ndarray:
@@ -138,13 +199,19 @@ def _read_picture(path: Path, what: str, mode: str | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
+            width, height = im.size
+            if width * height > MAX_PIXELS:
+                raise ValueError(
+                    f"{what} {str(path)!r} is {width}x{height} pixels; pictures up to {MAX_PIXELS} pixels "
+                    "are read (diffcore.io.images.MAX_PIXELS)"
+                )
             im.load()
             if mode is None:
                 gray = im.mode in ("1", "L", "LA", "I", "I;16", "F") or (im.mode == "P" and not _palette_has_color(im))
                 mode = "L" if gray else "RGB"
             return np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{what} {str(path)!r} is not a readable image: {exc}") from None
 
 

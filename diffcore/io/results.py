@@ -1,6 +1,7 @@
 """What the tasks write: sample grids and arrays, translated and denoised images, anomaly scores
-with their histogram and map overlays. Every writer creates the parent folder and returns the
-paths it wrote."""
+with their histogram and map overlays. Every writer creates the parent folder, refuses NaN/inf
+results (:func:`check_finite`) before writing anything, writes each file whole or not at all
+(:mod:`diffcore.io.files`) and returns the paths it wrote."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffcore.io.files import atomic_write_bytes, temporary_path
 from diffcore.io.images import save_grid, save_image, to_uint8
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from diffcore.tasks.anomaly.scores import Detection
 
 __all__ = [
+    "check_finite",
     "plot_histogram",
     "plot_maps",
     "write_denoised",
@@ -33,27 +36,56 @@ __all__ = [
 ]
 
 
+def check_finite(x: Tensor, what: str) -> Tensor:
+    """``x`` when every value is finite; else ValueError counting the NaN/inf values (a diverged
+    model or sampler), so no command reports success with a NaN result."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{what} contain {int(bad.sum())} NaN or inf value(s) of {x.numel()}: the model or the sampler "
+            "diverged (try another sampler, more steps or a lower guidance scale); nothing was written"
+        )
+    return x
+
+
 def write_npz(path: str | Path, **arrays: Any) -> Path:
-    """``np.savez(path, **arrays)`` after creating the folder."""
+    """``np.savez(path, **arrays)`` via a temporary file (the folder is created)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
+    with temporary_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    with temporary_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
+
+
 def write_samples(
-    x: Tensor, labels: Tensor | None, targets: Sequence[str | Path | None], *, images: bool, nrow: int | None = None
+    x: Tensor,
+    labels: Tensor | None,
+    targets: Sequence[str | Path | None],
+    *,
+    images: bool,
+    nrow: int | None = None,
+    info: dict[str, Any] | None = None,
+    out_dir: str | Path | None = None,
 ) -> dict[str, str]:
     """Samples (N, ...) to each target: ``.png`` a grid (``nrow`` columns), else an ``.npz`` of
     ``samples`` (float), ``labels`` (-1 for none) and, for ``images``, ``images`` (N, H, W, C)
-    uint8. Returns ``{"png": path, "npz": path}`` for those written."""
+    uint8; with ``out_dir``, also one PNG per image sample (``00000.png``, ...). PNGs carry
+    ``info`` as text chunks (plus each sample's ``index`` and ``class_label``). Returns
+    ``{"png": path, "npz": path, "out_dir": folder}`` for those written."""
+    check_finite(x, "the samples")
     written: dict[str, str] = {}
+    if out_dir is not None:
+        written["out_dir"] = str(write_each(x, labels, Path(out_dir), info))
     for target in targets:
         if target is None:
             continue
         path = Path(target)
         if path.suffix.lower() == ".png":
-            save_grid(x.cpu(), path, nrow=nrow)
+            save_grid(x.cpu(), path, nrow=nrow, info=info)
             written["png"] = str(path)
             continue
         arrays = {
@@ -67,10 +99,26 @@ def write_samples(
     return written
 
 
+def write_each(x: Tensor, labels: Tensor | None, folder: Path, info: dict[str, Any] | None = None) -> Path:
+    """One PNG per image in (N, C, H, W) ``x``, at its own size: ``folder/00000.png``, ...; each
+    carries ``info`` and its ``index`` (and ``class_label``) as text chunks."""
+    if x.dim() != 4:
+        raise ValueError(f"out_dir={str(folder)!r}: one PNG per sample needs image samples, got shape {tuple(x.shape)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    width = max(5, len(str(x.shape[0] - 1)))
+    for i in range(x.shape[0]):
+        meta = {**(info or {}), "index": i}
+        if labels is not None:
+            meta["class_label"] = int(labels[i])
+        save_image(x[i].cpu(), folder / f"{i:0{width}d}.png", info=meta)
+    return folder
+
+
 def write_translation(folder: Path, images: Tensor, missing: Tensor | None, out: Tensor) -> dict[str, str]:
     """output.npz (exact arrays), output.png (the result at native size; a grid for a batch) and
     comparison.png (input row, masked input row when ``missing`` is given, output row; upscaled).
     ``images`` are the inputs as read; ``missing`` (B, 1, H, W) is 1 on missing pixels."""
+    check_finite(out, "the translated images")
     folder.mkdir(parents=True, exist_ok=True)
     n, c, h, w = out.shape
     shown = images
@@ -81,7 +129,7 @@ def write_translation(folder: Path, images: Tensor, missing: Tensor | None, out:
     if missing is not None:
         rows.append(torch.where(missing.to(shown.device) > 0, torch.zeros_like(shown), shown))
     rows.append(out)
-    np.savez(folder / "output.npz", images=out.numpy(), input=images.numpy())
+    write_npz(folder / "output.npz", images=out.numpy(), input=images.numpy())
     save_grid(out, folder / "output.png", nrow=math.ceil(math.sqrt(n)), scale=1 if n == 1 else None)
     save_grid(torch.cat(rows), folder / "comparison.png", nrow=n)
     return {
@@ -95,12 +143,12 @@ def write_translation(folder: Path, images: Tensor, missing: Tensor | None, out:
 def write_denoised(path: Path, out: Tensor, noisy: Tensor, sigma: Tensor) -> None:
     """By suffix: ``.npz`` (``images``, ``noisy``, model-space ``sigma``), ``.npy`` (the images) or
     ``.png`` (one image at its own size; a batch as a grid)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_finite(out, "the denoised images")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        np.savez(path, images=out.numpy(), noisy=noisy.numpy(), sigma=sigma.numpy())
+        write_npz(path, images=out.numpy(), noisy=noisy.numpy(), sigma=sigma.numpy())
     elif suffix == ".npy":
-        np.save(path, out.numpy())
+        _write_npy(path, out.numpy())
     elif out.shape[0] == 1:
         save_image(out, path)
     else:
@@ -116,18 +164,19 @@ def write_scores(
     """Scores to ``out`` (.csv: index, score, label; else JSON with the settings and calibration),
     ``<stem>_hist.png``, ``<stem>_calibration.json`` when calibrated and, for images,
     ``<stem>_maps.png`` (overlays) and ``<stem>_maps.npz``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_finite(result.scores, "the anomaly scores")
     stem = out.parent / out.stem
     scores = result.scores.tolist()
     labels = None if result.labels is None else [bool(v) for v in result.labels.tolist()]
     if out.suffix.lower() == ".csv":
-        with open(out, "w", newline="") as handle:
+        with temporary_path(out) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["index", "score", "label"])
             for i, s in enumerate(scores):
                 writer.writerow([i, repr(s), "" if labels is None else int(labels[i])])
     else:
-        out.write_text(
+        atomic_write_bytes(
+            out,
             json.dumps(
                 {
                     "method": result.method,
@@ -137,17 +186,17 @@ def write_scores(
                     "threshold": result.threshold,
                     "calibration": None if calibration is None else asdict(calibration),
                 }
-            )
-            + "\n"
+            ).encode()
+            + b"\n",
         )
     files = {"output": str(out), "histogram": str(stem) + "_hist.png"}
     if calibration is not None:
         files["calibration"] = str(stem) + "_calibration.json"
-        calibration.to_json(files["calibration"])
+        atomic_write_bytes(Path(files["calibration"]), (calibration.to_json() + "\n").encode())
     plot_histogram(result.scores, normal_scores, result.threshold, result.method, Path(files["histogram"]))
     if x.dim() == 4:
         files["maps"], files["maps_npz"] = str(stem) + "_maps.png", str(stem) + "_maps.npz"
-        np.savez(files["maps_npz"], maps=result.maps.numpy(), scores=result.scores.numpy())
+        write_npz(files["maps_npz"], maps=result.maps.numpy(), scores=result.scores.numpy())
         plot_maps(x, result, Path(files["maps"]))
     return files
 
@@ -176,8 +225,7 @@ def plot_histogram(scores: Tensor, normal: Tensor | None, threshold: float | Non
     ax.set_ylabel("count")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def plot_maps(x: Tensor, result: Detection, path: Path, limit: int = 16) -> None:
@@ -201,5 +249,13 @@ def plot_maps(x: Tensor, result: Detection, path: Path, limit: int = 16) -> None
     axes[1, 0].set_ylabel("map", fontsize=8)
     fig.suptitle(f"anomaly maps ({result.method}); title: score, '!' = labelled anomalous", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """A matplotlib figure as a PNG via a temporary file; the figure is closed."""
+    try:
+        with temporary_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        _pyplot().close(fig)

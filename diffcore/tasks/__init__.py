@@ -40,20 +40,15 @@ def as_json(params: Any) -> dict[str, Any]:
 
 
 def check_device(name: str) -> torch.device:
-    """A device name (``cpu``, ``cuda``, ``cuda:1``, ... or ``auto``: CUDA when available) as a
-    torch.device; ValueError naming it when it is malformed or CUDA is not available."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device={name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}: CUDA is not available here")
-    return device
+    """A device name (``auto``: CUDA, then MPS, then CPU; ``cpu``, ``cuda``, ``cuda:N``, ``mps``)
+    as a torch.device (:func:`diffcore.devices.resolve_device`); ValueError naming it when it is
+    malformed or this machine does not have it."""
+    from diffcore.devices import resolve_device
+
+    return resolve_device(name)
 
 
-def load_pipeline(checkpoint: str | Path, device: str = "cpu") -> Pipeline:
+def load_pipeline(checkpoint: str | Path, device: str = "auto") -> Pipeline:
     """:meth:`Pipeline.load` of a run folder or checkpoint file onto ``device``; a missing or bad
     file, or a model whose optional dependencies are missing, is a ValueError naming it."""
     from diffcore.pipeline import Pipeline

@@ -9,6 +9,7 @@ and/or an ``.npz`` and returns a JSON-able summary (paths, n, sampler, steps, se
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +19,38 @@ import torch
 from torch import Tensor
 
 from diffcore import io
+from diffcore.io.progress import progress_bar, shown, step_callback
+from diffcore.io.results import check_finite
 from diffcore.pipeline import Pipeline
 from diffcore.sampling import resolve_sampler
 from diffcore.tasks import check_device, load_pipeline
-from diffcore.tasks.inputs import check_int, check_number, check_sampler, check_suffix
+from diffcore.tasks.inputs import (
+    MAX_SEED,
+    MAX_STEPS,
+    check_guidance,
+    check_int,
+    check_number,
+    check_sampler,
+    check_suffix,
+    clip_field,
+    device_field,
+    quiet_field,
+)
 
 __all__ = [
+    "MAX_OUTPUT_BYTES",
     "SPACINGS",
     "GenerateParams",
     "GenerateTask",
     "check_outputs",
     "generate_samples",
+    "png_info",
     "parse_class_labels",
     "resolve_labels",
 ]
 
 SPACINGS = ("leading", "linspace", "trailing")
+MAX_OUTPUT_BYTES = 2**32  # 4 GiB of float32 samples per call: a larger --n is refused before sampling
 
 
 def parse_class_labels(spec: Any) -> list[int] | str | None:
@@ -109,18 +126,22 @@ class GenerateParams:
     npz: str | None = field(
         default=None, metadata={"help": "also write the arrays (samples, labels, images) to this .npz"}
     )
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, ... or auto"})
+    out_dir: str | None = field(
+        default=None, metadata={"metavar": "DIR", "help": "also write one PNG per sample into this folder"}
+    )
+    clip: bool = clip_field()
+    device: str = device_field()
+    quiet: bool = quiet_field()
 
     def __post_init__(self) -> None:
         if isinstance(self.class_label, (list, tuple)):  # the command line's --class-label 1 2 3
             self.class_label = ",".join(str(v) for v in self.class_label)
         check_int("n", self.n)
         if self.steps is not None:
-            check_int("steps", self.steps)
+            check_int("steps", self.steps, 1, MAX_STEPS)
         check_int("batch_size", self.batch_size)
-        check_int("seed", self.seed, 0)
-        if self.guidance_scale is not None:
-            check_number("guidance_scale", self.guidance_scale, 0.0)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_guidance("guidance_scale", self.guidance_scale)
         check_number("guidance_rescale", self.guidance_rescale, 0.0, 1.0)
         if self.guidance_rescale and self.guidance_scale is None:
             raise ValueError(f"guidance_rescale={self.guidance_rescale} needs a guidance_scale")
@@ -155,10 +176,11 @@ def resolve_labels(pipe: Pipeline, spec: Any, n: int) -> Tensor | None:
 
 
 def generate_samples(pipe: Pipeline, params: GenerateParams) -> tuple[Tensor, Tensor | None]:
-    """Sample ``params.n`` items (model space, images in [-1, 1]) and their class labels (or None).
+    """Sample ``params.n`` items (model space; images clipped to [-1, 1] unless ``params.clip``
+    is False) and their class labels (or None), with a progress bar unless ``params.quiet``.
 
     Checks the parts of ``params`` that depend on the model (label range, a conditional model for
-    labels and guidance) and raises ValueError naming the bad value.
+    labels and guidance) and raises ValueError naming the bad value, or when a sample is NaN/inf.
     """
     labels = resolve_labels(pipe, params.class_label, params.n)
     guidance = params.guidance_scale
@@ -177,17 +199,23 @@ def generate_samples(pipe: Pipeline, params: GenerateParams) -> tuple[Tensor, Te
     elif guidance == 0.0 and rescale == 0.0:
         guidance, given = None, None
     spacing: dict[str, Any] = {"timestep_spacing": params.timestep_spacing} if params.timestep_spacing else {}
-    x = pipe.generate(
-        params.n,
-        sampler=params.sampler,
-        steps=params.steps,
-        class_labels=given,
-        guidance_scale=guidance,
-        guidance_rescale=rescale,
-        seed=params.seed,
-        batch_size=params.batch_size,
-        **spacing,
-    )
+    total = math.ceil(params.n / params.batch_size) * (params.steps or pipe.steps)
+    with progress_bar(total, "generate", shown(params.quiet)) as bar:
+        x = pipe.generate(
+            params.n,
+            sampler=params.sampler,
+            steps=params.steps,
+            class_labels=given,
+            guidance_scale=guidance,
+            guidance_rescale=rescale,
+            seed=params.seed,
+            batch_size=params.batch_size,
+            callback=step_callback(bar),
+            **spacing,
+        )
+    check_finite(x, "the samples")
+    if params.clip and _makes_images(pipe):
+        x = x.clamp(-1, 1)
     return x, labels
 
 
@@ -196,7 +224,21 @@ def _makes_images(pipe: Pipeline) -> bool:
 
 
 def check_outputs(pipe: Pipeline, params: GenerateParams) -> None:
-    """Refuse a PNG grid for a model that does not make images, before any sampling."""
+    """Before any sampling: refuse PNGs for a model that does not make images, more samples than
+    :data:`MAX_OUTPUT_BYTES` holds, and output paths that cannot be written."""
+    shape = tuple(int(s) for s in pipe.sample_shape)
+    size = params.n * math.prod(shape) * 4
+    if size > MAX_OUTPUT_BYTES:
+        most = max(1, MAX_OUTPUT_BYTES // (math.prod(shape) * 4))
+        raise ValueError(
+            f"n={params.n}: {params.n} samples of shape {shape} take {size / 2**30:.3g} GiB; one call makes at "
+            f"most {most} (diffcore.tasks.generation.MAX_OUTPUT_BYTES): run several with different --seed"
+        )
+    for target in (params.out, params.npz):
+        if target is not None:
+            io.check_writable(target)
+    if params.out_dir is not None and not _makes_images(pipe):
+        raise ValueError(f"out_dir={params.out_dir!r}: one PNG per sample needs an image model")
     if not _makes_images(pipe):
         for name in ("out", "npz"):
             target = getattr(params, name)
@@ -221,7 +263,15 @@ class GenerateTask:
         x, labels = generate_samples(pipe, params)
         seconds = time.perf_counter() - start
         nrow = min(pipe.num_classes, x.shape[0]) if parse_class_labels(params.class_label) == "all" else None
-        written = io.write_samples(x, labels, (params.out, params.npz), images=_makes_images(pipe), nrow=nrow)
+        written = io.write_samples(
+            x,
+            labels,
+            (params.out, params.npz),
+            images=_makes_images(pipe),
+            nrow=nrow,
+            info=png_info(pipe, params.checkpoint, params),
+            out_dir=params.out_dir,
+        )
         result: dict[str, Any] = {
             **written,
             "n": params.n,
@@ -241,3 +291,22 @@ class GenerateTask:
             values, counts = labels.unique(return_counts=True)
             result["label_counts"] = {str(k): v for k, v in zip(values.tolist(), counts.tolist())}
         return result
+
+
+def png_info(pipe: Pipeline, checkpoint: str | Path, params: Any, **extra: Any) -> dict[str, Any]:
+    """The text chunks of a generated PNG: checkpoint, sampler, steps, seed, guidance, the
+    diffcore version, and ``extra`` (a prompt, class labels); None values are left out."""
+    import diffcore
+
+    info = {
+        "diffcore_version": getattr(diffcore, "__version__", "?"),
+        "checkpoint": str(checkpoint),
+        "sampler": getattr(params, "sampler", None) or pipe.sampler,
+        "steps": getattr(params, "steps", None) or pipe.steps,
+        "seed": getattr(params, "seed", None),
+        "guidance_scale": getattr(params, "guidance_scale", None),
+        "guidance_rescale": getattr(params, "guidance_rescale", None) or None,
+        "class_label": getattr(params, "class_label", None),
+        **extra,
+    }
+    return {k: v for k, v in info.items() if v is not None}

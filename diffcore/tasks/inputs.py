@@ -7,6 +7,7 @@ Images are (B, C, H, W) tensors in [-1, 1] (model space); masks are 1 where a pi
 from __future__ import annotations
 
 import math
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ from diffcore.tasks.levels import fraction_to_time
 
 __all__ = [
     "MASK_REGIONS",
+    "MAX_SEED",
+    "MAX_STEPS",
+    "check_guidance",
     "check_images",
     "check_int",
     "check_mask",
@@ -26,7 +30,10 @@ __all__ = [
     "check_sampler",
     "check_strength",
     "check_suffix",
+    "clip_field",
+    "device_field",
     "image_batch",
+    "quiet_field",
     "region_mask",
     "start_time",
 ]
@@ -34,13 +41,42 @@ __all__ = [
 MASK_REGIONS = ("bottom-half", "top-half", "left-half", "right-half", "center")
 _RANGE_TOL = 1e-3  # model-space images may overshoot [-1, 1] by rounding only
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's "L" conversion
+MAX_STEPS = 10_000  # sampler steps a task accepts (a discrete schedule allows at most its T)
+MAX_SEED = 2**63 - 1  # torch generators and Philox keys take 64-bit seeds
 
 
-def check_int(name: str, value: Any, low: int = 1) -> int:
-    """``value`` as an int >= ``low``; a bool or a non-integer raises naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+def check_int(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
+    """``value`` as an int in [``low``, ``high``]; a bool or a non-integer raises naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}={value!r} must be an integer {bounds}")
     return value
+
+
+def check_guidance(name: str, value: Any) -> float | None:
+    """A classifier-free guidance scale: None, or a finite number >= 0 (0: unconditional)."""
+    return None if value is None else check_number(name, value, 0.0)
+
+
+def device_field() -> Any:
+    """The ``device`` field of a task's Params (``--device``): ``auto`` by default."""
+    return field(default="auto", metadata={"help": "auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"})
+
+
+def quiet_field() -> Any:
+    """The ``quiet`` field of a task's Params (``--quiet``): no progress bar."""
+    return field(
+        default=False,
+        metadata={"help": "no progress bar on stderr (none is shown either when stderr is not a terminal)"},
+    )
+
+
+def clip_field() -> Any:
+    """The ``clip`` field of a task's Params (``--no-clip``): image outputs clipped to [-1, 1]."""
+    return field(
+        default=True,
+        metadata={"help": "clip image outputs to the data range [-1, 1], as diffusers does; --no-clip keeps them raw"},
+    )
 
 
 def check_number(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:

@@ -15,12 +15,8 @@ pickle file (``torch.save`` output) is refused before anything in it is executed
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +26,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 from torch import Tensor
 
+from diffcore.io.files import TEMP_SUFFIX, atomic_write_bytes, remove_stale_temporaries, temporary_path
 from diffcore.training.checkpoint_checks import CheckpointError, check_header, check_meta, check_values, parse_meta
 
 __all__ = [
@@ -46,59 +43,8 @@ __all__ = [
 ]
 
 META_KEY = "diffcore"
-TEMP_SUFFIX = ".diffcore.tmp"  # temporary files are ".<name>.<pid>.<random>.diffcore.tmp"
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on the JSON header
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+ opcode; torch.save's zip container
-
-
-@contextlib.contextmanager
-def temporary_path(path: Path) -> Iterator[Path]:
-    """A fresh temporary file next to ``path`` (mode 0666 minus the umask, like any new file),
-    renamed over ``path`` when the block succeeds and removed when it raises."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask made of 0666
-    try:
-        yield tmp
-        os.chmod(tmp, mode)  # a writer that recreated the file (safetensors does) made it 0600
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files in ``folder`` left by writers that died (their pid is gone);
-    return them."""
-    removed = []
-    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
-        pid = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 2)[-2]
-        if not (pid.isdigit() and _alive(int(pid))):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (this one included)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
-    with temporary_path(Path(path)) as tmp:
-        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
