@@ -79,6 +79,17 @@ def register_text_encoders(register: Register) -> None:
 
 
 @hookspec
+def register_autoencoders(register: Register) -> None:
+    """Register autoencoders that move images to and from a latent space.
+
+    :param register: call ``register(name, factory)``; ``factory(path, *, torch_dtype=None)``
+        loads one from a local folder and returns an object with ``encode(images, generator=None)
+        -> latents`` (images (B, C, H, W) in [-1, 1]; latents already scaled, ``(z - shift) *
+        scale``), ``decode(latents) -> images`` and ``downsample: int``.
+    """
+
+
+@hookspec
 def register_commands(cli: PluginCommands) -> None:
     """Add subcommands to the ``diffcore`` command line.
 

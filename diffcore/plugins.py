@@ -46,7 +46,7 @@ from diffcore.plugin_sources import (
 hookimpl = pluggy.HookimplMarker("diffcore")
 
 ENTRY_POINT_GROUP = "diffcore"
-KINDS: tuple[str, ...] = ("models", "schedules", "samplers", "tasks", "datasets", "text_encoders")
+KINDS: tuple[str, ...] = ("models", "schedules", "samplers", "tasks", "datasets", "text_encoders", "autoencoders")
 # Built-in plugin modules, loaded first. Later work appends e.g. "diffcore_plugins.unet".
 BUILTIN_PLUGINS: list[str] = ["diffcore_plugins.schedules", "diffcore_plugins.samplers"]
 BUILTIN_PLUGINS.append("diffcore_plugins.models")
@@ -58,6 +58,8 @@ BUILTIN_PLUGINS.append("diffcore_plugins.text2image")
 BUILTIN_PLUGINS.append("diffcore_plugins.img2img")
 BUILTIN_PLUGINS.append("diffcore_plugins.anomaly")
 BUILTIN_PLUGINS.append("diffcore_plugins.denoise")
+BUILTIN_PLUGINS.append("diffcore_plugins.autoencoders")
+BUILTIN_PLUGINS.append("diffcore_plugins.latent")
 BUILTIN_PLUGINS.append("diffcore_plugins.demo")  # an application: the `diffcore demo` command
 
 __all__ = [

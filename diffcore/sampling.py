@@ -75,6 +75,7 @@ def sample(
     check_finite: bool = True,
     seed: int | None = None,
     cuda_graph: bool = False,
+    start: int = 0,
 ) -> Tensor:
     """Integrate the reverse process from standard-normal ``x_T`` and return the sample.
 
@@ -108,6 +109,7 @@ def sample(
         callback: called after every step with ``{"i", "t", "sigma", "x"}``.
         sigmas: explicit decreasing VE noise levels to visit instead of ``steps`` spaced ones.
         sampler_options: extra sampler options (e.g. ``{"order": 3}`` for unipc).
+        start: begin at level ``start`` of the plan; ``x_T`` is then the state there (img2img).
     """
     _check_batch("x_T", x_T)
     fn, sched, param = _resolve(sampler, schedule, prediction)
@@ -128,7 +130,8 @@ def sample(
         options["seed"] = seed
     if cuda_graph:
         options["cuda_graph"] = True
-    return fn(denoiser, x_T * plan.init_scale, plan, generator=generator, callback=callback, **options)
+    plan, x = (plan.tail(start), x_T.clone()) if start else (plan, x_T * plan.init_scale)
+    return fn(denoiser, x, plan, generator=generator, callback=callback, **options)
 
 
 @torch.no_grad()

@@ -120,6 +120,14 @@ class Plan:
         """(alpha, std) the step from level i lands on (level i+1 except diffusers' DDIM rule)."""
         return float(self.target_alphas[i]), float(self.target_stds[i])
 
+    def tail(self, first: int) -> Plan:
+        """The plan from level ``first`` on (img2img's truncated run: diffusers' ``timesteps[t_start:]``)."""
+        if not 0 <= first < self.steps:
+            raise ValueError(f"first step {first} must be in [0, {self.steps})")
+        names = ("timesteps", "sigmas", "alphas", "stds", "target_alphas", "target_stds")
+        cut = {k: getattr(self, k)[first:] for k in names}
+        return replace(self, **cut, init_scale=float(self.stds[first]))
+
 
 def _check(steps: int, spacing: str, style: str, schedule: Schedule) -> None:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:

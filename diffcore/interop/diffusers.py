@@ -56,6 +56,7 @@ __all__ = [
     "SchedulerSpec",
     "load_diffusers_pipeline",
     "load_diffusers_unet",
+    "load_latent_pipeline",
     "scheduler_from_config",
 ]
 
@@ -253,12 +254,17 @@ def load_diffusers_pipeline(
     path: str | Path,
     *,
     scheduler: Mapping[str, Any] | str | Path | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     steps: int | None = None,
     strict: bool = False,
     mu: float | None = None,
-) -> DiffusersPipeline:
-    """A UNet folder or DDPM/DDIM pipeline folder as a :class:`DiffusersPipeline`.
+    torch_dtype: torch.dtype | None = None,
+) -> Any:
+    """A diffusers folder as a diffcore pipeline, by its ``model_index.json`` ``_class_name``:
+    StableDiffusion(XL) pipelines (and their Img2Img / Inpaint names) and the families of
+    :data:`diffcore.interop.families.FAMILIES` as a :class:`~diffcore.interop.latent.LatentPipeline`
+    (components in ``torch_dtype``, on ``device``); see :func:`load_latent_pipeline`. Otherwise
+    a UNet folder or DDPM/DDIM pipeline folder as a :class:`DiffusersPipeline`.
 
     The schedule comes from ``scheduler`` (a config dict, file or folder) when given, else the
     pipeline's ``scheduler/`` or a ``scheduler_config.json`` beside the UNet's ``config.json``;
@@ -270,6 +276,20 @@ def load_diffusers_pipeline(
     import warnings
 
     root = Path(path)
+    if (root / "model_index.json").is_file():
+        from diffcore.interop.families import FAMILIES
+
+        if read_config(root, "model_index.json").get("_class_name") in FAMILIES:
+            if steps is not None or mu is not None:
+                raise DiffusersInteropError("steps= and mu= are per call for a latent pipeline (text2image(steps=...))")
+            return load_latent_pipeline(
+                root, scheduler=scheduler, device=device, strict=strict, torch_dtype=torch_dtype
+            )
+    if torch_dtype not in (None, torch.float32):
+        raise DiffusersInteropError(
+            f"torch_dtype={torch_dtype} applies to latent pipelines; a UNet2DModel loads float32"
+        )
+    device = "cpu" if device is None else device
     unet = load_diffusers_unet(root, device=device)
     scheduler_class = None
     if (root / "model_index.json").is_file():
@@ -291,3 +311,51 @@ def load_diffusers_pipeline(
     if steps is None:
         steps = 1000 if spec.scheduler_class == "DDPMScheduler" else 50
     return DiffusersPipeline(unet, spec, steps=min(steps, spec.schedule.num_train_timesteps))
+
+
+def load_latent_pipeline(
+    path: str | Path,
+    *,
+    scheduler: Mapping[str, Any] | str | Path | None = None,
+    device: str | torch.device | None = None,
+    strict: bool = False,
+    torch_dtype: torch.dtype | None = None,
+) -> Any:
+    """A latent text-to-image pipeline folder (SD, SDXL, ... by ``_class_name``) as a
+    :class:`~diffcore.interop.latent.LatentPipeline`: every component of ``model_index.json``
+    loaded from local safetensors files (``safety_checker`` / ``feature_extractor`` are skipped),
+    in ``torch_dtype`` (float16 / bfloat16; default float32), moved to ``device``; the scheduler
+    from ``scheduler`` (a config dict, file or folder) or the folder's ``scheduler/``."""
+    from diffcore.interop.components import load_component
+    from diffcore.interop.families import FAMILIES
+    from diffcore.interop.latent import LatentPipeline
+
+    root = Path(path)
+    index = read_config(root, "model_index.json")
+    kind = index.get("_class_name")
+    family_cls = FAMILIES.get(kind)  # type: ignore[arg-type]
+    if family_cls is None:
+        raise DiffusersInteropError(
+            f"{root}/model_index.json describes a {kind}; diffcore loads {', '.join(sorted(FAMILIES))}, "
+            f"{' and '.join(SUPPORTED_PIPELINES)}"
+        )
+    if torch_dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"torch_dtype={torch_dtype} must be torch.float32, torch.float16 or torch.bfloat16")
+    components: dict[str, Any] = {}
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or name == "scheduler":
+            continue
+        if name in family_cls.ignored or len(entry) != 2 or entry[1] is None:
+            continue
+        components[name] = load_component(root, name, str(entry[1]), torch_dtype)
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        if name in components:
+            from diffcore.interop.components.text_encoders import TextEncoder
+
+            tokenizer = components.get(name.replace("text_encoder", "tokenizer"))
+            if tokenizer is None:
+                raise DiffusersInteropError(f"{root}: {name} has no tokenizer")
+            components[name] = TextEncoder(tokenizer, components[name])
+    config = read_config(scheduler if scheduler is not None else root / "scheduler")
+    pipe = LatentPipeline(family_cls(components, index), config, strict=strict, source=str(root))
+    return pipe.to(device) if device is not None else pipe
