@@ -21,6 +21,7 @@ ADD_NOISE_OFFSET = 2**40  # noise added to clean data at the start level (sample
 REPAINT_KNOWN_OFFSET = 2**40  # RePaint: the known region noised to the level a step lands on (per walk seed)
 REPAINT_JUMP_OFFSET = 2**40 + 1  # RePaint: a state noised back up one level (the resampling jump)
 REPAINT_START_OFFSET = 2**40 + 2  # RePaint: the known region noised to the start level
+INIT_NOISE_OFFSET = 2**40 + 3  # generation: the start noise x_T of each sample (Pipeline.generate)
 BROWNIAN_OFFSET = 2**41  # Brownian-tree noise: node n of the tree draws at BROWNIAN_OFFSET + n (n < 2**27)
 
 _MASK32 = 0xFFFFFFFF
