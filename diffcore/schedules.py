@@ -27,6 +27,13 @@ from diffcore.sigmas import beta_sigmas as beta_sigmas
 from diffcore.sigmas import exponential_sigmas as exponential_sigmas
 from diffcore.sigmas import karras_sigmas as karras_sigmas
 
+# where a discrete schedule's sampling ends: at sigma 0 (clean data) or at training timestep 0's
+# level (diffusers' final_sigmas_type="sigma_min", and DDIM's set_alpha_to_one=False)
+FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+# the time a discrete schedule's model sees: the (fractional) training timestep, or the EDM-style
+# c_noise = 0.25 * ln(sigma) (diffusers' timestep_type="continuous", EulerDiscreteScheduler)
+TIMESTEP_TYPES = ("discrete", "continuous")
+
 
 def vp_from_sigma(sigmas: Tensor) -> tuple[Tensor, Tensor]:
     """Variance-preserving state (alpha, std) = (1, sigma) / sqrt(1 + sigma^2) of VE sigmas; inf -> (0, 1)."""
@@ -89,7 +96,9 @@ class DiscreteSchedule:
     al. 2022, eq. 5, with ``rho``), ``"exponential"``, ``"beta"``, ``"kl_optimal"`` (ends
     ``sigma_min`` / ``sigma_max`` when set); on the training grid ``"simple"``, ``"sgm_uniform"``;
     or the Align Your Steps table of ``ays_model`` (``"align_your_steps"``). Levels map back to
-    (fractional) timesteps.
+    (fractional) timesteps. ``final_sigmas_type="sigma_min"`` ends sampling at training
+    timestep 0 instead of sigma 0; ``timestep_type="continuous"`` gives the model
+    ``0.25 * ln(sigma)`` instead of the timestep (:data:`FINAL_SIGMAS_TYPES`, :data:`TIMESTEP_TYPES`).
     """
 
     name: str
@@ -104,6 +113,8 @@ class DiscreteSchedule:
     steps_offset: int = 0
     rescale_betas_zero_snr: bool = False
     ays_model: str = "sd15"
+    final_sigmas_type: str = "zero"
+    timestep_type: str = "discrete"
     alphas_cumprod: Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -115,6 +126,10 @@ class DiscreteSchedule:
             raise ValueError(f"steps_offset={self.steps_offset} must be >= 0")
         if self.ays_model not in AYS_MODELS:
             raise ValueError(f"ays_model={self.ays_model!r}: expected one of {AYS_MODELS}")
+        if self.final_sigmas_type not in FINAL_SIGMAS_TYPES:
+            raise ValueError(f"final_sigmas_type={self.final_sigmas_type!r}: expected one of {FINAL_SIGMAS_TYPES}")
+        if self.timestep_type not in TIMESTEP_TYPES:
+            raise ValueError(f"timestep_type={self.timestep_type!r}: expected one of {TIMESTEP_TYPES}")
         fixed = self.sigma_spacing in (*ON_TRAINING_GRID, "align_your_steps")
         if fixed and (self.sigma_min is not None or self.sigma_max is not None):
             raise ValueError(
@@ -173,6 +188,9 @@ class DiscreteSchedule:
             "steps_offset": self.steps_offset,
             "rescale_betas_zero_snr": self.rescale_betas_zero_snr,
             "ays_model": self.ays_model,
+            # written only when set, so checkpoints of the default schedule keep their config
+            **({"final_sigmas_type": self.final_sigmas_type} if self.final_sigmas_type != "zero" else {}),
+            **({"timestep_type": self.timestep_type} if self.timestep_type != "discrete" else {}),
         }
 
 
@@ -375,6 +393,8 @@ def _discrete(name: str, spacing: str = "timesteps") -> Callable[..., DiscreteSc
         sigma_max: float | None = None,
         beta_schedule: str | None = None,
         ays_model: str = "sd15",
+        final_sigmas_type: str = "zero",
+        timestep_type: str = "discrete",
     ) -> DiscreteSchedule:
         base = beta_schedule or (name if spacing == "timesteps" else "linear")
         if base not in _BETA_FUNCTIONS:
@@ -399,6 +419,8 @@ def _discrete(name: str, spacing: str = "timesteps") -> Callable[..., DiscreteSc
             steps_offset=steps_offset,
             rescale_betas_zero_snr=rescale_betas_zero_snr,
             ays_model=ays_model,
+            final_sigmas_type=final_sigmas_type,
+            timestep_type=timestep_type,
         )
 
     build.__name__ = name

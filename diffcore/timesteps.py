@@ -307,11 +307,25 @@ def make_plan(
         plan = _dpm_plan(schedule, steps, spacing)
     else:
         plan = _karras_plan(schedule, steps, spacing)
+    if isinstance(schedule, DiscreteSchedule) and schedule.final_sigmas_type == "sigma_min":
+        plan = _end_at_first_timestep(plan, schedule, ve_end=preset.grid == "karras")
     return _with_schedule(plan, schedule)
+
+
+def continuous_time(sigma: Tensor) -> Tensor:
+    """EDM's c_noise = 0.25 ln(sigma) (Karras et al. 2022, Table 1): the model time of a discrete
+    schedule with ``timestep_type="continuous"``."""
+    return 0.25 * sigma.to(torch.float64).clamp_min(1e-10).log()
 
 
 def _with_schedule(plan: Plan, schedule: Schedule) -> Plan:
     frame = "flow" if isinstance(schedule, FlowSchedule) else "ve"
+    if isinstance(schedule, DiscreteSchedule) and schedule.timestep_type == "continuous":
+        end = float(plan.sigmas[-1])
+        final = float(continuous_time(plan.sigmas[-1:])[0]) if end > 0 else 0.0
+        timesteps = continuous_time(plan.sigmas[: plan.steps])
+        plan = replace(plan, timesteps=timesteps, timestep_dtype=torch.float32, final_timestep=final)
+        return replace(plan, state=schedule.state, sigma_to_t=continuous_time, ode_frame=frame)
     return replace(plan, state=schedule.state, sigma_to_t=schedule.sigma_to_t, ode_frame=frame)
 
 
@@ -402,12 +416,15 @@ def sigma_at_time(plan: Plan, t: float) -> float:
     return hi
 
 
-def _end_at_first_timestep(plan: Plan, schedule: DiscreteSchedule) -> Plan:
+def _end_at_first_timestep(plan: Plan, schedule: DiscreteSchedule, ve_end: bool = False) -> Plan:
     """``plan`` with its end point, and every step target at sigma 0, moved to training timestep 0
-    (diffusers' ``set_alpha_to_one=False`` / ``sigma_last`` of timestep 0)."""
+    (diffusers' ``set_alpha_to_one=False`` / ``sigma_last`` of timestep 0). ``ve_end``: return
+    the VE state ``x0 + sigma eps`` there, as diffusers' Euler-style schedulers do (alpha 1)."""
     a0 = schedule.alphas_cumprod[0]
     alphas, stds, sigmas = plan.alphas.clone(), plan.stds.clone(), plan.sigmas.clone()
     alphas[-1], stds[-1], sigmas[-1] = a0.sqrt(), (1 - a0).sqrt(), ((1 - a0) / a0).sqrt()
+    if ve_end:
+        alphas[-1], stds[-1] = 1.0, sigmas[-1]
     ta, tsd = plan.target_alphas.clone(), plan.target_stds.clone()
     at_zero = tsd == 0
     ta[at_zero], tsd[at_zero] = alphas[-1], stds[-1]

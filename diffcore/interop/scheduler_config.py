@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffcore.interop.errors import DiffusersInteropError, DiffusersInteropWarning
 from diffcore.interop.flow_scheduler import (
@@ -31,7 +31,16 @@ from diffcore.interop.flow_scheduler import (
     flow_schedule,
     uses_flow,
 )
+from diffcore.interop.scheduler_options import (
+    X0_LIMIT_KEYS,
+    final_sigmas_type,
+    timestep_type,
+    x0_limit,
+)
 from diffcore.schedules import SCHEDULES, DiscreteSchedule, FlowSchedule
+
+if TYPE_CHECKING:
+    from diffcore.x0_limit import X0Limit
 
 __all__ = [
     "DEFAULTS",
@@ -132,18 +141,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # option -> the only value diffcore reproduces (when the config sets it at all)
 _REQUIRED: dict[str, Any] = {
     "trained_betas": None,
-    "clip_sample": False,
-    "thresholding": False,
     "use_beta_sigmas": False,
-    "set_alpha_to_one": True,
     "euler_at_final": False,
-    "final_sigmas_type": "zero",
     "use_lu_lambdas": False,
     "use_flow_sigmas": False,
     "use_dynamic_shifting": False,
     "lambda_min_clipped": -math.inf,
     "interpolation_type": "linear",
-    "timestep_type": "discrete",
     "predict_x0": True,
     "disable_corrector": [],
     "solver_p": None,
@@ -151,11 +155,13 @@ _REQUIRED: dict[str, Any] = {
     "skip_prk_steps": False,
 }
 # options without effect while the options above hold their required values
-_INERT = {"dynamic_thresholding_ratio", "sample_max_value", "clip_sample_range", "flow_shift", "time_shift_type"}
+_INERT = {"flow_shift", "time_shift_type"}
 _READ = (
     set(_COMMON)
     | set(_SIGMAS)
     | {"sigma_min", "sigma_max", "solver_order", "algorithm_type", "solver_type", "lower_order_final", "variance_type"}
+    | set(X0_LIMIT_KEYS)
+    | {"set_alpha_to_one", "final_sigmas_type", "timestep_type"}
 )
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 _PREDICTIONS = ("epsilon", "v_prediction", "sample")
@@ -176,9 +182,11 @@ class SchedulerSpec:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     eta: float | None = None
     unsupported: tuple[str, ...] = ()  # the options (as "name=value: why") diffcore does not reproduce
+    x0_limit: X0Limit | None = None  # clip_sample / thresholding, applied to x0 in the fused step
 
     def sample_kwargs(self) -> dict[str, Any]:
-        """``schedule``, ``prediction``, ``timestep_spacing``, ``sampler`` (+ options, eta) for ``diffcore.sample``."""
+        """``schedule``, ``prediction``, ``timestep_spacing``, ``sampler`` (+ options, eta,
+        x0_limit) for ``diffcore.sample``."""
         kw: dict[str, Any] = {
             "schedule": self.schedule,
             "prediction": self.prediction,
@@ -189,6 +197,8 @@ class SchedulerSpec:
             kw["sampler_options"] = dict(self.sampler_options)
         if self.eta is not None:
             kw["eta"] = self.eta
+        if self.x0_limit is not None:
+            kw["x0_limit"] = self.x0_limit
         return kw
 
 
@@ -262,15 +272,18 @@ def _diffusion_spec(cls: str, cfg: dict[str, Any], mu: float | None) -> tuple[Sc
     ]
     unknown = sorted(k for k in cfg if k not in _READ and k not in _REQUIRED and k not in _INERT)
     sampler, options, eta = _sampler_for(cls, cfg, problems)
+    end, time = final_sigmas_type(cls, cfg, problems), timestep_type(cls, cfg, problems)
+    limit = x0_limit(cls, cfg, problems)
     spec = SchedulerSpec(
         scheduler_class=cls,
-        schedule=_schedule(cfg),
+        schedule=_schedule(cfg, final_sigmas_type=end, timestep_type=time),
         prediction=_choice(cfg, "prediction_type", _PREDICTIONS),
         timestep_spacing=_choice(cfg, "timestep_spacing", _SPACINGS),
         sampler=sampler,
         sampler_options=options,
         eta=eta,
         unsupported=tuple(problems),
+        x0_limit=limit,
     )
     return spec, unknown
 
@@ -305,8 +318,9 @@ def _choice(cfg: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
     return str(value)
 
 
-def _schedule(cfg: dict[str, Any]) -> DiscreteSchedule:
-    """The diffcore schedule of the config's betas (and sigma spacing, for Karras-style samplers)."""
+def _schedule(cfg: dict[str, Any], **ends: str) -> DiscreteSchedule:
+    """The diffcore schedule of the config's betas (and sigma spacing, for Karras-style samplers);
+    ``ends``: its ``final_sigmas_type`` and ``timestep_type``."""
     beta = _choice(cfg, "beta_schedule", _BETA_SCHEDULES)
     name, kw = beta, {}
     if cfg.get("use_karras_sigmas") and cfg.get("use_exponential_sigmas"):
@@ -322,6 +336,7 @@ def _schedule(cfg: dict[str, Any]) -> DiscreteSchedule:
             rescale_betas_zero_snr=bool(cfg["rescale_betas_zero_snr"]),
             steps_offset=int(cfg["steps_offset"]),
             **kw,
+            **ends,
         )
     except (TypeError, ValueError) as exc:
         raise DiffusersInteropError(f"scheduler config does not make a valid {name!r} schedule: {exc}") from exc

@@ -1,0 +1,148 @@
+"""Scheduler options real checkpoints set (issue #15 point 3), reproduced rather than warned about:
+a scheduler config with the option goes through ``scheduler_from_config`` into ``diffcore.sample``,
+and diffusers' own scheduler stepping the same fixed toy model from the same noise is the oracle
+(float32, relative 1e-4)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import diffcore
+from diffcore.interop.scheduler_config import DiffusersInteropWarning, scheduler_from_config
+
+diffusers = pytest.importorskip("diffusers")
+
+TOL = 1e-4
+SHAPE = (2, 3, 4, 4)
+SD15 = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1}
+
+
+def toy(x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """A fixed smooth 'model' whose output depends on both the input and the time it is given."""
+    t = torch.as_tensor(t, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    return torch.tanh(0.7 * x + 0.002 * t) * 0.9 + 0.05 * torch.sin(0.01 * t)
+
+
+@torch.no_grad()
+def diffusers_run(scheduler, x_T: torch.Tensor, steps: int, model=toy, **step_kwargs) -> torch.Tensor:
+    scheduler.set_timesteps(steps)
+    x = x_T * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        out = model(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(out, t, x, **step_kwargs).prev_sample
+    return x
+
+
+def ours(config: dict, x_T: torch.Tensor, steps: int, model=toy, **kw) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DiffusersInteropWarning)  # reproduced: nothing is warned about
+        spec = scheduler_from_config(config, strict=True)
+    return diffcore.sample(model, x_T.clone(), steps=steps, **{**spec.sample_kwargs(), **kw})
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item() / b.abs().max().item()
+
+
+def check(cls_name: str, config: dict, steps: int, model=toy, **step_kwargs) -> float:
+    scheduler = getattr(diffusers, cls_name).from_config(config)
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    ref = diffusers_run(scheduler, x_T, steps, model, **step_kwargs)
+    got = ours({**dict(scheduler.config), "_class_name": cls_name}, x_T, steps, model)
+    err = rel_err(got, ref)
+    assert err < TOL, f"{cls_name} {config}: relative error {err:.2e}"
+    return err
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_ddim_set_alpha_to_one_false(spacing):
+    """SD 1.x's DDIM config: the last step lands on alphas_cumprod[0], not on clean data."""
+    config = {**SD15, "set_alpha_to_one": False, "clip_sample": False, "timestep_spacing": spacing}
+    check("DDIMScheduler", config, 10, eta=0.0)
+    spec = scheduler_from_config({**config, "_class_name": "DDIMScheduler"})
+    assert spec.schedule.final_sigmas_type == "sigma_min"
+    # the option changes the result: with set_alpha_to_one=True the same run differs
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    one = ours({**config, "set_alpha_to_one": True, "_class_name": "DDIMScheduler"}, x_T, 10)
+    assert rel_err(one, ours({**config, "_class_name": "DDIMScheduler"}, x_T, 10)) > 3 * TOL
+
+
+@pytest.mark.parametrize(
+    ("cls_name", "extra", "steps"),
+    [
+        ("DPMSolverMultistepScheduler", {}, 10),
+        ("DPMSolverMultistepScheduler", {}, 16),  # >= 15 steps: no lower-order final step with sigma_min
+        ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, 12),
+        ("EulerDiscreteScheduler", {}, 10),
+        ("EulerDiscreteScheduler", {"use_karras_sigmas": True, "timestep_spacing": "leading"}, 10),
+        ("UniPCMultistepScheduler", {}, 10),
+    ],
+)
+def test_final_sigmas_type_sigma_min(cls_name, extra, steps):
+    config = {**SD15, "final_sigmas_type": "sigma_min", **extra}
+    check(cls_name, config, steps)
+
+
+def test_final_sigmas_type_sigma_min_changes_the_end_level():
+    spec = scheduler_from_config({"_class_name": "EulerDiscreteScheduler", "final_sigmas_type": "sigma_min"})
+    plan = diffcore.timesteps.make_plan(spec.schedule, 5, "linspace", "karras")
+    abar0 = float(spec.schedule.alphas_cumprod[0])
+    assert float(plan.sigmas[-1]) == pytest.approx(((1 - abar0) / abar0) ** 0.5, rel=1e-12)
+    assert float(plan.alphas[-1]) == 1.0  # Euler returns the VE state x0 + sigma eps there, as diffusers does
+    ddim = diffcore.timesteps.make_plan(spec.schedule, 5, "leading", "ddim")
+    assert float(ddim.alphas[-1]) == pytest.approx(abar0**0.5, rel=1e-12)  # DDIM's VP state
+
+
+def test_uni_pc_sigma_min_with_karras_is_named():
+    """UniPC then repeats its last spaced sigma (a zero-length step): not reproduced, so named."""
+    with pytest.warns(DiffusersInteropWarning, match="final_sigmas_type"):
+        scheduler_from_config(
+            {"_class_name": "UniPCMultistepScheduler", "final_sigmas_type": "sigma_min", "use_karras_sigmas": True}
+        )
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading"])
+def test_euler_continuous_timesteps_v_prediction(spacing):
+    """EulerDiscreteScheduler(timestep_type='continuous', v_prediction): the model sees 0.25 ln(sigma)."""
+    config = {"timestep_type": "continuous", "prediction_type": "v_prediction", "timestep_spacing": spacing}
+    check("EulerDiscreteScheduler", config, 8)
+    seen: list[float] = []
+
+    def spy(x, t):
+        seen.append(float(torch.as_tensor(t).reshape(-1)[0]))
+        return toy(x, t)
+
+    spec = scheduler_from_config({**config, "_class_name": "EulerDiscreteScheduler"})
+    diffcore.sample(spy, torch.randn(SHAPE), steps=4, **spec.sample_kwargs())
+    plan = diffcore.timesteps.make_plan(spec.schedule, 4, spacing, "karras")
+    assert seen == pytest.approx((0.25 * plan.sigmas[:-1].log()).tolist(), rel=1e-6)
+    assert seen[-1] < 0  # ln of a sigma below 1: not a training timestep
+
+
+def test_continuous_without_v_prediction_keeps_timesteps():
+    """diffusers gives continuous times only to v-prediction (its TODO): epsilon keeps timesteps."""
+    config = {"timestep_type": "continuous", "prediction_type": "epsilon"}
+    check("EulerDiscreteScheduler", config, 8)
+    assert scheduler_from_config({**config, "_class_name": "EulerDiscreteScheduler"}).schedule.timestep_type == (
+        "discrete"
+    )
+
+
+def test_schedule_options_round_trip_through_config():
+    spec = scheduler_from_config(
+        {
+            "_class_name": "EulerDiscreteScheduler",
+            "final_sigmas_type": "sigma_min",
+            "timestep_type": "continuous",
+            "prediction_type": "v_prediction",
+        }
+    )
+    cfg = spec.schedule.config()
+    assert cfg["final_sigmas_type"] == "sigma_min" and cfg["timestep_type"] == "continuous"
+    assert diffcore.schedules.make_schedule(**cfg).config() == cfg
+    assert "final_sigmas_type" not in diffcore.get("schedules", "linear")().config()  # default configs unchanged
+    with pytest.raises(ValueError, match="final_sigmas_type"):
+        diffcore.get("schedules", "linear")(final_sigmas_type="sigma_max")
