@@ -207,7 +207,8 @@ class LatentPipeline(Pipeline):
         h, w = run.latent[1:]
         small = _rows(F.interpolate(masks, size=(h, w)), run.batch).to(noise.device, noise.dtype)
         if extra:
-            masked = self.encode(images * (masks < 0.5), run.generator, run.batch)
+            keep = (masks < 0.5).to(images.dtype)  # the masked region becomes 0 in [-1, 1]: gray
+            masked = self.encode(images * keep + 0.5 * (1 - keep), run.generator, run.batch)
             run.add_concat(torch.cat([small, masked.to(small.dtype)], dim=1))
             x = run.sample(self.family.pack(start), start=first)
         else:
@@ -323,7 +324,7 @@ class _Run:
         """The plan level an image-conditioned run starts at: diffusers' ``steps - int(steps * strength)``."""
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
             raise ValueError(f"strength={strength!r} must be in (0, 1] (1: start from pure noise)")
-        first = self.steps - min(int(self.steps * strength), self.steps)
+        first = self.pipe.family.first_step(self.steps, strength)
         if first >= self.plan.steps:
             raise ValueError(f"strength={strength} with steps={self.steps} leaves no step to run; raise either")
         return first

@@ -128,6 +128,10 @@ class Text2ImageParams:
     checkpoint: str = field(
         default=DEFAULT_CHECKPOINT, metadata={"help": "run folder or checkpoint.safetensors of a text_unet model"}
     )
+    pipeline: str | None = field(
+        default=None,
+        metadata={"metavar": "DIR", "help": "a diffusers SD / SDXL / SD3 / Flux folder (instead of --checkpoint)"},
+    )
     n: int = field(default=8, metadata={"help": "samples per prompt"})
     guidance_scale: float | None = field(
         default=3.0, metadata={"help": "classifier-free guidance scale w >= 0 (0: unconditional, 1: no guidance)"}
@@ -161,6 +165,10 @@ class Text2ImageTask:
     Params = Text2ImageParams
 
     def run(self, params: Text2ImageParams) -> dict[str, Any]:
+        if params.pipeline is not None:
+            from diffcore.tasks.latent import run_text2image
+
+            return run_text2image(params)
         if params.checkpoint == DEFAULT_CHECKPOINT and not Path(params.checkpoint).exists():
             raise ValueError(
                 f"no checkpoint at {params.checkpoint}: pass --checkpoint, or train a text model there "

@@ -122,6 +122,11 @@ class Family:
         latent = int(self.autoencoder.latent_channels)
         return int(getattr(self.model, "in_channels", latent)) - latent
 
+    def first_step(self, steps: int, strength: float) -> int:
+        """The plan level an image-conditioned run of ``steps`` starts at for ``strength`` in (0, 1]:
+        the SD / SDXL pipelines' ``steps - int(steps * strength)``."""
+        return steps - min(int(steps * strength), steps)
+
     # ------------------------------------------------------------------ scheduler
     def scheduler_spec(self, config: Mapping[str, Any], height: int, width: int, *, strict: bool) -> SchedulerSpec:
         """The scheduler of this pipeline for a ``height`` x ``width`` image (cached per ``mu``)."""

@@ -1,0 +1,254 @@
+"""Stable Diffusion folders on diffcore: text2image / image2image / inpaint equal diffusers'
+StableDiffusion(Img2Img|Inpaint)Pipeline for the same noise (tiny components, float32)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sd_tiny
+import torch
+from sd_tiny import diffusers, relative_error
+
+from diffcore.interop.diffusers import DiffusersInteropError, load_diffusers_pipeline
+from diffcore.interop.latent import LatentPipeline
+
+TOL = 1e-4
+PROMPTS = ["a photo of a cat", "a red dog on the grass"]
+NEGATIVES = ["blurry", "dark sky"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads() -> Any:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Path]]:
+    """scheduler name -> (the diffusers pipeline, its saved folder); 'inpaint9': the 9-channel UNet."""
+    root = tmp_path_factory.mktemp("sd")
+    out = {}
+    for name in sd_tiny.SCHEDULERS:
+        ref = sd_tiny.sd_pipeline(root, sched=name)
+        out[name] = (ref, sd_tiny.save(ref, root / name))
+    ref = sd_tiny.sd_pipeline(root, inpaint=True, sched="ddim")
+    out["inpaint9"] = (ref, sd_tiny.save(ref, root / "inpaint9"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(folders: dict[str, tuple[Any, Path]]) -> dict[str, LatentPipeline]:
+    return {name: load_diffusers_pipeline(folder) for name, (_, folder) in folders.items()}
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("sched", list(sd_tiny.SCHEDULERS))
+def test_text2image_matches_diffusers(sched: str, folders: dict, loaded: dict) -> None:
+    ref, _ = folders[sched]
+    kw = {"guidance_scale": 3.0, "height": 32, "width": 32}
+    want = ref(PROMPTS, negative_prompt=NEGATIVES, generator=_gen(0), num_inference_steps=4, output_type="pt", **kw)
+    got = loaded[sched].text2image(PROMPTS, NEGATIVES, generator=_gen(0), steps=4, **kw)
+    assert got.shape == (2, 3, 32, 32) and got.dtype == torch.float32
+    assert float(got.min()) >= 0 and float(got.max()) <= 1
+    assert relative_error(got, want.images) < TOL
+
+
+@pytest.mark.parametrize("sched", list(sd_tiny.SCHEDULERS))
+def test_image2image_matches_diffusers(sched: str, folders: dict, loaded: dict) -> None:
+    ref, _ = folders[sched]
+    image = sd_tiny.images(1)
+    i2i = diffusers.StableDiffusionImg2ImgPipeline(**ref.components)
+    want = i2i(
+        PROMPTS[:1],
+        image=image,
+        strength=0.6,
+        generator=_gen(1),
+        num_inference_steps=5,
+        guidance_scale=2.0,
+        negative_prompt=NEGATIVES[:1],
+        output_type="pt",
+    ).images
+    got = loaded[sched].image2image(
+        image, PROMPTS[:1], NEGATIVES[:1], strength=0.6, generator=_gen(1), steps=5, guidance_scale=2.0
+    )
+    assert relative_error(got, want) < TOL
+    # the strength picks the start level: another strength, another image
+    other = loaded[sched].image2image(
+        image, PROMPTS[:1], NEGATIVES[:1], strength=0.2, generator=_gen(1), steps=5, guidance_scale=2.0
+    )
+    assert relative_error(other, got) > 1e-3
+
+
+@pytest.mark.parametrize("sched", ["ddim", "euler"])
+def test_inpaint_any_unet_matches_diffusers(sched: str, folders: dict, loaded: dict) -> None:
+    ref, _ = folders[sched]
+    image, mask = sd_tiny.images(1, seed=3), sd_tiny.center_mask(1)
+    pipe = diffusers.StableDiffusionInpaintPipeline(**ref.components)
+    want = pipe(
+        PROMPTS[1:],
+        image=image,
+        mask_image=mask,
+        generator=_gen(2),
+        num_inference_steps=4,
+        guidance_scale=2.0,
+        height=32,
+        width=32,
+        output_type="pt",
+    ).images
+    got = loaded[sched].inpaint(image, mask, PROMPTS[1:], generator=_gen(2), steps=4, guidance_scale=2.0)
+    assert relative_error(got, want) < TOL
+
+
+def test_inpaint_nine_channel_unet_matches_diffusers(folders: dict, loaded: dict) -> None:
+    ref, _ = folders["inpaint9"]
+    image, mask = sd_tiny.images(1, seed=4), sd_tiny.center_mask(1)
+    pipe = diffusers.StableDiffusionInpaintPipeline(**ref.components)
+    for strength in (1.0, 0.75):
+        want = pipe(
+            PROMPTS[:1],
+            image=image,
+            mask_image=mask,
+            generator=_gen(5),
+            num_inference_steps=4,
+            guidance_scale=2.5,
+            negative_prompt=NEGATIVES[:1],
+            strength=strength,
+            output_type="pt",
+        ).images
+        got = loaded["inpaint9"].inpaint(
+            image, mask, PROMPTS[:1], NEGATIVES[:1], generator=_gen(5), steps=4, guidance_scale=2.5, strength=strength
+        )
+        assert loaded["inpaint9"].family.concat_channels() == 5
+        assert relative_error(got, want) < TOL, strength
+
+
+def test_no_guidance_and_prompt_embeds(folders: dict, loaded: dict) -> None:
+    ref, _ = folders["ddim"]
+    pipe = loaded["ddim"]
+    want = ref(PROMPTS[:1], generator=_gen(7), num_inference_steps=3, guidance_scale=1.0, output_type="pt").images
+    got = pipe.text2image(PROMPTS[:1], generator=_gen(7), steps=3, guidance_scale=1.0)
+    assert relative_error(got, want) < TOL
+    embeds = pipe.components["text_encoder"].encode(PROMPTS[:1]).hidden
+    again = pipe.text2image(prompt_embeds=embeds, generator=_gen(7), steps=3, guidance_scale=1.0)
+    assert torch.equal(again, got)
+    assert not torch.equal(pipe.text2image(PROMPTS[1:], generator=_gen(7), steps=3, guidance_scale=1.0), got)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "unipc", "euler_ancestral", "dpmpp_2m_cfg_pp"])
+def test_any_diffcore_sampler(sampler: str, loaded: dict) -> None:
+    pipe = loaded["ddim"]
+    a = pipe.text2image(PROMPTS[:1], sampler=sampler, steps=3, guidance_scale=2.0, seed=11)
+    b = pipe.text2image(PROMPTS[:1], sampler=sampler, steps=3, guidance_scale=2.0, seed=11)
+    assert a.shape == (1, 3, 32, 32) and torch.isfinite(a).all()
+    assert torch.equal(a, b)  # same seed, same image
+
+
+def test_latents_and_batch(loaded: dict) -> None:
+    pipe = loaded["euler"]
+    latents = torch.randn(2, 4, 16, 16, generator=_gen(3))
+    both = pipe.text2image(PROMPTS[:1], latents=latents, num_images_per_prompt=2, steps=3)
+    one = pipe.text2image(PROMPTS[:1], latents=latents[1:], steps=3)
+    assert both.shape[0] == 2 and relative_error(both[1:], one) < 1e-5
+    with pytest.raises(ValueError, match="latents have shape"):
+        pipe.text2image(PROMPTS[:1], latents=latents, steps=3)
+
+
+def test_offload_places_only_the_running_component(loaded: dict) -> None:
+    pipe = loaded["ddim"]
+    pipe.placements.clear()
+    pipe.enable_model_cpu_offload(device="cpu", offload_device="cpu")
+    try:
+        pipe.inpaint(sd_tiny.images(1), sd_tiny.center_mask(1), PROMPTS[:1], steps=2)
+    finally:
+        pipe.to("cpu")
+    order = [name for name, _, _ in pipe.placements]
+    assert order[0] == "text_encoder" and "unet" in order and order[-1] == "vae"
+    assert order.index("text_encoder") < order.index("unet") < len(order) - 1
+    # offload moves every other module away before a component runs; the record says which ran where
+    assert all(device == "cpu" for _, device, _ in pipe.placements)
+
+
+def test_offload_moves_components(loaded: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe = loaded["ddim"]
+    moves: list[tuple[str, str]] = []
+    names = {id(m): k for k, m in pipe._modules().items()}
+    original = torch.nn.Module.to
+
+    def spy(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if id(self) in names:
+            moves.append((names[id(self)], str(args[0] if args else kwargs.get("device"))))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    pipe.enable_model_cpu_offload(device="meta", offload_device="cpu")
+    moves.clear()
+    pipe.offload = (torch.device("cpu"), torch.device("cpu"))  # run on CPU; keep the recorded moves
+    pipe._use("unet")
+    pipe.to("cpu")
+    assert ("unet", "cpu") in moves and {"vae", "text_encoder"} <= {n for n, _ in moves if n != "unet"}
+
+
+def test_torch_dtype_bfloat16(folders: dict) -> None:
+    pipe = load_diffusers_pipeline(folders["ddim"][1], torch_dtype=torch.bfloat16)
+    for name in ("unet", "vae", "text_encoder"):
+        assert next(pipe.components[name].parameters()).dtype == torch.bfloat16, name
+    out = pipe.text2image(PROMPTS[:1], steps=2, guidance_scale=2.0, seed=0)
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_pickle_weights_refused(folders: dict, tmp_path: Path) -> None:
+    folder = shutil.copytree(folders["ddim"][1], tmp_path / "pickled")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(DiffusersInteropError, match="pickle"):
+        load_diffusers_pipeline(folder)
+
+
+def test_unknown_pipeline_class_named(folders: dict, tmp_path: Path) -> None:
+    import json
+
+    folder = shutil.copytree(folders["ddim"][1], tmp_path / "other")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "KandinskyPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(DiffusersInteropError, match="KandinskyPipeline"):
+        load_diffusers_pipeline(folder)
+
+
+def test_bad_inputs_name_the_value(loaded: dict) -> None:
+    pipe = loaded["ddim"]
+    with pytest.raises(ValueError, match="strength"):
+        pipe.image2image(sd_tiny.images(1), PROMPTS[:1], strength=0.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pipe.image2image(sd_tiny.images(1) * 2 - 1, PROMPTS[:1])
+    with pytest.raises(ValueError, match="multiples of 2"):
+        pipe.text2image(PROMPTS[:1], height=33, width=32, steps=1)
+    with pytest.raises(ValueError, match="negative_prompt"):
+        pipe.text2image(PROMPTS, ["a", "b", "c"], steps=1)
+    with pytest.raises(TypeError, match="unknown options"):
+        pipe.text2image(PROMPTS[:1], stepz=3)
+
+
+def test_tiled_decode(loaded: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    vae = loaded["ddim"].components["vae"]
+    latents = torch.randn(1, 4, 16, 16, generator=_gen(0))
+    calls: list[tuple[int, ...]] = []
+    tiled = vae.vae.tiled_decode
+    monkeypatch.setattr(vae.vae, "tiled_decode", lambda z, **kw: calls.append(tuple(z.shape)) or tiled(z, **kw))
+    vae.tile_size = 8
+    try:
+        out = vae.decode(latents)
+    finally:
+        vae.tile_size = None
+    assert calls == [(1, 4, 16, 16)] and out.shape == (1, 3, 32, 32)
+    assert vae.vae.tile_latent_min_size != 8  # restored
+    plain = vae.decode(latents)
+    assert calls == [(1, 4, 16, 16)] and plain.shape == out.shape
