@@ -209,6 +209,13 @@ class Denoiser:
         pair, out = self._combine(uncond, cond, guide)
         return Prediction(a, b, out=out, uncond=uncond, cond=cond, guidance=pair)
 
+    def output(self, x: Tensor, t: Tensor, c_in: Tensor | float, step: int) -> Tensor:
+        """The checked model output on ``x`` without guidance: the host-light call of a sampling
+        loop that made the (B,) times ``t`` and input scale ``c_in`` beforehand."""
+        x_in = x if isinstance(c_in, float) and c_in == 1.0 else x * c_in
+        self.evaluations += 1
+        return self._validate(self._call(x_in, t, self.cond), x, step)
+
     def guide(self, levels: Sequence[Level], step: int, x: Tensor) -> StepGuide:
         """The guidance of a call at ``levels`` (one, or one per sample) as evaluation ``step``,
         without CFG++ factors; constant guidance reuses one device ``[w, 1]``."""

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from diffcore import ops
+from diffcore import ops, plan_cache
 from diffcore.denoiser import Denoiser
 from diffcore.guidance import Guidance, make_guidance
 from diffcore.ops.philox import ADD_NOISE_OFFSET
 from diffcore.parameterization import Parameterization, make_parameterization
+from diffcore.samplers.base import ProgramSampler
 from diffcore.schedules import SCHEDULE_TYPES, Schedule
 from diffcore.timesteps import PLAN_PRESETS, Plan, make_plan, partial_plan, plan_from_sigmas
 
@@ -37,6 +39,35 @@ def sampler_plan(fn: Sampler, schedule: Schedule, steps: int, spacing: str, opti
     preset = PLAN_PRESETS.get(style)
     plan_options = {k: options[k] for k in (preset.options if preset else ()) if options.get(k) is not None}
     return make_plan(schedule, steps, spacing, style, **plan_options)
+
+
+def _cached_plan(fn: Sampler, schedule_key: Any, key: tuple[Any, ...], make: Callable[[], Plan]) -> Plan:
+    """``make()``'s plan through :data:`diffcore.plan_cache.plans` for built-in (program) samplers,
+    which never modify their plan; other callables get a fresh one."""
+    if schedule_key is None or not isinstance(fn, ProgramSampler) or None in key:
+        return make()
+    full = ("plan", schedule_key, *key)
+    return plan_cache.plans.get(full, lambda: plan_cache.tag(make(), full))
+
+
+# schedules built by name inside sample()/sample_from(), never handed out: name -> (factory, schedule, key)
+_NAMED: dict[str, tuple[Any, Schedule, Any]] = {}
+
+
+def _schedule_with_key(schedule: str | Schedule) -> tuple[Schedule, Any]:
+    """The schedule object and its cache key (by value; None if it cannot be keyed); a schedule
+    named by a string is built once per registered factory."""
+    if isinstance(schedule, str):
+        from diffcore.plugins import get
+
+        factory = get("schedules", schedule)
+        entry = _NAMED.get(schedule)
+        if entry is None or entry[0] is not factory:
+            built = resolve_schedule(schedule)
+            entry = _NAMED[schedule] = (factory, built, plan_cache.object_key(built))
+        return entry[1], entry[2]
+    sched = resolve_schedule(schedule)
+    return sched, plan_cache.object_key(sched)
 
 
 def resolve_schedule(schedule: str | Schedule) -> Schedule:
@@ -112,12 +143,19 @@ def sample(
         start: begin at level ``start`` of the plan; ``x_T`` is then the state there (img2img).
     """
     _check_batch("x_T", x_T)
-    fn, sched, param = _resolve(sampler, schedule, prediction)
+    fn, (sched, skey), param = resolve_sampler(sampler), _schedule_with_key(schedule), make_parameterization(prediction)
     options = _options(fn, eta, sampler_options)
     if sigmas is not None:
-        plan = plan_from_sigmas(sched, torch.as_tensor(sigmas, dtype=torch.float64))
+        levels = torch.as_tensor(sigmas, dtype=torch.float64)
+        plan = _cached_plan(
+            fn, skey, ("sigmas", plan_cache.tensor_key(levels)), lambda: plan_from_sigmas(sched, levels)
+        )
     else:
-        plan = sampler_plan(fn, sched, steps, timestep_spacing, options)
+        style = getattr(fn, "plan_style", "karras")
+        preset = PLAN_PRESETS.get(style)
+        plan_options = {k: options.get(k) for k in (preset.options if preset else ())}
+        key = (plan_cache.freeze(steps), plan_cache.freeze(timestep_spacing), style, plan_cache.freeze(plan_options))
+        plan = _cached_plan(fn, skey, key, lambda: sampler_plan(fn, sched, steps, timestep_spacing, options))
     guide = make_guidance(
         guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval, options=guidance_options
     )
@@ -170,9 +208,13 @@ def sample_from(
     Guidance arguments as in :func:`sample` (zero-init steps count from the start level).
     """
     _check_batch("x", x)
-    fn, sched, param = _resolve(sampler, schedule, prediction)
+    fn, (sched, skey), param = resolve_sampler(sampler), _schedule_with_key(schedule), make_parameterization(prediction)
     starts = _starts(t_start, x.shape[0])
-    plans = {v: partial_plan(sched, steps, v) for v in sorted(set(starts))}
+
+    def start_plan(v: float) -> Plan:
+        return _cached_plan(fn, skey, ("partial", plan_cache.freeze(steps), v), lambda: partial_plan(sched, steps, v))
+
+    plans = {v: start_plan(v) for v in sorted(set(starts))}
     if len(plans) > 1 and not hasattr(fn, "program"):
         raise ValueError(f"sampler {getattr(fn, 'name', fn)!r} cannot mix start levels in one batch")
     options = dict(sampler_options or {})
@@ -191,7 +233,7 @@ def sample_from(
     from diffcore.samplers.program import run_program
 
     resolved = fn.resolve(options)  # type: ignore[attr-defined]
-    programs = {v: fn.build(p, **resolved) for v, p in plans.items()}  # type: ignore[attr-defined]
+    programs = {v: fn.cached_program(p, resolved) for v, p in plans.items()}  # type: ignore[attr-defined]
     return run_program(
         denoiser, state, [programs[v] for v in starts], generator=generator, seed=seed, callback=callback
     )
@@ -205,15 +247,10 @@ def _check_batch(name: str, x: Any) -> None:
         raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
     if x.dim() < 1 or x.numel() == 0:
         raise ValueError(f"{name} must be a non-empty batch (B, ...), got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    # a finite sum means every element is finite (one read pass, no temporary); only a non-finite
+    # sum, which large finite values can also give, needs the elementwise check
+    if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
-
-
-def _resolve(
-    sampler: str | Sampler, schedule: str | Schedule, prediction: str | Parameterization
-) -> tuple[Sampler, Schedule, Parameterization]:
-    """The sampler, schedule and parameterization objects of names or objects."""
-    return resolve_sampler(sampler), resolve_schedule(schedule), make_parameterization(prediction)
 
 
 def _options(fn: Sampler, eta: float | None, sampler_options: dict[str, Any] | None) -> dict[str, Any]:

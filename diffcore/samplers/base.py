@@ -11,6 +11,7 @@ Built-ins are written with :func:`program_sampler` over a :class:`~diffcore.samp
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from diffcore import plan_cache
 from diffcore.denoiser import Denoiser
 from diffcore.samplers.builder import FRAMES, Author, Builder
 from diffcore.samplers.program import Callback, Program, run_program
@@ -33,6 +35,9 @@ class Sampler(Protocol):
     def __call__(self, denoiser: Denoiser, x: Tensor, plan: Plan, **options: Any) -> Tensor:
         """Integrate ``x`` over ``plan``; options include ``generator``, ``callback`` and ``seed``."""
         ...
+
+
+_TOKENS = itertools.count()  # one per ProgramSampler ever made: a cache key part never reused
 
 
 def check_eta(eta: object, name: str) -> float:
@@ -60,6 +65,7 @@ class ProgramSampler:
             )
         if self.frame not in FRAMES:
             raise ValueError(f"sampler {self.name!r}: frame={self.frame!r}: expected one of {FRAMES}")
+        object.__setattr__(self, "_token", next(_TOKENS))
 
     def resolve(self, options: dict[str, Any]) -> dict[str, Any]:
         """Options with defaults filled in; unknown names raise listing the known ones."""
@@ -82,6 +88,24 @@ class ProgramSampler:
     def program(self, plan: Plan, **options: Any) -> Program:
         return self.build(plan, **self.resolve(options))
 
+    def cached_program(self, plan: Plan, resolved: dict[str, Any]) -> Program:
+        """:meth:`build` through :data:`diffcore.plan_cache.programs` when ``plan`` came from the
+        plan cache and the options can be keyed (then the program is shared: do not modify it)."""
+        plan_key, options_key = plan_cache.key_of(plan), plan_cache.freeze(resolved)
+        if plan_key is None or options_key is None:
+            return self.build(plan, **resolved)
+        key = ("program", self._token, plan_key, options_key)  # type: ignore[attr-defined]
+
+        def make() -> Program:
+            program = self.build(plan, **resolved)
+            for st in program.steps:
+                plan_cache.readonly(st.rows)
+                if st.side_rows is not None:
+                    plan_cache.readonly(st.side_rows)
+            return plan_cache.tag(program, key)
+
+        return plan_cache.programs.get(key, make)
+
     def __call__(
         self,
         denoiser: Denoiser,
@@ -94,7 +118,7 @@ class ProgramSampler:
         cuda_graph: bool = False,
         **options: Any,
     ) -> Tensor:
-        program = self.program(plan, **options)
+        program = self.cached_program(plan, self.resolve(options))
         return run_program(
             denoiser, x, program, generator=generator, seed=seed, callback=callback, cuda_graph=cuda_graph
         )

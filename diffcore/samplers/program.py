@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffcore import graphs, ops
+from diffcore import graphs, ops, plan_cache
 from diffcore.denoiser import Denoiser
 from diffcore.guidance import StepGuide, step_guides
 from diffcore.samplers.brownian import BrownianPath
@@ -162,20 +162,18 @@ def _loop(
     # Everything static was checked once in run_program; the native op re-checks in C++.
     step, cfg_step = ops.step_kernels(x.device)
     history = run.history
+    if run.guides is None and brownian is None and not any(s is not None for s in run.side):
+        _plain_loop(denoiser, x, program, run, noise, generator, seed, callback)
+        return
     for k, (st, coeffs) in enumerate(zip(program.steps, run.table)):
         guide = run.guides[k] if run.guides is not None else None
         pred = denoiser(x, st.level, step=k, t=run.times[k], c_in=run.scales[k], guide=guide)
-        z, step_seed = None, -1
+        z: Tensor | None
         if st.span is not None:
             assert brownian is not None
-            z = brownian.noise(*st.span)
-        elif st.noise:
-            if seed is not None:  # counter-based noise drawn inside the fused kernel
-                step_seed = seed
-            else:
-                assert noise is not None
-                torch.randn(x.shape, generator=generator, out=noise, dtype=x.dtype, device=x.device)
-                z = noise
+            z, step_seed = brownian.noise(*st.span), -1
+        else:
+            z, step_seed = _noise(st, x, noise, generator, seed)
         side = run.side[k]
         if side is not None:  # the unconditional x0 into history, before the step reads it
             if pred.uncond is not None:
@@ -187,6 +185,44 @@ def _loop(
             step(x, pred.out, coeffs, history, z, st.writes, step_seed, k)
         else:
             cfg_step(x, pred.uncond, pred.cond, pred.guidance, coeffs, history, z, st.writes, step_seed, k)
+        if callback is not None:
+            callback({"i": k, "t": st.level.t, "sigma": st.sigma, "x": x})
+
+
+def _noise(
+    st: Step, x: Tensor, noise: Tensor | None, generator: torch.Generator | None, seed: int | None
+) -> tuple[Tensor | None, int]:
+    """The noise arguments ``(z, seed)`` of a step's fused op: none, the in-kernel Philox stream of
+    ``seed``, or the preallocated buffer refilled from ``generator``."""
+    if not st.noise:
+        return None, -1
+    if seed is not None:  # counter-based noise drawn inside the fused kernel
+        return None, seed
+    assert noise is not None
+    torch.randn(x.shape, generator=generator, out=noise, dtype=x.dtype, device=x.device)
+    return noise, -1
+
+
+def _plain_loop(
+    denoiser: Denoiser,
+    x: Tensor,
+    program: Program,
+    run: _Run,
+    noise: Tensor | None,
+    generator: torch.Generator | None,
+    seed: int | None,
+    callback: Callback | None,
+) -> None:
+    """The loop without guidance, side ops or Brownian noise: model output straight into the op."""
+    step = ops.step_kernels(x.device)[0]
+    output, history = denoiser.output, run.history
+    for k, (st, coeffs, t, c_in) in enumerate(zip(program.steps, run.table, run.times.unbind(0), run.scales)):
+        m = output(x, t, c_in, k)
+        if st.noise:
+            z, step_seed = _noise(st, x, noise, generator, seed)
+            step(x, m, coeffs, history, z, st.writes, step_seed, k)
+        else:
+            step(x, m, coeffs, history, None, st.writes, -1, k)
         if callback is not None:
             callback({"i": k, "t": st.level.t, "sigma": st.sigma, "x": x})
 
@@ -239,9 +275,10 @@ def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[l
     """The coefficient tables, model times, input scales, zeroed history and per-step guidance of a
     run; every host->device copy of the loop happens here, before any graph capture."""
     main = programs[0]
-    table, side = _split(main, _table(programs, denoiser, x, per))
-    times = denoiser.time_table([[st.level.t for st in p.steps] for p in programs], x)
-    scales = denoiser.scale_table([[st.level for st in p.steps] for p in programs], x)
+    key = _tables_key(denoiser, x, programs) if per is None else None
+    table, side, times, scales = plan_cache.runs.get(key, lambda: _tables(denoiser, x, programs, per))
+    if times.shape[1] != x.shape[0]:  # one program, cached as one column: expand to the batch
+        times = times.expand(times.shape[0], x.shape[0]).contiguous()
     history = torch.zeros((main.slots, *x.shape), dtype=x.dtype, device=x.device) if main.slots else None
     guides = None
     if denoiser.guidance is not None:
@@ -253,6 +290,27 @@ def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[l
             reads_uncond=[st.uncond for st in main.steps],
         )
     return _Run(table, side, times, scales, history, guides)
+
+
+def _tables(
+    denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[list[np.ndarray]] | None
+) -> tuple[list[Tensor], list[Tensor | None], Tensor, list[Tensor | float]]:
+    """The batch-size-independent device tables of a run: coefficients (main and side op per
+    step), model times ((steps, 1) for one program, else (steps, B)) and input scales."""
+    table, side = _split(programs[0], _table(programs, denoiser, x, per))
+    times = denoiser.time_table([[st.level.t for st in p.steps] for p in programs], x[:1] if len(programs) == 1 else x)
+    scales = denoiser.scale_table([[st.level for st in p.steps] for p in programs], x)
+    return table, side, times, scales
+
+
+def _tables_key(denoiser: Denoiser, x: Tensor, programs: list[Program]) -> tuple[Any, ...] | None:
+    """The key of :func:`_tables` in :data:`diffcore.plan_cache.runs`: one cached program, the
+    parameterization, the table's dtype and the device (None: not cached)."""
+    program_key = plan_cache.key_of(programs[0]) if len(programs) == 1 else None
+    param_key = plan_cache.parameterization_key(denoiser.param)
+    if program_key is None or param_key is None:
+        return None
+    return ("run", program_key, param_key, x.dtype, x.device, denoiser.timestep_dtype)
 
 
 def _check_static(x: Tensor, main: Program, run: _Run, noise: Tensor | None) -> None:
