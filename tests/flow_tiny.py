@@ -1,9 +1,9 @@
 """Tiny SD3 and Flux pipelines built from configs, with no download: random-weight transformers,
-CLIP and T5 text encoders, tokenizers written from a small vocabulary, and an AutoencoderKL.
+a T5 encoder with a Unigram tokenizer written from a small vocabulary, an AutoencoderKL with a
+shift factor, and tests/sd_tiny.py's CLIP tokenizer and text models.
 
-``sd3_components()`` / ``flux_components()`` give the keyword arguments of diffusers'
-StableDiffusion3Pipeline / FluxPipeline (and their Img2Img / Inpaint variants, which take the same
-components); ``save_pipeline`` writes one as a diffusers folder (safetensors).
+``sd3_components(root)`` / ``flux_components(root)`` give the keyword arguments of diffusers'
+StableDiffusion3Pipeline / FluxPipeline (their Img2Img / Inpaint variants take the same components).
 """
 
 from __future__ import annotations
@@ -12,21 +12,13 @@ import string
 from pathlib import Path
 from typing import Any
 
+import sd_tiny
 import torch
 
-# tokens every tiny vocabulary holds: letters, so any lower-case ASCII prompt tokenizes
+# the T5 vocabulary holds every letter, so any lower-case ASCII prompt tokenizes
 LETTERS = string.ascii_lowercase
 IMAGE_SIZE = 32  # pixels; the VAE halves it, so latents are 16 x 16
-
-
-def clip_tokenizer() -> Any:
-    """A byte-level BPE CLIPTokenizer over single letters (and their word-final forms), no merges."""
-    from transformers import CLIPTokenizer
-
-    specials = ["<|startoftext|>", "<|endoftext|>"]
-    words = [*LETTERS, *(f"{c}</w>" for c in LETTERS)]
-    vocab = {tok: i for i, tok in enumerate([*specials, *words])}
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+LATENT_CHANNELS = 16  # as SD3's and Flux's VAEs (diffusers' SD3 inpainting needs 16)
 
 
 def t5_tokenizer() -> Any:
@@ -37,28 +29,6 @@ def t5_tokenizer() -> Any:
     pieces += [(f"\u2581{w}", -1.0) for w in ("a", "cat", "dog", "photo", "of", "blurry", "red")]
     pieces += [(c, -3.0) for c in LETTERS]
     return T5Tokenizer(vocab=pieces, extra_ids=0)
-
-
-def clip_encoder(seed: int, *, projection: bool = True) -> Any:
-    """A random CLIPTextModelWithProjection (SD3) or CLIPTextModel (Flux, ``projection=False``)
-    for :func:`clip_tokenizer`'s vocabulary."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=2 + 2 * len(LETTERS),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        projection_dim=32,
-        max_position_embeddings=77,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_act="gelu",
-    )
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
 def t5_encoder(seed: int, d_model: int = 32) -> Any:
@@ -109,7 +79,7 @@ def flow_scheduler(**config: Any) -> Any:
     return FlowMatchEulerDiscreteScheduler(**config)
 
 
-def sd3_components(seed: int = 0, *, shift: float = 3.0) -> dict[str, Any]:
+def sd3_components(root: Path, seed: int = 0, *, shift: float = 3.0) -> dict[str, Any]:
     """StableDiffusion3Pipeline's components: CLIP-L (32) + CLIP-G (32) padded to T5's 64, pooled 64."""
     from diffusers import SD3Transformer2DModel
 
@@ -117,8 +87,8 @@ def sd3_components(seed: int = 0, *, shift: float = 3.0) -> dict[str, Any]:
     transformer = SD3Transformer2DModel(
         sample_size=IMAGE_SIZE // 2,
         patch_size=2,
-        in_channels=4,
-        out_channels=4,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
         num_layers=2,
         attention_head_dim=8,
         num_attention_heads=4,
@@ -127,27 +97,28 @@ def sd3_components(seed: int = 0, *, shift: float = 3.0) -> dict[str, Any]:
         pooled_projection_dim=64,
         pos_embed_max_size=16,
     ).eval()
+    tok = sd_tiny.tokenizer(root / "_tok")
     return {
         "transformer": transformer,
         "scheduler": flow_scheduler(shift=shift),
-        "vae": autoencoder(seed + 1, 4),
-        "text_encoder": clip_encoder(seed + 2),
-        "tokenizer": clip_tokenizer(),
-        "text_encoder_2": clip_encoder(seed + 3),
-        "tokenizer_2": clip_tokenizer(),
+        "vae": autoencoder(seed + 1, LATENT_CHANNELS),
+        "text_encoder": sd_tiny.clip(tok, projection=True, seed=seed + 2),
+        "tokenizer": tok,
+        "text_encoder_2": sd_tiny.clip(tok, projection=True, seed=seed + 3),
+        "tokenizer_2": tok,
         "text_encoder_3": t5_encoder(seed + 4, d_model=64),
         "tokenizer_3": t5_tokenizer(),
     }
 
 
-def flux_components(seed: int = 0, *, guidance_embeds: bool = True) -> dict[str, Any]:
+def flux_components(root: Path, seed: int = 0, *, guidance_embeds: bool = True) -> dict[str, Any]:
     """FluxPipeline's components: CLIP-L pooled (32), T5 tokens (32), a dynamic-shift scheduler."""
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=16,
+        in_channels=4 * LATENT_CHANNELS,
         num_layers=1,
         num_single_layers=1,
         attention_head_dim=16,
@@ -160,18 +131,13 @@ def flux_components(seed: int = 0, *, guidance_embeds: bool = True) -> dict[str,
     scheduler = flow_scheduler(
         shift=3.0, use_dynamic_shifting=True, base_image_seq_len=16, max_image_seq_len=256, max_shift=1.15
     )
+    tok = sd_tiny.tokenizer(root / "_tok")
     return {
         "transformer": transformer,
         "scheduler": scheduler,
-        "vae": autoencoder(seed + 1, 4),
-        "text_encoder": clip_encoder(seed + 2, projection=False),
-        "tokenizer": clip_tokenizer(),
+        "vae": autoencoder(seed + 1, LATENT_CHANNELS),
+        "text_encoder": sd_tiny.clip(tok, seed=seed + 2),
+        "tokenizer": tok,
         "text_encoder_2": t5_encoder(seed + 3),
         "tokenizer_2": t5_tokenizer(),
     }
-
-
-def save_pipeline(pipe: Any, folder: Path) -> Path:
-    """``pipe.save_pretrained(folder)`` with safetensors weights; returns the folder."""
-    pipe.save_pretrained(str(folder), safe_serialization=True)
-    return folder

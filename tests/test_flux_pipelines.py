@@ -31,8 +31,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def flux():
-    return diffusers.FluxPipeline(**flow_tiny.flux_components())
+def flux(tmp_path_factory):
+    return diffusers.FluxPipeline(**flow_tiny.flux_components(tmp_path_factory.mktemp("flux")))
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -56,7 +56,7 @@ def test_pack_unpack_and_ids_are_fluxpipelines() -> None:
 def test_flux_transformer_samples_as_the_diffusers_pipeline(flux, true_cfg) -> None:
     pe, pp, _ = flux.encode_prompt(PROMPT, max_sequence_length=16)
     npe, npp, _ = flux.encode_prompt(NEGATIVE, max_sequence_length=16)
-    x_T = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    x_T = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(1))
     ref = flux(
         prompt_embeds=pe,
         pooled_prompt_embeds=pp,
@@ -86,7 +86,7 @@ def test_flux_transformer_samples_as_the_diffusers_pipeline(flux, true_cfg) -> N
 
 def test_flux_guidance_embedding_is_checked(flux) -> None:
     model = FluxTransformer.from_transformer(flux.transformer)
-    x, t = torch.randn(2, 4, 16, 16), torch.tensor([900.0, 100.0])
+    x, t = torch.randn(2, 16, 16, 16), torch.tensor([900.0, 100.0])
     cond = {"encoder_hidden_states": torch.randn(2, 7, 32), "pooled_projections": torch.randn(2, 32)}
     with pytest.raises(ValueError, match="guidance_embeds=True: cond\\['guidance'\\] must be a \\(2,\\)"):
         model(x, t, cond)
@@ -98,4 +98,4 @@ def test_flux_guidance_embedding_is_checked(flux) -> None:
     )
     with pytest.raises(ValueError, match="guidance_embeds=False"):
         schnell(x, t, {**cond, "guidance": torch.ones(2)})
-    assert schnell(x, t, cond).shape == x.shape and model.latent_channels == 4
+    assert schnell(x, t, cond).shape == x.shape and model.latent_channels == 16

@@ -126,7 +126,11 @@ class MMDiTTransformer(nn.Module):
         model_cls = getattr(diffusers, cls.diffusers_class)
         try:
             model = model_cls.from_pretrained(
-                str(folder), torch_dtype=torch_dtype, use_safetensors=True, local_files_only=True
+                str(folder),
+                torch_dtype=torch_dtype,
+                use_safetensors=True,
+                local_files_only=True,
+                low_cpu_mem_usage=False,
             )
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
             raise DiffusersInteropError(f"{folder}: cannot load a {cls.diffusers_class}: {exc}") from exc
