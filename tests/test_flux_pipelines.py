@@ -1,17 +1,22 @@
-"""Flux on diffcore: a tiny FluxPipeline built from configs (tests/flow_tiny.py) is the oracle;
-diffcore samples its FluxTransformer2DModel through :class:`FluxTransformer` on the unpacked latent
-with the same noise and prompt embeddings: the embedded guidance of a guidance-distilled model,
-true CFG with a negative prompt, the dynamic shift mu of the image size and Flux's evenly spaced
-sigmas (``timestep_spacing="trailing"``), relative 1e-4 in float32."""
+"""Flux on diffcore: a tiny FluxPipeline built from configs (tests/flow_tiny.py) and its Img2Img /
+Inpaint variants are the oracle. The saved folder loads through ``load_diffusers_pipeline`` as a
+LatentPipeline whose text2image / image2image / inpaint equal diffusers' ``output_type="pt"``
+images for the same noise: the embedded guidance of a guidance-distilled model (family option
+``embedded_guidance``), true CFG with a negative prompt (diffcore's ``guidance_scale``, diffusers'
+``true_cfg_scale``), the dynamic shift mu of the image size and Flux's evenly spaced sigmas
+(``timestep_spacing="trailing"``), relative 1e-4 in float32. :class:`FluxTransformer` alone, on
+the unpacked latent, equals the pipeline's loop on the same prompt embeddings."""
 
 from __future__ import annotations
 
 import flow_tiny
 import pytest
+import sd_tiny
 import torch
 
 import diffcore
 from diffcore.interop.components.mmdit import FluxTransformer, latent_image_ids, pack_latents, unpack_latents
+from diffcore.interop.diffusers import load_diffusers_pipeline
 from diffcore.interop.scheduler_config import scheduler_from_config
 
 diffusers = pytest.importorskip("diffusers")
@@ -30,9 +35,48 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+SIZE = flow_tiny.IMAGE_SIZE
+TEXT = {"max_sequence_length": 16, "embedded_guidance": 3.5}
+
+
 @pytest.fixture(scope="module")
-def flux(tmp_path_factory):
-    return diffusers.FluxPipeline(**flow_tiny.flux_components(tmp_path_factory.mktemp("flux")))
+def components(tmp_path_factory):
+    return flow_tiny.flux_components(tmp_path_factory.mktemp("flux"))
+
+
+@pytest.fixture(scope="module")
+def flux(components):
+    return diffusers.FluxPipeline(**components)
+
+
+@pytest.fixture(scope="module")
+def pipe(flux, tmp_path_factory):
+    root = tmp_path_factory.mktemp("flux_folder")
+    flux.save_pretrained(root, safe_serialization=True)
+    return load_diffusers_pipeline(root)
+
+
+def diffusers_kwargs(seed: int, true_cfg: float = 2.0) -> dict:
+    return {
+        "negative_prompt": NEGATIVE,
+        "true_cfg_scale": true_cfg,
+        "guidance_scale": TEXT["embedded_guidance"],
+        "num_inference_steps": STEPS,
+        "height": SIZE,
+        "width": SIZE,
+        "generator": torch.Generator().manual_seed(seed),
+        "max_sequence_length": TEXT["max_sequence_length"],
+    }
+
+
+def diffcore_kwargs(seed: int, true_cfg: float = 2.0) -> dict:
+    return {
+        "negative_prompt": NEGATIVE,
+        "guidance_scale": true_cfg,
+        "steps": STEPS,
+        "generator": torch.Generator().manual_seed(seed),
+        "family_options": TEXT,
+    }
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,3 +143,43 @@ def test_flux_guidance_embedding_is_checked(flux) -> None:
     with pytest.raises(ValueError, match="guidance_embeds=False"):
         schnell(x, t, {**cond, "guidance": torch.ones(2)})
     assert schnell(x, t, cond).shape == x.shape and model.latent_channels == 16
+
+
+@pytest.mark.parametrize("true_cfg", [1.0, 2.0])
+def test_text2image_equals_flux_pipeline(flux, pipe, true_cfg) -> None:
+    x_T = torch.randn(1, 16, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(5))
+    ref = flux(PROMPT, latents=pack_latents(x_T), output_type="pt", **diffusers_kwargs(0, true_cfg)).images
+    out = pipe.text2image(PROMPT, height=SIZE, width=SIZE, latents=x_T.clone(), **diffcore_kwargs(0, true_cfg))
+    assert pipe.family.name == "flux" and out.shape == ref.shape == (1, 3, SIZE, SIZE)
+    assert rel(out, ref) < TOL
+    spec = pipe.family.scheduler_spec(pipe.scheduler_config, SIZE, SIZE, strict=False)
+    assert spec.timestep_spacing == "trailing" and spec.schedule.mu == pytest.approx(0.5 + 0.65 * 48 / 240)
+
+
+def test_image2image_equals_the_img2img_pipeline(components, pipe) -> None:
+    image = sd_tiny.images(1, SIZE)
+    ref = diffusers.FluxImg2ImgPipeline(**components)(
+        PROMPT, image=image, strength=0.6, output_type="pt", **diffusers_kwargs(3)
+    ).images
+    out = pipe.image2image(image, PROMPT, strength=0.6, **diffcore_kwargs(3))
+    assert rel(out, ref) < TOL
+
+
+def test_inpaint_equals_the_inpaint_pipeline(components, pipe) -> None:
+    image, mask = sd_tiny.images(1, SIZE), sd_tiny.center_mask(1, SIZE)
+    ref = diffusers.FluxInpaintPipeline(**components)(
+        PROMPT, image=image, mask_image=mask, strength=0.7, output_type="pt", **diffusers_kwargs(4)
+    ).images
+    out = pipe.inpaint(image, mask, PROMPT, strength=0.7, **diffcore_kwargs(4))
+    assert rel(out, ref) < TOL
+    everything = pipe.inpaint(image, torch.ones_like(mask), PROMPT, strength=0.7, **diffcore_kwargs(4))
+    assert rel(out, everything) > 0.01
+
+
+def test_flux_pipeline_errors_name_the_value(pipe) -> None:
+    with pytest.raises(ValueError, match="multiples of 4"):
+        pipe.text2image(PROMPT, height=SIZE + 2, width=SIZE, steps=1)
+    with pytest.raises(ValueError, match="embedded_guidance=-1"):
+        pipe.text2image(PROMPT, height=SIZE, width=SIZE, steps=1, family_options={"embedded_guidance": -1})
+    with pytest.raises(TypeError, match="unknown family_options \\['clip_skip'\\]"):
+        pipe.text2image(PROMPT, height=SIZE, width=SIZE, steps=1, family_options={"clip_skip": 1})
