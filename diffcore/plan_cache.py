@@ -91,6 +91,26 @@ def clear_cache() -> None:
         c.clear()
 
 
+class Key:
+    """A cache key with its hash computed once: keys nest (a program's key holds its plan's, which
+    holds its schedule's), and a plain tuple would be hashed through every level on every lookup."""
+
+    __slots__ = ("parts", "_hash")
+
+    def __init__(self, *parts: Hashable) -> None:
+        self.parts = parts
+        self._hash = hash(parts)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (isinstance(other, Key) and self._hash == other._hash and self.parts == other.parts)
+
+    def __repr__(self) -> str:
+        return f"Key{self.parts!r}"
+
+
 class _Unkeyable(Exception):
     """A value that cannot be part of a cache key."""
 
@@ -135,7 +155,7 @@ def object_key(obj: Any) -> Hashable | None:
     if attrs is None:
         return None
     frozen = freeze(attrs)
-    return None if frozen is None else (type(obj).__module__, type(obj).__qualname__, frozen)
+    return None if frozen is None else Key(type(obj).__module__, type(obj).__qualname__, frozen)
 
 
 def parameterization_key(param: Any) -> Hashable | None:

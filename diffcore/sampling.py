@@ -46,7 +46,7 @@ def _cached_plan(fn: Sampler, schedule_key: Any, key: tuple[Any, ...], make: Cal
     which never modify their plan; other callables get a fresh one."""
     if schedule_key is None or not isinstance(fn, ProgramSampler) or None in key:
         return make()
-    full = ("plan", schedule_key, *key)
+    full = plan_cache.Key("plan", schedule_key, *key)
     return plan_cache.plans.get(full, lambda: plan_cache.tag(make(), full))
 
 

@@ -94,7 +94,7 @@ class ProgramSampler:
         plan_key, options_key = plan_cache.key_of(plan), plan_cache.freeze(resolved)
         if plan_key is None or options_key is None:
             return self.build(plan, **resolved)
-        key = ("program", self._token, plan_key, options_key)  # type: ignore[attr-defined]
+        key = plan_cache.Key("program", self._token, plan_key, options_key)  # type: ignore[attr-defined]
 
         def make() -> Program:
             program = self.build(plan, **resolved)

@@ -298,6 +298,7 @@ def _tables(
     """The batch-size-independent device tables of a run: coefficients (main and side op per
     step), model times ((steps, 1) for one program, else (steps, B)) and input scales."""
     table, side = _split(programs[0], _table(programs, denoiser, x, per))
+    _check_structure(programs[0], table)
     times = denoiser.time_table([[st.level.t for st in p.steps] for p in programs], x[:1] if len(programs) == 1 else x)
     scales = denoiser.scale_table([[st.level for st in p.steps] for p in programs], x)
     return table, side, times, scales
@@ -314,17 +315,24 @@ def _tables_key(denoiser: Denoiser, x: Tensor, programs: list[Program]) -> tuple
 
 
 def _check_static(x: Tensor, main: Program, run: _Run, noise: Tensor | None) -> None:
-    """Check the loop's static arguments once (the native op re-checks in C++)."""
-    slots, history = main.slots, run.history
-    for k, (st, coeffs, side) in enumerate(zip(main.steps, run.table, run.side)):
-        if k == 0:
-            ops.check_step(x, coeffs, history, noise if st.noise else None, st.writes)
-        elif coeffs.shape[-1] != ops.coeff_width(slots, len(st.writes)) or any(not 0 <= w < slots for w in st.writes):
+    """Check the loop's arguments that depend on ``x``, once per run (the program's structure was
+    checked with its tables; the native op re-checks everything in C++)."""
+    if main.steps:
+        st = main.steps[0]
+        ops.check_step(x, run.table[0], run.history, noise if st.noise else None, st.writes)
+    for st, side in zip(main.steps, run.side):
+        if side is not None:
+            ops.check_step(x, side, run.history, None, st.side_writes)
+
+
+def _check_structure(main: Program, table: list[Tensor]) -> None:
+    """Every step's coefficient width and history writes fit the program's slots."""
+    slots = main.slots
+    for k, (st, coeffs) in enumerate(zip(main.steps, table)):
+        if coeffs.shape[-1] != ops.coeff_width(slots, len(st.writes)) or any(not 0 <= w < slots for w in st.writes):
             raise ValueError(
                 f"program step {k}: {coeffs.shape[-1]} coefficients or writes {st.writes} do not fit {slots} slots"
             )
-        if side is not None:
-            ops.check_step(x, side, history, None, st.side_writes)
 
 
 def _run_graphed(
