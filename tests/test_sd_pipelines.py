@@ -233,6 +233,12 @@ def test_bad_inputs_name_the_value(loaded: dict) -> None:
         pipe.text2image(PROMPTS[:1], height=33, width=32, steps=1)
     with pytest.raises(ValueError, match="negative_prompt"):
         pipe.text2image(PROMPTS, ["a", "b", "c"], steps=1)
+    with pytest.raises(ValueError, match="cuda_graph"):
+        pipe.inpaint(sd_tiny.images(1), sd_tiny.center_mask(1), PROMPTS[:1], steps=1, cuda_graph=True)
+    with pytest.raises(ValueError, match="diffusers folder"):
+        pipe.save("somewhere")
+    with pytest.raises(DiffusersInteropError, match="per call"):
+        load_diffusers_pipeline(pipe.run["diffusers"]["source"], steps=3)
     with pytest.raises(TypeError, match="unknown options"):
         pipe.text2image(PROMPTS[:1], stepz=3)
 

@@ -216,6 +216,13 @@ class LatentPipeline(Pipeline):
             x = run.sample(self.family.pack(start), start=first, keep=(known, noise, small))
         return self.decode(self.family.unpack(x, run.height, run.width))
 
+    def save(self, path: Any) -> Any:
+        """Not a diffcore checkpoint: a latent pipeline stays the diffusers folder it came from."""
+        raise ValueError(
+            f"a LatentPipeline stays the diffusers folder it was loaded from ({self.run['diffusers']['source']!r}); "
+            "Pipeline.save writes diffcore checkpoints only"
+        )
+
     # ------------------------------------------------------------------ the VAE
     def encode(self, images: Tensor, generator: torch.Generator | None, batch: int) -> Tensor:
         """Scaled latents of ``images`` in [0, 1], repeated to ``batch`` rows (posterior draws from ``generator``)."""
@@ -354,6 +361,11 @@ class _Run:
         there); ``keep`` = (known
         latents, their noise, mask) pastes the known region back after every step."""
         kwargs = dict(self.kwargs)
+        if keep is not None and kwargs.get("cuda_graph"):
+            raise ValueError(
+                "cuda_graph=True cannot inpaint with a model without inpainting channels: the known region is "
+                "pasted back after every step on the host; use cuda_graph=False or a 9-channel inpainting UNet"
+            )
         if keep is not None:
             kwargs["callback"] = _Paste(self.plan, *keep, kwargs.get("callback"), self.pipe.family)
         self.pipe._use(self.pipe.family.model_key)  # placed; Pipeline.sample calls it

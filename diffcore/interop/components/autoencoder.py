@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from diffcore.interop.components import safetensors_only
 from diffcore.interop.errors import DiffusersInteropError
+from diffcore.interop.scheduler_config import read_config
 
 __all__ = ["Autoencoder"]
 
@@ -50,6 +51,8 @@ class Autoencoder(nn.Module):
 
         folder = Path(path)
         safetensors_only(folder)
+        if torch_dtype == torch.float16 and read_config(folder, "config.json").get("force_upcast", False):
+            torch_dtype = torch.float32  # an fp16 VAE that overflows (SDXL's): diffusers upcasts it too
         try:
             vae = import_diffusers().AutoencoderKL.from_pretrained(
                 folder, torch_dtype=torch_dtype, use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
