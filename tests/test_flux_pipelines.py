@@ -183,3 +183,14 @@ def test_flux_pipeline_errors_name_the_value(pipe) -> None:
         pipe.text2image(PROMPT, height=SIZE, width=SIZE, steps=1, family_options={"embedded_guidance": -1})
     with pytest.raises(TypeError, match="unknown family_options \\['clip_skip'\\]"):
         pipe.text2image(PROMPT, height=SIZE, width=SIZE, steps=1, family_options={"clip_skip": 1})
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_loads_and_samples(pipe, flux, dtype, tmp_path) -> None:
+    flux.save_pretrained(tmp_path, safe_serialization=True)
+    half = load_diffusers_pipeline(tmp_path, torch_dtype=dtype)
+    assert half.family.model.dtype == dtype and half.family.model.transformer.dtype == dtype
+    opts = {"height": SIZE, "width": SIZE, "steps": 2, "seed": 0, "family_options": TEXT}
+    out, full = half.text2image(PROMPT, **opts), pipe.text2image(PROMPT, **opts)
+    assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())
+    assert rel(out, full) < 0.1

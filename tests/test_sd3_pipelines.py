@@ -234,3 +234,17 @@ def test_sd3_pipeline_errors_name_the_value(pipe) -> None:
         pipe.text2image(PROMPT, height=SIZE, width=SIZE, steps=1, family_options={"max_sequence_length": 0})
     with pytest.raises(ValueError, match="pooled_projections"):
         pipe.text2image(None, height=SIZE, width=SIZE, steps=1, prompt_embeds=torch.zeros(1, 4, 64))
+
+
+def test_without_t5_the_t5_tokens_are_zeros(components, tmp_path) -> None:
+    """A folder saved with text_encoder_3 / tokenizer_3 null (SD3 without T5) loads and matches."""
+    ref_pipe = diffusers.StableDiffusion3Pipeline(**{**components, "text_encoder_3": None, "tokenizer_3": None})
+    ref_pipe.save_pretrained(tmp_path, safe_serialization=True)
+    pipe = load_diffusers_pipeline(tmp_path)
+    x_T = torch.randn(1, 16, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(8))
+    ref = ref_pipe(PROMPT, latents=x_T.clone(), output_type="pt", **diffusers_kwargs(0)).images
+    out = pipe.text2image(PROMPT, height=SIZE, width=SIZE, latents=x_T.clone(), **diffcore_kwargs(0))
+    assert "text_encoder_3" not in pipe.components and rel(out, ref) < TOL
+    cond, _ = pipe.family.encode_prompt([PROMPT], None, guidance=False, height=SIZE, width=SIZE, **TEXT)
+    assert cond["encoder_hidden_states"].shape == (1, 77 + 16, 64)
+    assert not cond["encoder_hidden_states"][:, 77:].any()
