@@ -146,6 +146,19 @@ class Pipeline:
         except (AttributeError, StopIteration):
             return torch.device("cpu")
 
+    @property
+    def autoencoder(self) -> Any:
+        """A latent run's autoencoder (``run["autoencoder"]``, :mod:`diffcore.training.latents`),
+        loaded on first use through the ``autoencoders`` registry; None for a pixel-space run."""
+        record = self.run.get("autoencoder")
+        if not record:
+            return None
+        if getattr(self, "_autoencoder", None) is None:
+            from diffcore.plugins import get
+
+            self._autoencoder = get("autoencoders", record.get("name", "autoencoder_kl"))(record["path"])
+        return self._autoencoder.to(self.device)
+
     # ---------------------------------------------------------------- conditioning
     def class_labels(self, class_labels: Any, n: int) -> Tensor:
         """``class_labels`` (one label, or one per sample) as a (n,) int64 tensor on the device."""
@@ -259,7 +272,7 @@ class Pipeline:
         shape: tuple[int, ...] | None = None,
         **sample_kwargs: Any,
     ) -> Tensor:
-        """``n`` samples in model space (images in [-1, 1]), batched by ``batch_size``.
+        """``n`` samples in model space (images in [-1, 1]; a latent run decodes them), batched by ``batch_size``.
 
         ``class_labels``: one label or one per sample; ``prompts``: one per sample (a text model).
         Each batch draws its start noise, then its Philox seed, from one generator (``generator``,
@@ -289,7 +302,8 @@ class Pipeline:
                     **sample_kwargs,
                 )
             )
-        return torch.cat(outs)
+        out = torch.cat(outs)
+        return out if self.autoencoder is None else self.autoencoder.decode(out).float()
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
@@ -305,6 +319,12 @@ class Pipeline:
             "sampler": {"name": self.sampler, "steps": self.steps},
         }
         return save_checkpoint(path, tensors, meta)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write a diffusers DDPMPipeline folder (:func:`diffcore.interop.export.save_pretrained`)."""
+        from diffcore.interop.export import save_pretrained
+
+        return save_pretrained(self, path)
 
     @classmethod
     def load(cls, path: str | Path, *, ema: bool = True, device: str | torch.device = "cpu") -> Pipeline:

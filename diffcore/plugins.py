@@ -60,6 +60,7 @@ BUILTIN_PLUGINS.append("diffcore_plugins.anomaly")
 BUILTIN_PLUGINS.append("diffcore_plugins.denoise")
 BUILTIN_PLUGINS.append("diffcore_plugins.autoencoders")
 BUILTIN_PLUGINS.append("diffcore_plugins.latent")
+BUILTIN_PLUGINS.append("diffcore_plugins.export")
 BUILTIN_PLUGINS.append("diffcore_plugins.demo")  # an application: the `diffcore demo` command
 
 __all__ = [

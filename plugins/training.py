@@ -108,6 +108,7 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
         "captions",
         "text_dropout",
         "reflow_from",
+        "autoencoder",
         *REFLOW_OPTIONS,
     ):
         if getattr(args, key) is not None:
@@ -207,6 +208,12 @@ def register_commands(cli: Any) -> None:
     p.add_argument("--text-dropout", type=float, default=None, help="null-text dropout probability")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--config", help="JSON file with any of these options (command-line flags win)")
+    p.add_argument(
+        "--autoencoder",
+        metavar="DIR",
+        help="train in the latent space of this diffusers AutoencoderKL folder: images are encoded once "
+        "(cached in --out as latents.safetensors, scaling factor applied); generation decodes",
+    )
     reflow = p.add_argument_group(
         "reflow (rectified flow, Liu et al. 2023)",
         "train a straighter copy of a trained flow model on (noise, sample) pairs of its ODE; dataset, "

@@ -98,6 +98,7 @@ def train(
     pairs: int = 10_000,
     pair_sampler: str = "heun",
     pair_steps: int = 32,
+    autoencoder: str | Path | None = None,
     **config: Any,
 ) -> Pipeline:
     """Train a diffusion model and return its Pipeline (EMA weights); see ``diffcore train -h``.
@@ -113,6 +114,8 @@ def train(
     ``reflow_from`` (a flow run) trains a reflowed model instead (:mod:`diffcore.training.reflow`):
     ``pairs`` (noise, sample) pairs solved with ``pair_sampler`` in ``pair_steps`` steps, the
     teacher's dataset, architecture, schedule and weights; the pairs are saved in ``out``.
+    ``autoencoder`` (a diffusers AutoencoderKL folder) trains in its latent space: the images are
+    encoded once and cached in ``out`` (:mod:`diffcore.training.latents`); generation decodes.
     """
     check_sampler(sampler, sample_steps)
     if device is not None and str(device) != "auto":
@@ -126,7 +129,7 @@ def train(
     with run_folder(out, resume=resume, overwrite=overwrite, writer=_writes()):
         setup = _setup(
             dataset, model, dataset_options, model_config, train_cfg.seed, task_condition,
-            task_condition_options, captions,
+            task_condition_options, captions, autoencoder=autoencoder, out=out,
         )  # fmt: skip
         sched = get("schedules", schedule)(**(schedule_options or {}))
         param = make_parameterization(prediction, **(prediction_options or {}))
@@ -142,6 +145,8 @@ def train(
             run["task_condition"] = setup.condition.config()
         if setup.captions is not None:
             run["text"] = {"captions": captions, "dropout": text_dropout}
+        if setup.autoencoder is not None:
+            run["autoencoder"] = setup.autoencoder
         json.dumps(run)  # the run config must be JSON: fail here, not at the first checkpoint
         return _fit(
             lambda: Trainer(
@@ -162,6 +167,7 @@ class _Setup:
     model_config: dict[str, Any]
     condition: Any
     captions: Any
+    autoencoder: dict[str, Any] | None = None  # the latent run's autoencoder record
 
     def dataset_record(self, name: str, options: dict[str, Any] | None) -> dict[str, Any]:
         data = self.data
@@ -184,9 +190,18 @@ def _setup(
     task_condition: str | None,
     task_condition_options: dict[str, Any] | None,
     captions: str | None,
+    *,
+    autoencoder: str | Path | None = None,
+    out: str | Path | None = None,
 ) -> _Setup:
-    """Load the dataset and build the model (initial weights from ``seed``) and conditioning."""
+    """Load the dataset (encoded to latents with ``autoencoder``, cached in ``out``) and build the
+    model (initial weights from ``seed``) and conditioning."""
     data = get("datasets", dataset)(**(dataset_options or {}))
+    record = None
+    if autoencoder is not None:
+        from diffcore.training.latents import latent_dataset
+
+        data, record = latent_dataset(data, autoencoder, out if _writes() else None)
     condition = None
     if task_condition is not None:
         from diffcore.conditions import make_task_condition
@@ -203,7 +218,7 @@ def _setup(
     model_cfg = {**model_cfg, **(model_config or {})}
     torch.manual_seed(seed)  # the initial weights depend only on the seed
     net = get("models", model)(**model_cfg)
-    return _Setup(data, net, model_cfg, condition, caption_set)
+    return _Setup(data, net, model_cfg, condition, caption_set, record)
 
 
 def _fit(
