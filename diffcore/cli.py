@@ -34,7 +34,16 @@ _SCALARS: tuple[type, ...] = (int, float, str, bool, Path)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-__all__ = ["BUILTIN_COMMANDS", "PluginCommands", "UsageError", "add_params", "build_parser", "main", "task_parser"]
+__all__ = [
+    "BUILTIN_COMMANDS",
+    "PluginCommands",
+    "UsageError",
+    "add_params",
+    "build_parser",
+    "main",
+    "parse_bool",
+    "task_parser",
+]
 
 
 class UsageError(Exception):
@@ -259,8 +268,8 @@ def add_params(parser: argparse.ArgumentParser, task: str, params_cls: type, *, 
             continue
         option = "--" + f.name.replace("_", "-")
         kwargs["dest"], kwargs["required"] = f.name, "default" not in kwargs
-        if convert is _parse_bool:
-            parser.add_argument(option, nargs="?", const=True, type=_parse_bool, metavar="BOOL", **kwargs)
+        if convert is parse_bool:
+            parser.add_argument(option, nargs="?", const=True, type=parse_bool, metavar="BOOL", **kwargs)
             parser.add_argument("--no-" + option[2:], dest=f.name, action="store_false", help=f"set {f.name} to false")
         else:
             metavar = None if choices else f.metadata.get("metavar", f.name.upper())
@@ -318,9 +327,9 @@ def _converter(task: str, field: str, hint: Any) -> tuple[Callable[[str], Any], 
         kinds = {type(v) for v in values}
         if len(kinds) == 1 and kinds <= set(_SCALARS):
             kind = kinds.pop()
-            return (_parse_bool if kind is bool else kind), values, False
+            return (parse_bool if kind is bool else kind), values, False
     elif hint in _SCALARS:
-        return (_parse_bool if hint is bool else hint), None, False
+        return (parse_bool if hint is bool else hint), None, False
     raise plugins.PluginError(
         f"task {task!r}: field {field!r} has type {hint!r}; the command line supports "
         "int, float, str, bool, Path, Optional[...] of those, Literal[...] and list[...] of a scalar"
@@ -334,7 +343,8 @@ def _own_doc(task: object) -> str | None:
     return inspect.cleandoc(doc) if isinstance(doc, str) and doc.strip() else None
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """``true/false, yes/no, on/off, 1/0`` (any case) as a bool; argparse's error for anything else."""
     value = text.strip().lower()
     if value in _TRUE:
         return True

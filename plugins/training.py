@@ -8,6 +8,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from diffcore.cli import parse_bool
+from diffcore.devices import DEVICE_CHOICES
 from diffcore.parameterization import ALIASES, PARAMETERIZATIONS
 from diffcore.plugins import hookimpl
 from diffcore.training.config import LR_SCHEDULES, TrainConfig
@@ -108,6 +110,7 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
         "captions",
         "text_dropout",
         "reflow_from",
+        "device",
         "autoencoder",
         *REFLOW_OPTIONS,
     ):
@@ -165,7 +168,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from diffcore.training.api import train
 
     options = _train_options(args)
-    pipe = train(resume=args.resume, **options)
+    pipe = train(resume=args.resume, overwrite=args.overwrite, **options)
     out = Path(options["out"])
     print(
         json.dumps(
@@ -207,6 +210,17 @@ def register_commands(cli: Any) -> None:
     p.add_argument("--captions", help="caption set for text-to-image training (e.g. digits)")
     p.add_argument("--text-dropout", type=float, default=None, help="null-text dropout probability")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (without --resume), or resume with other training options (with it); "
+        "without either flag a folder holding a run is refused",
+    )
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help=f"{', '.join(DEVICE_CHOICES)} (default auto: CUDA, then Apple MPS, then CPU)",
+    )
     p.add_argument("--config", help="JSON file with any of these options (command-line flags win)")
     p.add_argument(
         "--autoencoder",
@@ -224,7 +238,7 @@ def register_commands(cli: Any) -> None:
     reflow.add_argument("--pair-sampler", metavar="NAME", help="sampler solving the teacher's ODE (default heun)")
     reflow.add_argument("--pair-steps", type=_positive_int, metavar="N", help="its steps per pair (default 32)")
     for f in fields(TrainConfig):
-        kind = {"int": int, "float": float, "bool": lambda s: s.lower() in ("1", "true", "yes", "on"), "str": str}[
+        kind = {"int": int, "float": float, "bool": parse_bool, "str": str}[
             f.type if isinstance(f.type, str) else f.type.__name__
         ]
         text, choices = FIELD_HELP.get(f.name, (f"TrainConfig.{f.name}", None))

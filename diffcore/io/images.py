@@ -11,6 +11,7 @@ parameters).
 from __future__ import annotations
 
 import math
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -199,20 +200,34 @@ def _read_picture(path: Path, what: str, mode: str | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:  # reads the header only
-            width, height = im.size
-            if width * height > MAX_PIXELS:
-                raise ValueError(
-                    f"{what} {str(path)!r} is {width}x{height} pixels; pictures up to {MAX_PIXELS} pixels "
-                    "are read (diffcore.io.images.MAX_PIXELS)"
-                )
+        with warnings.catch_warnings():  # PIL warns of, then refuses, pictures past its own bound
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)  # reads the header only
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(
+            f"{what} {str(path)!r} is too large to decode ({exc}); pictures up to {MAX_PIXELS} pixels are read "
+            "(diffcore.io.images.MAX_PIXELS)"
+        ) from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{what} {str(path)!r} is not a readable image: {exc}") from None
+    try:
+        with im:
+            if im.size[0] * im.size[1] > MAX_PIXELS:
+                raise _too_large(im.size, path, what)
             im.load()
             if mode is None:
                 gray = im.mode in ("1", "L", "LA", "I", "I;16", "F") or (im.mode == "P" and not _palette_has_color(im))
                 mode = "L" if gray else "RGB"
             return np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{what} {str(path)!r} is not a readable image: {exc}") from None
+
+
+def _too_large(size: tuple[int, int], path: Path, what: str) -> ValueError:
+    return ValueError(
+        f"{what} {str(path)!r} is {size[0]}x{size[1]} pixels; pictures up to {MAX_PIXELS} pixels are read "
+        "(diffcore.io.images.MAX_PIXELS)"
+    )
 
 
 def _palette_has_color(im: Any) -> bool:

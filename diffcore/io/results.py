@@ -29,6 +29,7 @@ __all__ = [
     "plot_histogram",
     "plot_maps",
     "write_denoised",
+    "write_each",
     "write_npz",
     "write_samples",
     "write_scores",
@@ -79,7 +80,10 @@ def write_samples(
     check_finite(x, "the samples")
     written: dict[str, str] = {}
     if out_dir is not None:
-        written["out_dir"] = str(write_each(x, labels, Path(out_dir), info))
+        infos = [
+            {**(info or {}), **({} if labels is None else {"class_label": int(labels[i])})} for i in range(x.shape[0])
+        ]
+        written["out_dir"] = str(write_each(x, Path(out_dir), infos))
     for target in targets:
         if target is None:
             continue
@@ -99,18 +103,15 @@ def write_samples(
     return written
 
 
-def write_each(x: Tensor, labels: Tensor | None, folder: Path, info: dict[str, Any] | None = None) -> Path:
-    """One PNG per image in (N, C, H, W) ``x``, at its own size: ``folder/00000.png``, ...; each
-    carries ``info`` and its ``index`` (and ``class_label``) as text chunks."""
+def write_each(x: Tensor, folder: Path, infos: Sequence[dict[str, Any]]) -> Path:
+    """One PNG per image in (N, C, H, W) ``x``, at its own size: ``folder/00000.png``, ...; image
+    i carries ``infos[i]`` as text chunks."""
     if x.dim() != 4:
         raise ValueError(f"out_dir={str(folder)!r}: one PNG per sample needs image samples, got shape {tuple(x.shape)}")
     folder.mkdir(parents=True, exist_ok=True)
     width = max(5, len(str(x.shape[0] - 1)))
     for i in range(x.shape[0]):
-        meta = {**(info or {}), "index": i}
-        if labels is not None:
-            meta["class_label"] = int(labels[i])
-        save_image(x[i].cpu(), folder / f"{i:0{width}d}.png", info=meta)
+        save_image(x[i].cpu(), folder / f"{i:0{width}d}.png", info={**infos[i], "index": i})
     return folder
 
 

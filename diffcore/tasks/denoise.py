@@ -43,11 +43,14 @@ import torch
 from torch import Tensor
 
 from diffcore import io
+from diffcore.io.progress import progress_bar
+from diffcore.io.progress import shown as progress_shown
 from diffcore.parameterization import Parameterization
 from diffcore.pipeline import Pipeline
+from diffcore.scale.options import ScaleOptions
 from diffcore.schedules import Schedule
 from diffcore.tasks import as_json, load_pipeline
-from diffcore.tasks.inputs import check_int, image_batch
+from diffcore.tasks.inputs import MAX_SEED, MAX_STEPS, check_int, clip_field, device_field, image_batch, quiet_field
 from diffcore.tasks.noise_level import (
     check_sigma,
     estimate_sigma,
@@ -147,9 +150,10 @@ def denoise(
     tile_overlap: int | None = None,
     batch_size: int = 256,
     clamp: bool = True,
-    progress: bool = False,
+    progress: bool | None = False,
     schedule: str | Schedule | None = None,
     prediction: str | Parameterization | None = None,
+    sample_index: int = 0,
 ) -> Tensor:
     """Denoise ``images`` (B, C, H, W), model space [-1, 1] plus Gaussian noise of std ``sigma``.
 
@@ -162,10 +166,11 @@ def denoise(
             posterior samples.
         sampler, steps: the sampler for posterior samples (default ``ddpm``, 20 steps from the
             matched level; a deterministic sampler such as ``dpmpp_2m`` gives one fixed image).
-        seed: the samplers' noise: a fixed seed and batch size give identical outputs.
+        seed: the samplers' noise, keyed by (seed, image index, tile): results do not depend on
+            ``batch_size``; ``sample_index`` is the index of the first image in a larger input.
         tile_overlap: pixels shared by neighbouring tiles of an image larger than the model's
             size (default a quarter of the tile side).
-        batch_size: tiles (or images) per model call; a tqdm bar shows them when ``progress``.
+        batch_size: tiles (or images) per model call; a tqdm bar shows them when ``progress`` (None: on a terminal).
         clamp: clamp the result to [-1, 1].
         schedule, prediction: for a bare ``model(x, t, cond)``, as in :func:`diffcore.sample`.
 
@@ -189,15 +194,14 @@ def denoise(
     if overlap >= min(th, tw):
         raise ValueError(f"tile_overlap={overlap} must be smaller than the model's tile size {th}x{tw}")
     run = _Run(pipe, mode, samples, sampler, steps, seed, match_level(pipe.schedule, sig))
+    run.sample_index = sample_index
     result = _tiled(y, run, (th, tw), overlap, batch_size, progress).to(y.dtype)
     return result.clamp(-1, 1) if clamp else result
 
 
-def _tiled(y: Tensor, run: _Run, tile: tuple[int, int], overlap: int, batch_size: int, progress: bool) -> Tensor:
+def _tiled(y: Tensor, run: _Run, tile: tuple[int, int], overlap: int, batch_size: int, progress: bool | None) -> Tensor:
     """``run`` on every tile of size ``tile`` of every image of ``y``, ``batch_size`` tiles at a
     time, blended by :func:`blend_window` (float64, shaped like ``y``)."""
-    from tqdm import tqdm
-
     (th, tw), n = tile, y.shape[0]
     rows, cols = tile_starts(y.shape[-2], th, overlap), tile_starts(y.shape[-1], tw, overlap)
     spots = [(i, r, c) for i in range(n) for r in rows for c in cols]
@@ -205,10 +209,11 @@ def _tiled(y: Tensor, run: _Run, tile: tuple[int, int], overlap: int, batch_size
     weight = torch.zeros_like(y[:, :1], dtype=torch.float64)
     window = blend_window(th, tw, overlap).to(y.device) if len(spots) > n else torch.ones(th, tw, device=y.device)
     unit = "tile" if len(spots) > n else "image"
-    with tqdm(total=len(spots), desc="denoise", unit=unit, disable=None if progress else True, leave=False) as bar:
+    with progress_bar(len(spots), "denoise", progress, unit=unit) as bar:
         for start in range(0, len(spots), batch_size):
             chunk = spots[start : start + batch_size]
-            x0 = run(torch.stack([y[i, :, r : r + th, c : c + tw] for i, r, c in chunk]), [i for i, _, _ in chunk])
+            tiles = torch.stack([y[i, :, r : r + th, c : c + tw] for i, r, c in chunk])
+            x0 = run(tiles, [i for i, _, _ in chunk], run.sample_index * (len(spots) // n) + start)  # tile keys
             for (i, r, c), tile_x0 in zip(chunk, x0, strict=True):
                 out[i, :, r : r + th, c : c + tw] += tile_x0.double() * window
                 weight[i, :, r : r + th, c : c + tw] += window
@@ -233,9 +238,11 @@ class _Run:
         self.levels = levels  # (t, alpha, std) per image
         self.sampler = sampler or DEFAULT_SAMPLE_SAMPLER
         self.steps = DEFAULT_SAMPLE_STEPS if steps is None else steps
-        self.streams = torch.Generator().manual_seed(int(seed))  # one Philox seed per (batch, sample), in order
+        # one Philox seed per posterior sample; tile k of the whole input draws with sample_index k
+        self.streams = torch.randint(0, 2**62, (samples,), generator=torch.Generator().manual_seed(int(seed))).tolist()
+        self.sample_index = 0
 
-    def __call__(self, y: Tensor, images: list[int]) -> Tensor:
+    def __call__(self, y: Tensor, images: list[int], key: int = 0) -> Tensor:
         idx = torch.tensor(images)
         t, alpha, std = (v[idx] for v in self.levels)
         shape = (-1, *([1] * (y.dim() - 1)))
@@ -244,11 +251,16 @@ class _Run:
             levels = [Level(*v) for v in zip(t.tolist(), alpha.tolist(), std.tolist(), strict=True)]
             return self.pipe.predict_x0(x_t, levels if len(levels) > 1 else levels[0])
         total = torch.zeros_like(y, dtype=torch.float64)
-        for _ in range(self.samples):
-            stream = int(torch.randint(0, 2**62, (1,), generator=self.streams))
+        for stream in self.streams:
             # t_start > 0, as partial plans need (t = 0 only at the smallest level, sigma ~ 0.01)
             total += self.pipe.sample_from(
-                x_t, t.clamp_min(1e-6), sampler=self.sampler, steps=self.steps, add_noise=False, seed=stream
+                x_t,
+                t.clamp_min(1e-6),
+                sampler=self.sampler,
+                steps=self.steps,
+                add_noise=False,
+                seed=stream,
+                sample_index=key,
             ).double()
         return (total / self.samples).to(y.dtype)
 
@@ -260,7 +272,7 @@ OUTPUT_SUFFIXES = (".png", ".npz", ".npy")
 
 
 @dataclass
-class DenoiseParams:
+class DenoiseParams(ScaleOptions):
     """Parameters of the ``denoise`` task: a noisy image file in, a denoised file out."""
 
     checkpoint: Path = field(metadata={"help": "run folder or checkpoint.safetensors"})
@@ -300,6 +312,9 @@ class DenoiseParams:
         default=Path("outputs/denoise/denoised.png"),
         metadata={"help": "output file: .png (one image; a batch as a grid), .npz or .npy"},
     )
+    clip: bool = clip_field()
+    device: str = device_field()
+    quiet: bool = quiet_field()
 
     def __post_init__(self) -> None:
         self.checkpoint, self.input, self.output = Path(self.checkpoint), Path(self.input), Path(self.output)
@@ -309,9 +324,10 @@ class DenoiseParams:
         scale = self.sigma_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"sigma_scale={scale!r} must be a number > 0 (255, 1 or 2)")
-        for name in ("samples", "steps", "batch_size"):
+        for name, high in (("samples", MAX_STEPS), ("steps", MAX_STEPS), ("batch_size", None)):
             if getattr(self, name) is not None:
-                check_int(name, getattr(self, name))
+                check_int(name, getattr(self, name), 1, high)
+        check_int("seed", self.seed, 0, MAX_SEED)
         if self.tile_overlap is not None:
             check_int("tile_overlap", self.tile_overlap, 0)
         if self.mode == "sample" and self.samples != 1:
@@ -319,7 +335,8 @@ class DenoiseParams:
                 f"samples={self.samples}: mode 'sample' returns one posterior sample; use --mode mmse "
                 "to average several"
             )
-        if self.output.suffix.lower() not in OUTPUT_SUFFIXES:
+        self.check_scale(("png", "parquet"))
+        if self.engine == "local" and self.output.suffix.lower() not in OUTPUT_SUFFIXES:
             raise ValueError(f"output {str(self.output)!r}: expected a file ending in {', '.join(OUTPUT_SUFFIXES)}")
 
 
@@ -331,8 +348,13 @@ class Denoise:
     Params = DenoiseParams
 
     def run(self, params: DenoiseParams) -> dict[str, Any]:
+        if params.engine == "ray":  # --input is a folder of images, --output a folder
+            from diffcore.scale.jobs import run_task
+
+            return run_task(self.name, params)
         started = time.perf_counter()
-        pipe = load_pipeline(params.checkpoint)
+        pipe = load_pipeline(params.checkpoint, params.device)
+        io.check_writable(params.output)
         noisy = io.load_images(params.input)
         sigma_arg: Any = "auto" if params.sigma == "auto" else float(params.sigma)
         out = denoise(
@@ -347,8 +369,11 @@ class Denoise:
             seed=params.seed,
             tile_overlap=params.tile_overlap,
             batch_size=params.batch_size,
-            progress=True,
+            progress=progress_shown(params.quiet),
         )
+        out = io.check_finite(out, "the denoised images").cpu()
+        if params.clip:
+            out = out.clamp(-1, 1)
         sigma = resolve_sigma(noisy, sigma_arg, pipe.schedule, sigma_scale=params.sigma_scale)
         io.write_denoised(params.output, out, noisy, sigma)
         in_units = [round(s, 4) for s in (sigma * params.sigma_scale / 2).tolist()]

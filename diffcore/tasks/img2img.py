@@ -29,18 +29,42 @@ import torch
 from torch import Tensor
 
 from diffcore import io, ops
+from diffcore.io.progress import model_calls_bar, shown
 from diffcore.ops.philox import REPAINT_JUMP_OFFSET, REPAINT_KNOWN_OFFSET, REPAINT_START_OFFSET
 from diffcore.parameterization import Parameterization
 from diffcore.pipeline import Pipeline
 from diffcore.sampling import resolve_sampler
 from diffcore.schedules import Schedule
 from diffcore.tasks import as_json, load_pipeline
-from diffcore.tasks.inputs import MASK_REGIONS, check_images, check_int, check_mask, check_strength, start_time
+from diffcore.tasks.inputs import (
+    MASK_REGIONS,
+    MAX_SEED,
+    MAX_STEPS,
+    check_guidance,
+    check_images,
+    check_int,
+    check_mask,
+    check_strength,
+    clip_field,
+    device_field,
+    quiet_field,
+    start_time,
+)
 from diffcore.timesteps import Plan, make_plan
 
-__all__ = ["MODES", "Translate", "TranslateParams", "repaint", "repaint_schedule", "sdedit", "translate"]
+__all__ = [
+    "MAX_REPAINT_STEPS",
+    "MODES",
+    "Translate",
+    "TranslateParams",
+    "repaint",
+    "repaint_schedule",
+    "sdedit",
+    "translate",
+]
 
 Model = Pipeline | Callable[..., Tensor]
+MAX_REPAINT_STEPS = 100_000  # reverse + forward steps of one RePaint walk, about steps * (2 * resample - 1)
 
 
 # --------------------------------------------------------------------------- SDEdit
@@ -62,6 +86,7 @@ def sdedit(
     class_labels: Any = None,
     guidance_scale: float | None = None,
     resize: bool = False,
+    sample_index: int = 0,
 ) -> Tensor:
     """SDEdit (Meng et al. 2022, Alg. 1): noise ``images`` to ``strength`` and denoise them.
 
@@ -70,7 +95,8 @@ def sdedit(
     coefficients; on a flow schedule the flow time before its shift,
     :func:`~diffcore.tasks.levels.fraction_to_time`); each image takes ``steps`` sampler steps
     from its start level. Small strengths stay faithful to the input, large ones trade
-    faithfulness for realism. ``noise`` (like the images) fixes the start noise. Returns
+    faithfulness for realism. ``noise`` (like the images) fixes the start noise; without it, image i's
+    noise is keyed by (seed, ``sample_index`` + i), so results do not depend on the batch. Returns
     (B, C, H, W) in [-1, 1].
     """
     pipe = Pipeline.wrap(pipe_or_model, schedule, prediction)
@@ -87,6 +113,7 @@ def sdedit(
         noise=noise,
         generator=generator,
         seed=seed,
+        sample_index=sample_index,
         cond=cond,
         uncond=uncond,
         guidance_scale=guidance_scale,
@@ -103,7 +130,16 @@ def repaint_schedule(steps: int, jump_length: int, resample: int) -> list[tuple[
     ``("down", i)``: a reverse step from level i to i+1; ``("up", i)``: forward noising from level
     i+1 back to i. Every ``jump_length`` steps (except the last stretch) the walk jumps back
     ``jump_length`` levels, ``resample - 1`` times, so those levels are denoised ``resample`` times.
+    A walk of more than :data:`MAX_REPAINT_STEPS` steps is refused before it is built.
     """
+    check_int("steps", steps)
+    check_int("jump_length", jump_length)
+    check_int("resample", resample)
+    if steps * (2 * resample - 1) > MAX_REPAINT_STEPS:
+        raise ValueError(
+            f"steps={steps}, resample={resample}: RePaint would take about {steps * (2 * resample - 1)} model "
+            f"steps; at most {MAX_REPAINT_STEPS} (diffcore.tasks.img2img.MAX_REPAINT_STEPS)"
+        )
     jumps = {t: resample - 1 for t in range(0, steps - jump_length, jump_length)}
     walk: list[tuple[str, int]] = []
     t = steps  # steps still to go; plan level = steps - t
@@ -373,6 +409,9 @@ class TranslateParams:
         metadata={"help": "paired: classifier-free guidance scale on the source (a model trained with source dropout)"},
     )
     out: Path = field(default=Path("outputs/translate"), metadata={"help": "output folder"})
+    clip: bool = clip_field()
+    device: str = device_field()
+    quiet: bool = quiet_field()
 
     def __post_init__(self) -> None:
         self.checkpoint, self.input, self.out = Path(self.checkpoint), Path(self.input), Path(self.out)
@@ -382,13 +421,16 @@ class TranslateParams:
             raise ValueError(f"strength={self.strength!r} must be in (0, 1] (0: keep the input, 1: pure noise)")
         for name in ("jump_length", "resample", "steps"):
             if getattr(self, name) is not None:
-                check_int(name, getattr(self, name))
+                check_int(name, getattr(self, name), 1, MAX_STEPS)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        if self.class_label is not None:
+            check_int("class_label", self.class_label, 0)
         if self.mode == "inpaint" and self.mask is None:
             raise ValueError("mode 'inpaint' needs --mask (a region name or a mask file)")
         if self.mode == "sdedit" and self.mask is not None:
             raise ValueError("--mask is used by modes 'inpaint' and 'paired', not 'sdedit'")
-        if self.guidance_scale is not None and not math.isfinite(self.guidance_scale):
-            raise ValueError(f"guidance_scale={self.guidance_scale!r} must be a finite number")
+        check_guidance("guidance_scale", self.guidance_scale)
+        check_guidance("source_guidance", self.source_guidance)
         if self.source_guidance is not None and self.mode != "paired":
             raise ValueError(f"source_guidance is for mode 'paired' (a --task-condition model), not {self.mode!r}")
 
@@ -402,7 +444,10 @@ class Translate:
 
     def run(self, params: TranslateParams) -> dict[str, Any]:
         started = time.perf_counter()
-        pipe = load_pipeline(params.checkpoint)
+        if params.mode == "inpaint":  # the walk's size, before anything is loaded
+            repaint_schedule(params.steps or 50, params.jump_length, params.resample)
+        pipe = load_pipeline(params.checkpoint, params.device)
+        io.check_writable(params.out / "output.npz")
         images = io.load_images(params.input)
         mask = io.load_mask(params.mask, MASK_REGIONS) if params.mask is not None else None
         common: dict[str, Any] = {
@@ -411,12 +456,32 @@ class Translate:
             "guidance_scale": params.guidance_scale,
             "resize": params.resize,
         }
+        with model_calls_bar(pipe.model, f"translate ({params.mode})", shown(params.quiet)):
+            out = self._translate(pipe, images, mask, params, common)
+        io.check_finite(out, "the translated images")
+        if params.clip:
+            out = out.clamp(-1, 1)
+        missing = None if mask is None else check_mask(mask, out, resize=True)
+        files = io.write_translation(params.out, images, missing, out.cpu())
+        return {
+            "mode": params.mode,
+            "n": int(out.shape[0]),
+            "shape": list(out.shape[1:]),
+            "seconds": round(time.perf_counter() - started, 2),
+            **files,
+            "params": as_json(params),
+        }
+
+    @staticmethod
+    def _translate(
+        pipe: Pipeline, images: Tensor, mask: Tensor | str | None, params: TranslateParams, common: dict[str, Any]
+    ) -> Tensor:
         if params.mode == "sdedit":
-            out = sdedit(pipe, images, params.strength, sampler=params.sampler, steps=params.steps, **common)
-        elif params.mode == "inpaint":
+            return sdedit(pipe, images, params.strength, sampler=params.sampler, steps=params.steps, **common)
+        if params.mode == "inpaint":
             if mask is None:
                 raise ValueError("mode 'inpaint' needs --mask (a region name or a mask file)")
-            out = repaint(
+            return repaint(
                 pipe,
                 images,
                 mask,
@@ -426,23 +491,12 @@ class Translate:
                 steps=params.steps or 50,
                 **common,
             )
-        else:
-            out = translate(
-                pipe,
-                images,
-                mask=mask,
-                sampler=params.sampler,
-                steps=params.steps,
-                source_guidance=params.source_guidance,
-                **common,
-            )
-        missing = None if mask is None else check_mask(mask, out, resize=True)
-        files = io.write_translation(params.out, images, missing, out)
-        return {
-            "mode": params.mode,
-            "n": int(out.shape[0]),
-            "shape": list(out.shape[1:]),
-            "seconds": round(time.perf_counter() - started, 2),
-            **files,
-            "params": as_json(params),
-        }
+        return translate(
+            pipe,
+            images,
+            mask=mask,
+            sampler=params.sampler,
+            steps=params.steps,
+            source_guidance=params.source_guidance,
+            **common,
+        )

@@ -10,6 +10,7 @@ prompt ``""``. The ``text2image`` task (:class:`Text2ImageTask`) writes one grid
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -20,10 +21,23 @@ from typing import Any
 from torch import Tensor
 
 from diffcore import io
+from diffcore.io.progress import progress_bar, shown, step_callback
 from diffcore.pipeline import Pipeline
 from diffcore.sampling import resolve_sampler
 from diffcore.tasks import TaskWarning, load_pipeline
-from diffcore.tasks.inputs import check_int, check_number, check_sampler, check_suffix
+from diffcore.tasks.generation import png_info
+from diffcore.tasks.inputs import (
+    MAX_SEED,
+    MAX_STEPS,
+    check_guidance,
+    check_int,
+    check_number,
+    check_sampler,
+    check_suffix,
+    clip_field,
+    device_field,
+    quiet_field,
+)
 from diffcore.text.encoders import check_prompts
 
 __all__ = [
@@ -128,10 +142,6 @@ class Text2ImageParams:
     checkpoint: str = field(
         default=DEFAULT_CHECKPOINT, metadata={"help": "run folder or checkpoint.safetensors of a text_unet model"}
     )
-    pipeline: str | None = field(
-        default=None,
-        metadata={"metavar": "DIR", "help": "a diffusers SD / SDXL / SD3 / Flux folder (instead of --checkpoint)"},
-    )
     n: int = field(default=8, metadata={"help": "samples per prompt"})
     guidance_scale: float | None = field(
         default=3.0, metadata={"help": "classifier-free guidance scale w >= 0 (0: unconditional, 1: no guidance)"}
@@ -144,16 +154,23 @@ class Text2ImageParams:
     seed: int = field(default=0, metadata={"help": "seed of the initial noise and the sampler noise"})
     batch_size: int = field(default=256, metadata={"help": "samples per model batch"})
     out: str = field(default="text2image.png", metadata={"help": ".png grid (one row per prompt) or .npz path"})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
+    out_dir: str | None = field(
+        default=None, metadata={"metavar": "DIR", "help": "also write one PNG per sample into this folder"}
+    )
+    clip: bool = clip_field()
+    device: str = device_field()
+    quiet: bool = quiet_field()
     prompt_list: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.prompt_list = split_prompts(self.prompts)
         check_int("n", self.n)
         check_int("batch_size", self.batch_size)
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, MAX_SEED)
         if self.steps is not None:
-            check_int("steps", self.steps)
+            check_int("steps", self.steps, 1, MAX_STEPS)
+        check_guidance("guidance_scale", self.guidance_scale)
+        check_number("guidance_rescale", self.guidance_rescale, 0.0, 1.0)
         check_suffix("out", self.out, (".png", ".npz"))
         check_sampler(self.sampler)
 
@@ -165,31 +182,35 @@ class Text2ImageTask:
     Params = Text2ImageParams
 
     def run(self, params: Text2ImageParams) -> dict[str, Any]:
-        if params.pipeline is not None:
-            from diffcore.tasks.latent import run_text2image
-
-            return run_text2image(params)
         if params.checkpoint == DEFAULT_CHECKPOINT and not Path(params.checkpoint).exists():
             raise ValueError(
                 f"no checkpoint at {params.checkpoint}: pass --checkpoint, or train a text model there "
                 f"with `diffcore train --model text_unet --captions digits --out {params.checkpoint}`"
             )
         pipe = load_pipeline(params.checkpoint, params.device)
+        io.check_writable(params.out)
         start = time.perf_counter()
-        x = generate_from_prompts(
-            pipe,
-            list(params.prompt_list),
-            n=params.n,
-            guidance_scale=params.guidance_scale,
-            guidance_rescale=params.guidance_rescale,
-            sampler=params.sampler,
-            steps=params.steps,
-            seed=params.seed,
-            batch_size=params.batch_size,
-        )
+        total = math.ceil(len(params.prompt_list) * params.n / params.batch_size) * (params.steps or pipe.steps)
+        with progress_bar(total, "text2image", shown(params.quiet)) as bar:
+            x = generate_from_prompts(
+                pipe,
+                list(params.prompt_list),
+                n=params.n,
+                guidance_scale=params.guidance_scale,
+                guidance_rescale=params.guidance_rescale,
+                sampler=params.sampler,
+                steps=params.steps,
+                seed=params.seed,
+                batch_size=params.batch_size,
+                callback=step_callback(bar),
+            )
+        io.check_finite(x, "the samples")
+        if params.clip and x.dim() == 4:
+            x = x.clamp(-1, 1)
         seconds = time.perf_counter() - start
         result: dict[str, Any] = {
             "out": self._write(pipe, x, params),
+            **({"out_dir": self._write_each(pipe, x, params)} if params.out_dir is not None else {}),
             "prompts": list(params.prompt_list),
             "n": params.n,
             "shape": list(x.shape[1:]),
@@ -217,8 +238,21 @@ class Text2ImageTask:
         if path.suffix.lower() == ".png":
             if pipe.dataset.get("kind", "image") != "image" or x.dim() != 4:
                 raise ValueError(f"out={params.out!r}: a PNG grid needs an image model; use .npz")
-            io.save_grid(x.cpu(), path, nrow=params.n)
+            info = png_info(pipe, params.checkpoint, params, prompt=" | ".join(params.prompt_list))
+            io.save_grid(x.cpu(), path, nrow=params.n, info=info)
         else:
             prompts = np.array([p for p in params.prompt_list for _ in range(params.n)])
             io.write_npz(path, samples=x.detach().float().cpu().numpy(), prompts=prompts)
         return str(path)
+
+    @staticmethod
+    def _write_each(pipe: Pipeline, x: Tensor, params: Text2ImageParams) -> str:
+        """One PNG per sample, each carrying its own prompt."""
+        from diffcore.io.results import write_each
+
+        folder = Path(str(params.out_dir))
+        if pipe.dataset.get("kind", "image") != "image" or x.dim() != 4:
+            raise ValueError(f"out_dir={params.out_dir!r}: one PNG per sample needs an image model")
+        every = [p for p in params.prompt_list for _ in range(params.n)]
+        write_each(x, folder, [png_info(pipe, params.checkpoint, params, prompt=p) for p in every])
+        return str(folder)

@@ -19,7 +19,9 @@ from typing import Any, Literal
 from torch import Tensor
 
 from diffcore import io
+from diffcore.io.progress import shown
 from diffcore.pipeline import Pipeline
+from diffcore.scale.options import ScaleOptions
 from diffcore.tasks import as_json, load_pipeline
 from diffcore.tasks.anomaly.calibration import Calibration, check_settings
 from diffcore.tasks.anomaly.dte import dte_scores
@@ -32,7 +34,7 @@ from diffcore.tasks.anomaly.scores import (
     reconstruction_scores,
     standardize,
 )
-from diffcore.tasks.inputs import check_int
+from diffcore.tasks.inputs import MAX_SEED, check_int, device_field, quiet_field
 
 __all__ = ["Detect", "DetectParams", "detect", "load_input"]
 
@@ -79,7 +81,7 @@ _RECIPE_HELP = " (default: the recipe for images or table rows, diffcore.tasks.a
 
 
 @dataclass
-class DetectParams:
+class DetectParams(ScaleOptions):
     """Parameters of the ``detect`` task: inputs to score, optional normal data to calibrate on."""
 
     checkpoint: Path = field(metadata={"help": "run folder or checkpoint.safetensors"})
@@ -140,6 +142,8 @@ class DetectParams:
         default=Path("outputs/detect/scores.json"),
         metadata={"help": "scores file, .json or .csv; plots are written next to it"},
     )
+    device: str = device_field()
+    quiet: bool = quiet_field()
 
     def __post_init__(self) -> None:
         self.checkpoint, self.input, self.output = Path(self.checkpoint), Path(self.input), Path(self.output)
@@ -161,11 +165,13 @@ class DetectParams:
             raise ValueError(f"method={self.method!r}: expected one of {METHODS}")
         if self.noise not in NOISES:
             raise ValueError(f"noise={self.noise!r}: expected one of {NOISES}")
-        if self.output.suffix.lower() not in (".json", ".csv"):
+        self.check_scale(("parquet", "csv"))
+        if self.engine == "local" and self.output.suffix.lower() not in (".json", ".csv"):
             raise ValueError(f"output={str(self.output)!r}: expected a file ending in .json or .csv")
         for name in ("repeats", "batch_size", "levels", "steps"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
+        check_int("seed", self.seed, 0, MAX_SEED)
         self._check_depth()
         self._check_threshold()
 
@@ -216,15 +222,23 @@ class Detect:
     Params = DetectParams
 
     def run(self, params: DetectParams) -> dict[str, Any]:
+        if params.engine == "ray":  # --output is a folder of shards
+            from diffcore.scale.jobs import run_task
+
+            return run_task(self.name, params)
         started = time.perf_counter()
-        pipe = load_pipeline(params.checkpoint)
+        pipe = load_pipeline(params.checkpoint, params.device)
+        io.check_writable(params.output)
         x = load_input(params.input, pipe, "input")
         options = params.options(tuple(x.shape[1:]))
         if params.reference is not None and params.method == "recon":
             options["reference"] = load_input(params.reference, pipe, "reference data")
-        calibration, normal_scores = self._calibration(params, pipe, options)
-        result = detect(pipe, x, method=params.method, calibration=calibration, batch_size=params.batch_size, **options)
-        files = io.write_scores(params.output, x, result, calibration, normal_scores)
+        progress = {"progress": shown(params.quiet)}
+        calibration, normal_scores = self._calibration(params, pipe, options, progress)
+        result = detect(
+            pipe, x, method=params.method, calibration=calibration, batch_size=params.batch_size, **progress, **options
+        )
+        files = io.write_scores(params.output, x.cpu(), result, calibration, normal_scores)
         labels = result.labels
         return {
             "method": params.method,
@@ -240,7 +254,7 @@ class Detect:
 
     @staticmethod
     def _calibration(
-        params: DetectParams, pipe: Pipeline, options: dict[str, Any]
+        params: DetectParams, pipe: Pipeline, options: dict[str, Any], progress: dict[str, Any]
     ) -> tuple[Calibration | None, Tensor | None]:
         """(the calibration, the normal scores it was fitted on): read from a JSON, fitted on
         ``params.calibrate`` normal data, or none."""
@@ -250,7 +264,7 @@ class Detect:
             io.check_file(params.calibrate, "calibration", (".json",))
             return Calibration.from_json(params.calibrate), None
         normals = load_input(params.calibrate, pipe, "calibration data")
-        scores = detect(pipe, normals, method=params.method, batch_size=params.batch_size, **options).scores
+        scores = detect(pipe, normals, method=params.method, batch_size=params.batch_size, **progress, **options).scores
         target = (
             {"quantile": params.quantile}
             if params.quantile is not None
