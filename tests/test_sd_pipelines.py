@@ -139,6 +139,10 @@ def test_no_guidance_and_prompt_embeds(folders: dict, loaded: dict) -> None:
     embeds = pipe.components["text_encoder"].encode(PROMPTS[:1]).hidden
     again = pipe.text2image(prompt_embeds=embeds, generator=_gen(7), steps=3, guidance_scale=1.0)
     assert torch.equal(again, got)
+    latents = torch.randn(2, 4, 16, 16, generator=_gen(8))
+    two = pipe.text2image(prompt_embeds=embeds, num_images_per_prompt=2, latents=latents, steps=3, guidance_scale=1.0)
+    listed = pipe.text2image(PROMPTS[:1] * 2, latents=latents, steps=3, guidance_scale=1.0)
+    assert two.shape[0] == 2 and torch.equal(two, listed)
     assert not torch.equal(pipe.text2image(PROMPTS[1:], generator=_gen(7), steps=3, guidance_scale=1.0), got)
 
 

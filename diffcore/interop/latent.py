@@ -304,6 +304,9 @@ class _Run:
             negative_prompt_embeds=neg_embeds,
             **opts.pop("family_options", {}),
         )
+        if embeds is not None and per > 1:  # precomputed embeddings: one row per prompt, repeated per image
+            self.cond = _repeat(self.cond, per)
+            self.uncond = None if self.uncond is None else _repeat(self.uncond, per)
         self.batch = _batch_of(self.cond)
         self.guided = guided
         seed, generator = opts.pop("seed", None), opts.pop("generator", None)
@@ -404,6 +407,10 @@ class _Paste:
         x.copy_(self.family.pack(mixed))
         if self.inner is not None:
             self.inner(info)
+
+
+def _repeat(cond: Cond, per: int) -> Cond:
+    return {k: v.repeat_interleave(per, dim=0) if isinstance(v, Tensor) else v for k, v in cond.items()}
 
 
 def _batch_of(cond: Cond) -> int:
