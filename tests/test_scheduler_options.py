@@ -28,6 +28,7 @@ def toy(x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
 
 @torch.no_grad()
 def diffusers_run(scheduler, x_T: torch.Tensor, steps: int, model=toy, **step_kwargs) -> torch.Tensor:
+    """diffusers' loop; a stochastic scheduler draws from ``step_kwargs["generator"]``."""
     scheduler.set_timesteps(steps)
     x = x_T * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
@@ -36,10 +37,11 @@ def diffusers_run(scheduler, x_T: torch.Tensor, steps: int, model=toy, **step_kw
     return x
 
 
-def ours(config: dict, x_T: torch.Tensor, steps: int, model=toy, **kw) -> torch.Tensor:
+def ours(config: dict, x_T: torch.Tensor, steps: int, model=toy, strict: bool = True, **kw) -> torch.Tensor:
     with warnings.catch_warnings():
-        warnings.simplefilter("error", DiffusersInteropWarning)  # reproduced: nothing is warned about
-        spec = scheduler_from_config(config, strict=True)
+        if strict:
+            warnings.simplefilter("error", DiffusersInteropWarning)  # reproduced: nothing is warned about
+        spec = scheduler_from_config(config, strict=strict)
     return diffcore.sample(model, x_T.clone(), steps=steps, **{**spec.sample_kwargs(), **kw})
 
 
@@ -47,11 +49,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item() / b.abs().max().item()
 
 
-def check(cls_name: str, config: dict, steps: int, model=toy, **step_kwargs) -> float:
+def check(cls_name: str, config: dict, steps: int, model=toy, strict: bool = True, **step_kwargs) -> float:
     scheduler = getattr(diffusers, cls_name).from_config(config)
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    kw = {}
+    if "generator" in step_kwargs:  # the same torch RNG stream for both
+        step_kwargs["generator"], kw["generator"] = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     ref = diffusers_run(scheduler, x_T, steps, model, **step_kwargs)
-    got = ours({**dict(scheduler.config), "_class_name": cls_name}, x_T, steps, model)
+    got = ours({**dict(scheduler.config), "_class_name": cls_name}, x_T, steps, model, strict, **kw)
     err = rel_err(got, ref)
     assert err < TOL, f"{cls_name} {config}: relative error {err:.2e}"
     return err
@@ -146,3 +151,54 @@ def test_schedule_options_round_trip_through_config():
     assert "final_sigmas_type" not in diffcore.get("schedules", "linear")().config()  # default configs unchanged
     with pytest.raises(ValueError, match="final_sigmas_type"):
         diffcore.get("schedules", "linear")(final_sigmas_type="sigma_max")
+
+
+def big(x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """A toy whose x0 estimates leave [-1, 1], so clipping and thresholding act."""
+    return toy(x, t) * 1.5 - 0.4
+
+
+@pytest.mark.parametrize(
+    ("cls_name", "config", "step_kwargs"),
+    [
+        ("DDPMScheduler", {"clip_sample": True, "clip_sample_range": 1.0}, {"generator": None}),
+        ("DDPMScheduler", {"clip_sample": True, "clip_sample_range": 0.7, "prediction_type": "v_prediction"}, {}),
+        ("DDPMScheduler", {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}, {}),
+        ("DPMSolverMultistepScheduler", {"thresholding": True, "dynamic_thresholding_ratio": 0.8}, {}),
+        ("UniPCMultistepScheduler", {"thresholding": True, "sample_max_value": 2.0}, {}),
+        ("HeunDiscreteScheduler", {"clip_sample": True, "clip_sample_range": 0.8}, {}),
+    ],
+)
+def test_x0_clip_and_dynamic_thresholding(cls_name, config, step_kwargs):
+    """clip_sample / thresholding become an X0Limit applied inside the fused step."""
+    step_kwargs = {**step_kwargs, "generator": None} if cls_name == "DDPMScheduler" else step_kwargs
+    check(cls_name, {**config}, 8, big, **step_kwargs)
+    spec = scheduler_from_config({**config, "_class_name": cls_name})
+    assert spec.x0_limit is not None and spec.sample_kwargs()["x0_limit"] == spec.x0_limit
+    # the limit matters: without it the run differs
+    free = {k: v for k, v in config.items() if k not in ("clip_sample", "thresholding")}
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    kw = {"generator": torch.Generator().manual_seed(1)} if cls_name == "DDPMScheduler" else {}
+    a = ours({**config, "_class_name": cls_name}, x_T, 8, big, **kw)
+    kw = {"generator": torch.Generator().manual_seed(1)} if cls_name == "DDPMScheduler" else {}
+    b = ours({**free, "clip_sample": False, "_class_name": cls_name}, x_T, 8, big, **kw)
+    assert rel_err(a, b) > 10 * TOL
+
+
+def test_ddim_clip_follows_clipped_model_output():
+    """DDIM's x0 limit: diffcore derives the step's direction from the limited x0, which is diffusers'
+    use_clipped_model_output=True; DDIMPipeline's default keeps the raw noise estimate, so the spec
+    names that difference."""
+    config = {"clip_sample": True, "clip_sample_range": 1.0}
+    check("DDIMScheduler", config, 8, big, strict=False, eta=0.0, use_clipped_model_output=True)
+    with pytest.warns(DiffusersInteropWarning, match="use_clipped_model_output"):
+        spec = scheduler_from_config({**config, "_class_name": "DDIMScheduler"})
+    assert spec.x0_limit is not None and spec.x0_limit.clip == 1.0
+
+
+def test_default_ddim_and_ddpm_configs_clip_x0(tmp_path):
+    diffusers.DDPMScheduler().save_pretrained(tmp_path)  # clip_sample=True: the google/ddpm-* default
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DiffusersInteropWarning)
+        spec = scheduler_from_config(tmp_path)
+    assert spec.x0_limit is not None and spec.x0_limit.clip == 1.0

@@ -42,6 +42,11 @@ def x0_limit(cls: str, cfg: dict[str, Any], problems: list[str]) -> Any:
     except ImportError:  # TODO(H15c): drop once diffcore.x0_limit lands
         problems.append(f"clip_sample={clip} / thresholding={thresholding}: this diffcore has no x0 limit")
         return None
+    if cls == "DDIMScheduler":
+        problems.append(
+            f"clip_sample={clip} / thresholding={thresholding} with DDIMScheduler: diffcore steps along the "
+            "limited x0 (diffusers' use_clipped_model_output=True); DDIMPipeline's default reuses the raw noise"
+        )
     try:
         if thresholding:  # diffusers checks thresholding first
             ratio, top = cfg.get("dynamic_thresholding_ratio", 0.995), cfg.get("sample_max_value", 1.0)
