@@ -50,10 +50,15 @@ def flux(components):
 
 
 @pytest.fixture(scope="module")
-def pipe(flux, tmp_path_factory):
+def folder(flux, tmp_path_factory):
     root = tmp_path_factory.mktemp("flux_folder")
     flux.save_pretrained(root, safe_serialization=True)
-    return load_diffusers_pipeline(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipe(folder):
+    return load_diffusers_pipeline(folder)
 
 
 def diffusers_kwargs(seed: int, true_cfg: float = 2.0) -> dict:
@@ -186,11 +191,23 @@ def test_flux_pipeline_errors_name_the_value(pipe) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_loads_and_samples(pipe, flux, dtype, tmp_path) -> None:
-    flux.save_pretrained(tmp_path, safe_serialization=True)
-    half = load_diffusers_pipeline(tmp_path, torch_dtype=dtype)
+def test_half_precision_loads_and_samples(pipe, folder, dtype) -> None:
+    half = load_diffusers_pipeline(folder, torch_dtype=dtype)
     assert half.family.model.dtype == dtype and half.family.model.transformer.dtype == dtype
     opts = {"height": SIZE, "width": SIZE, "steps": 2, "seed": 0, "family_options": TEXT}
     out, full = half.text2image(PROMPT, **opts), pipe.text2image(PROMPT, **opts)
     assert out.dtype == torch.float32 and bool(torch.isfinite(out).all())
     assert rel(out, full) < 0.1
+
+
+def test_unipc_with_flow_sigmas_matches(components, folder) -> None:
+    """A Flux folder whose scheduler is UniPC on flow sigmas: FluxPipeline then lets the scheduler
+    place its own sigmas (no trailing spacing, no mu without dynamic shifting)."""
+    config = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0}
+    scheduler = diffusers.UniPCMultistepScheduler(**config)
+    ref_pipe = diffusers.FluxPipeline(**{**components, "scheduler": scheduler})
+    x_T = torch.randn(1, 16, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(9))
+    ref = ref_pipe(PROMPT, latents=pack_latents(x_T), output_type="pt", **diffusers_kwargs(0)).images
+    unipc = load_diffusers_pipeline(folder, scheduler={"_class_name": "UniPCMultistepScheduler", **scheduler.config})
+    out = unipc.text2image(PROMPT, height=SIZE, width=SIZE, latents=x_T.clone(), **diffcore_kwargs(0))
+    assert unipc.sampler == "unipc" and rel(out, ref) < TOL

@@ -248,3 +248,24 @@ def test_without_t5_the_t5_tokens_are_zeros(components, tmp_path) -> None:
     cond, _ = pipe.family.encode_prompt([PROMPT], None, guidance=False, height=SIZE, width=SIZE, **TEXT)
     assert cond["encoder_hidden_states"].shape == (1, 77 + 16, 64)
     assert not cond["encoder_hidden_states"][:, 77:].any()
+
+
+FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 3.0}
+
+
+@pytest.mark.parametrize(
+    ("cls", "config"),
+    [
+        ("DPMSolverMultistepScheduler", FLOW_SIGMAS),
+        ("UniPCMultistepScheduler", FLOW_SIGMAS),
+        ("FlowMatchHeunDiscreteScheduler", {"shift": 3.0}),
+    ],
+)
+def test_other_flow_schedulers_match(components, folder, cls, config) -> None:
+    scheduler = getattr(diffusers, cls)(**config)
+    ref_pipe = diffusers.StableDiffusion3Pipeline(**{**components, "scheduler": scheduler})
+    x_T = torch.randn(1, 16, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(9))
+    ref = ref_pipe(PROMPT, latents=x_T.clone(), output_type="pt", **diffusers_kwargs(0)).images
+    pipe = load_diffusers_pipeline(folder, scheduler={"_class_name": cls, **scheduler.config})
+    out = pipe.text2image(PROMPT, height=SIZE, width=SIZE, latents=x_T.clone(), **diffcore_kwargs(0))
+    assert rel(out, ref) < TOL
