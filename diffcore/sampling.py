@@ -304,6 +304,8 @@ def _noised(
     elif noise.shape != x.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)} but x has shape {tuple(x.shape)}")
     shape = (-1, *([1] * (x.dim() - 1)))
-    alpha = torch.tensor([p.level(0)[0] for p in plans], dtype=x.dtype, device=x.device).reshape(shape)
-    std = torch.tensor([p.level(0)[1] for p in plans], dtype=x.dtype, device=x.device).reshape(shape)
+    start = {i: p.level(0) for i, p in {id(p): p for p in plans}.items()}  # per distinct plan, not per sample
+    rows = list(start.values()) if len(start) == 1 else [start[id(p)] for p in plans]  # one row broadcasts
+    levels = torch.tensor(rows, dtype=x.dtype, device=x.device)
+    alpha, std = levels[:, 0].reshape(shape), levels[:, 1].reshape(shape)
     return alpha * x + std * noise.to(x.device, x.dtype)

@@ -1,0 +1,328 @@
+"""Whole ``diffcore.sample`` calls where the model is free (issue #20), CPU, interleaved rounds.
+
+    .venv/bin/python -m benchmarks.cpu_call_cost               # ~2 min on 2 shared cores, 1 thread
+    .venv/bin/python -m benchmarks.cpu_call_cost --rounds 3 --sizes 16K
+
+The model returns one precomputed tensor, so a call is all sampler cost. Every round runs every
+case back to back (the order of the sides alternates), and ratios are taken within a round, then
+the median over rounds: on a shared machine the load drifts far more between blocks of rounds
+than between two calls a millisecond apart.
+
+* **Per-call cost** (ddim, 16K elements): whole calls of 1, 2, 4, 20 and 40 steps, and a 20-step
+  call whose model stamps the clock: setup = from the call to the first model call; one step =
+  the median interval between model calls; host work per step = that minus one
+  ``torch.add(x, y, out=z)`` (a ddim step streams the same three tensors). ``cold``: with
+  :func:`diffcore.plan_cache.clear_cache` before the call (the setup without the cache).
+* **Whole 20-step calls** vs the diffusers loop written as its pipelines do (``set_timesteps``,
+  ``x_T * init_noise_sigma``, then ``scale_model_input -> model -> step``; all inside the timer)
+  on the same linear schedule. diffcore runs with its defaults: no generator, so noise is drawn
+  in the kernel (Philox, seed from torch's global RNG); ``diffcore-gen`` passes a seeded
+  torch.Generator as diffusers does (torch.randn parity). The floor of a deterministic call is
+  one ``torch.add`` per three tensors its fused steps stream, per loop iteration.
+
+Writes ``benchmarks/results/cpu_call_cost.{json,md}`` (``--out``). No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import diffcore
+from diffcore import plan_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {"16K": (1, 4, 64, 64), "256K": (4, 4, 128, 128), "1M": (4, 4, 256, 256), "8M": (8, 4, 512, 512)}
+DETERMINISTIC = ("ddim", "euler", "heun", "dpmpp_2m", "unipc")
+STOCHASTIC = ("ddpm", "euler_ancestral", "dpmpp_2m_sde")
+STEPS = 20
+SETUP_STEPS = (1, 2, 4, 20, 40)
+
+
+def _timer(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _diffusers_call(name: str, x_T: torch.Tensor, out: torch.Tensor, steps: int) -> Callable[[], Any]:
+    from sampler_cases import diffusers_scheduler
+
+    sched = diffusers_scheduler(name)
+    takes_generator = "generator" in inspect.signature(sched.step).parameters
+
+    def run() -> torch.Tensor:
+        sched.set_timesteps(steps)
+        g = torch.Generator().manual_seed(0)
+        extra = {"generator": g} if takes_generator else {}
+        x = x_T * sched.init_noise_sigma
+        for t in sched.timesteps:
+            x = sched.step((lambda x_in, t: out)(sched.scale_model_input(x, t), t), t, x, **extra).prev_sample
+        return x
+
+    return run
+
+
+def _diffcore_call(name: str, x_T: torch.Tensor, out: torch.Tensor, steps: int, gen: bool) -> Callable[[], Any]:
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return out
+
+    def run() -> torch.Tensor:
+        g = torch.Generator().manual_seed(0) if gen else None
+        return diffcore.sample(model, x_T, sampler=name, steps=steps, schedule="linear", generator=g)
+
+    return run
+
+
+def _streamed(name: str, gen: bool) -> tuple[int, int]:
+    """(tensors one fused step streams, loop iterations of a STEPS-step call)."""
+    from sampler_cases import layout_of, program_for
+
+    _, program = program_for(name, STEPS)
+    return layout_of(program).tensors_streamed(noise_tensor=gen), len(program.steps)
+
+
+def _rounds(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of every case, one call each per round, the order reversed every round."""
+    names = list(cases)
+    for fn in cases.values():  # untimed warm-up (fills the caches, as any second call finds them)
+        fn()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            with torch.no_grad():
+                times[n].append(_timer(cases[n]))
+    return times
+
+
+def _add_case(shape: tuple[int, ...], repeats: int) -> Callable[[], Any]:
+    x, y, z = torch.randn(shape), torch.randn(shape), torch.empty(shape)
+
+    def run() -> None:
+        for _ in range(repeats):
+            torch.add(x, y, out=z)
+
+    return run
+
+
+def setup_cost(rounds: int) -> dict[str, Any]:
+    """Whole ddim calls of SETUP_STEPS steps at 16K (and a cold 20-step one), one torch.add, and a
+    20-step call whose model stamps the clock: setup = first model call - call start; per step =
+    the median interval between model calls (one step's host work plus its memory work)."""
+    shape = SIZES["16K"]
+    x_T, out = torch.randn(shape), torch.randn(shape)
+    cases: dict[str, Callable[[], Any]] = {
+        f"diffcore-{n}": _diffcore_call("ddim", x_T, out, n, False) for n in SETUP_STEPS
+    }
+    cases.update({f"diffusers-{n}": _diffusers_call("ddim", x_T, out, n) for n in SETUP_STEPS})
+    warm = cases["diffcore-20"]
+    cases["diffcore-20-cold"] = lambda: (plan_cache.clear_cache(), warm())
+    cases["add x20"] = _add_case(shape, 20)
+    stamps: list[float] = []
+    split: dict[str, list[float]] = {"setup": [], "step": [], "cold_setup": []}
+
+    def stamped(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        stamps.append(time.perf_counter())
+        return out
+
+    def clocked(cold: bool) -> None:
+        if cold:
+            plan_cache.clear_cache()
+        stamps.clear()
+        t0 = time.perf_counter()
+        diffcore.sample(stamped, x_T, sampler="ddim", steps=STEPS, schedule="linear")
+        split["cold_setup" if cold else "setup"].append(stamps[0] - t0)
+        if not cold:
+            split["step"].append(statistics.median(b - a for a, b in zip(stamps, stamps[1:])))
+
+    cases["clocked"] = lambda: clocked(False)
+    cases["clocked-cold"] = lambda: clocked(True)
+    times = _rounds(cases, rounds)
+    best = {k: min(v) for k, v in times.items()}
+    add = best["add x20"] / 20
+    step = min(split["step"])
+    return {
+        "min_s": best,
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "per_step_s": step,
+        "add_s": add,
+        "host_per_step_s": step - add,
+        "setup_s": min(split["setup"]),
+        "cold_setup_s": min(split["cold_setup"]),
+    }
+
+
+def whole_calls(sizes: list[str], rounds: int) -> list[dict[str, Any]]:
+    rows = []
+    for size in sizes:
+        shape = SIZES[size]
+        x_T, out = torch.randn(shape), torch.randn(shape)
+        cases: dict[str, Callable[[], Any]] = {"add": _add_case(shape, 1)}
+        for name in DETERMINISTIC + STOCHASTIC:
+            cases[f"{name}/diffusers"] = _diffusers_call(name, x_T, out, STEPS)
+            cases[f"{name}/diffcore"] = _diffcore_call(name, x_T, out, STEPS, gen=False)
+            if name in STOCHASTIC:
+                cases[f"{name}/diffcore-gen"] = _diffcore_call(name, x_T, out, STEPS, gen=True)
+        times = _rounds(cases, rounds)
+        add = min(times["add"])
+        for name in DETERMINISTIC + STOCHASTIC:
+            d = times[f"{name}/diffusers"]
+            row: dict[str, Any] = {"size": size, "sampler": name, "stochastic": name in STOCHASTIC}
+            for impl in ("diffcore", "diffcore-gen"):
+                t = times.get(f"{name}/{impl}")
+                if t is None:
+                    continue
+                tensors, iters = _streamed(name, gen=impl == "diffcore-gen")
+                row[impl] = {
+                    "min_s": min(t),
+                    "median_s": statistics.median(t),
+                    "speedup_of_minima": min(d) / min(t),
+                    "speedup_median": statistics.median(a / b for a, b in zip(d, t)),
+                    "speedup_range": [min(a / b for a, b in zip(d, t)), max(a / b for a, b in zip(d, t))],
+                    "vs_floor": min(t) / (iters * tensors / 3 * add),
+                    "tensors": tensors,
+                }
+            row["diffusers_min_s"] = min(d)
+            row["add_s"] = add
+            rows.append(row)
+            print(f"{size} {name}: {json.dumps({k: v for k, v in row.items() if k.startswith('diffcore')})}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--sizes", default="16K,256K,1M", help=f"comma-separated among {list(SIZES)}")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_call_cost")
+    args = ap.parse_args(argv)
+    sizes = args.sizes.split(",")
+    if args.rounds < 1 or not set(sizes) <= set(SIZES):
+        raise SystemExit(f"--rounds {args.rounds} --sizes {args.sizes}: need rounds >= 1, sizes among {list(SIZES)}")
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # sampler_cases, as pytest's rootdir conftest does
+    load = os.getloadavg()[0]
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "kernels": diffcore.ops.backend(),
+            "loadavg_at_start": load,
+        },
+        "setup": setup_cost(args.rounds),
+        "calls": whole_calls(sizes, args.rounds),
+    }
+    report["machine"]["loadavg_at_end"] = os.getloadavg()[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(table(report))
+    print(table(report))
+    return report
+
+
+def _us(s: float) -> str:
+    return f"{s * 1e6:,.1f}" if s * 1e6 < 100 else f"{s * 1e6:,.0f}"
+
+
+def table(report: dict[str, Any]) -> str:
+    m, s = report["machine"], report["setup"]
+    med, best = s["median_s"], s["min_s"]
+    lines = [
+        "## Whole diffcore.sample calls with a free model (CPU, interleaved rounds)",
+        "",
+        f"torch {m['torch']}, {m['torch_threads']} torch thread, kernels `{m['kernels']}`, {m['cpu_count']} CPUs "
+        f"({m['processor']}), load average {m['loadavg_at_start']:.2f} at start and {m['loadavg_at_end']:.2f} at "
+        "end: the machine was shared with other jobs (load far above its 2 cores), so times are minima over "
+        "rounds and ratios are ratios of minima, with the median and range of the same-round ratios beside them.",
+        "",
+        "### Per-call cost, ddim at 16K elements",
+        "",
+        "| steps | diffcore.sample us/call (min / median) | diffusers loop us/call (min / median) "
+        "| speed-up of minima |",
+        "|---|---|---|---|",
+    ]
+    for n in SETUP_STEPS:
+        a, b = best[f"diffcore-{n}"], best[f"diffusers-{n}"]
+        ma, mb = med[f"diffcore-{n}"], med[f"diffusers-{n}"]
+        lines.append(f"| {n} | {_us(a)} / {_us(ma)} | {_us(b)} / {_us(mb)} | {b / a:.2f}x |")
+    lines += [
+        "",
+        f"Clocked inside a {STEPS}-step call (the model stamps the time; min over rounds): one step, from one "
+        f"model call to the next, {_us(s['per_step_s'])} us, of which one torch.add (the step's memory work) "
+        f"{_us(s['add_s'])} us: host work {_us(s['host_per_step_s'])} us per step (target <= 10). Per-call setup, "
+        f"from the call to the first model call: {_us(s['setup_s'])} us (target <= 100); with the setup cache "
+        f"cleared before each call: {_us(s['cold_setup_s'])} us.",
+        "",
+        f"### Whole {STEPS}-step calls vs the diffusers loop",
+        "",
+        "| sampler | elements | diffusers us | diffcore us | speed-up (same-round median, range) | "
+        "diffcore / floor (tensors) | diffcore-gen us | speed-up (same-round median, range) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["calls"]:
+        c, g = r["diffcore"], r.get("diffcore-gen")
+        gen = "n/a | n/a" if g is None else f"{_us(g['min_s'])} | {_speedup(g)}"
+        lines.append(
+            f"| {r['sampler']} | {r['size']} | {_us(r['diffusers_min_s'])} | {_us(c['min_s'])} | {_speedup(c)} | "
+            f"{c['vs_floor']:.2f}x ({c['tensors']}) | {gen} |"
+        )
+    lines += ["", *targets(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _speedup(c: dict[str, Any]) -> str:
+    lo, hi = c["speedup_range"]
+    return f"{c['speedup_of_minima']:.2f}x ({c['speedup_median']:.2f}x, {lo:.2f}-{hi:.2f})"
+
+
+def targets(report: dict[str, Any]) -> list[str]:
+    """The issue's targets, met or missed (reported, never asserted)."""
+    s, rows = report["setup"], report["calls"]
+    out = ["Targets of issue #20 (reported, never asserted):", ""]
+    out.append(f"* host work <= 10 us per step at 16K: {_us(s['host_per_step_s'])} us")
+    out.append(f"* setup <= 100 us per 20-step call: {_us(s['setup_s'])} us")
+    det16 = [r for r in rows if not r["stochastic"] and r["size"] == "16K"]
+    miss = [
+        f"{r['sampler']} {r['diffcore']['speedup_of_minima']:.1f}x"
+        for r in det16
+        if r["diffcore"]["speedup_of_minima"] < 10
+    ]
+    out.append(f"* deterministic >= 10x diffusers at 16K: {'missed by ' + ', '.join(miss) if miss else 'met'}")
+    big = [r for r in rows if not r["stochastic"] and r["size"] != "16K"]
+    miss = [
+        f"{r['sampler']} {r['size']} {r['diffcore']['vs_floor']:.2f}x" for r in big if r["diffcore"]["vs_floor"] > 1.3
+    ]
+    out.append(
+        f"* deterministic within 1.3x of the add floor at >= 256K: {'missed by ' + ', '.join(miss) if miss else 'met'}"
+    )
+    sto = [r for r in rows if r["stochastic"]]
+    miss = [
+        f"{r['sampler']} {r['size']} {r['diffcore']['speedup_of_minima']:.1f}x"
+        for r in sto
+        if r["diffcore"]["speedup_of_minima"] < 4
+    ]
+    out.append(
+        "* stochastic >= 4x diffusers at every size (default in-kernel noise): "
+        + ("missed by " + ", ".join(miss) if miss else "met")
+    )
+    return out
+
+
+if __name__ == "__main__":
+    main()
