@@ -9,6 +9,8 @@ StableDiffusion3Pipeline / FluxPipeline (their Img2Img / Inpaint variants take t
 from __future__ import annotations
 
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,17 @@ import torch
 LETTERS = string.ascii_lowercase
 IMAGE_SIZE = 32  # pixels; the VAE halves it, so latents are 16 x 16
 LATENT_CHANNELS = 16  # as SD3's and Flux's VAEs (diffusers' SD3 inpainting needs 16)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one thread inside (tiny models run fastest so, and the cores are shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def t5_tokenizer() -> Any:

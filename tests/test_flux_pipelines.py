@@ -27,12 +27,10 @@ STEPS = 5
 PROMPT, NEGATIVE = "a photo of a cat", "blurry"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    with flow_tiny.one_thread():
+        yield
 
 
 SIZE = flow_tiny.IMAGE_SIZE
@@ -51,9 +49,7 @@ def flux(components):
 
 @pytest.fixture(scope="module")
 def folder(flux, tmp_path_factory):
-    root = tmp_path_factory.mktemp("flux_folder")
-    flux.save_pretrained(root, safe_serialization=True)
-    return root
+    return sd_tiny.save(flux, tmp_path_factory.mktemp("flux_folder"))
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +80,7 @@ def diffcore_kwargs(seed: int, true_cfg: float = 2.0) -> dict:
     }
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+rel = sd_tiny.relative_error
 
 
 def test_pack_unpack_and_ids_are_fluxpipelines() -> None:

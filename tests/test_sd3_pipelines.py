@@ -26,12 +26,10 @@ STEPS = 6
 PROMPT, NEGATIVE = "a photo of a cat", "blurry"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    with flow_tiny.one_thread():
+        yield
 
 
 SIZE = flow_tiny.IMAGE_SIZE
@@ -50,9 +48,7 @@ def sd3(components):
 
 @pytest.fixture(scope="module")
 def folder(sd3, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sd3_folder")
-    sd3.save_pretrained(root, safe_serialization=True)
-    return root
+    return sd_tiny.save(sd3, tmp_path_factory.mktemp("sd3_folder"))
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +78,7 @@ def diffcore_kwargs(seed: int) -> dict:
     }
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+rel = sd_tiny.relative_error
 
 
 def embeddings(pipe) -> dict[str, dict[str, torch.Tensor]]:
