@@ -262,3 +262,20 @@ def test_tiled_decode(loaded: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     assert vae.vae.tile_latent_min_size != 8  # restored
     plain = vae.decode(latents)
     assert calls == [(1, 4, 16, 16)] and plain.shape == out.shape
+
+
+def test_sd2_v_prediction_zero_snr_guidance_rescale(folders: dict, tmp_path: Path) -> None:
+    """SD 2.x-style: v-prediction, zero-terminal-SNR betas on trailing DDIM steps, guidance rescale."""
+    ref, _ = folders["ddim"]
+    config = {"prediction_type": "v_prediction", "timestep_spacing": "trailing", "rescale_betas_zero_snr": True}
+    ref = diffusers.StableDiffusionPipeline(
+        **{**ref.components, "scheduler": diffusers.DDIMScheduler(**sd_tiny.SD_SCHEDULER, clip_sample=False, **config)}
+    )
+    pipe = load_diffusers_pipeline(sd_tiny.save(ref, tmp_path / "sd2"))
+    kw = {"guidance_scale": 4.0, "guidance_rescale": 0.7}
+    want = ref(
+        PROMPTS[:1], negative_prompt=NEGATIVES[:1], generator=_gen(9), num_inference_steps=4, output_type="pt", **kw
+    ).images
+    got = pipe.text2image(PROMPTS[:1], NEGATIVES[:1], generator=_gen(9), steps=4, **kw)
+    assert pipe.param.name == "v_prediction"
+    assert relative_error(got, want) < TOL
