@@ -279,3 +279,23 @@ def test_sd2_v_prediction_zero_snr_guidance_rescale(folders: dict, tmp_path: Pat
     got = pipe.text2image(PROMPTS[:1], NEGATIVES[:1], generator=_gen(9), steps=4, **kw)
     assert pipe.param.name == "v_prediction"
     assert relative_error(got, want) < TOL
+
+
+def test_stochastic_sampler_matches_diffusers(folders: dict, loaded: dict) -> None:
+    """euler_ancestral draws its noise from the same generator as EulerAncestralDiscreteScheduler, after
+    the same VAE posterior draws (inpaint encodes the masked image for any UNet, as diffusers does)."""
+    ref, _ = folders["euler"]
+    ancestral = diffusers.EulerAncestralDiscreteScheduler.from_config(ref.scheduler.config)
+    components = {**ref.components, "scheduler": ancestral}
+    image, mask = sd_tiny.images(1, seed=6), sd_tiny.center_mask(1)
+    kw = {"guidance_scale": 4.0}
+    t2i = diffusers.StableDiffusionPipeline(**components)
+    want = t2i(PROMPTS[:1], generator=_gen(4), num_inference_steps=4, output_type="pt", **kw).images
+    got = loaded["euler"].text2image(PROMPTS[:1], generator=_gen(4), steps=4, sampler="euler_ancestral", **kw)
+    assert relative_error(got, want) < TOL
+    inpaint = diffusers.StableDiffusionInpaintPipeline(**components)
+    want = inpaint(
+        PROMPTS[:1], image=image, mask_image=mask, generator=_gen(4), num_inference_steps=4, output_type="pt", **kw
+    ).images
+    got = loaded["euler"].inpaint(image, mask, PROMPTS[:1], generator=_gen(4), steps=4, sampler="euler_ancestral", **kw)
+    assert relative_error(got, want) < TOL

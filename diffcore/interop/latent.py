@@ -206,9 +206,10 @@ class LatentPipeline(Pipeline):
         start = noise if first == 0 else run.noised(_need(init), noise, first)
         h, w = run.latent[1:]
         small = _rows(F.interpolate(masks, size=(h, w)), run.batch).to(noise.device, noise.dtype)
+        keep = (masks < 0.5).to(images.dtype)  # the masked region becomes 0 in [-1, 1]: gray
+        # encoded for every model, as diffusers does: the same generator then feeds the same sampler noise
+        masked = self.encode(images * keep + 0.5 * (1 - keep), run.generator, run.batch)
         if extra:
-            keep = (masks < 0.5).to(images.dtype)  # the masked region becomes 0 in [-1, 1]: gray
-            masked = self.encode(images * keep + 0.5 * (1 - keep), run.generator, run.batch)
             run.add_concat(torch.cat([small, masked.to(small.dtype)], dim=1))
             x = run.sample(self.family.pack(start), start=first)
         else:
