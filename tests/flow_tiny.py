@@ -92,15 +92,16 @@ def flow_scheduler(**config: Any) -> Any:
     return FlowMatchEulerDiscreteScheduler(**config)
 
 
-def sd3_components(root: Path, seed: int = 0, *, shift: float = 3.0) -> dict[str, Any]:
-    """StableDiffusion3Pipeline's components: CLIP-L (32) + CLIP-G (32) padded to T5's 64, pooled 64."""
+def sd3_components(root: Path, seed: int = 0, *, shift: float = 3.0, inpainting: bool = False) -> dict[str, Any]:
+    """StableDiffusion3Pipeline's components: CLIP-L (32) + CLIP-G (32) padded to T5's 64, pooled 64;
+    ``inpainting``: a transformer taking the mask and masked-image latents too (2 C + 1 channels)."""
     from diffusers import SD3Transformer2DModel
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=IMAGE_SIZE // 2,
         patch_size=2,
-        in_channels=LATENT_CHANNELS,
+        in_channels=2 * LATENT_CHANNELS + 1 if inpainting else LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
         num_layers=2,
         attention_head_dim=8,

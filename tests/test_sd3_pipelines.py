@@ -175,6 +175,13 @@ def test_image2image_equals_the_img2img_pipeline(components, pipe) -> None:
     assert rel(out, image) > 0.05
 
 
+@torch.no_grad()
+def decoded(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] of SD3 latents, decoded as StableDiffusion3Pipeline does (with the shift factor)."""
+    images = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample
+    return (images / 2 + 0.5).clamp(0, 1)
+
+
 @pytest.mark.parametrize("strength", [1.0, 0.7])
 def test_inpaint_equals_the_inpaint_pipeline_loop(components, pipe, strength) -> None:
     """diffusers' StableDiffusion3InpaintPipeline decodes without the VAE's shift_factor (its
@@ -184,10 +191,7 @@ def test_inpaint_equals_the_inpaint_pipeline_loop(components, pipe, strength) ->
     latents = inpaint(
         PROMPT, image=image, mask_image=mask, strength=strength, output_type="latent", **diffusers_kwargs(4)
     ).images
-    vae = components["vae"]
-    with torch.no_grad():
-        decoded = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample
-    ref = (decoded / 2 + 0.5).clamp(0, 1)
+    ref = decoded(components["vae"], latents)
     out = pipe.inpaint(image, mask, PROMPT, strength=strength, **diffcore_kwargs(4))
     assert rel(out, ref) < TOL
     everything = pipe.inpaint(image, torch.ones_like(mask), PROMPT, strength=strength, **diffcore_kwargs(4))
@@ -264,3 +268,23 @@ def test_other_flow_schedulers_match(components, folder, cls, config) -> None:
     pipe = load_diffusers_pipeline(folder, scheduler={"_class_name": cls, **scheduler.config})
     out = pipe.text2image(PROMPT, height=SIZE, width=SIZE, latents=x_T.clone(), **diffcore_kwargs(0))
     assert rel(out, ref) < TOL
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.7])
+def test_inpainting_transformer_takes_the_mask_channels(tmp_path, strength) -> None:
+    """A 33-channel SD3 transformer (16 latent + mask + 16 masked-image channels) equals
+    StableDiffusion3InpaintPipeline (no shift-factor blending here: latents are the oracle)."""
+    components = flow_tiny.sd3_components(tmp_path, inpainting=True)
+    pipe = load_diffusers_pipeline(sd_tiny.save(diffusers.StableDiffusion3Pipeline(**components), tmp_path / "f"))
+    assert pipe.family.concat_channels() == 17
+    image, mask = sd_tiny.images(1, SIZE), sd_tiny.center_mask(1, SIZE)
+    latents = diffusers.StableDiffusion3InpaintPipeline(**components)(
+        PROMPT, image=image, mask_image=mask, strength=strength, output_type="latent", **diffusers_kwargs(4)
+    ).images
+    ref = decoded(components["vae"], latents)
+    out = pipe.inpaint(image, mask, PROMPT, strength=strength, **diffcore_kwargs(4))
+    assert rel(out, ref) < TOL
+    model, x = pipe.family.model, torch.randn(1, 16, 16, 16)
+    cond = {"encoder_hidden_states": torch.randn(1, 5, 64), "pooled_projections": torch.randn(1, 64)}
+    with pytest.raises(ValueError, match="17 extra input channels"):
+        model(x, torch.tensor([500.0]), cond)

@@ -175,20 +175,42 @@ class MMDiTTransformer(nn.Module):
 class SD3Transformer(MMDiTTransformer):
     """diffusers ``SD3Transformer2DModel`` (SD3 / SD3.5) as ``model(x, t, cond)``: ``x`` the
     (B, C, H, W) latent, ``t`` (B,) the model time ``t_flow * 1000`` (what StableDiffusion3Pipeline
-    passes), ``cond`` with ``encoder_hidden_states`` and ``pooled_projections``."""
+    passes), ``cond`` with ``encoder_hidden_states`` and ``pooled_projections``. An inpainting
+    transformer (``in_channels`` = 2 C + 1, e.g. 33) also takes ``cond["concat"]`` (B, C + 1, H, W),
+    the mask and the masked image's latents, appended to ``x`` along the channels."""
 
     name = "diffusers_sd3_transformer"
     diffusers_class = "SD3Transformer2DModel"
 
+    optional_keys = frozenset({"concat"})
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels: the latent's, plus the concatenated ones of an inpainting transformer."""
+        return int(self.config["in_channels"])
+
     @property
     def latent_channels(self) -> int:
-        return int(self.config["in_channels"])
+        return int(self.config.get("out_channels") or self.config["in_channels"])
 
     def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         """Velocity (B, C, H, W) at state ``x`` and model times ``t``."""
         self._check_state(x)
         kw = self._inputs(x, cond)
-        return self.transformer(hidden_states=x.to(self.dtype), timestep=t, **kw, return_dict=False)[0]
+        inp = x.to(self.dtype)
+        extra = self.in_channels - self.latent_channels
+        concat = cond.get("concat")
+        if extra and (not isinstance(concat, Tensor) or concat.shape != (x.shape[0], extra, *x.shape[2:])):
+            got = tuple(concat.shape) if isinstance(concat, Tensor) else type(concat).__name__
+            raise ValueError(
+                f"this SD3 transformer takes {extra} extra input channels: cond['concat'] "
+                f"must be ({x.shape[0]}, {extra}, {x.shape[2]}, {x.shape[3]}), got {got}"
+            )
+        if not extra and concat is not None:
+            raise ValueError("cond['concat'] is for an inpainting transformer (in_channels > out_channels)")
+        if extra:
+            inp = torch.cat([inp, concat.to(self.dtype)], dim=1)
+        return self.transformer(hidden_states=inp, timestep=t, **kw, return_dict=False)[0]
 
 
 class FluxTransformer(MMDiTTransformer):
