@@ -343,7 +343,7 @@ def test_unknown_scheduler_class_falls_back_with_a_warning(tmp_path: Path) -> No
         ({"prediction_type": "flow"}, "prediction_type='flow'"),
         ({"timestep_spacing": "middle"}, "timestep_spacing='middle'"),
         ({"beta_start": 0.5, "beta_end": 0.1}, "beta_start"),
-        ({"variance_type": "learned_range"}, "learned"),
+        ({"variance_type": "learned"}, "learned"),  # learned_range is reproduced (tests/test_scheduler_options.py)
     ],
 )
 def test_bad_scheduler_configs_raise(config: dict, match: str) -> None:

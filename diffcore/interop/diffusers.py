@@ -234,14 +234,19 @@ class DiffusersPipeline(Pipeline):
                 "eta": spec.eta,
             },
         }
+        name = spec.sampler if isinstance(spec.sampler, str) else spec.sampler.name  # learned_range: an object
         super().__init__(
-            model, spec.schedule, make_parameterization(spec.prediction), run=run, sampler=spec.sampler, steps=steps
+            model, spec.schedule, make_parameterization(spec.prediction), run=run, sampler=name, steps=steps
         )
         self.spec = spec
 
     def generate(self, n: int, **kwargs: Any) -> Tensor:
         """:meth:`diffcore.Pipeline.generate` with the diffusers scheduler's defaults."""
         kwargs.setdefault("timestep_spacing", self.spec.timestep_spacing)
+        if self.spec.x0_limit is not None:  # clip_sample / thresholding: a property of the data, for any sampler
+            kwargs.setdefault("x0_limit", self.spec.x0_limit)
+        if kwargs.get("sampler") in (None, self.sampler) and not isinstance(self.spec.sampler, str):
+            kwargs["sampler"] = self.spec.sampler
         if kwargs.get("sampler") in (None, self.spec.sampler):
             if self.spec.sampler_options:
                 kwargs.setdefault("sampler_options", dict(self.spec.sampler_options))

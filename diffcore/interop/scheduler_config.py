@@ -178,7 +178,7 @@ class SchedulerSpec:
     schedule: DiscreteSchedule | FlowSchedule
     prediction: str
     timestep_spacing: str
-    sampler: str
+    sampler: Any  # a registry name, or a sampler object (DDPM's learned_range: ddpm_learned_range)
     sampler_options: dict[str, Any] = field(default_factory=dict)
     eta: float | None = None
     unsupported: tuple[str, ...] = ()  # the options (as "name=value: why") diffcore does not reproduce
@@ -344,7 +344,7 @@ def _schedule(cfg: dict[str, Any], **ends: str) -> DiscreteSchedule:
     return schedule
 
 
-def _sampler_for(cls: str, cfg: dict[str, Any], problems: list[str]) -> tuple[str, dict[str, Any], float | None]:
+def _sampler_for(cls: str, cfg: dict[str, Any], problems: list[str]) -> tuple[Any, dict[str, Any], float | None]:
     """(sampler, sampler_options, eta) reproducing ``cls`` with ``cfg``; appends what it cannot."""
     if cls not in SAMPLER_FOR_SCHEDULER:
         problems.append(
@@ -358,9 +358,14 @@ def _sampler_for(cls: str, cfg: dict[str, Any], problems: list[str]) -> tuple[st
         return "ddim", {}, 0.0  # DDIMPipeline's default eta
     if cls == "DDPMScheduler":
         variance = cfg["variance_type"]
-        if variance in ("learned", "learned_range"):  # the UNet outputs 2x channels: nothing runs
+        if variance == "learned_range":  # the UNet outputs 2x channels: prediction, then variance
+            from diffcore.samplers.ddpm_learned import ddpm_learned_range
+
+            return ddpm_learned_range, {}, None
+        if variance == "learned":
             raise DiffusersInteropError(
-                f"DDPMScheduler variance_type={variance!r} (a learned variance) is not supported"
+                "DDPMScheduler variance_type='learned' (the raw variance as output) is not supported; "
+                "'learned_range' is"
             )
         if variance not in ("fixed_small", "fixed_large"):
             problems.append(f"variance_type={variance!r}: diffcore's ddpm has 'fixed_small' and 'fixed_large'")
