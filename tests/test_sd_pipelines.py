@@ -87,8 +87,8 @@ def test_image2image_matches_diffusers(sched: str, folders: dict, loaded: dict) 
     assert relative_error(other, got) > 1e-3
 
 
-@pytest.mark.parametrize("sched", ["ddim", "euler"])
-def test_inpaint_any_unet_matches_diffusers(sched: str, folders: dict, loaded: dict) -> None:
+@pytest.mark.parametrize(("sched", "strength"), [("ddim", 1.0), ("euler", 1.0), ("dpmpp_2m", 0.6)])
+def test_inpaint_any_unet_matches_diffusers(sched: str, strength: float, folders: dict, loaded: dict) -> None:
     ref, _ = folders[sched]
     image, mask = sd_tiny.images(1, seed=3), sd_tiny.center_mask(1)
     pipe = diffusers.StableDiffusionInpaintPipeline(**ref.components)
@@ -99,11 +99,14 @@ def test_inpaint_any_unet_matches_diffusers(sched: str, folders: dict, loaded: d
         generator=_gen(2),
         num_inference_steps=4,
         guidance_scale=2.0,
+        strength=strength,
         height=32,
         width=32,
         output_type="pt",
     ).images
-    got = loaded[sched].inpaint(image, mask, PROMPTS[1:], generator=_gen(2), steps=4, guidance_scale=2.0)
+    got = loaded[sched].inpaint(
+        image, mask, PROMPTS[1:], generator=_gen(2), steps=4, guidance_scale=2.0, strength=strength
+    )
     assert relative_error(got, want) < TOL
 
 
