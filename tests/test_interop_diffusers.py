@@ -598,6 +598,15 @@ def test_pipelines_with_other_components_are_refused(unet, tmp_path: Path) -> No
         load_diffusers_pipeline(tmp_path)
 
 
+def test_unet2d_folders_stay_float32_diffusers_pipelines(unet, tmp_path: Path) -> None:
+    """The latent-pipeline options of load_diffusers_pipeline leave DDPM/DDIM folders as they were."""
+    diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler()).save_pretrained(tmp_path)
+    pipe = load_diffusers_pipeline(tmp_path, device=None, torch_dtype=torch.float32)
+    assert isinstance(pipe, DiffusersPipeline) and pipe.device == torch.device("cpu")
+    with pytest.raises(DiffusersInteropError, match="torch_dtype"):
+        load_diffusers_pipeline(tmp_path, torch_dtype=torch.float16)
+
+
 def test_unet_folder_without_scheduler_warns_and_uses_the_default(unet, tmp_path: Path) -> None:
     unet.save_pretrained(tmp_path)
     with pytest.warns(DiffusersInteropWarning, match="no scheduler config"):
