@@ -36,7 +36,10 @@ def _compile_flags() -> tuple[list[str], list[str]]:
     """Return (C++ compile args, link args) for the host platform."""
     if sys.platform == "win32":
         return ["/O2", "/std:c++17", "/openmp"], []
-    cxx = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
+    # the C++ standard is the one torch.utils.cpp_extension picks for this torch; no errno from
+    # sqrtf (so the in-kernel noise loop vectorizes) and no FMA contraction (the noise and step
+    # math round every op, bit-identical to the reference)
+    cxx = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
     if sys.platform.startswith("linux"):
         return cxx + ["-fopenmp"], ["-fopenmp"]
     return cxx, []  # macOS: Apple clang ships without OpenMP

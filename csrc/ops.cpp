@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "ops.h"
@@ -124,11 +125,12 @@ int64_t check_step(const at::Tensor& x, const at::Tensor* m, const at::Tensor* u
 }
 
 // True when the kernels can work on the operands in place: every operand dense with x's strides,
-// history slots dense with x's layout, and the batch outermost where coefficients are per sample.
+// history slots dense with x's layout, the batch outermost where coefficients are per sample, and
+// x contiguous where the kernel draws noise (element j of a sample is its j-th in row-major order).
 bool in_place_layout(const at::Tensor& x, const at::Tensor* m, const at::Tensor* u, const at::Tensor* c,
                      const c10::optional<at::Tensor>& history, const c10::optional<at::Tensor>& noise, bool per_sample,
-                     int64_t K) {
-  bool fast = x.is_non_overlapping_and_dense();
+                     int64_t K, bool logical_order) {
+  bool fast = logical_order ? x.is_contiguous() : x.is_non_overlapping_and_dense();
   if (per_sample) fast = fast && batch_outermost(x);
   if (m != nullptr) fast = fast && same_dense_layout(*m, x);
   if (u != nullptr) fast = fast && same_dense_layout(*u, x) && same_dense_layout(*c, x);
@@ -158,27 +160,96 @@ Operands step_operands(bool in_place, const at::Tensor& x, const at::Tensor* m, 
   return o;
 }
 
+void check_noise_keys(const at::Tensor& x, int64_t sample_index, int64_t mode) {
+  const int64_t batch = x.dim() == 0 ? 1 : x.size(0);
+  TORCH_CHECK(sample_index >= 0 && sample_index + batch <= (int64_t{1} << 32), "diffcore: sample_index=", sample_index,
+              " must be >= 0 with sample_index + batch (", batch, ") <= 2^32");
+  TORCH_CHECK(x.numel() / std::max<int64_t>(batch, 1) <= (int64_t{1} << 34),
+              "diffcore: ", x.numel() / std::max<int64_t>(batch, 1),
+              " elements per sample; in-kernel noise supports up to 2^34");
+  TORCH_CHECK(mode == kNoiseExact || mode == kNoiseFast, "diffcore: noise_mode=", mode,
+              " must be 0 (exact) or 1 (fast)");
+}
+
+// (B or 1, 2) per-sample (lo, div) of the x0 limit in the accumulation dtype, or an undefined tensor.
+// Dynamic thresholding (Saharia et al. 2022, sec. 2.3) needs each sample's x0 first: it is computed
+// here with ATen exactly as the kernel computes it (x0 = a*x + b*m, m the guided output), then
+// s = clamp(quantile(|x0|, ratio), 1, max) per sample; lo = div = s.
+at::Tensor x0_limits(const StepOptions& opt, const at::Tensor& x, const at::Tensor* m, const at::Tensor* u,
+                     const at::Tensor* c, const at::Tensor& co, const at::Tensor& g) {
+  TORCH_CHECK(!(opt.x0_clip.has_value() && opt.x0_ratio.has_value()),
+              "diffcore: pass x0_clip or x0_ratio (dynamic thresholding), not both");
+  const at::ScalarType acc = co.scalar_type();
+  if (opt.x0_clip.has_value()) {
+    const double clip = *opt.x0_clip;
+    TORCH_CHECK(clip > 0.0 && std::isfinite(clip), "diffcore: x0_clip=", clip, " must be positive and finite");
+    at::Tensor lim = at::ones({2}, x.options().dtype(acc));
+    lim.select(0, 0).fill_(clip);
+    return lim;
+  }
+  if (!opt.x0_ratio.has_value()) return at::Tensor();
+  const double ratio = *opt.x0_ratio;
+  TORCH_CHECK(ratio > 0.0 && ratio <= 1.0, "diffcore: x0_ratio=", ratio, " must be in (0, 1]");
+  TORCH_CHECK(opt.x0_max >= 1.0 && std::isfinite(opt.x0_max), "diffcore: x0_max=", opt.x0_max,
+              " must be finite and >= 1");
+  const int64_t B = x.size(0);
+  const auto column = [&](const at::Tensor& t, int64_t j) {
+    return t.dim() == 2 ? t.select(1, j).reshape({B, 1}) : t.select(0, j);
+  };
+  at::Tensor mv;
+  if (m != nullptr) {
+    mv = m->to(acc).reshape({B, -1});
+  } else {
+    at::Tensor ua = u->to(acc).reshape({B, -1});
+    mv = column(g, 1) * (ua + column(g, 0) * (c->to(acc).reshape({B, -1}) - ua));
+  }
+  at::Tensor x0 = column(co, 0) * x.to(acc).reshape({B, -1}) + column(co, 1) * mv;
+  at::Tensor sv = at::quantile(x0.abs(), ratio, 1).clamp(1.0, opt.x0_max);
+  return at::stack({sv, sv}, 1).contiguous();
+}
+
+void check_flag(const c10::optional<at::Tensor>& flag, const at::Tensor& x) {
+  if (!flag.has_value()) return;
+  TORCH_CHECK(flag->scalar_type() == at::kInt && flag->numel() == 1 && flag->device() == x.device(),
+              "diffcore: nonfinite must be a one-element int32 tensor on ", x.device(), ", got ", flag->scalar_type(),
+              " ", flag->sizes(), " on ", flag->device());
+}
+
 }  // namespace
 
 void run_step(StepKernel kernel, at::Tensor& x, const at::Tensor* m, const at::Tensor* u, const at::Tensor* c,
               const at::Tensor* guidance, const at::Tensor& coeffs, const c10::optional<at::Tensor>& history,
-              const c10::optional<at::Tensor>& noise, at::IntArrayRef writes_ref, int64_t seed, int64_t offset) {
+              const c10::optional<at::Tensor>& noise, at::IntArrayRef writes_ref, const StepOptions& opt) {
   const std::vector<int64_t> writes(writes_ref.begin(), writes_ref.end());
-  const int64_t K = check_step(x, m, u, c, guidance, coeffs, history, noise, writes, seed);
+  const int64_t K = check_step(x, m, u, c, guidance, coeffs, history, noise, writes, opt.seed);
+  const bool philox = opt.seed >= 0;
+  if (philox) {
+    TORCH_CHECK(opt.offset >= 0, "diffcore: offset=", opt.offset, " must be >= 0");
+    check_noise_keys(x, opt.sample_index, opt.noise_mode);
+  }
+  check_flag(opt.nonfinite, x);
   const at::ScalarType acc = acc_type(x.scalar_type());
   at::Tensor co = coeffs.to(acc).contiguous();
   at::Tensor g = guidance != nullptr ? guidance->to(acc).contiguous() : at::Tensor();
-  const bool per_sample = co.dim() == 2 || (g.defined() && g.dim() == 2);
-  const bool in_place = in_place_layout(x, m, u, c, history, noise, per_sample, K);
+  at::Tensor lim = x0_limits(opt, x, m, u, c, co, g);
+  const bool per_sample = co.dim() == 2 || (g.defined() && g.dim() == 2) || (lim.defined() && lim.dim() == 2);
+  const bool in_place = in_place_layout(x, m, u, c, history, noise, per_sample, K, philox);
   Operands o = step_operands(in_place, x, m, u, c, history, noise);
 
   StepLaunch s;
   fill_launch(s, o, co, g.defined() ? &g : nullptr, writes);
-  if (seed >= 0) {
+  if (philox) {
     s.philox = true;
-    s.seed = static_cast<uint64_t>(seed);
-    s.offset = static_cast<uint64_t>(offset);
+    s.seed = static_cast<uint64_t>(opt.seed);
+    s.offset = static_cast<uint64_t>(opt.offset);
+    s.sample_index = static_cast<uint64_t>(opt.sample_index);
+    s.noise_mode = static_cast<int>(opt.noise_mode);
   }
+  if (lim.defined()) {
+    s.limit = lim.data_ptr();
+    s.limit_stride = lim.dim() == 2 ? 2 : 0;
+  }
+  if (opt.nonfinite.has_value()) s.nonfinite = opt.nonfinite->data_ptr<int32_t>();
   kernel(s);
   if (!in_place) {  // write back what changed
     if (!o.x.is_same(x)) x.copy_(o.x);
@@ -232,13 +303,16 @@ at::Tensor run_cfg_rescale_factor(RescaleKernel kernel, const at::Tensor& uncond
   return out;
 }
 
-void run_philox_normal_(PhiloxKernel kernel, at::Tensor& out, int64_t seed, int64_t offset) {
+void run_philox_normal_(PhiloxKernel kernel, at::Tensor& out, int64_t seed, int64_t offset, int64_t sample_index,
+                        int64_t mode) {
   TORCH_CHECK(is_float_type(out.scalar_type()), "diffcore: out must be floating point, got ", out.scalar_type());
   TORCH_CHECK(seed >= 0 && offset >= 0, "diffcore: seed=", seed, " and offset=", offset, " must be >= 0");
+  check_noise_keys(out, sample_index, mode);
   if (out.numel() == 0) return;
-  at::Tensor dense = out.is_non_overlapping_and_dense() ? out : out.contiguous();
-  kernel(dense, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset));
-  if (!dense.is_same(out)) out.copy_(dense);
+  at::Tensor dense = out.dim() == 0 ? out.reshape({1}) : (out.is_contiguous() ? out : out.contiguous());
+  kernel(dense, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset), static_cast<uint64_t>(sample_index),
+         static_cast<int>(mode));
+  if (!dense.is_same(out)) out.copy_(dense.reshape(out.sizes()));
 }
 
 }  // namespace diffcore
@@ -247,12 +321,15 @@ TORCH_LIBRARY(diffcore, m) {
   m.def("forward_noise(Tensor x0, Tensor noise, Tensor t, Tensor table) -> (Tensor, Tensor)");
   m.def(
       "sampler_step(Tensor(a!) x, Tensor model_out, Tensor coeffs, Tensor(b!)? history, Tensor? noise, int[] writes, "
-      "int seed=-1, int offset=0) -> ()");
+      "int seed=-1, int offset=0, int sample_index=0, int noise_mode=0, float? x0_clip=None, float? x0_ratio=None, "
+      "float x0_max=1.0, Tensor(c!)? nonfinite=None) -> ()");
   m.def(
       "cfg_sampler_step(Tensor(a!) x, Tensor uncond, Tensor cond, Tensor guidance, Tensor coeffs, "
-      "Tensor(b!)? history, Tensor? noise, int[] writes, int seed=-1, int offset=0) -> ()");
+      "Tensor(b!)? history, Tensor? noise, int[] writes, int seed=-1, int offset=0, int sample_index=0, "
+      "int noise_mode=0, float? x0_clip=None, float? x0_ratio=None, float x0_max=1.0, Tensor(c!)? nonfinite=None) "
+      "-> ()");
   m.def("cfg_rescale_factor(Tensor uncond, Tensor cond, Tensor scale, float phi) -> Tensor");
-  m.def("philox_normal_(Tensor(a!) out, int seed, int offset) -> ()");
+  m.def("philox_normal_(Tensor(a!) out, int seed, int offset, int sample_index=0, int noise_mode=0) -> ()");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -30,8 +30,12 @@ struct StepLaunch {
   int64_t slot_stride = 0;  // elements between history slots
   int K = 0;                // history slots
   const void* z = nullptr;  // noise tensor, or null
-  bool philox = false;      // in-kernel counter-based noise from (seed, offset)
-  uint64_t seed = 0, offset = 0;
+  bool philox = false;      // in-kernel counter-based noise from (seed, offset), sample b keyed sample_index + b
+  uint64_t seed = 0, offset = 0, sample_index = 0;
+  int noise_mode = kNoiseExact;
+  const void* limit = nullptr;  // acc_t [B or 1, 2]: the x0 limit's (lo, div) per sample, or null
+  int64_t limit_stride = 0;
+  int32_t* nonfinite = nullptr;    // set to 1 when a non-finite x0 is seen, or null
   const void* coeffs = nullptr;    // acc_t, [B or 1, width]
   int64_t coeff_stride = 0;        // 0: one vector for the batch
   const void* guidance = nullptr;  // acc_t [B or 1, 2]: (w, r)
@@ -50,25 +54,36 @@ struct StepLaunch {
 //                                            table (T, 4) in the accumulation dtype
 //   rescale_factor(u, c, w, phi, out)        contiguous u, c; w float64 (1) or (B); out (B) in the
 //                                            accumulation dtype (float32, float64 for float64)
-//   philox_fill(out, seed, offset)           out dense (non-overlapping), filled in memory order
+//   philox_fill(out, seed, offset, sample_index, mode)
+//                                            out contiguous (B, ...): sample b gets the draw of
+//                                            sample sample_index + b
 using StepKernel = void (*)(const StepLaunch&);
 using ForwardNoiseKernel = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                     at::Tensor&, at::Tensor&);
 using RescaleKernel = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, at::Tensor&);
-using PhiloxKernel = void (*)(at::Tensor&, uint64_t, uint64_t);
+using PhiloxKernel = void (*)(at::Tensor&, uint64_t, uint64_t, uint64_t, int);
+
+// The arguments of a step beyond its operands: noise keys, the x0 limit, the finiteness flag.
+struct StepOptions {
+  int64_t seed = -1, offset = 0, sample_index = 0, noise_mode = kNoiseExact;
+  c10::optional<double> x0_clip, x0_ratio;
+  double x0_max = 1.0;
+  c10::optional<at::Tensor> nonfinite;
+};
 
 // Shared op bodies (ops.cpp): validate with TORCH_CHECK, bring the operands into the layout the
 // kernel takes, run it, write the results back. m is set for sampler_step; u, c and guidance for
 // cfg_sampler_step.
 void run_step(StepKernel kernel, at::Tensor& x, const at::Tensor* m, const at::Tensor* u, const at::Tensor* c,
               const at::Tensor* guidance, const at::Tensor& coeffs, const c10::optional<at::Tensor>& history,
-              const c10::optional<at::Tensor>& noise, at::IntArrayRef writes, int64_t seed, int64_t offset);
+              const c10::optional<at::Tensor>& noise, at::IntArrayRef writes, const StepOptions& opt);
 std::tuple<at::Tensor, at::Tensor> run_forward_noise(ForwardNoiseKernel kernel, const at::Tensor& x0,
                                                      const at::Tensor& noise, const at::Tensor& t,
                                                      const at::Tensor& table);
 at::Tensor run_cfg_rescale_factor(RescaleKernel kernel, const at::Tensor& uncond, const at::Tensor& cond,
                                   const at::Tensor& scale, double phi);
-void run_philox_normal_(PhiloxKernel kernel, at::Tensor& out, int64_t seed, int64_t offset);
+void run_philox_normal_(PhiloxKernel kernel, at::Tensor& out, int64_t seed, int64_t offset, int64_t sample_index,
+                        int64_t mode);
 
 // Registers the five ops of TORCH_LIBRARY(diffcore) (csrc/ops.cpp) with Kernels' functions.
 template <class Kernels>
@@ -77,23 +92,29 @@ void impl_ops(torch::Library& m) {
          [](const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& t, const at::Tensor& table) {
            return run_forward_noise(&Kernels::forward_noise, x0, noise, t, table);
          });
-  m.impl("sampler_step", [](at::Tensor x, const at::Tensor& model_out, const at::Tensor& coeffs,
-                            const c10::optional<at::Tensor>& history, const c10::optional<at::Tensor>& noise,
-                            at::IntArrayRef writes, int64_t seed, int64_t offset) {
-    run_step(&Kernels::step, x, &model_out, nullptr, nullptr, nullptr, coeffs, history, noise, writes, seed, offset);
-  });
-  m.impl("cfg_sampler_step", [](at::Tensor x, const at::Tensor& uncond, const at::Tensor& cond,
-                                const at::Tensor& guidance, const at::Tensor& coeffs,
-                                const c10::optional<at::Tensor>& history, const c10::optional<at::Tensor>& noise,
-                                at::IntArrayRef writes, int64_t seed, int64_t offset) {
-    run_step(&Kernels::step, x, nullptr, &uncond, &cond, &guidance, coeffs, history, noise, writes, seed, offset);
-  });
+  m.impl("sampler_step",
+         [](at::Tensor x, const at::Tensor& model_out, const at::Tensor& coeffs,
+            const c10::optional<at::Tensor>& history, const c10::optional<at::Tensor>& noise, at::IntArrayRef writes,
+            int64_t seed, int64_t offset, int64_t sample_index, int64_t noise_mode, c10::optional<double> x0_clip,
+            c10::optional<double> x0_ratio, double x0_max, const c10::optional<at::Tensor>& nonfinite) {
+           const StepOptions opt{seed, offset, sample_index, noise_mode, x0_clip, x0_ratio, x0_max, nonfinite};
+           run_step(&Kernels::step, x, &model_out, nullptr, nullptr, nullptr, coeffs, history, noise, writes, opt);
+         });
+  m.impl("cfg_sampler_step",
+         [](at::Tensor x, const at::Tensor& uncond, const at::Tensor& cond, const at::Tensor& guidance,
+            const at::Tensor& coeffs, const c10::optional<at::Tensor>& history, const c10::optional<at::Tensor>& noise,
+            at::IntArrayRef writes, int64_t seed, int64_t offset, int64_t sample_index, int64_t noise_mode,
+            c10::optional<double> x0_clip, c10::optional<double> x0_ratio, double x0_max,
+            const c10::optional<at::Tensor>& nonfinite) {
+           const StepOptions opt{seed, offset, sample_index, noise_mode, x0_clip, x0_ratio, x0_max, nonfinite};
+           run_step(&Kernels::step, x, nullptr, &uncond, &cond, &guidance, coeffs, history, noise, writes, opt);
+         });
   m.impl("cfg_rescale_factor",
          [](const at::Tensor& uncond, const at::Tensor& cond, const at::Tensor& scale, double phi) {
            return run_cfg_rescale_factor(&Kernels::rescale_factor, uncond, cond, scale, phi);
          });
-  m.impl("philox_normal_", [](at::Tensor out, int64_t seed, int64_t offset) {
-    run_philox_normal_(&Kernels::philox_fill, out, seed, offset);
+  m.impl("philox_normal_", [](at::Tensor out, int64_t seed, int64_t offset, int64_t sample_index, int64_t mode) {
+    run_philox_normal_(&Kernels::philox_fill, out, seed, offset, sample_index, mode);
   });
 }
 

@@ -1,6 +1,6 @@
 // The one switch from a launch's runtime shape to a compiled sampler-step kernel, shared by the
 // CPU and CUDA backends: history slots K (0..kMaxSlots), history writes W (0..min(K, kMaxWrites)),
-// classifier-free guidance folded in or not, in-kernel Philox noise or not.
+// classifier-free guidance folded in or not, in-kernel Philox noise or not, an x0 limit or not.
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -10,30 +10,40 @@
 namespace diffcore {
 
 // Compile-time shape of one sampler-step kernel instantiation.
-template <int K_, int W_, bool CFG_, bool PHILOX_>
+template <int K_, int W_, bool CFG_, bool PHILOX_, bool LIMIT_>
 struct StepShape {
   static constexpr int K = K_;
   static constexpr int W = W_;
   static constexpr bool CFG = CFG_;
   static constexpr bool PHILOX = PHILOX_;
+  static constexpr bool LIMIT = LIMIT_;
 };
 
-template <int K, int W, typename Fn>
-void dispatch_step_flags(const StepLaunch& s, Fn&& fn) {
-  const bool cfg = s.u != nullptr;
-  if (cfg && s.philox) {
-    fn(StepShape<K, W, true, true>{});
-  } else if (cfg) {
-    fn(StepShape<K, W, true, false>{});
+template <int K, int W, bool CFG, typename Fn>
+void dispatch_step_noise(const StepLaunch& s, Fn&& fn) {
+  const bool limit = s.limit != nullptr;
+  if (s.philox && limit) {
+    fn(StepShape<K, W, CFG, true, true>{});
   } else if (s.philox) {
-    fn(StepShape<K, W, false, true>{});
+    fn(StepShape<K, W, CFG, true, false>{});
+  } else if (limit) {
+    fn(StepShape<K, W, CFG, false, true>{});
   } else {
-    fn(StepShape<K, W, false, false>{});
+    fn(StepShape<K, W, CFG, false, false>{});
   }
 }
 
-// Calls fn(StepShape<K, W, CFG, PHILOX>{}) for the shape of launch s; fn is a generic lambda that
-// instantiates and runs the backend's kernel, e.g.
+template <int K, int W, typename Fn>
+void dispatch_step_flags(const StepLaunch& s, Fn&& fn) {
+  if (s.u != nullptr) {
+    dispatch_step_noise<K, W, true>(s, fn);
+  } else {
+    dispatch_step_noise<K, W, false>(s, fn);
+  }
+}
+
+// Calls fn(StepShape<K, W, CFG, PHILOX, LIMIT>{}) for the shape of launch s; fn is a generic lambda
+// that instantiates and runs the backend's kernel, e.g.
 //   dispatch_step(s, [&](auto shape) { using S = decltype(shape); kernel<scalar_t, S::K, S::W, ...>(s); });
 template <typename Fn>
 void dispatch_step(const StepLaunch& s, Fn&& fn) {

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 from diffcore.plugins import available, get, hookimpl, plugin_info  # noqa: E402
 from diffcore.sampling import sample, sample_from  # noqa: E402
+from diffcore.x0_limit import X0Limit  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:  # the training stack loads on first use, not with `import diffcore`
@@ -36,6 +37,7 @@ def __getattr__(name: str) -> Any:  # the training stack loads on first use, not
 __all__ = [
     "DiffusionDetector",
     "Pipeline",
+    "X0Limit",
     "__version__",
     "available",
     "get",

@@ -20,8 +20,10 @@ from torch import Tensor
 
 from diffcore import ops
 from diffcore.guidance import Guidance, StepGuide, apply_factor, make_guidance, rescaled, rescaled_output, step_guides
+from diffcore.ops.philox import DEFAULT_NOISE_MODE
 from diffcore.parameterization import Parameterization
 from diffcore.timesteps import Level
+from diffcore.x0_limit import X0Limit
 
 
 @dataclass
@@ -59,7 +61,12 @@ class Denoiser:
         guidance_scale / guidance_rescale: shorthand for ``guidance=CFG(scale, rescale)``
             (None: no guidance); not together with ``guidance``.
         check_finite: raise :class:`NonFiniteModelOutput` naming the step when the model output
-            holds NaN/inf (checked at once on CPU; on other devices at the end of sampling).
+            holds NaN/inf (checked at once on CPU; on other devices at the end of sampling; in a
+            sampling loop by a flag the fused step sets, read once at the end).
+        sample_index: index of the batch's first sample in the seeded sequence: in-kernel noise
+            of sample b is keyed by (seed, sample_index + b).
+        noise_mode: ``fast`` or ``exact`` in-kernel noise (:mod:`diffcore.ops.philox`).
+        x0_limit: clip or dynamic thresholding of x0 inside the fused step (:class:`~diffcore.X0Limit`).
     """
 
     def __init__(
@@ -74,9 +81,17 @@ class Denoiser:
         guidance_scale: float | None = None,
         guidance_rescale: float = 0.0,
         check_finite: bool = True,
+        sample_index: int = 0,
+        noise_mode: str = DEFAULT_NOISE_MODE,
+        x0_limit: X0Limit | None = None,
     ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model).__name__}")
+        if isinstance(sample_index, bool) or not isinstance(sample_index, int) or sample_index < 0:
+            raise ValueError(f"sample_index={sample_index!r} must be a non-negative integer")
+        ops.noise_mode_code(noise_mode)  # raises for an unknown mode
+        if x0_limit is not None and not isinstance(x0_limit, X0Limit):
+            raise TypeError(f"x0_limit must be a diffcore.X0Limit, got {type(x0_limit).__name__}")
         if guidance is None:
             guidance = make_guidance("cfg", guidance_scale, rescale=guidance_rescale)
         elif not isinstance(guidance, Guidance):
@@ -89,6 +104,9 @@ class Denoiser:
         self.cond, self.uncond = cond, uncond
         self.guidance = guidance
         self.check_finite = check_finite
+        self.sample_index, self.noise_mode = sample_index, noise_mode
+        self.x0_limit = x0_limit if x0_limit is not None and x0_limit.active else None
+        self.kernel_checked = False  # a sampling loop checks finiteness in its fused ops (flags)
         self.evaluations = 0
         self._deferred: list[tuple[int, Tensor]] = []
         self._guidance_cache: dict[torch.device, Tensor] = {}
@@ -116,7 +134,7 @@ class Denoiser:
             raise ValueError(f"step {step}: model output has shape {tuple(out.shape)} but x has shape {tuple(x.shape)}")
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
-        if self.check_finite:
+        if self.check_finite and not self.kernel_checked:
             # A finite sum means every element is finite (NaN or inf would propagate into it); it is
             # one read pass with no full-size temporary. Only a non-finite sum needs the full check,
             # since a sum of large finite values can overflow.
@@ -127,6 +145,11 @@ class Denoiser:
             else:
                 self._deferred.append((step, torch.isfinite(total)))  # no sync; read at the end
         return out
+
+    def step_extras(self, x: Tensor, seed: int | None) -> tuple[int, int, float | None, float | None, float]:
+        """The fused ops' arguments after ``offset`` for a run on ``x``: noise keys and x0 limit
+        (:func:`diffcore.ops.step_extras`), checked once per run."""
+        return ops.step_extras(x, seed, self.sample_index, self.noise_mode, self.x0_limit)
 
     def raise_deferred(self) -> None:
         """Raise for the first step whose (device-side) finiteness check failed."""
@@ -292,11 +315,12 @@ class Denoiser:
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         coeffs = torch.tensor([[a, b, 0.0, 1.0, 0.0] for a, b in heads], dtype=dtype).to(x.device)
         x0 = x.clone()
+        co, limit = coeffs[0] if len(heads) == 1 else coeffs, self.x0_limit
         if pred.out is not None:
-            ops.sampler_step(x0, pred.out, coeffs[0] if len(heads) == 1 else coeffs)
+            ops.sampler_step(x0, pred.out, co, x0_limit=limit)
         else:
             assert pred.uncond is not None and pred.cond is not None and pred.guidance is not None
-            ops.cfg_sampler_step(x0, pred.uncond, pred.cond, pred.guidance, coeffs[0] if len(heads) == 1 else coeffs)
+            ops.cfg_sampler_step(x0, pred.uncond, pred.cond, pred.guidance, co, x0_limit=limit)
         self.raise_deferred()
         return x0
 

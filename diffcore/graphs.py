@@ -309,9 +309,9 @@ def _autocast(device_type: str) -> Hashable:
 
 def graph_key(denoiser: Any, x: Tensor, program: Hashable, seed: int | None) -> tuple[Hashable, Any, Hashable]:
     """``(key, owner, variant)`` of a run of ``program`` (a hashable of the coefficients, model
-    times, input scales and structure) on ``x``; the variant is ``seed``, given only for a
-    stochastic program. Raises :class:`Uncacheable` when the model cannot be weak-referenced or
-    the conditioning is opaque."""
+    times, input scales and structure) on ``x``; the variant is ``(seed, sample_index)``, given
+    only for a stochastic program (``seed`` None otherwise). Raises :class:`Uncacheable` when the
+    model cannot be weak-referenced or the conditioning is opaque."""
     owner, func = _owner(denoiser.model)
     try:
         weakref.ref(owner)
@@ -329,13 +329,16 @@ def graph_key(denoiser: Any, x: Tensor, program: Hashable, seed: int | None) -> 
         denoiser.timestep_dtype,
         denoiser.guidance,
         denoiser.check_finite,
+        getattr(denoiser, "x0_limit", None),
+        getattr(denoiser, "noise_mode", None),
         structure(denoiser.cond),
         structure(denoiser.uncond),
         ops.backend(x.device),
         torch.is_grad_enabled(),
         _autocast(x.device.type),
     )
-    return key, owner, seed
+    # the noise keys a stochastic capture bakes in: a new seed or first sample index captures again
+    return key, owner, None if seed is None else (seed, getattr(denoiser, "sample_index", 0))
 
 
 # --------------------------------------------------------------------------- running

@@ -12,11 +12,12 @@ from torch import Tensor
 from diffcore import ops, plan_cache
 from diffcore.denoiser import Denoiser
 from diffcore.guidance import Guidance, make_guidance
-from diffcore.ops.philox import ADD_NOISE_OFFSET
+from diffcore.ops.philox import ADD_NOISE_OFFSET, DEFAULT_NOISE_MODE
 from diffcore.parameterization import Parameterization, make_parameterization
 from diffcore.samplers.base import ProgramSampler
 from diffcore.schedules import SCHEDULE_TYPES, Schedule
 from diffcore.timesteps import PLAN_PRESETS, Plan, make_plan, partial_plan, plan_from_sigmas
+from diffcore.x0_limit import X0Limit
 
 Sampler = Callable[..., Tensor]
 
@@ -107,6 +108,9 @@ def sample(
     seed: int | None = None,
     cuda_graph: bool = False,
     start: int = 0,
+    sample_index: int = 0,
+    noise_mode: str = DEFAULT_NOISE_MODE,
+    x0_limit: X0Limit | None = None,
 ) -> Tensor:
     """Integrate the reverse process from standard-normal ``x_T`` and return the sample.
 
@@ -141,6 +145,12 @@ def sample(
         sigmas: explicit decreasing VE noise levels to visit instead of ``steps`` spaced ones.
         sampler_options: extra sampler options (e.g. ``{"order": 3}`` for unipc).
         start: begin at level ``start`` of the plan; ``x_T`` is then the state there (img2img).
+        sample_index: index of x_T's first sample in the seeded sequence; in-kernel noise of
+            sample b is keyed by (seed, sample_index + b), so a sample's result does not depend
+            on the batch it runs in.
+        noise_mode: in-kernel noise transform, ``fast`` or ``exact`` (:mod:`diffcore.ops.philox`).
+        x0_limit: clip or dynamically threshold x0 inside every fused step (:class:`diffcore.X0Limit`,
+            diffusers' ``clip_sample`` / ``thresholding``).
     """
     _check_batch("x_T", x_T)
     fn, (sched, skey), param = resolve_sampler(sampler), _schedule_with_key(schedule), make_parameterization(prediction)
@@ -161,7 +171,16 @@ def sample(
     )
     dtype = plan.timestep_dtype
     denoiser = Denoiser(
-        model, param, timestep_dtype=dtype, cond=cond, uncond=uncond, guidance=guide, check_finite=check_finite
+        model,
+        param,
+        timestep_dtype=dtype,
+        cond=cond,
+        uncond=uncond,
+        guidance=guide,
+        check_finite=check_finite,
+        sample_index=sample_index,
+        noise_mode=noise_mode,
+        x0_limit=x0_limit,
     )
     seed, generator = _noise_source(seed, generator, cuda_graph)
     if seed is not None:
@@ -196,6 +215,9 @@ def sample_from(
     callback: Callable[[dict[str, Any]], None] | None = None,
     sampler_options: dict[str, Any] | None = None,
     check_finite: bool = True,
+    sample_index: int = 0,
+    noise_mode: str = DEFAULT_NOISE_MODE,
+    x0_limit: X0Limit | None = None,
 ) -> Tensor:
     """Run the reverse process from model time ``t_start`` (per sample or shared) down to 0.
 
@@ -205,7 +227,9 @@ def sample_from(
     sampler state at that level (e.g. ``sqrt(abar_t) * y`` for a noisy image y). Samples with
     different ``t_start`` step in the same fused ops with per-sample coefficients, ``steps`` each.
     ``t_start`` is a training timestep of a discrete schedule or the sigma of an EDM schedule.
-    Guidance arguments as in :func:`sample` (zero-init steps count from the start level).
+    Guidance arguments as in :func:`sample` (zero-init steps count from the start level);
+    ``sample_index``, ``noise_mode`` and ``x0_limit`` too (the added noise of sample b is keyed by
+    (seed, sample_index + b) as well).
     """
     _check_batch("x", x)
     fn, (sched, skey), param = resolve_sampler(sampler), _schedule_with_key(schedule), make_parameterization(prediction)
@@ -220,12 +244,22 @@ def sample_from(
     options = dict(sampler_options or {})
     seed, generator = _noise_source(seed, generator)
     per_sample = [plans[v] for v in starts]
-    state = _noised(x, per_sample, noise, generator, seed) if add_noise else x.clone()
+    keys = (sample_index, noise_mode)
+    state = _noised(x, per_sample, noise, generator, seed, keys) if add_noise else x.clone()
     guide = make_guidance(
         guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval, options=guidance_options
     )
     denoiser = Denoiser(
-        model, param, timestep_dtype=torch.float32, cond=cond, uncond=uncond, guidance=guide, check_finite=check_finite
+        model,
+        param,
+        timestep_dtype=torch.float32,
+        cond=cond,
+        uncond=uncond,
+        guidance=guide,
+        check_finite=check_finite,
+        sample_index=sample_index,
+        noise_mode=noise_mode,
+        x0_limit=x0_limit,
     )
     if len(plans) == 1:
         kw = {"seed": seed} if seed is not None else {}
@@ -291,16 +325,22 @@ def _starts(t_start: float | Tensor, batch: int) -> list[float]:
 
 
 def _noised(
-    x: Tensor, plans: list[Plan], noise: Tensor | None, generator: torch.Generator | None, seed: int | None
+    x: Tensor,
+    plans: list[Plan],
+    noise: Tensor | None,
+    generator: torch.Generator | None,
+    seed: int | None,
+    keys: tuple[int, str] = (0, DEFAULT_NOISE_MODE),
 ) -> Tensor:
     """Clean ``x`` noised to each sample's start level, ``alpha*x + std*noise``; ``noise`` given,
-    else drawn from ``generator``, else from the Philox stream of ``seed``."""
+    else drawn from ``generator``, else from the Philox stream of ``seed`` (``keys``: the first
+    sample's index and the noise mode)."""
     if noise is None:
         if generator is not None:
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         else:
             assert seed is not None  # _noise_source gives a seed when there is no generator
-            noise = ops.philox_noise_like(x, seed, offset=ADD_NOISE_OFFSET)
+            noise = ops.philox_noise_like(x, seed, offset=ADD_NOISE_OFFSET, sample_index=keys[0], noise_mode=keys[1])
     elif noise.shape != x.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)} but x has shape {tuple(x.shape)}")
     shape = (-1, *([1] * (x.dim() - 1)))

@@ -118,8 +118,8 @@ def test_sampling_loop_allocates_nothing_per_step_beyond_the_model(monkeypatch):
 
     calls = []
 
-    def inplace_step(x, *args):  # (x, ..., writes, seed, offset), as the op schemas
-        calls.append(args[-1])
+    def inplace_step(x, *args):  # (x, m, coeffs, history, noise, writes, seed, offset, ...), as the op schema
+        calls.append(args[6])
         x.mul_(0.5)
 
     monkeypatch.setattr(ops, "step_kernels", lambda device: (inplace_step, inplace_step))

@@ -1,6 +1,8 @@
 // CPU kernels of diffcore's fused ops, registered for the CPU dispatch key. Argument checks and
 // layout handling run before them in csrc/ops.cpp; the per-element math is csrc/step_math.h,
-// shared with the CUDA kernels. Work is split with at::parallel_for (OpenMP).
+// shared with the CUDA kernels. Work is split with at::parallel_for (OpenMP). In-kernel noise is
+// drawn in chunks of kChunk elements by a vectorized Philox (philox_blocks) into a stack buffer,
+// then read like a noise tensor (csrc/cpu/noise.cpp).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -9,27 +11,51 @@
 
 #include "../ops.h"
 #include "../step_dispatch.h"
+#include "noise.h"
 
 namespace diffcore {
 namespace {
 
 constexpr int64_t kGrain = 32768;  // elements per parallel_for task
+constexpr int64_t kChunk = 512;    // elements of in-kernel noise drawn at a time
 
-template <typename scalar_t, typename acc_t, int K, int W, bool CFG>
-inline void step_element(scalar_t* xp, const scalar_t* mp, const scalar_t* cp, scalar_t* hp, int64_t slot,
-                         const int64_t* wslot, const acc_t* co, acc_t gw, acc_t gr, int64_t i, acc_t zv) {
-  const acc_t xv = static_cast<acc_t>(xp[i]);
-  acc_t mv = static_cast<acc_t>(mp[i]);
-  if (CFG) mv = gr * (mv + gw * (static_cast<acc_t>(cp[i]) - mv));
-  acc_t hv[K > 0 ? K : 1];
-  for (int j = 0; j < K; ++j) hv[j] = static_cast<acc_t>(hp[j * slot + i]);
-  acc_t out[1 + W];
-  step_point<K, W, acc_t>(xv, mv, co, hv, zv, out);
-  xp[i] = static_cast<scalar_t>(out[0]);
-  for (int r = 0; r < W; ++r) hp[wslot[r] + i] = static_cast<scalar_t>(out[1 + r]);
+// Elements j0 .. j0+count-1 (count <= kChunk) of `sample`'s noise, rounded to scalar_t as the
+// reference rounds it.
+template <typename scalar_t>
+void philox_span(uint64_t seed, uint64_t offset, uint64_t sample, int64_t j0, int64_t count, int mode, scalar_t* out) {
+  float buf[kChunk + 8];
+  const int64_t g0 = j0 >> 2, g1 = (j0 + count + 3) >> 2;
+  philox_blocks(seed, offset, static_cast<uint32_t>(sample), static_cast<uint32_t>(g0), g1 - g0, mode, buf);
+  const float* src = buf + (j0 & 3);
+  for (int64_t k = 0; k < count; ++k) out[k] = static_cast<scalar_t>(src[k]);
 }
 
-template <typename scalar_t, int K, int W, bool CFG, bool PHILOX>
+// Elements [e0, e1) of one sample; z[e] is the noise of element e. Returns the sum of x0 - x0
+// (NaN when an x0 is not finite, else 0).
+template <typename scalar_t, typename acc_t, int K, int W, bool CFG, bool LIMIT>
+inline acc_t step_range(scalar_t* xp, const scalar_t* mp, const scalar_t* cp, scalar_t* hp, int64_t slot,
+                        const int64_t* wslot, const acc_t* co, acc_t gw, acc_t gr, acc_t lo, acc_t div,
+                        const scalar_t* zp, int64_t e0, int64_t e1) {
+  acc_t bad = 0;
+  // Each element reads its own history values before writing them, so iterations are
+  // independent even though history writes alias history reads: safe to vectorize.
+#pragma omp simd reduction(+ : bad)
+  for (int64_t i = e0; i < e1; ++i) {
+    const acc_t xv = static_cast<acc_t>(xp[i]);
+    acc_t mv = static_cast<acc_t>(mp[i]);
+    if (CFG) mv = gr * (mv + gw * (static_cast<acc_t>(cp[i]) - mv));
+    acc_t hv[K > 0 ? K : 1];
+    for (int j = 0; j < K; ++j) hv[j] = static_cast<acc_t>(hp[j * slot + i]);
+    acc_t out[1 + W];
+    const acc_t raw = step_point<K, W, LIMIT, acc_t>(xv, mv, co, lo, div, hv, static_cast<acc_t>(zp[i]), out);
+    bad += raw - raw;
+    xp[i] = static_cast<scalar_t>(out[0]);
+    for (int r = 0; r < W; ++r) hp[wslot[r] + i] = static_cast<scalar_t>(out[1 + r]);
+  }
+  return bad;
+}
+
+template <typename scalar_t, int K, int W, bool CFG, bool LIMIT>
 void step_kernel(const StepLaunch& s) {
   using acc_t = acc_type_t<scalar_t>;
   constexpr int width = 2 + (1 + W) * (3 + K);
@@ -37,52 +63,51 @@ void step_kernel(const StepLaunch& s) {
   const auto* mp = static_cast<const scalar_t*>(CFG ? s.u : s.m);
   const auto* cp = static_cast<const scalar_t*>(s.c);
   auto* hp = static_cast<scalar_t*>(s.hist);
-  // Without a noise tensor the z column reads x and its coefficients are zeroed below.
+  // Without noise the z column reads x and its coefficients are zeroed below.
   const auto* zp = s.z != nullptr ? static_cast<const scalar_t*>(s.z) : static_cast<const scalar_t*>(s.x);
-  const bool zero_z = s.z == nullptr && !PHILOX;
+  const bool zero_z = s.z == nullptr && !s.philox;
   const auto* coeffs = static_cast<const acc_t*>(s.coeffs);
   const auto* guid = static_cast<const acc_t*>(s.guidance);
-  const int64_t slot = s.slot_stride;
+  const auto* lims = static_cast<const acc_t*>(s.limit);
+  const int64_t slot = s.slot_stride, n = s.per_sample;
   int64_t wslot[W > 0 ? W : 1];
   for (int r = 0; r < W; ++r) wslot[r] = s.writes[r] * slot;
 
   at::parallel_for(0, s.numel, kGrain, [&](int64_t begin, int64_t end) {
+    scalar_t zbuf[kChunk];
+    acc_t bad = 0;
     int64_t i = begin;
     while (i < end) {
-      const int64_t b = i / s.per_sample;
-      const int64_t seg_end = std::min(end, (b + 1) * s.per_sample);
+      const int64_t b = i / n;
+      const int64_t seg_end = std::min(end, (b + 1) * n);
       acc_t co[width];
       const acc_t* src = coeffs + b * s.coeff_stride;
       for (int k = 0; k < width; ++k) co[k] = src[k];
       if (zero_z)
         for (int r = 0; r <= W; ++r) co[2 + r * (3 + K) + 2 + K] = acc_t(0);
-      acc_t gw = 0, gr = 1;
+      acc_t gw = 0, gr = 1, lo = 0, div = 1;
       if (CFG) {
         gw = guid[b * s.guidance_stride];
         gr = guid[b * s.guidance_stride + 1];
       }
-      if (PHILOX) {
-        float normals[4];
-        int64_t group = -1;
-        for (; i < seg_end; ++i) {
-          if ((i >> 2) != group) {
-            group = i >> 2;
-            philox_normal4(s.seed, s.offset, static_cast<uint64_t>(group), normals);
-          }
-          step_element<scalar_t, acc_t, K, W, CFG>(xp, mp, cp, hp, slot, wslot, co, gw, gr, i,
-                                                   static_cast<acc_t>(normals[i & 3]));
+      if (LIMIT) {
+        lo = lims[b * s.limit_stride];
+        div = lims[b * s.limit_stride + 1];
+      }
+      if (s.philox) {
+        for (; i < seg_end; i += kChunk) {
+          const int64_t count = std::min(kChunk, seg_end - i);
+          philox_span(s.seed, s.offset, s.sample_index + b, i - b * n, count, s.noise_mode, zbuf);
+          bad += step_range<scalar_t, acc_t, K, W, CFG, LIMIT>(xp, mp, cp, hp, slot, wslot, co, gw, gr, lo, div,
+                                                               zbuf - i, i, i + count);
         }
       } else {
-        const int64_t lo = i;
-        // Each element reads its own history values before writing them, so iterations are
-        // independent even though history writes alias history reads: safe to vectorize.
-#pragma omp simd
-        for (int64_t e = lo; e < seg_end; ++e)
-          step_element<scalar_t, acc_t, K, W, CFG>(xp, mp, cp, hp, slot, wslot, co, gw, gr, e,
-                                                   static_cast<acc_t>(zp[e]));
-        i = seg_end;
+        bad += step_range<scalar_t, acc_t, K, W, CFG, LIMIT>(xp, mp, cp, hp, slot, wslot, co, gw, gr, lo, div, zp, i,
+                                                             seg_end);
       }
+      i = seg_end;
     }
+    if (s.nonfinite != nullptr && !(bad == acc_t(0))) __atomic_store_n(s.nonfinite, 1, __ATOMIC_RELAXED);
   });
 }
 
@@ -91,7 +116,7 @@ struct CpuKernels {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.dtype, "diffcore_sampler_step", [&] {
       dispatch_step(s, [&](auto shape) {
         using S = decltype(shape);
-        step_kernel<scalar_t, S::K, S::W, S::CFG, S::PHILOX>(s);
+        step_kernel<scalar_t, S::K, S::W, S::CFG, S::LIMIT>(s);  // noise: s.philox at run time
       });
     });
   }
@@ -149,15 +174,14 @@ struct CpuKernels {
     });
   }
 
-  static void philox_fill(at::Tensor& out, uint64_t seed, uint64_t offset) {
+  static void philox_fill(at::Tensor& out, uint64_t seed, uint64_t offset, uint64_t sample_index, int mode) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "diffcore_philox", [&] {
       auto* p = out.data_ptr<scalar_t>();
-      const int64_t n = out.numel();
-      at::parallel_for(0, (n + 3) / 4, 4096, [&](int64_t g0, int64_t g1) {
-        float v[4];
-        for (int64_t g = g0; g < g1; ++g) {
-          philox_normal4(seed, offset, static_cast<uint64_t>(g), v);
-          for (int k = 0; k < 4 && 4 * g + k < n; ++k) p[4 * g + k] = static_cast<scalar_t>(v[k]);
+      const int64_t B = out.size(0), n = out.numel() / B, chunks = (n + kChunk - 1) / kChunk;
+      at::parallel_for(0, B * chunks, std::max<int64_t>(1, 16384 / kChunk), [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t b = c / chunks, j0 = (c % chunks) * kChunk;
+          philox_span(seed, offset, sample_index + b, j0, std::min(kChunk, n - j0), mode, p + b * n + j0);
         }
       });
     });

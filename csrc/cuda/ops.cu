@@ -43,8 +43,9 @@ int blocks_for(int64_t work) {
 }
 
 // One thread handles VEC consecutive elements of one sample per grid-stride iteration. VEC = 4
-// when every operand is 16-byte aligned and the sample size is a multiple of 4 (vector loads).
-template <typename scalar_t, typename acc_t, int K, int W, bool CFG, bool PHILOX, int VEC>
+// when every operand is 16-byte aligned and the sample size is a multiple of 4 (vector loads; a
+// thread's four elements are then one Philox block of its sample).
+template <typename scalar_t, typename acc_t, int K, int W, bool CFG, bool PHILOX, bool LIMIT, int VEC>
 __global__ void __launch_bounds__(kThreads) step_kernel(StepLaunch s) {
   constexpr int width = 2 + (1 + W) * (3 + K);
   auto* __restrict__ xp = static_cast<scalar_t*>(s.x);
@@ -54,22 +55,31 @@ __global__ void __launch_bounds__(kThreads) step_kernel(StepLaunch s) {
   const auto* __restrict__ zp = static_cast<const scalar_t*>(s.z);
   const auto* __restrict__ coeffs = static_cast<const acc_t*>(s.coeffs);
   const auto* __restrict__ guid = static_cast<const acc_t*>(s.guidance);
+  const auto* __restrict__ lims = static_cast<const acc_t*>(s.limit);
   const int64_t chunks = s.numel / VEC;
+  bool bad = false;
   for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < chunks;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i0 = q * VEC;
     const int64_t b = i0 / s.per_sample;
+    const int64_t j0 = i0 - b * s.per_sample;  // index within the sample
     acc_t co[width];
     const acc_t* src = coeffs + b * s.coeff_stride;
 #pragma unroll
     for (int k = 0; k < width; ++k) co[k] = __ldg(src + k);
-    acc_t gw = 0, gr = 1;
+    acc_t gw = 0, gr = 1, lo = 0, div = 1;
     if (CFG) {
       gw = __ldg(guid + b * s.guidance_stride);
       gr = __ldg(guid + b * s.guidance_stride + 1);
     }
+    if (LIMIT) {
+      lo = __ldg(lims + b * s.limit_stride);
+      div = __ldg(lims + b * s.limit_stride + 1);
+    }
+    const uint32_t sample = static_cast<uint32_t>(s.sample_index + b);
     float normals[4] = {0.f, 0.f, 0.f, 0.f};
-    if (PHILOX && VEC == 4) philox_normal4(s.seed, s.offset, static_cast<uint64_t>(i0 >> 2), normals);
+    if (PHILOX && VEC == 4)
+      philox_normal4(s.seed, s.offset, sample, static_cast<uint32_t>(j0 >> 2), s.noise_mode, normals);
 #pragma unroll
     for (int v = 0; v < VEC; ++v) {
       const int64_t i = i0 + v;
@@ -80,22 +90,26 @@ __global__ void __launch_bounds__(kThreads) step_kernel(StepLaunch s) {
 #pragma unroll
       for (int j = 0; j < K; ++j) hv[j] = to_acc(hp[j * s.slot_stride + i]);
       acc_t zv = 0;
-      if (PHILOX)
-        zv = VEC == 4 ? normals[v] : philox_normal(s.seed, s.offset, static_cast<uint64_t>(i));
-      else if (zp != nullptr)
+      if (PHILOX) {  // rounded to scalar_t, as the reference rounds its noise tensor
+        const float n = VEC == 4 ? normals[v] : philox_normal(s.seed, s.offset, sample, j0 + v, s.noise_mode);
+        zv = to_acc(static_cast<scalar_t>(n));
+      } else if (zp != nullptr) {
         zv = to_acc(zp[i]);
+      }
       acc_t out[1 + W];
-      step_point<K, W, acc_t>(xv, mv, co, hv, zv, out);
+      const acc_t raw = step_point<K, W, LIMIT, acc_t>(xv, mv, co, lo, div, hv, zv, out);
+      bad = bad || !isfinite(raw);
       xp[i] = static_cast<scalar_t>(out[0]);
 #pragma unroll
       for (int r = 0; r < W; ++r) hp[s.writes[r] * s.slot_stride + i] = static_cast<scalar_t>(out[1 + r]);
     }
   }
+  if (bad && s.nonfinite != nullptr) *s.nonfinite = 1;  // every writer writes 1: no atomics needed
 }
 
 bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-template <typename scalar_t, int K, int W, bool CFG, bool PHILOX>
+template <typename scalar_t, int K, int W, bool CFG, bool PHILOX, bool LIMIT>
 void launch_step(const StepLaunch& s) {
   using acc_t = acc_type_t<scalar_t>;
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -103,9 +117,9 @@ void launch_step(const StepLaunch& s) {
                    aligned16(s.c) && aligned16(s.z) && aligned16(s.hist) &&
                    (s.slot_stride * static_cast<int64_t>(sizeof(scalar_t))) % 16 == 0;
   if (vec) {
-    step_kernel<scalar_t, acc_t, K, W, CFG, PHILOX, 4><<<blocks_for(s.numel / 4), kThreads, 0, stream>>>(s);
+    step_kernel<scalar_t, acc_t, K, W, CFG, PHILOX, LIMIT, 4><<<blocks_for(s.numel / 4), kThreads, 0, stream>>>(s);
   } else {
-    step_kernel<scalar_t, acc_t, K, W, CFG, PHILOX, 1><<<blocks_for(s.numel), kThreads, 0, stream>>>(s);
+    step_kernel<scalar_t, acc_t, K, W, CFG, PHILOX, LIMIT, 1><<<blocks_for(s.numel), kThreads, 0, stream>>>(s);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -160,16 +174,19 @@ __global__ void rescale_finish_kernel(const double* __restrict__ sums, int64_t b
   out[b] = static_cast<out_t>(rescale_finish(sums + 4 * b, n, phi));
 }
 
+// One thread per Philox block of one sample: sample b's elements j = 4g .. 4g+3.
 template <typename scalar_t>
-__global__ void philox_fill_kernel(scalar_t* __restrict__ out, int64_t numel, uint64_t seed, uint64_t offset) {
-  const int64_t groups = (numel + 3) / 4;
-  for (int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; g < groups;
-       g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+__global__ void philox_fill_kernel(scalar_t* __restrict__ out, int64_t batch, int64_t per_sample, uint64_t seed,
+                                   uint64_t offset, uint64_t sample_index, int mode) {
+  const int64_t groups = (per_sample + 3) / 4;
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < batch * groups;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = q / groups, g = q - b * groups;
     float v[4];
-    philox_normal4(seed, offset, static_cast<uint64_t>(g), v);
+    philox_normal4(seed, offset, static_cast<uint32_t>(sample_index + b), static_cast<uint32_t>(g), mode, v);
 #pragma unroll
     for (int k = 0; k < 4; ++k)
-      if (4 * g + k < numel) out[4 * g + k] = static_cast<scalar_t>(v[k]);
+      if (4 * g + k < per_sample) out[b * per_sample + 4 * g + k] = static_cast<scalar_t>(v[k]);
   }
 }
 
@@ -179,7 +196,7 @@ struct CudaKernels {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, s.dtype, "diffcore_sampler_step_cuda", [&] {
       dispatch_step(s, [&](auto shape) {
         using S = decltype(shape);
-        launch_step<scalar_t, S::K, S::W, S::CFG, S::PHILOX>(s);
+        launch_step<scalar_t, S::K, S::W, S::CFG, S::PHILOX, S::LIMIT>(s);
       });
     });
   }
@@ -219,13 +236,13 @@ struct CudaKernels {
     });
   }
 
-  static void philox_fill(at::Tensor& out, uint64_t seed, uint64_t offset) {
+  static void philox_fill(at::Tensor& out, uint64_t seed, uint64_t offset, uint64_t sample_index, int mode) {
     const c10::cuda::CUDAGuard guard(out.device());
     auto stream = c10::cuda::getCurrentCUDAStream();
-    const int64_t numel = out.numel();
+    const int64_t batch = out.size(0), per_sample = out.numel() / batch;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "diffcore_philox_cuda", [&] {
-      philox_fill_kernel<scalar_t>
-          <<<blocks_for((numel + 3) / 4), kThreads, 0, stream>>>(out.data_ptr<scalar_t>(), numel, seed, offset);
+      philox_fill_kernel<scalar_t><<<blocks_for(batch * ((per_sample + 3) / 4)), kThreads, 0, stream>>>(
+          out.data_ptr<scalar_t>(), batch, per_sample, seed, offset, sample_index, mode);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

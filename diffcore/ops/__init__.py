@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from diffcore.ops import philox, reference
+from diffcore.x0_limit import X0Limit
 
 __all__ = [
     "backend",
@@ -27,8 +28,10 @@ __all__ = [
     "cfg_sampler_step",
     "coeff_width",
     "forward_noise",
+    "noise_mode_code",
     "philox_noise_like",
     "sampler_step",
+    "step_extras",
 ]
 
 _KERNELS_ENV = "DIFFCORE_KERNELS"
@@ -213,6 +216,41 @@ def _check_seed(seed: int | None, offset: int, noise: Tensor | None) -> int:
     return seed
 
 
+def noise_mode_code(mode: str) -> int:
+    """The fused ops' ``noise_mode`` integer of a mode name (``exact`` 0, ``fast`` 1)."""
+    if mode not in philox.NOISE_MODES:
+        raise ValueError(f"noise_mode={mode!r}: expected one of {philox.NOISE_MODES}")
+    return philox.NOISE_MODES.index(mode)
+
+
+def _check_flag(nonfinite: Tensor | None, x: Tensor) -> None:
+    if nonfinite is None:
+        return
+    if not isinstance(nonfinite, Tensor) or nonfinite.dtype != torch.int32 or nonfinite.numel() != 1:
+        raise TypeError(f"nonfinite must be a one-element int32 tensor, got {nonfinite!r}")
+    if nonfinite.device != x.device:
+        raise ValueError(f"nonfinite is on {nonfinite.device} but x is on {x.device}")
+
+
+def step_extras(
+    x: Tensor,
+    seed: int | None,
+    sample_index: int = 0,
+    noise_mode: str = philox.DEFAULT_NOISE_MODE,
+    x0_limit: X0Limit | None = None,
+) -> tuple[int, int, float | None, float | None, float]:
+    """Validate the noise keys and the x0 limit of a step on ``x`` and return the op arguments
+    that follow ``offset``: ``(sample_index, noise_mode, x0_clip, x0_ratio, x0_max)``."""
+    code = noise_mode_code(noise_mode)
+    if seed is not None:
+        batch = x.shape[0] if x.dim() else 1
+        philox.check_keys(batch, x.numel() // max(batch, 1), sample_index, noise_mode)
+    if x0_limit is not None and not isinstance(x0_limit, X0Limit):
+        raise TypeError(f"x0_limit must be a diffcore.X0Limit, got {type(x0_limit).__name__}")
+    limit = x0_limit.op_args() if x0_limit is not None else (None, None, 1.0)
+    return (sample_index, code, *limit)
+
+
 def sampler_step(
     x: Tensor,
     model_out: Tensor,
@@ -223,19 +261,29 @@ def sampler_step(
     *,
     seed: int | None = None,
     offset: int = 0,
+    sample_index: int = 0,
+    noise_mode: str = philox.DEFAULT_NOISE_MODE,
+    x0_limit: X0Limit | None = None,
+    nonfinite: Tensor | None = None,
 ) -> Tensor:
-    """Fused sampler step, in place: ``x0 = a*x + b*model_out``, then
+    """Fused sampler step, in place: ``x0 = limit(a*x + b*model_out)``, then
     ``x <- c_x*x + c_x0*x0 + sum_j c_hj*history[j] + c_z*z`` and, for each ``writes[r]``,
     ``history[writes[r]] <- (row r+1 of the same form)``; all rows read the pre-step values.
 
     ``coeffs`` is ``(coeff_width(K, len(writes)),)`` or per sample ``(B, width)``; float32/64 on
-    ``x``'s device. ``z`` is ``noise``, or the Philox stream ``(seed, offset)`` generated inside
-    the kernel (:mod:`diffcore.ops.philox`), or 0. fp16/bf16 accumulate in fp32. Returns ``x``.
+    ``x``'s device. ``z`` is ``noise``, or the Philox draw ``(seed, offset)`` generated inside
+    the kernel, sample b keyed ``sample_index + b`` (:mod:`diffcore.ops.philox`, ``noise_mode``
+    ``exact`` or ``fast``), or 0. ``x0_limit``: clip or dynamic thresholding of x0
+    (:class:`diffcore.X0Limit`). ``nonfinite``: a one-element int32 tensor the op sets to 1 when
+    an x0 (before the limit) is NaN or inf, with no host sync. fp16/bf16 accumulate in fp32.
+    Returns ``x``.
     """
     writes = _check_step_args(x, coeffs, history, noise, writes)
     _check_like("model_out", model_out, x)
     s = _check_seed(seed, offset, noise)
-    step_kernels(x.device)[0](x, model_out, coeffs, history, noise, writes, s, offset)
+    extras = step_extras(x, seed, sample_index, noise_mode, x0_limit)
+    _check_flag(nonfinite, x)
+    step_kernels(x.device)[0](x, model_out, coeffs, history, noise, writes, s, offset, *extras, nonfinite)
     return x
 
 
@@ -251,6 +299,10 @@ def cfg_sampler_step(
     *,
     seed: int | None = None,
     offset: int = 0,
+    sample_index: int = 0,
+    noise_mode: str = philox.DEFAULT_NOISE_MODE,
+    x0_limit: X0Limit | None = None,
+    nonfinite: Tensor | None = None,
 ) -> Tensor:
     """:func:`sampler_step` with classifier-free guidance folded in: the model output is
     ``r * (uncond + w * (cond - uncond))`` where ``guidance = [w, r]``, shape (2,) or (B, 2)."""
@@ -259,7 +311,9 @@ def cfg_sampler_step(
     _check_like("cond", cond, x)
     _check_coeffs("guidance", guidance, x, 2)
     s = _check_seed(seed, offset, noise)
-    step_kernels(x.device)[1](x, uncond, cond, guidance, coeffs, history, noise, writes, s, offset)
+    extras = step_extras(x, seed, sample_index, noise_mode, x0_limit)
+    _check_flag(nonfinite, x)
+    step_kernels(x.device)[1](x, uncond, cond, guidance, coeffs, history, noise, writes, s, offset, *extras, nonfinite)
     return x
 
 
@@ -295,22 +349,36 @@ def check_noise_source(seed: int | None, generator: torch.Generator | None) -> N
     check_seed(seed)
 
 
+_TAIL_DEFAULTS = (0, 0, None, None, 1.0, None)  # sample_index, noise_mode, x0_clip, x0_ratio, x0_max, nonfinite
+
+
+def _reference_tail(
+    x: Tensor, noise: Tensor | None, seed: int, offset: int, extra: tuple[object, ...]
+) -> tuple[Tensor | None, reference.Limit, Tensor | None]:
+    """The reference step's noise, x0 limit and flag from the op schema's trailing arguments."""
+    tail = list(extra) + list(_TAIL_DEFAULTS[len(extra) :])
+    index, mode, clip, ratio, top, flag = tail
+    z = noise if seed < 0 else philox.fill_like(x, seed, offset, int(index), philox.NOISE_MODES[int(mode)])  # type: ignore[call-overload]
+    return z, (clip, ratio, float(top)), flag  # type: ignore[arg-type, return-value]
+
+
 def step_kernels(device: torch.device | str) -> tuple[StepFn, StepFn]:
     """The ``(sampler_step, cfg_sampler_step)`` kernels of the active backend for ``device``,
     without the Python-side checks: for loops that validated their buffers once (see
-    :func:`check_step`). Arguments are positional as in the op schema, ending with
-    ``writes, seed, offset`` (seed -1: no in-kernel noise). The native ops still check
-    everything in C++."""
+    :func:`check_step`, :func:`step_extras`). Arguments are positional as in the op schema:
+    ``..., writes, seed, offset[, sample_index, noise_mode, x0_clip, x0_ratio, x0_max,
+    nonfinite]`` (seed -1: no in-kernel noise; noise_mode from :func:`noise_mode_code`). The
+    native ops still check everything in C++."""
     if _native(torch.device(device)):
         return torch.ops.diffcore.sampler_step, torch.ops.diffcore.cfg_sampler_step
 
-    def step(x, m, coeffs, history, noise, writes, seed, offset):
-        z = philox.fill_like(x, seed, offset) if seed >= 0 else noise
-        reference.sampler_step(x, m, coeffs, history, z, list(writes))
+    def step(x, m, coeffs, history, noise, writes, seed, offset, *extra):
+        z, limit, flag = _reference_tail(x, noise, seed, offset, extra)
+        reference.sampler_step(x, m, coeffs, history, z, list(writes), limit, flag)
 
-    def cfg_step(x, u, c, guidance, coeffs, history, noise, writes, seed, offset):
-        z = philox.fill_like(x, seed, offset) if seed >= 0 else noise
-        reference.cfg_sampler_step(x, u, c, guidance, coeffs, history, z, list(writes))
+    def cfg_step(x, u, c, guidance, coeffs, history, noise, writes, seed, offset, *extra):
+        z, limit, flag = _reference_tail(x, noise, seed, offset, extra)
+        reference.cfg_sampler_step(x, u, c, guidance, coeffs, history, z, list(writes), limit, flag)
 
     return step, cfg_step
 
@@ -322,13 +390,18 @@ def check_step(
     return _check_step_args(x, coeffs, history, noise, writes)
 
 
-def philox_noise_like(x: Tensor, seed: int, offset: int = 0) -> Tensor:
-    """A tensor like ``x`` filled with the Philox stream ``(seed, offset)`` in memory order: the
-    exact noise a fused step draws for the same seed and offset."""
+def philox_noise_like(
+    x: Tensor, seed: int, offset: int = 0, *, sample_index: int = 0, noise_mode: str = philox.DEFAULT_NOISE_MODE
+) -> Tensor:
+    """A tensor like ``x`` holding the Philox draw ``(seed, offset)``: sample ``b`` (leading
+    dimension) is sample ``sample_index + b`` of the sequence, in row-major order, so it does not
+    depend on the batch it is drawn in. It is the exact noise a fused step draws for the same
+    keys and ``noise_mode`` (``exact`` or ``fast``, :mod:`diffcore.ops.philox`)."""
     _check_float("x", x)
     _check_seed(seed, offset, None)
+    step_extras(x, seed, sample_index, noise_mode)
     if _native(x.device):
         out = torch.empty_like(x)
-        torch.ops.diffcore.philox_normal_(out, seed, offset)
+        torch.ops.diffcore.philox_normal_(out, seed, offset, sample_index, noise_mode_code(noise_mode))
         return out
-    return philox.fill_like(x, seed, offset)
+    return philox.fill_like(x, seed, offset, sample_index, noise_mode)

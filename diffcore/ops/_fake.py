@@ -32,6 +32,12 @@ def _sampler_step(
     writes: list[int],
     seed: int = -1,
     offset: int = 0,
+    sample_index: int = 0,
+    noise_mode: int = 0,
+    x0_clip: float | None = None,
+    x0_ratio: float | None = None,
+    x0_max: float = 1.0,
+    nonfinite: Tensor | None = None,
 ) -> None:
     _same_device(x, model_out, coeffs, history, noise)
     return None
@@ -49,6 +55,12 @@ def _cfg_sampler_step(
     writes: list[int],
     seed: int = -1,
     offset: int = 0,
+    sample_index: int = 0,
+    noise_mode: int = 0,
+    x0_clip: float | None = None,
+    x0_ratio: float | None = None,
+    x0_max: float = 1.0,
+    nonfinite: Tensor | None = None,
 ) -> None:
     _same_device(x, uncond, cond, guidance, coeffs, history, noise)
     return None
@@ -62,5 +74,5 @@ def _cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor, phi: float)
 
 
 @torch.library.register_fake("diffcore::philox_normal_")
-def _philox_normal(out: Tensor, seed: int, offset: int) -> None:
+def _philox_normal(out: Tensor, seed: int, offset: int, sample_index: int = 0, noise_mode: int = 0) -> None:
     return None

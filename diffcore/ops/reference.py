@@ -7,14 +7,17 @@ Coefficient layout of the sampler step (see ``diffcore.ops.sampler_step``)::
 
     coeffs = [a, b, row_0, row_1, ..., row_W]      each row = [c_x, c_x0, c_h0 .. c_h{K-1}, c_z]
 
-``x0 = a*x + b*model_out``; row 0 gives ``x_next``, row ``j >= 1`` the new value of history
-slot ``writes[j-1]``; every row reads the values from before the call.
+``x0 = a*x + b*model_out``, then the optional x0 limit (clip or dynamic thresholding,
+:func:`limit_x0`); row 0 gives ``x_next``, row ``j >= 1`` the new value of history slot
+``writes[j-1]``; every row reads the values from before the call.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+Limit = tuple[float | None, float | None, float]  # (clip, dynamic ratio, max value) of limit_x0
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -44,6 +47,19 @@ def forward_noise(x0: Tensor, noise: Tensor, t: Tensor, table: Tensor) -> tuple[
     return x_t.to(x0.dtype), target.to(x0.dtype)
 
 
+def limit_x0(x0: Tensor, clip: float | None, ratio: float | None, max_value: float) -> Tensor:
+    """The x0 limit (:class:`diffcore.x0_limit.X0Limit`) on an accumulation-dtype (B, ...) x0:
+    clamp to ``[-clip, clip]``, or dynamic thresholding ``clamp(x0, -s, s) / s`` with
+    ``s = clamp(quantile(|x0|, ratio), 1, max_value)`` per sample (Saharia et al. 2022)."""
+    if clip is not None:
+        return x0.clamp(-clip, clip)
+    if ratio is None:
+        return x0
+    flat = x0.reshape(x0.shape[0], -1)
+    s = _per_sample(torch.quantile(flat.abs(), ratio, dim=1).clamp(1.0, max_value), x0.dim())
+    return torch.clamp(x0, -s, s) / s
+
+
 def _mix(
     x: Tensor,
     m: Tensor,
@@ -51,6 +67,8 @@ def _mix(
     history: Tensor | None,
     noise: Tensor | None,
     writes: list[int],
+    limit: Limit = (None, None, 1.0),
+    nonfinite: Tensor | None = None,
 ) -> None:
     acc = _acc_dtype(x.dtype)
     k = 0 if history is None else history.shape[0]
@@ -62,7 +80,10 @@ def _mix(
         return _per_sample(c[..., j], nd)
 
     xa = x.to(acc)
-    x0 = col(0) * xa + col(1) * m
+    raw = col(0) * xa + col(1) * m
+    if nonfinite is not None:  # a flag on the device, no host read
+        nonfinite.copy_(torch.maximum(nonfinite, (~torch.isfinite(raw)).any().to(nonfinite.dtype)))
+    x0 = limit_x0(raw, *limit)
     hist = [history[j].to(acc) for j in range(k)] if history is not None else []
     za = noise.to(acc) if noise is not None else None
 
@@ -88,10 +109,14 @@ def sampler_step(
     history: Tensor | None,
     noise: Tensor | None,
     writes: list[int],
+    limit: Limit = (None, None, 1.0),
+    nonfinite: Tensor | None = None,
 ) -> None:
-    """One fused sampler step, in place on ``x`` and the written history slots."""
+    """One fused sampler step, in place on ``x`` and the written history slots. ``limit``: the x0
+    limit (:func:`limit_x0`); ``nonfinite``: a one-element int tensor set to 1 when an x0 (before
+    the limit) is NaN or inf."""
     acc = _acc_dtype(x.dtype)
-    _mix(x, model_out.to(acc), coeffs, history, noise, writes)
+    _mix(x, model_out.to(acc), coeffs, history, noise, writes, limit, nonfinite)
 
 
 def cfg_sampler_step(
@@ -103,6 +128,8 @@ def cfg_sampler_step(
     history: Tensor | None,
     noise: Tensor | None,
     writes: list[int],
+    limit: Limit = (None, None, 1.0),
+    nonfinite: Tensor | None = None,
 ) -> None:
     """Sampler step whose model output is ``r * (uncond + w * (cond - uncond))``.
 
@@ -115,7 +142,7 @@ def cfg_sampler_step(
     r = _per_sample(g[..., 1], x.dim())
     u = uncond.to(acc)
     m = r * (u + w * (cond.to(acc) - u))
-    _mix(x, m, coeffs, history, noise, writes)
+    _mix(x, m, coeffs, history, noise, writes, limit, nonfinite)
 
 
 def cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor, phi: float) -> Tensor:

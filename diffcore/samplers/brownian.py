@@ -7,7 +7,8 @@ step from the increment of one Brownian motion between the step's noise levels, 
 Brownian tree). The path lives on the fixed time ``u = sigma / (1 + sigma)`` in [0, 1], so it does
 not depend on the schedule's range either. ``W(u)`` is built by Brownian-bridge bisection from
 ``W(0) = 0``, ``W(1) ~ N(0, I)`` down to a dyadic grid of depth :data:`DEPTH` (resolution 2**-24);
-each midpoint's normal comes from the counter-based Philox stream keyed by (seed, node).
+each midpoint's normal comes from the counter-based Philox stream keyed by (seed, node), sample b
+of the batch keyed ``sample_index + b`` (so a sample's path does not depend on its batch).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 from torch import Tensor
 
 from diffcore import ops
-from diffcore.ops.philox import BROWNIAN_OFFSET
+from diffcore.ops.philox import BROWNIAN_OFFSET, DEFAULT_NOISE_MODE
 
 DEPTH = 24
 
@@ -31,13 +32,19 @@ def _time(sigma: float) -> int:
 class BrownianPath:
     """``W(u)`` of one Brownian motion per seed, shaped and placed like ``like``."""
 
-    def __init__(self, like: Tensor, seed: int) -> None:
+    def __init__(self, like: Tensor, seed: int, sample_index: int = 0, noise_mode: str = DEFAULT_NOISE_MODE) -> None:
         ops.check_seed(seed)
-        self.like, self.seed = like, seed
+        self.like, self.seed, self.sample_index, self.noise_mode = like, seed, sample_index, noise_mode
         self._end = self._normal(1)  # W(1)
 
     def _normal(self, node: int) -> Tensor:
-        return ops.philox_noise_like(self.like, self.seed, offset=BROWNIAN_OFFSET + node)
+        return ops.philox_noise_like(
+            self.like,
+            self.seed,
+            offset=BROWNIAN_OFFSET + node,
+            sample_index=self.sample_index,
+            noise_mode=self.noise_mode,
+        )
 
     def value(self, k: int) -> Tensor:
         """W at grid point ``k / 2**DEPTH`` by bisection from the root (heap-numbered nodes)."""

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from diffcore import graphs, ops, plan_cache
-from diffcore.denoiser import Denoiser
+from diffcore.denoiser import Denoiser, NonFiniteModelOutput
 from diffcore.guidance import StepGuide, step_guides
 from diffcore.samplers.brownian import BrownianPath
 from diffcore.timesteps import Level
@@ -146,6 +146,7 @@ class _Run:
     scales: list[Tensor | float]
     history: Tensor | None
     guides: list[StepGuide] | None  # per step, with guidance
+    flags: list[Tensor] | None = None  # per step: the op's non-finite flag (eager runs with check_finite)
 
 
 def _loop(
@@ -165,6 +166,8 @@ def _loop(
     if run.guides is None and brownian is None and not any(s is not None for s in run.side):
         _plain_loop(denoiser, x, program, run, noise, generator, seed, callback)
         return
+    tail = denoiser.step_extras(x, seed)  # noise keys and x0 limit, after each op's offset
+    flags = run.flags if run.flags is not None else [None] * len(program.steps)
     for k, (st, coeffs) in enumerate(zip(program.steps, run.table)):
         guide = run.guides[k] if run.guides is not None else None
         pred = denoiser(x, st.level, step=k, t=run.times[k], c_in=run.scales[k], guide=guide)
@@ -178,13 +181,15 @@ def _loop(
         if side is not None:  # the unconditional x0 into history, before the step reads it
             if pred.uncond is not None:
                 assert guide is not None
-                cfg_step(x, pred.uncond, pred.cond, guide.side, side, history, None, st.side_writes, -1, k)
+                cfg_step(x, pred.uncond, pred.cond, guide.side, side, history, None, st.side_writes, -1, k, *tail)
             else:  # no unconditional pass at this step: x0u is the x0 of the output
-                step(x, pred.out, side, history, None, st.side_writes, -1, k)
+                step(x, pred.out, side, history, None, st.side_writes, -1, k, *tail)
         if pred.out is not None:
-            step(x, pred.out, coeffs, history, z, st.writes, step_seed, k)
+            step(x, pred.out, coeffs, history, z, st.writes, step_seed, k, *tail, flags[k])
         else:
-            cfg_step(x, pred.uncond, pred.cond, pred.guidance, coeffs, history, z, st.writes, step_seed, k)
+            cfg_step(
+                x, pred.uncond, pred.cond, pred.guidance, coeffs, history, z, st.writes, step_seed, k, *tail, flags[k]
+            )
         if callback is not None:
             callback({"i": k, "t": st.level.t, "sigma": st.sigma, "x": x})
 
@@ -216,13 +221,15 @@ def _plain_loop(
     """The loop without guidance, side ops or Brownian noise: model output straight into the op."""
     step = ops.step_kernels(x.device)[0]
     output, history = denoiser.output, run.history
+    tail = denoiser.step_extras(x, seed)  # noise keys and x0 limit, after each op's offset
+    flags = run.flags if run.flags is not None else [None] * len(program.steps)
     for k, (st, coeffs, t, c_in) in enumerate(zip(program.steps, run.table, run.times.unbind(0), run.scales)):
         m = output(x, t, c_in, k)
         if st.noise:
             z, step_seed = _noise(st, x, noise, generator, seed)
-            step(x, m, coeffs, history, z, st.writes, step_seed, k)
+            step(x, m, coeffs, history, z, st.writes, step_seed, k, *tail, flags[k])
         else:
-            step(x, m, coeffs, history, None, st.writes, -1, k)
+            step(x, m, coeffs, history, None, st.writes, -1, k, *tail, flags[k])
         if callback is not None:
             callback({"i": k, "t": st.level.t, "sigma": st.sigma, "x": x})
 
@@ -243,6 +250,8 @@ def run_program(
     each sample then steps with its own coefficients and model times in the same fused ops.
     Noise comes from ``generator`` (torch's RNG, a preallocated buffer refilled per step) or,
     with ``seed``, from the Philox stream generated inside the fused op (step k uses offset k).
+    With ``denoiser.check_finite`` every eager fused op sets its step's device flag on a
+    non-finite model output or x0, read once after the loop.
     ``cuda_graph=True`` (CUDA tensors) captures the whole loop, model included, in one CUDA graph
     and replays it; it needs ``seed`` noise and no callback. Graphs are kept in
     :data:`diffcore.graphs.cache`: a later identical run only copies ``x`` (and the conditioning)
@@ -265,10 +274,27 @@ def run_program(
         if len(programs) > 1:
             raise ValueError("Brownian-noise samplers cannot mix start levels in one batch")
         path_seed = seed if seed is not None else int(torch.randint(0, 2**62, (1,), generator=generator))
-        brownian = BrownianPath(x, path_seed)
-    _loop(denoiser, x, main, run, noise, generator, seed, callback, brownian)
+        brownian = BrownianPath(x, path_seed, denoiser.sample_index, denoiser.noise_mode)
+    if denoiser.check_finite:  # the fused ops flag non-finite x0 per step; read once, at the end
+        flag_buffer = torch.zeros(len(main.steps), dtype=torch.int32, device=x.device)
+        run.flags = list(flag_buffer.unbind(0))
+        denoiser.kernel_checked = True
+    try:
+        _loop(denoiser, x, main, run, noise, generator, seed, callback, brownian)
+    finally:
+        denoiser.kernel_checked = False
+    if run.flags is not None:
+        raise_flagged(flag_buffer)
     denoiser.raise_deferred()
     return x
+
+
+def raise_flagged(flags: Tensor) -> None:
+    """Raise :class:`~diffcore.denoiser.NonFiniteModelOutput` naming the first step whose flag
+    (set by its fused op: a NaN/inf model output or x0) is set; one device->host read."""
+    bad = flags.nonzero()
+    if bad.numel():
+        raise NonFiniteModelOutput(f"step {int(bad[0, 0])}: model output contains NaN or inf")
 
 
 def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[list[np.ndarray]] | None = None) -> _Run:
@@ -357,7 +383,9 @@ def _run_graphed(
         def loop(state: Tensor) -> None:
             if run.history is not None:  # as in an eager run, where history starts at zero
                 run.history.zero_()
-            brownian = BrownianPath(state, seed) if any(st.span for st in main.steps) and seed is not None else None
+            brownian = None
+            if any(st.span for st in main.steps) and seed is not None:
+                brownian = BrownianPath(state, seed, denoiser.sample_index, denoiser.noise_mode)
             _loop(denoiser, state, main, run, None, None, seed, None, brownian)
 
         return loop, (run,)
