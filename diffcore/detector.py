@@ -1,16 +1,22 @@
 """``DiffusionDetector``: diffusion anomaly scores for tables behind scikit-learn's novelty-detection API.
 
-``fit(X)`` standardizes the rows (N, D) and trains diffcore's tabular MLP on them (the recipe of
-:mod:`diffcore.evaluation.recipes`: epsilon prediction on the cosine schedule, a small default
-budget); the scores are those of :mod:`diffcore.tasks.anomaly` on the standardized rows:
+``fit(X)`` scales the rows (N, D) (:class:`~diffcore.tasks.anomaly.tables.TableScaler`: median
+and a floored robust spread, heavy tails log-compressed) and trains diffcore's tabular MLP on
+them (epsilon prediction on the cosine schedule of :mod:`diffcore.evaluation.recipes`), its
+width, batch and step cap from the table's size
+(:func:`~diffcore.tasks.anomaly.tables.table_budget`), stopping early on 10% held-out rows. The
+scores are those of :mod:`diffcore.tasks.anomaly` on the scaled rows:
 
-- ``recon``: the reconstruction score (AnoDDPM; the table recipe: one-shot x0 predictions from
-  depths 0.1-0.5, ``repeats`` draws each, absolute error averaged over features);
+- ``recon`` (the default): the reconstruction score (AnoDDPM; the table recipe: one-shot x0
+  predictions from depths 0.1-0.5, ``repeats`` draws each, absolute error averaged over
+  features; ``error="squared"`` for the squared error);
 - ``mahalanobis``: the same signed residuals, whitened by their mean and covariance on the
   training rows (squared Mahalanobis distance);
 - ``dte``: the diffusion-time estimate (the fraction of the schedule from which the model
   explains a row as noised data).
 
+The defaults (method, error, scaling, budget) were chosen on the development half of
+``benchmarks/quality/tabular_suite.py`` and reported on its held-out half (README, issue #19).
 Each draw's noise is shared by all rows, so a row's score depends on the row alone, not on the
 batch it comes in or its position there (sklearn's subset and order invariance); scoring runs in
 float64. For one row the scores equal :func:`~diffcore.tasks.anomaly.reconstruction_scores` and
@@ -21,6 +27,7 @@ float64. For one row the scores equal :func:`~diffcore.tasks.anomaly.reconstruct
 
 from __future__ import annotations
 
+import copy
 import math
 from numbers import Integral, Real
 from types import SimpleNamespace
@@ -34,9 +41,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
+from diffcore.tasks.anomaly.tables import SCALINGS, TableScaler, table_budget
+
 __all__ = ["AUTO_CONTAMINATION", "DETECTOR_METHODS", "DiffusionDetector"]
 
 DETECTOR_METHODS = ("recon", "mahalanobis", "dte")
+# The defaults, chosen on the development half of benchmarks/quality/tabular_suite.py (issue #19).
+DEFAULT_METHOD, DEFAULT_ERROR = "recon", "abs"
 _CHUNK = 4096  # rows scored at once (scores do not depend on it)
 AUTO_CONTAMINATION = 0.01  # contamination="auto": flag the training rows' most anomalous 1%
 
@@ -45,28 +56,39 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
     """Novelty detector on rows (N, D) scored by a diffusion model trained on normal rows.
 
     Parameters: ``method`` (``"recon"``, ``"mahalanobis"`` or ``"dte"``; see the module
-    docstring); ``contamination``: the expected share of outliers in the training rows, which
-    sets ``offset_`` so that this share of them is flagged (the threshold of
+    docstring); ``error``: ``recon``'s per-feature error, ``"abs"`` or ``"squared"``;
+    ``contamination``: the expected share of outliers in the training rows, which sets
+    ``offset_`` so that this share of them is flagged (the threshold of
     :class:`~diffcore.tasks.anomaly.Calibration` at that false-positive rate); ``"auto"``:
     :data:`AUTO_CONTAMINATION` (1%), a target false-positive rate for normal training data;
-    ``n_steps``, ``batch_size``, ``lr``, ``hidden``, ``layers``: the MLP's training budget and
-    size; ``repeats``: noise draws per depth (``recon``, ``mahalanobis``); ``levels``: noise
-    levels of the diffusion-time grid (``dte``); ``device``: where to train and score
-    (:func:`diffcore.devices.resolve_device`); ``random_state``: seeds the initial weights, the
-    batches and the scoring noise (an int makes ``fit`` and the scores reproducible).
+    ``scaling``: the feature scaling (:class:`~diffcore.tasks.anomaly.tables.TableScaler`,
+    ``"robust"`` or ``"standard"``); ``n_steps``, ``batch_size``, ``hidden``, ``layers``: the
+    training budget and MLP size, None = from the table's size
+    (:func:`~diffcore.tasks.anomaly.tables.table_budget`; ``n_steps`` is then a cap);
+    ``early_stopping``: hold out ``validation_fraction`` of the rows (at least 20 rows needed)
+    and keep the EMA weights with the lowest reconstruction error on them, stopping after
+    ``patience`` evaluations without improvement; ``lr``; ``repeats``: noise draws per depth
+    (``recon``, ``mahalanobis``); ``levels``: noise levels of the diffusion-time grid
+    (``dte``); ``device``: where to train and score (:func:`diffcore.devices.resolve_device`);
+    ``random_state``: seeds the initial weights, the batches and the scoring noise.
 
     Fitted attributes: ``pipeline_`` (the trained :class:`~diffcore.pipeline.Pipeline`, float64),
-    ``mean_`` / ``scale_`` (the standardization), ``offset_``, ``n_features_in_``, ``seed_``.
+    ``scaler_`` (the fitted scaling), ``budget_`` (the size and budget used, ``steps_trained``
+    included), ``offset_``, ``n_features_in_``, ``seed_``.
     """
 
     _parameter_constraints: dict[str, list[Any]] = {
         "method": [StrOptions(set(DETECTOR_METHODS))],
+        "error": [StrOptions({"abs", "squared"})],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
-        "n_steps": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "scaling": [StrOptions(set(SCALINGS))],
+        "n_steps": [Interval(Integral, 1, None, closed="left"), None],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
         "lr": [Interval(Real, 0, None, closed="neither")],
-        "hidden": [Interval(Integral, 2, None, closed="left")],
-        "layers": [Interval(Integral, 1, None, closed="left")],
+        "hidden": [Interval(Integral, 2, None, closed="left"), None],
+        "layers": [Interval(Integral, 1, None, closed="left"), None],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 0.5, closed="neither")],
         "repeats": [Interval(Integral, 1, None, closed="left")],
         "levels": [Interval(Integral, 2, None, closed="left")],
         "device": [str],
@@ -75,26 +97,34 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
 
     def __init__(
         self,
-        method: str = "recon",
+        method: str = DEFAULT_METHOD,
         *,
+        error: str = DEFAULT_ERROR,
         contamination: str | float = "auto",
-        n_steps: int = 1000,
-        batch_size: int = 64,
+        scaling: str = "robust",
+        n_steps: int | None = None,
+        batch_size: int | None = None,
         lr: float = 1e-3,
-        hidden: int = 128,
-        layers: int = 3,
+        hidden: int | None = None,
+        layers: int | None = None,
+        early_stopping: bool = True,
+        validation_fraction: float = 0.1,
         repeats: int = 16,
         levels: int = 25,
         device: str = "cpu",
         random_state: Any = None,
     ) -> None:
         self.method = method
+        self.error = error
         self.contamination = contamination
+        self.scaling = scaling
         self.n_steps = n_steps
         self.batch_size = batch_size
         self.lr = lr
         self.hidden = hidden
         self.layers = layers
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.repeats = repeats
         self.levels = levels
         self.device = device
@@ -106,21 +136,28 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         """Train on the rows of ``X`` (normal data; ``y`` is ignored) and set ``offset_``."""
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         self.seed_ = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        self.mean_ = X.mean(axis=0)
-        scale = X.std(axis=0)
-        self.scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(self.mean_)), scale, 1.0)
-        rows = torch.from_numpy(self._standardize(X))
+        self.scaler_ = TableScaler(self.scaling).fit(X)
+        rows = torch.from_numpy(self.scaler_.transform(X))
         with torch.random.fork_rng(devices=[]):  # training seeds torch's global RNG: leave the caller's alone
             self.pipeline_ = self._train(rows)
+        self._whitening = None
         if self.method == "mahalanobis":
-            resid = self._chunked(rows, lambda x: self._residual_mean(x, signed=True))
-            self.location_, self.precision_ = _whitening(resid)
-        anomaly = self._anomaly(rows)
+            self._whitening = self._fit_whitening(rows)
+        anomaly = self._anomaly(rows, self.method)
         self.offset_ = -self._threshold(anomaly)
         return self
 
+    def _budget(self, n_rows: int, dim: int) -> dict[str, int]:
+        """:func:`table_budget` with the sizes given as parameters in place of the derived ones."""
+        budget = table_budget(n_rows, dim)
+        given = {"steps": self.n_steps, "batch_size": self.batch_size, "hidden": self.hidden, "layers": self.layers}
+        budget.update({k: int(v) for k, v in given.items() if v is not None})
+        budget["eval_every"] = min(budget["eval_every"], budget["steps"])
+        return budget
+
     def _train(self, rows: Tensor) -> Any:
-        """The EMA model trained on ``rows`` (float32), as a float64 Pipeline for scoring."""
+        """The EMA model trained on ``rows`` (float32), as a float64 Pipeline for scoring; with
+        early stopping, the EMA weights with the lowest held-out reconstruction error."""
         from diffcore.evaluation.recipes import TABLE_PREDICTION, TABLE_SCHEDULE, TABLE_TRAIN
         from diffcore.parameterization import make_parameterization
         from diffcore.pipeline import Pipeline
@@ -128,26 +165,50 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         from diffcore.training.config import TrainConfig
         from diffcore.training.trainer import Trainer
 
-        dim = rows.shape[1]
+        n, dim = rows.shape
+        held = int(round(self.validation_fraction * n)) if self.early_stopping and n >= 20 else 0
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed_))
+        train, val = rows[order[held:]], rows[order[:held]]
+        self.budget_ = budget = self._budget(len(train), dim)
         torch.manual_seed(self.seed_)
-        net = get("models", "mlp")(dim=dim, hidden=self.hidden, depth=self.layers)
+        net = get("models", "mlp")(dim=dim, hidden=budget["hidden"], depth=budget["layers"])
         schedule = get("schedules", TABLE_SCHEDULE)()
         param = make_parameterization(TABLE_PREDICTION)
         recipe = {k: v for k, v in TABLE_TRAIN.items() if k not in ("steps", "batch_size", "lr", "warmup_steps")}
+        if held:  # the stopping point is not known in advance: constant rate after the warm-up
+            recipe["lr_schedule"] = "constant"
+        steps = budget["steps"]
         config = TrainConfig(
-            steps=self.n_steps,
-            batch_size=self.batch_size,
+            steps=budget["eval_every"] if held else steps,
+            batch_size=budget["batch_size"],
             lr=self.lr,
-            warmup_steps=min(TABLE_TRAIN["warmup_steps"], self.n_steps // 10),
-            checkpoint_every=self.n_steps,
-            log_every=self.n_steps,
+            warmup_steps=min(TABLE_TRAIN["warmup_steps"], steps // 10),
+            checkpoint_every=10**9,
+            log_every=10**9,
             seed=self.seed_,
             **recipe,
         )
-        data = SimpleNamespace(train=rows.float(), train_labels=None, num_classes=0)
+        data = SimpleNamespace(train=train.float(), train_labels=None, num_classes=0)
         run = {"dataset": {"kind": "tabular", "shape": [dim], "num_classes": 0}}
         trainer = Trainer(net, schedule, param, data, config, None, run, device=self.device, quiet=True)
-        trainer.train()
+        best: tuple[float, dict[str, Any], int] = (math.inf, {}, 0)
+        stale = 0
+        while True:
+            trainer.train()
+            if not held:
+                break
+            pipe = Pipeline(trainer.ema, schedule, param, run=run, sampler="ddim", steps=1)
+            loss = float(self._residual_mean(pipe, val.to(pipe.device, torch.float32), signed=False, repeats=2).mean())
+            if loss < best[0] * (1 - 1e-3):
+                best, stale = (loss, copy.deepcopy(trainer.ema.state_dict()), trainer.step), 0
+            else:
+                stale += 1
+            if stale >= budget["patience"] or trainer.step >= steps:
+                trainer.ema.load_state_dict(best[1])
+                break
+            trainer.config.steps = min(steps, trainer.step + budget["eval_every"])
+        self.budget_["steps_trained"] = int(trainer.step)
+        self.budget_["best_step"] = int(best[2] if held else trainer.step)
         model = trainer.ema.double().eval()
         return Pipeline(model, schedule, param, run=run, sampler="ddim", steps=1)
 
@@ -161,9 +222,18 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------------ scores
     def score_samples(self, X: Any) -> np.ndarray:
         """Normality of each row (N,): minus its anomaly score (higher = more normal)."""
+        return -self.anomaly_scores(X)
+
+    def anomaly_scores(self, X: Any, method: str | None = None) -> np.ndarray:
+        """Anomaly score of each row (N,) float64, higher = more anomalous, by ``method`` (default:
+        the detector's own) with the fitted model: any of :data:`DETECTOR_METHODS` and
+        ``"recon_squared"`` can be read from one fit (the benchmark compares them this way)."""
         check_is_fitted(self)
+        method = self.method if method is None else method
+        if method not in (*DETECTOR_METHODS, "recon_squared"):
+            raise ValueError(f"method={method!r}: expected one of {(*DETECTOR_METHODS, 'recon_squared')}")
         X = validate_data(self, X, dtype=np.float64, reset=False)
-        return -self._anomaly(torch.from_numpy(self._standardize(X))).numpy()
+        return self._anomaly(torch.from_numpy(self.scaler_.transform(X)), method).numpy()
 
     def decision_function(self, X: Any) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for outliers."""
@@ -173,54 +243,62 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         """+1 for inliers, -1 for outliers (``decision_function < 0``)."""
         return np.where(self.decision_function(X) < 0, -1, 1)
 
-    def _standardize(self, X: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray((X - self.mean_) / self.scale_)
-
     def _chunked(self, rows: Tensor, fn: Any) -> Tensor:
         """``fn`` of the rows, :data:`_CHUNK` at a time on the pipeline's device, float64 on the CPU."""
         device = self.pipeline_.device
         parts = [fn(rows[i : i + _CHUNK].to(device, torch.float64)).cpu() for i in range(0, rows.shape[0], _CHUNK)]
         return torch.cat(parts)
 
-    def _anomaly(self, rows: Tensor) -> Tensor:
-        """Anomaly scores (N,) float64 of standardized rows, higher = more anomalous."""
-        if self.method == "recon":
-            return self._chunked(rows, lambda x: self._residual_mean(x, signed=False).mean(dim=1))
-        if self.method == "mahalanobis":
-            d = self._chunked(rows, lambda x: self._residual_mean(x, signed=True)) - self.location_
-            return (d @ self.precision_ * d).sum(dim=1)
+    def _fit_whitening(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        resid = self._chunked(rows, lambda x: self._residual_mean(self.pipeline_, x, signed=True))
+        return _whitening(resid)
+
+    def _anomaly(self, rows: Tensor, method: str) -> Tensor:
+        """Anomaly scores (N,) float64 of scaled rows by ``method``, higher = more anomalous."""
+        pipe = self.pipeline_
+        if method in ("recon", "recon_squared"):
+            squared = method == "recon_squared" or self.error == "squared" and method == "recon"
+            err = "squared" if squared else "abs"
+            return self._chunked(rows, lambda x: self._residual_mean(pipe, x, signed=False, error=err).mean(dim=1))
+        if method == "mahalanobis":
+            location, precision = self._whitening if self._whitening is not None else self._fit_whitening(rows)
+            d = self._chunked(rows, lambda x: self._residual_mean(pipe, x, signed=True)) - location
+            return (d @ precision * d).sum(dim=1)
         return self._chunked(rows, self._dte)
 
-    def _residual_mean(self, x: Tensor, *, signed: bool) -> Tensor:
-        """The table recipe's one-shot reconstruction residual of each row, ``x0hat - x`` (signed)
-        or its absolute value, averaged over depths and ``repeats`` draws; draw r at depth k uses
-        reconstruction_scores' noise of a one-row input (seed, k, r), for every row."""
+    def _residual_mean(
+        self, pipe: Any, x: Tensor, *, signed: bool, error: str = "abs", repeats: int | None = None
+    ) -> Tensor:
+        """The table recipe's one-shot reconstruction residual of each row, ``x0hat - x`` (signed),
+        its absolute value or its square, averaged over depths and ``repeats`` draws; draw r at
+        depth k uses reconstruction_scores' noise of a one-row input (seed, k, r), for every row."""
         from diffcore.tasks.anomaly import depth_timesteps, recipe_for
+        from diffcore.tasks.anomaly.noise import keyed_noise
 
-        pipe = self.pipeline_
+        repeats = self.repeats if repeats is None else repeats
         recipe = recipe_for(x.shape[1:])
         starts = depth_timesteps(pipe.schedule, recipe["depth"])
         total = torch.zeros_like(x)
         for k, t_start in enumerate(starts):
-            for r in range(self.repeats):
-                g = torch.Generator().manual_seed(self.seed_ * 1_000_003 + k * 1009 + r)
-                eps = torch.randn((1, x.shape[1]), generator=g, dtype=x.dtype).to(x.device).expand_as(x)
+            for r in range(repeats):
+                eps = keyed_noise(x[:1], "gaussian", self.seed_ * 1_000_003 + k * 1009 + r).expand_as(x)
                 out = pipe.sample_from(
                     x,
                     t_start,
                     sampler=recipe["sampler"],
                     steps=recipe["steps"],
                     noise=eps,
-                    seed=self.seed_ + 7919 * (k * self.repeats + r),
+                    seed=self.seed_ + 7919 * (k * repeats + r),
                 )
                 diff = out - x
-                total += diff if signed else diff.abs()
-        return total / (len(starts) * self.repeats)
+                total += diff if signed else diff.abs() if error == "abs" else diff**2
+        return total / (len(starts) * repeats)
 
     def _dte(self, x: Tensor) -> Tensor:
         """Diffusion-time estimate of each row (dte_scores' grid and crossing, the level's noise
         shared by all rows): the schedule fraction, interpolated in log sigma, at which the scaled
         one-shot residual ``||x - x0hat||^2 / (D sigma^2)`` first falls below 1/2 (1 if never)."""
+        from diffcore.tasks.anomaly.noise import keyed_noise
         from diffcore.tasks.levels import fraction_of_sigma, fraction_to_time, sigma_at_time, sigma_range
         from diffcore.timesteps import Level
 
@@ -232,8 +310,7 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         times, (alphas, stds) = schedule.sigma_to_t(sigmas), schedule.state(sigmas)
         rho = torch.empty(self.levels, x.shape[0], dtype=torch.float64)
         for k in range(self.levels):
-            g = torch.Generator().manual_seed(self.seed_ * 1_000_003 + k)
-            z = torch.randn((1, x.shape[1]), generator=g, dtype=x.dtype).to(x.device).expand_as(x)
+            z = keyed_noise(x[:1], "gaussian", self.seed_ * 1_000_003 + k).expand_as(x)
             level = Level(float(times[k]), float(alphas[k]), float(stds[k]))
             x0 = self.pipeline_.predict_x0(level.alpha * x + level.std * z, level)
             rho[k] = ((x - x0) ** 2).mean(dim=1).cpu() / float(sigmas[k]) ** 2

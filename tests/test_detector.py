@@ -67,7 +67,7 @@ def test_one_row_scores_are_the_anomaly_tasks_own(fitted) -> None:
     _, test, _ = _data()
     for method, score in (("recon", reconstruction_scores), ("dte", dte_scores)):
         det = fitted[method]
-        rows = torch.from_numpy(det._standardize(test[:3]))
+        rows = torch.from_numpy(det.scaler_.transform(test[:3]))
         options = {"repeats": det.repeats} if method == "recon" else {"levels": det.levels}
         expected = [float(score(det.pipeline_, rows[i : i + 1], seed=det.seed_, progress=False, **options).scores[0])
                     for i in range(3)]  # fmt: skip

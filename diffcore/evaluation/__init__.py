@@ -22,7 +22,18 @@ are in :mod:`diffcore.baselines`; the metrics themselves (FD, NN ratio, PSNR, SS
 
 from __future__ import annotations
 
-from diffcore.evaluation.anomaly import DETECTORS, auroc, classical_maps, classical_scores, nearest_train, normal_split
+from diffcore.evaluation.anomaly import (
+    DETECTORS,
+    KNNDistance,
+    PyODDetector,
+    auprc,
+    auroc,
+    baseline_estimators,
+    classical_maps,
+    classical_scores,
+    nearest_train,
+    normal_split,
+)
 from diffcore.evaluation.classifier import (
     Evaluator,
     SmallCNN,
@@ -63,10 +74,14 @@ __all__ = [
     "TIMESTEPS",
     "EvaluationCounter",
     "Evaluator",
+    "KNNDistance",
+    "PyODDetector",
     "SmallCNN",
     "adaptive_errors",
+    "auprc",
     "auroc",
     "balanced_labels",
+    "baseline_estimators",
     "class_gaussian_samples",
     "classical_maps",
     "classical_scores",

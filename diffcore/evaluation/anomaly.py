@@ -17,7 +17,18 @@ from torch import Tensor
 
 from diffcore.baselines import knn_fill
 
-__all__ = ["DETECTORS", "auroc", "classical_maps", "classical_scores", "nearest_train", "normal_split"]
+__all__ = [
+    "DETECTORS",
+    "KNNDistance",
+    "PyODDetector",
+    "auprc",
+    "auroc",
+    "baseline_estimators",
+    "classical_maps",
+    "classical_scores",
+    "nearest_train",
+    "normal_split",
+]
 
 DETECTORS = ("isolation_forest", "lof", "ocsvm", "knn")
 
@@ -27,6 +38,76 @@ def auroc(labels: Any, scores: Any) -> float:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(np.asarray(labels).reshape(-1), np.asarray(scores, dtype=np.float64).reshape(-1)))
+
+
+def auprc(labels: Any, scores: Any) -> float:
+    """Area under the precision-recall curve (average precision) of ``scores`` for 0/1 ``labels``."""
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(labels).reshape(-1)
+    return float(average_precision_score(y, np.asarray(scores, dtype=np.float64).reshape(-1)))
+
+
+class KNNDistance:
+    """kNN novelty detector with sklearn's interface: ``score_samples`` is minus the mean distance
+    to the ``k`` nearest training rows (higher = more normal)."""
+
+    def __init__(self, k: int = 5) -> None:
+        self.k = k
+
+    def fit(self, X: Any, y: Any = None) -> KNNDistance:
+        from sklearn.neighbors import NearestNeighbors
+
+        self.nn_ = NearestNeighbors(n_neighbors=min(self.k, len(X))).fit(np.asarray(X, dtype=np.float64))
+        return self
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        return -np.asarray(self.nn_.kneighbors(np.asarray(X, dtype=np.float64))[0].mean(axis=1))
+
+
+class PyODDetector:
+    """A PyOD detector behind sklearn's novelty interface: ``score_samples = -decision_function``
+    (PyOD's scores are higher = more anomalous). ``name``: ``ecod``, ``copod`` or ``deep_svdd``."""
+
+    def __init__(self, name: str, seed: int = 0, epochs: int = 20) -> None:
+        if name not in ("ecod", "copod", "deep_svdd"):
+            raise ValueError(f"name={name!r}: expected 'ecod', 'copod' or 'deep_svdd'")
+        self.name, self.seed, self.epochs = name, seed, epochs
+
+    def fit(self, X: Any, y: Any = None) -> PyODDetector:
+        X = np.asarray(X, dtype=np.float64)
+        if self.name == "ecod":
+            from pyod.models.ecod import ECOD
+
+            self.model_: Any = ECOD()
+        elif self.name == "copod":
+            from pyod.models.copod import COPOD
+
+            self.model_ = COPOD()
+        else:
+            from pyod.models.deep_svdd import DeepSVDD
+
+            self.model_ = DeepSVDD(n_features=X.shape[1], epochs=self.epochs, random_state=self.seed, verbose=0)
+        self.model_.fit(X)
+        return self
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        return -np.asarray(self.model_.decision_function(np.asarray(X, dtype=np.float64)), dtype=np.float64)
+
+
+def baseline_estimators(seed: int = 0, *, pyod: bool = True, trees: int = 200) -> dict[str, Any]:
+    """Unfitted novelty detectors, each with ``fit(X)`` and ``score_samples(X)`` (higher = more
+    normal): IsolationForest, LOF (``novelty=True``, 20 neighbours), OneClassSVM (RBF,
+    ``gamma="scale"``, ``nu=0.1``), kNN (mean distance to 5) and, with ``pyod`` (if it imports),
+    PyOD's ECOD, COPOD and Deep SVDD."""
+    out: dict[str, Any] = {m: KNNDistance() if m == "knn" else _detector(m, seed, trees) for m in DETECTORS}
+    if pyod:
+        try:
+            import pyod as _pyod  # noqa: F401
+        except ImportError:
+            return out
+        out.update({m: PyODDetector(m, seed) for m in ("ecod", "copod", "deep_svdd")})
+    return out
 
 
 def nearest_train(train: np.ndarray, test: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
