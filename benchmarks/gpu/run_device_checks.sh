@@ -17,7 +17,8 @@
 # The end-to-end stage (benchmarks/test_e2e_speed.py: diffusers UNets sampled by diffcore, eager and
 # CUDA-graph, vs the diffusers pipeline loop; needs diffusers, carried as wheels in .whl/) logs to
 # bench.log, its cases go into gpu_bench.json and its speedup table is appended to gpu_summary.md
-# (the files that come back are capped at 8, so it adds none).
+# (the files that come back are capped at 8, so it adds none). The SD-class stage
+# (benchmarks/gpu/test_gpu_sd.py: an SD-1.5-shaped conditional UNet, CFG, float16) does the same.
 # The whole run keeps to DIFFCORE_DEVICE_BUDGET_S seconds (default 540): every stage has a cap
 # and gets at most what is left of the budget; one that fails or is cut short is recorded and
 # the next one runs. DIFFCORE_BENCH_SIZES=16K,1M,64M (say) restricts the benchmark sizes.
@@ -87,12 +88,14 @@ backend_check() {
 
 summarize() {
   local jsons=()
-  for f in "$WORK/core.json" "$WORK/compile.json" "$WORK/e2e.json"; do [[ -s $f ]] && jsons+=("$f"); done
+  for f in "$WORK/core.json" "$WORK/compile.json" "$WORK/e2e.json" "$WORK/sd.json"; do [[ -s $f ]] && jsons+=("$f"); done
   if (( ${#jsons[@]} == 0 )); then echo "no benchmark JSON to summarize"; return 1; fi
   local rc=0
   "$PY" benchmarks/gpu/summarize_gpu.py "${jsons[@]}" --out "$OUT/gpu_summary.md" --merged-json "$OUT/gpu_bench.json" || rc=$?
-  if [[ -s $WORK/e2e.json ]]; then
-    "$PY" benchmarks/summarize_e2e.py "$WORK/e2e.json" --out "$OUT/gpu_summary.md" --append || rc=$?
+  local e2e=()
+  for f in "$WORK/e2e.json" "$WORK/sd.json"; do [[ -s $f ]] && e2e+=("$f"); done
+  if (( ${#e2e[@]} > 0 )); then
+    "$PY" benchmarks/summarize_e2e.py "${e2e[@]}" --out "$OUT/gpu_summary.md" --append || rc=$?
   fi
   return $rc
 }
@@ -121,6 +124,10 @@ stage bench 200 "$OUT/bench.log" "$PY" -m pytest benchmarks/gpu -q -rs -p no:cac
 # End to end (issue #8): diffusers UNets, diffcore eager / cuda_graph vs the diffusers loop, 50 steps.
 stage e2e 150 "$OUT/bench.log" "$PY" -m pytest benchmarks/test_e2e_speed.py -q -rs -p no:cacheprovider \
   --benchmark-json="$WORK/e2e.json"
+# SD-class end to end (issue #15): an SD-1.5-shaped UNet2DConditionModel (random weights from its config),
+# CFG 7.5, 50 steps, float16, batch 1 and 4, DDIM / DPM-Solver++ 2M; diffusers loop vs diffcore eager / cuda_graph.
+stage sd_e2e 180 "$OUT/bench.log" "$PY" -m pytest benchmarks/gpu/test_gpu_sd.py -q -rs -p no:cacheprovider \
+  --benchmark-json="$WORK/sd.json"
 stage summary 30 "$OUT/bench.log" summarize
 if [[ -n $SANITIZER ]]; then
   # No caching allocator: every tensor is its own cudaMalloc, so memcheck sees out-of-bounds accesses.
