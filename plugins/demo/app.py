@@ -164,6 +164,10 @@ def main(out: str | Path = "outputs/demo", *, quick: bool = False, retrain: bool
         "train": standardize(pipes["tabular"], bc["raw_train"]),
         "test": standardize(pipes["tabular"], bc["raw_test"]),
         "test_labels": bc["test_labels"],
+        # the sklearn-style detector with its defaults, on raw rows (quick: the tabular recipe's steps)
+        "raw_train": bc["raw_train"],
+        "raw_test": bc["raw_test"],
+        "detector_steps": cfg["tabular"]["steps"] if quick else None,
     }
     rep = _report(data, backend, quick, recipes, training)
     results: dict[str, Any] = {"kernel_backend": backend, "quick": quick, "training": training, "stage_seconds": {}}
