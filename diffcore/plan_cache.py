@@ -62,6 +62,11 @@ class LRUCache:
                 self._data.popitem(last=False)
         return value
 
+    def discard(self, key: Hashable) -> None:
+        """Forget ``key`` (e.g. an entry whose shared tensors were written to)."""
+        with self._lock:
+            self._data.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._data)
 

@@ -145,3 +145,24 @@ def test_sample_from_mixed_starts_uses_the_cache_and_matches() -> None:
     again = diffcore.sample_from(_model, x0, starts, **kw)  # type: ignore[arg-type]
     assert plan_cache.cache_info()["plans"]["hits"] == 3
     assert torch.equal(first, again)
+
+
+def test_a_model_writing_into_its_times_does_not_poison_the_cache() -> None:
+    seen: list[torch.Tensor] = []
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(t.clone())
+        t.add_(1)  # in place, into the (cached) time tensor
+        return 0.3 * x
+
+    diffcore.sample(model, X, sampler="ddim", steps=3)
+    first = list(seen)
+    seen.clear()
+    diffcore.sample(model, X, sampler="ddim", steps=3)
+    assert len(seen) == 3 and all(torch.equal(a, b) for a, b in zip(first, seen))
+
+
+def test_each_batch_size_gets_its_own_times() -> None:
+    full = _sample()  # fills the cache for a batch of 3
+    two = diffcore.sample(_model, X[:2], sampler="ddim", steps=6, schedule="linear")
+    assert torch.equal(two, full[:2])  # samples are independent of their batch

@@ -134,6 +134,7 @@ def check_same_structure(programs: list[Program]) -> None:
 
 
 Callback = Callable[[dict[str, Any]], None]
+CACHED_BATCH = 65536  # larger batches make their (steps, B) model times per run instead of caching them
 
 
 @dataclass
@@ -146,6 +147,8 @@ class _Run:
     scales: list[Tensor | float]
     history: Tensor | None
     guides: list[StepGuide] | None  # per step, with guidance
+    step_times: list[Tensor] | None = None  # per step: the (B,) model times, views of ``times``
+    cache_key: Any = None  # where the tables came from in diffcore.plan_cache.runs (None: made for this run)
     flags: list[Tensor] | None = None  # per step: the op's non-finite flag (eager runs with check_finite)
 
 
@@ -223,7 +226,8 @@ def _plain_loop(
     output, history = denoiser.output, run.history
     tail = denoiser.step_extras(x, seed)  # noise keys and x0 limit, after each op's offset
     flags = run.flags if run.flags is not None else [None] * len(program.steps)
-    for k, (st, coeffs, t, c_in) in enumerate(zip(program.steps, run.table, run.times.unbind(0), run.scales)):
+    step_times = run.step_times if run.step_times is not None else list(run.times.unbind(0))
+    for k, (st, coeffs, t, c_in) in enumerate(zip(program.steps, run.table, step_times, run.scales)):
         m = output(x, t, c_in, k)
         if st.noise:
             z, step_seed = _noise(st, x, noise, generator, seed)
@@ -285,6 +289,8 @@ def run_program(
         denoiser.kernel_checked = False
     if run.flags is not None:
         raise_flagged(flag_buffer)
+    if run.cache_key is not None and run.times._version:  # the model wrote into its (shared) times
+        plan_cache.runs.discard(run.cache_key)
     denoiser.raise_deferred()
     return x
 
@@ -302,9 +308,7 @@ def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[l
     run; every host->device copy of the loop happens here, before any graph capture."""
     main = programs[0]
     key = _tables_key(denoiser, x, programs) if per is None else None
-    table, side, times, scales = plan_cache.runs.get(key, lambda: _tables(denoiser, x, programs, per))
-    if times.shape[1] != x.shape[0]:  # one program, cached as one column: expand to the batch
-        times = times.expand(times.shape[0], x.shape[0]).contiguous()
+    table, side, times, step_times, scales = plan_cache.runs.get(key, lambda: _tables(denoiser, x, programs, per))
     history = torch.zeros((main.slots, *x.shape), dtype=x.dtype, device=x.device) if main.slots else None
     guides = None
     if denoiser.guidance is not None:
@@ -315,29 +319,33 @@ def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[l
             x,
             reads_uncond=[st.uncond for st in main.steps],
         )
-    return _Run(table, side, times, scales, history, guides)
+    return _Run(table, side, times, scales, history, guides, step_times=step_times, cache_key=key)
 
 
 def _tables(
     denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[list[np.ndarray]] | None
-) -> tuple[list[Tensor], list[Tensor | None], Tensor, list[Tensor | float]]:
-    """The batch-size-independent device tables of a run: coefficients (main and side op per
-    step), model times ((steps, 1) for one program, else (steps, B)) and input scales."""
+) -> tuple[list[Tensor], list[Tensor | None], Tensor, list[Tensor], list[Tensor | float]]:
+    """The device tables of a run: coefficients (main and side op per step), model times (steps, B)
+    with a (B,) view per step, and input scales."""
     table, side = _split(programs[0], _table(programs, denoiser, x, per))
     _check_structure(programs[0], table)
-    times = denoiser.time_table([[st.level.t for st in p.steps] for p in programs], x[:1] if len(programs) == 1 else x)
+    times = denoiser.time_table([[st.level.t for st in p.steps] for p in programs], x)
     scales = denoiser.scale_table([[st.level for st in p.steps] for p in programs], x)
-    return table, side, times, scales
+    return table, side, times, list(times.unbind(0)), scales
 
 
 def _tables_key(denoiser: Denoiser, x: Tensor, programs: list[Program]) -> tuple[Any, ...] | None:
     """The key of :func:`_tables` in :data:`diffcore.plan_cache.runs`: one cached program, the
-    parameterization, the table's dtype and the device (None: not cached)."""
+    parameterization, the table's dtype, the device and the batch size (None: not cached, as for
+    batches over :data:`CACHED_BATCH`). The model receives the cached time tensors; a run whose
+    model writes into them drops its entry (see :func:`run_program`)."""
+    if x.shape[0] > CACHED_BATCH:
+        return None
     program_key = plan_cache.key_of(programs[0]) if len(programs) == 1 else None
     param_key = plan_cache.parameterization_key(denoiser.param)
     if program_key is None or param_key is None:
         return None
-    return ("run", program_key, param_key, x.dtype, x.device, denoiser.timestep_dtype)
+    return ("run", program_key, param_key, x.dtype, x.device, denoiser.timestep_dtype, x.shape[0])
 
 
 def _check_static(x: Tensor, main: Program, run: _Run, noise: Tensor | None) -> None:
