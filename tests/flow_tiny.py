@@ -143,7 +143,7 @@ def flux_components(root: Path, seed: int = 0, *, guidance_embeds: bool = True) 
         axes_dims_rope=(4, 4, 8),
     ).eval()
     scheduler = flow_scheduler(
-        shift=3.0, use_dynamic_shifting=True, base_image_seq_len=16, max_image_seq_len=256, max_shift=1.15
+        shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=4096, max_shift=1.15
     )
     tok = sd_tiny.tokenizer(root / "_tok")
     return {

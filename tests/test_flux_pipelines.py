@@ -153,7 +153,7 @@ def test_text2image_equals_flux_pipeline(flux, pipe, true_cfg) -> None:
     assert pipe.family.name == "flux" and out.shape == ref.shape == (1, 3, SIZE, SIZE)
     assert rel(out, ref) < TOL
     spec = pipe.family.scheduler_spec(pipe.scheduler_config, SIZE, SIZE, strict=False)
-    assert spec.timestep_spacing == "trailing" and spec.schedule.mu == pytest.approx(0.5 + 0.65 * 48 / 240)
+    assert spec.timestep_spacing == "trailing" and spec.schedule.mu == pytest.approx(0.5 + 0.65 * (64 - 256) / 3840)
 
 
 def test_image2image_equals_the_img2img_pipeline(components, pipe) -> None:
@@ -206,3 +206,23 @@ def test_unipc_with_flow_sigmas_matches(components, folder) -> None:
     unipc = load_diffusers_pipeline(folder, scheduler={"_class_name": "UniPCMultistepScheduler", **scheduler.config})
     out = unipc.text2image(PROMPT, height=SIZE, width=SIZE, latents=x_T.clone(), **diffcore_kwargs(0))
     assert unipc.sampler == "unipc" and rel(out, ref) < TOL
+
+
+def test_cli_text2image_on_a_flux_folder(folder, pipe, tmp_path, capsys) -> None:
+    """``diffcore text2image --pipeline`` runs a Flux folder with the family's defaults (FluxPipeline's
+    128 x 128 latents, so 256 px here; T5 length 512, embedded guidance 3.5) and writes what the
+    Python API samples; ``--guidance-scale`` is true CFG against the empty prompt."""
+    import json
+
+    import numpy as np
+
+    from diffcore.cli import main
+
+    out = tmp_path / "cat.npz"
+    argv = ["text2image", "--pipeline", str(folder), PROMPT, "--steps", "2", "--n", "1", "--guidance-scale", "2"]
+    code = main([*argv, "--device", "cpu", "--quiet", "--out", str(out)])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert json.loads(stdout)["shape"] == [3, 256, 256]
+    want = pipe.text2image(PROMPT, steps=2, seed=0, guidance_scale=2.0)
+    assert rel(torch.from_numpy(np.load(out)["samples"]), want) < 1e-5
