@@ -103,6 +103,9 @@ def test_train_cli_with_autoencoder_trains_in_latent_space_and_generates_images(
     images_out = pipe.generate(2, steps=3, seed=0)
     assert images_out.shape == (2, 3, 16, 16)  # decoded by the VAE
     assert torch.isfinite(images_out).all()
+    png = tmp_path / "samples.png"
+    assert main(["generate", "--checkpoint", str(out), "--n", "1", "--steps", "3", "--out", str(png)]) == 0
+    assert PIL.open(png).size[0] >= 16  # the decoded image (with the grid's padding), not an 8x8 latent
 
 
 def test_autoencoder_refuses_a_folder_without_config(images, tmp_path):
