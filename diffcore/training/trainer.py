@@ -287,8 +287,8 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        bar = tqdm(total=c.steps, initial=self.step, desc="train", disable=self.rank != 0 or self.quiet,
-                   dynamic_ncols=True)  # fmt: skip
+        hidden = True if self.rank != 0 or self.quiet else None  # None: a bar only when stderr is a terminal
+        bar = tqdm(total=c.steps, initial=self.step, desc="train", disable=hidden, dynamic_ncols=True)
         window, seen, t0 = [], 0, time.perf_counter()
         self.model.train()
         last_info: dict[str, Any] = {}
