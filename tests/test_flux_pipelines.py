@@ -226,3 +226,17 @@ def test_cli_text2image_on_a_flux_folder(folder, pipe, tmp_path, capsys) -> None
     assert json.loads(stdout)["shape"] == [3, 256, 256]
     want = pipe.text2image(PROMPT, steps=2, seed=0, guidance_scale=2.0)
     assert rel(torch.from_numpy(np.load(out)["samples"]), want) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["FluxFillPipeline", "FluxKontextPipeline", "FluxControlPipeline"])
+def test_other_flux_pipelines_are_refused_by_name(folder, tmp_path, kind) -> None:
+    import json
+    import shutil
+
+    from diffcore.interop.errors import DiffusersInteropError
+
+    copy = shutil.copytree(folder, tmp_path / "copy")
+    index = json.loads((copy / "model_index.json").read_text())
+    (copy / "model_index.json").write_text(json.dumps({**index, "_class_name": kind}))
+    with pytest.raises(DiffusersInteropError, match=f"describes a {kind} .* latent pipelines .*FluxPipeline"):
+        load_diffusers_pipeline(copy)

@@ -288,3 +288,20 @@ def test_inpainting_transformer_takes_the_mask_channels(tmp_path, strength) -> N
     cond = {"encoder_hidden_states": torch.randn(1, 5, 64), "pooled_projections": torch.randn(1, 64)}
     with pytest.raises(ValueError, match="17 extra input channels"):
         model(x, torch.tensor([500.0]), cond)
+
+
+def test_clip_skip_and_offload_order(sd3, pipe) -> None:
+    """``clip_skip`` reads an earlier CLIP layer for the prompt (not the negative), as diffusers;
+    with offload every text encoder, then the transformer, then the VAE runs in turn."""
+    x_T = torch.randn(1, 16, SIZE // 2, SIZE // 2, generator=torch.Generator().manual_seed(10))
+    ref = sd3(PROMPT, latents=x_T.clone(), clip_skip=1, output_type="pt", **diffusers_kwargs(0)).images
+    opts = {**diffcore_kwargs(0), "family_options": {**TEXT, "clip_skip": 1}}
+    pipe.placements.clear()
+    pipe.enable_model_cpu_offload(device="cpu", offload_device="cpu")
+    try:
+        out = pipe.text2image(PROMPT, height=SIZE, width=SIZE, latents=x_T.clone(), **opts)
+    finally:
+        pipe.to("cpu")
+    assert rel(out, ref) < TOL
+    order = list(dict.fromkeys(name for name, _, _ in pipe.placements))
+    assert order == ["text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"]

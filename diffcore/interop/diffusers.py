@@ -157,9 +157,12 @@ def _pipeline_unet_key(index: dict[str, Any], path: Path) -> str:
     kind = index.get("_class_name")
     components = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None}
     if kind not in SUPPORTED_PIPELINES or set(components) != {"unet", "scheduler"}:
+        from diffcore.interop.families import FAMILIES
+
         raise DiffusersInteropError(
             f"{path}/model_index.json describes a {kind} with components {sorted(components)}; diffcore loads "
-            f"{' / '.join(SUPPORTED_PIPELINES)} folders (a UNet2DModel 'unet' and a 'scheduler')"
+            f"{' / '.join(SUPPORTED_PIPELINES)} folders (a UNet2DModel 'unet' and a 'scheduler') and the latent "
+            f"pipelines {', '.join(sorted(FAMILIES))}"
         )
     if components["unet"][-1] != "UNet2DModel":
         raise DiffusersInteropError(f"{path}: its unet is a {components['unet'][-1]}; diffcore loads UNet2DModel")
