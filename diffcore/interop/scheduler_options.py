@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from diffcore.interop.errors import DiffusersInteropError
+from diffcore.x0_limit import X0Limit
+
 __all__ = ["X0_LIMIT_KEYS", "final_sigmas_type", "timestep_type", "x0_limit"]
 
 X0_LIMIT_KEYS = ("clip_sample", "clip_sample_range", "thresholding", "dynamic_thresholding_ratio", "sample_max_value")
@@ -26,7 +29,7 @@ _THRESHOLDS = {"DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", 
 _FINAL_SIGMA = {"EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"}
 
 
-def x0_limit(cls: str, cfg: dict[str, Any], problems: list[str]) -> Any:
+def x0_limit(cls: str, cfg: dict[str, Any], problems: list[str]) -> X0Limit | None:
     """The :class:`~diffcore.x0_limit.X0Limit` of ``cfg`` (None: x0 is not limited)."""
     thresholding, clip = bool(cfg.get("thresholding", False)), bool(cfg.get("clip_sample", False))
     if thresholding and cls not in _THRESHOLDS:
@@ -36,11 +39,6 @@ def x0_limit(cls: str, cfg: dict[str, Any], problems: list[str]) -> Any:
         problems.append(f"clip_sample=True: {cls} does not clip x0 in diffusers 0.42; ignored")
         clip = False
     if not (thresholding or clip):
-        return None
-    try:
-        from diffcore.x0_limit import X0Limit
-    except ImportError:  # TODO(H15c): drop once diffcore.x0_limit lands
-        problems.append(f"clip_sample={clip} / thresholding={thresholding}: this diffcore has no x0 limit")
         return None
     if cls == "DDIMScheduler":
         problems.append(
@@ -53,8 +51,6 @@ def x0_limit(cls: str, cfg: dict[str, Any], problems: list[str]) -> Any:
             return X0Limit(dynamic_ratio=float(ratio), max_value=float(top))
         return X0Limit(clip=float(cfg.get("clip_sample_range", 1.0)))
     except (TypeError, ValueError) as exc:
-        from diffcore.interop.errors import DiffusersInteropError
-
         raise DiffusersInteropError(f"{cls}: the x0 limit of this config is not valid: {exc}") from exc
 
 
