@@ -99,14 +99,16 @@ def vae(seed: int = 0) -> Any:
     ).eval()
 
 
-def unet(*, in_channels: int = 4, cross: int = 32, sdxl: bool = False, seed: int = 0) -> Any:
+def unet(*, in_channels: int = 4, cross: int = 32, sdxl: bool = False, time_ids: int = 6, seed: int = 0) -> Any:
+    """A tiny UNet2DConditionModel; ``sdxl``: with SDXL's added conditions (``time_ids`` of them:
+    6 for the base model, 5 for a refiner)."""
     torch.manual_seed(seed)
     extra: dict[str, Any] = {}
     if sdxl:
         extra = {
             "addition_embed_type": "text_time",
             "addition_time_embed_dim": 8,
-            "projection_class_embeddings_input_dim": 8 * 6 + 32,
+            "projection_class_embeddings_input_dim": 8 * time_ids + 32,
             "use_linear_projection": True,
         }
     return diffusers.UNet2DConditionModel(
@@ -154,6 +156,22 @@ def sdxl_pipeline(root: Path, *, sched: str = "euler") -> Any:
         tokenizer_2=tok,
         unet=unet(cross=64, sdxl=True),
         scheduler=scheduler(sched),
+    )
+
+
+def sdxl_refiner(root: Path, *, sched: str = "euler") -> Any:
+    """A tiny SDXL refiner: only the projection text encoder, aesthetic-score time ids."""
+    tok = tokenizer(root / "_tok")
+    return diffusers.StableDiffusionXLImg2ImgPipeline(
+        vae=vae(),
+        text_encoder=None,
+        text_encoder_2=clip(tok, projection=True, seed=2),
+        tokenizer=None,
+        tokenizer_2=tok,
+        unet=unet(cross=32, sdxl=True, time_ids=5),
+        scheduler=scheduler(sched),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
     )
 
 

@@ -3,7 +3,6 @@ StableDiffusionXL(Img2Img|Inpaint)Pipeline for the same noise (tiny components, 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +112,26 @@ def test_inpaint_matches_diffusers(folders: dict, loaded: dict) -> None:
     assert relative_error(got, want) < TOL
 
 
-def test_refiner_time_ids_use_the_aesthetic_score(folders: dict, tmp_path: Path) -> None:
-    import shutil
-
-    folder = shutil.copytree(folders["euler"][1], tmp_path / "refiner")
-    index = json.loads((folder / "model_index.json").read_text())
-    index["requires_aesthetics_score"] = True
-    (folder / "model_index.json").write_text(json.dumps(index))
-    family = load_diffusers_pipeline(folder).family
+def test_refiner_matches_diffusers(tmp_path: Path) -> None:
+    """A refiner folder (no first text encoder, aesthetic-score time ids, real empty negative)."""
+    ref = sd_tiny.sdxl_refiner(tmp_path)
+    pipe = load_diffusers_pipeline(sd_tiny.save(ref, tmp_path / "refiner"))
+    family = pipe.family
     assert family.time_ids(32, 48, negative=False) == [32.0, 48.0, 0.0, 0.0, 6.0]
     assert family.time_ids(32, 48, negative=True, negative_aesthetic_score=1.5) == [32.0, 48.0, 0.0, 0.0, 1.5]
+    image = sd_tiny.images(1, seed=7)
+    for negative in (None, NEGATIVES[:1]):
+        want = ref(
+            PROMPTS[:1],
+            image=image,
+            strength=0.5,
+            negative_prompt=negative,
+            generator=_gen(6),
+            num_inference_steps=4,
+            guidance_scale=4.0,
+            output_type="pt",
+        ).images
+        got = pipe.image2image(
+            image, PROMPTS[:1], negative, strength=0.5, generator=_gen(6), steps=4, guidance_scale=4.0
+        )
+        assert relative_error(got, want) < TOL, negative
