@@ -191,6 +191,8 @@ def _opcheck_cases(device):
     x, m, z = (_rand((2, 3, 4), s, device) for s in range(3))
     hist = _rand((2, 2, 3, 4), 4, device)
     co1 = torch.rand(ops.coeff_width(2, 1), device=device)
+    flag = torch.zeros((), dtype=torch.int32, device=device)
+    guidance = torch.tensor([2.0, 1.0], device=device)
     return {
         "sampler_step": (torch.ops.diffcore.sampler_step.default, (x, m, co1, hist, z, [1], -1, 0)),
         "sampler_step_philox": (torch.ops.diffcore.sampler_step.default, (x, m, co1, hist, None, [0], 5, 2)),
@@ -207,6 +209,18 @@ def _opcheck_cases(device):
             (x, z, torch.tensor([1, 0], device=device), torch.rand(3, 4, device=device)),
         ),
         "philox_normal_": (torch.ops.diffcore.philox_normal_.default, (torch.empty(3, 5, device=device), 1, 2)),
+        "philox_normal_keyed_fast": (
+            torch.ops.diffcore.philox_normal_.default,
+            (torch.empty(3, 5, device=device), 1, 2, 7, 1),
+        ),
+        "sampler_step_keys_clip_flag": (
+            torch.ops.diffcore.sampler_step.default,
+            (x, m, co1, hist, None, [0], 5, 2, 3, 1, 1.5, None, 1.0, flag),
+        ),
+        "cfg_sampler_step_threshold": (
+            torch.ops.diffcore.cfg_sampler_step.default,
+            (x, m, z, guidance, torch.rand(5, device=device), None, None, [], -1, 0, 0, 0, None, 0.9, 2.0, flag),
+        ),
     }
 
 
