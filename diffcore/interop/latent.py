@@ -108,7 +108,8 @@ class LatentPipeline(Pipeline):
         self, device: str | torch.device = "cuda", offload_device: str | torch.device = "cpu"
     ) -> LatentPipeline:
         """Keep every component on ``offload_device`` and move each to ``device`` only while it
-        runs (text encoders, then the model, then the VAE); :attr:`placements` records it."""
+        runs (text encoders, then the model, then the VAE); :attr:`placements` records the last
+        256 runs as (component, its device, the components on that device then)."""
         self.offload = (torch.device(device), torch.device(offload_device))
         for module in self._modules().values():
             module.to(self.offload[1])
@@ -123,8 +124,10 @@ class LatentPipeline(Pipeline):
                 if other != name:
                     module.to(park)
             component.to(run_on)
-        resident = tuple(sorted(k for k, m in self._modules().items() if _device_of(m) == self.device_of(name)))
-        self.placements.append((name, str(self.device_of(name)), resident))
+            here = self.device_of(name)
+            resident = tuple(sorted(k for k, m in self._modules().items() if _device_of(m) == here))
+            del self.placements[: max(0, len(self.placements) - 255)]  # the latest runs only
+            self.placements.append((name, str(here), resident))
         return component
 
     def device_of(self, name: str) -> torch.device:
