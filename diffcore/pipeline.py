@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffcore import ops
 from diffcore.denoiser import Denoiser
+from diffcore.ops.philox import INIT_NOISE_OFFSET
 from diffcore.parameterization import Parameterization, make_parameterization
 from diffcore.sampling import resolve_schedule, sample, sample_from
 from diffcore.schedules import Schedule, make_schedule
@@ -269,36 +271,51 @@ class Pipeline:
         seed: int | None = None,
         generator: torch.Generator | None = None,
         batch_size: int = 256,
+        start: int = 0,
         shape: tuple[int, ...] | None = None,
         **sample_kwargs: Any,
     ) -> Tensor:
         """``n`` samples in model space (images in [-1, 1]; a latent run decodes them), batched by ``batch_size``.
 
         ``class_labels``: one label or one per sample; ``prompts``: one per sample (a text model).
-        Each batch draws its start noise, then its Philox seed, from one generator (``generator``,
-        else seeded by ``seed``, default 0): same inputs and seed, same samples."""
+        Noise, with ``seed`` (default 0): sample ``i``'s start noise x_T (Philox offset
+        :data:`~diffcore.ops.philox.INIT_NOISE_OFFSET`) and every step's noise are keyed by
+        ``(seed, i)`` only, so the samples do not depend on ``batch_size`` (bitwise on CPU) and
+        ``start=k`` returns samples ``k .. k+n-1`` of the same sequence: any split of the index
+        range reproduces the whole run. With ``generator`` (torch RNG, diffusers' draw order) each
+        batch draws its x_T, then its Philox seed, from it: repeatable for the same batch size,
+        but no invariance is promised and ``start`` is refused."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n={n!r} must be an integer >= 1")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"start={start!r} must be an integer >= 0")
+        if generator is not None and (seed is not None or start):
+            raise ValueError("generator= (torch RNG noise) takes neither seed= nor start=; pass seed= for keyed noise")
         shape = tuple(shape) if shape is not None else self.sample_shape
         cond, uncond = self.conditioning(n, class_labels=class_labels, prompts=prompts, guidance_scale=guidance_scale)
-        g = generator if generator is not None else torch.Generator().manual_seed(0 if seed is None else seed)
+        seed = 0 if seed is None else seed
         outs = []
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            x_T = torch.randn((stop - start, *shape), generator=g).to(self.device)
-            batch_seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        for first in range(0, n, batch_size):
+            stop = min(first + batch_size, n)
+            if generator is not None:
+                x_T = torch.randn((stop - first, *shape), generator=generator).to(self.device)
+                noise: dict[str, Any] = {"seed": int(torch.randint(0, 2**62, (1,), generator=generator))}
+            else:
+                like = torch.empty((stop - first, *shape), device=self.device)
+                x_T = ops.philox_noise_like(like, seed, offset=INIT_NOISE_OFFSET, sample_index=start + first)
+                noise = {"seed": seed, "sample_index": start + first}
             outs.append(
                 self.sample(
                     x_T,
                     sampler=sampler,
                     steps=steps or self.steps,
-                    cond=_rows(cond, start, stop),
-                    uncond=_rows(uncond, start, stop),
+                    cond=_rows(cond, first, stop),
+                    uncond=_rows(uncond, first, stop),
                     guidance_scale=guidance_scale,
                     guidance_rescale=guidance_rescale,
-                    seed=batch_seed,
+                    **noise,
                     **sample_kwargs,
                 )
             )

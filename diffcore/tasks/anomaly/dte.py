@@ -27,6 +27,7 @@ from torch import Tensor
 
 from diffcore.pipeline import Pipeline
 from diffcore.schedules import EDMSchedule
+from diffcore.tasks.anomaly.noise import keyed_noise
 from diffcore.tasks.anomaly.scores import Detection, batches, check_input, pixel_map, progress_bar, sample_shape
 from diffcore.tasks.levels import fraction_of_sigma, fraction_to_time, sigma_at_time, sigma_range
 from diffcore.timesteps import Level
@@ -71,13 +72,15 @@ def dte_scores(
     progress: bool | None = None,
     schedule: Any = None,
     prediction: Any = None,
+    sample_index: int = 0,
 ) -> Detection:
     """Diffusion-time estimation (see the module docstring): the noise level, as a fraction of
     the schedule, from which the model explains ``x`` as noised data.
 
     At each of ``levels`` noise levels (log-spaced from the schedule's smallest to the fraction
-    ``t_max``, sigma <= 50) x is noised, ``alpha x + std z`` (z seeded from ``seed``), and the
-    model's one-shot estimate x0hat compared with x: ``rho = ||x - x0hat||^2 / (d sigma^2)``, the
+    ``t_max``, sigma <= 50) x is noised, ``alpha x + std z`` (row i's z keyed by (seed, level,
+    ``sample_index`` + i)), and the model's one-shot estimate x0hat compared with x:
+    ``rho = ||x - x0hat||^2 / (d sigma^2)``, the
     residual in units of the injected noise variance. Where the model cannot resolve the noise
     rho ~ 1; once it explains the input as noised data the residual falls below ``explained``.
     An input off the data by a distance r keeps ``r^2 / (d sigma^2)`` on top, so it crosses at
@@ -103,8 +106,7 @@ def dte_scores(
     with progress_bar(levels * len(chunks), "diffusion time", progress) as bar:
         for k in range(levels):
             level, sigma = Level(float(times[k]), float(alphas[k]), float(stds[k])), float(sigmas[k])
-            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + k)
-            z = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)
+            z = keyed_noise(x, "gaussian", int(seed) * 1_000_003 + k, sample_index=sample_index)
             rho_k = torch.empty(n, dtype=torch.float64)
             for part in chunks:
                 r2 = _scaled_residual(pipe, x[part], z[part], level, sigma)

@@ -1,5 +1,7 @@
-"""Simplex noise (Perlin 2001; Gustavson's formulation): spatially correlated noise for
-AnoDDPM-style partial diffusion of images (Wyatt et al. 2022)."""
+"""The noise of partial diffusion: simplex noise (Perlin 2001; Gustavson's formulation), spatially
+correlated noise for AnoDDPM-style partial diffusion of images (Wyatt et al. 2022), and
+:func:`keyed_noise`, whose rows depend on (seed, row index) only so that scores do not depend on
+how the rows are batched or split across workers."""
 
 from __future__ import annotations
 
@@ -9,8 +11,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["simplex_noise"]
+from diffcore import ops
+from diffcore.ops.philox import ADD_NOISE_OFFSET
 
+__all__ = ["keyed_noise", "simplex_noise"]
+
+_GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / phi: spreads (seed, row) pairs over 64-bit generator seeds
 _F2, _G2 = 0.5 * (math.sqrt(3.0) - 1.0), (3.0 - math.sqrt(3.0)) / 6.0  # 2-D simplex skew / unskew
 
 
@@ -74,3 +80,15 @@ def simplex_noise(
     field_ = field_ - field_.mean(dim=(1, 2), keepdim=True)
     field_ = field_ / field_.flatten(1).std(dim=1).clamp_min(1e-12).reshape(-1, 1, 1)
     return field_.reshape(n, c, h, w).to(dtype)
+
+
+def keyed_noise(like: Tensor, kind: str, seed: int, *, sample_index: int = 0) -> Tensor:
+    """Noise shaped like ``like`` (N, ...) whose row ``b`` is a function of ``(seed,
+    sample_index + b)`` only: ``gaussian`` rows from the Philox stream of ``seed`` at
+    :data:`~diffcore.ops.philox.ADD_NOISE_OFFSET` keyed by the row's global index, ``simplex``
+    rows (images) each from a generator seeded by ``(seed, index)``."""
+    if kind == "gaussian":
+        return ops.philox_noise_like(like, seed, offset=ADD_NOISE_OFFSET, sample_index=sample_index)
+    keys = [(seed * _GOLDEN + sample_index + b) % 2**64 for b in range(like.shape[0])]
+    rows = [simplex_noise((1, *like.shape[1:]), generator=torch.Generator().manual_seed(k)) for k in keys]
+    return torch.cat(rows).to(like.device, like.dtype)

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from diffcore.pipeline import Pipeline
 from diffcore.schedules import EDMSchedule
-from diffcore.tasks.anomaly.noise import simplex_noise
+from diffcore.tasks.anomaly.noise import keyed_noise
 from diffcore.tasks.inputs import check_images
 from diffcore.tasks.levels import fraction_to_time, max_time
 
@@ -270,6 +270,7 @@ def reconstruction_scores(
     schedule: Any = None,
     prediction: Any = None,
     reference: Tensor | None = None,
+    sample_index: int = 0,
 ) -> Detection:
     """Partial-diffusion reconstruction (AnoDDPM): noise ``x`` to each ``depth`` (``repeats``
     draws of ``noise`` each), denoise with ``sampler`` in ``steps`` steps, and average the
@@ -284,8 +285,10 @@ def reconstruction_scores(
     ``x``, e.g. the training rows) whose residual statistics whiten the scores; ``reduce`` and
     ``smooth`` do not apply to its score.
 
-    The noise of draw r at depth k is seeded from (seed, k, r) for the whole input, so scores do
-    not depend on ``batch_size`` (for deterministic samplers). Returns a :class:`Detection`."""
+    The noise of draw r at depth k for row i (``sample_index`` + its position in ``x``: the row's
+    global index in a split run) is keyed by (seed, k, r, i) only, start noise and sampler noise
+    alike, so a row's score does not depend on ``batch_size`` or on the split (bitwise on CPU).
+    Returns a :class:`Detection`."""
     pipe = Pipeline.wrap(pipe_or_model, schedule, prediction)
     shape = sample_shape(pipe, x)
     x = check_input(x, shape).to(pipe.device)
@@ -299,7 +302,7 @@ def reconstruction_scores(
     with progress_bar(len(starts) * r["repeats"] * sum(len(c) for c in chunks), "reconstruct", progress) as bar:
         # the reference draws its own noise (seed offset): its statistics must not share x's draws
         totals = [
-            _residual_sum(pipe, v, c, starts, noise, r, int(seed) + 104_729 * i, bar)
+            _residual_sum(pipe, v, c, starts, noise, r, int(seed) + 104_729 * i, bar, sample_index if i == 0 else 0)
             for i, (v, c) in enumerate(zip(inputs, chunks))
         ]
     mean = [t / (len(starts) * r["repeats"]) for t in totals]
@@ -335,6 +338,7 @@ def _residual_sum(
     recipe: dict[str, Any],
     seed: int,
     bar: Any,
+    sample_index: int = 0,
 ) -> Tensor:
     """Sum over depths and draws of the reconstruction residual of ``x``: squared, absolute, or
     signed (``mahalanobis``), float64 shaped like ``x``."""
@@ -342,20 +346,16 @@ def _residual_sum(
     repeats, error = recipe["repeats"], recipe["error"]
     for k, t_start in enumerate(starts):
         for r in range(repeats):
-            g = torch.Generator().manual_seed(seed * 1_000_003 + k * 1009 + r)
-            eps = (
-                simplex_noise(x.shape, generator=g, dtype=x.dtype)
-                if noise == "simplex"
-                else torch.randn(x.shape, generator=g, dtype=x.dtype)
-            ).to(x.device)
-            for b, part in enumerate(chunks):
+            eps = keyed_noise(x, noise, seed * 1_000_003 + k * 1009 + r, sample_index=sample_index)
+            for part in chunks:
                 out = pipe.sample_from(
                     x[part],
                     t_start,
                     sampler=recipe["sampler"],
                     steps=recipe["steps"],
                     noise=eps[part],
-                    seed=seed + 7919 * (k * repeats + r) + b,
+                    seed=seed + 7919 * (k * repeats + r),
+                    sample_index=sample_index + (part.start or 0),
                 )
                 diff = out.to(torch.float64) - x[part].to(torch.float64)
                 total[part] += diff**2 if error == "squared" else diff.abs() if error == "abs" else diff
