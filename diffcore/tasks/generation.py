@@ -23,6 +23,7 @@ from diffcore.io.progress import progress_bar, shown, step_callback
 from diffcore.io.results import check_finite
 from diffcore.pipeline import Pipeline
 from diffcore.sampling import resolve_sampler
+from diffcore.scale.options import ScaleOptions
 from diffcore.tasks import check_device, load_pipeline
 from diffcore.tasks.inputs import (
     MAX_SEED,
@@ -93,7 +94,7 @@ def _label(item: Any) -> int:
 
 
 @dataclass
-class GenerateParams:
+class GenerateParams(ScaleOptions):
     """Parameters of the ``generate`` task (each is a ``--option`` of ``diffcore generate``)."""
 
     checkpoint: str = field(metadata={"help": "run folder or checkpoint.safetensors"})
@@ -151,9 +152,13 @@ class GenerateParams:
         check_sampler(self.sampler)
         if self.timestep_spacing is not None and self.timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing={self.timestep_spacing!r}: expected one of {', '.join(SPACINGS)}")
-        if self.out is None and self.npz is None:
+        self.check_scale(("parquet", "png"))
+        if self.engine == "ray":  # --out is a folder of shards
+            self.out = self.out or "samples"
+        elif self.out is None and self.npz is None:
             self.out = "samples.png"
-        check_suffix("out", self.out, (".png", ".npz"))
+        if self.engine == "local":
+            check_suffix("out", self.out, (".png", ".npz"))
         check_suffix("npz", self.npz, (".npz",))
         check_device(self.device)
 
@@ -175,14 +180,17 @@ def resolve_labels(pipe: Pipeline, spec: Any, n: int) -> Tensor | None:
     return out.expand(n).clone() if out.numel() == 1 else out
 
 
-def generate_samples(pipe: Pipeline, params: GenerateParams) -> tuple[Tensor, Tensor | None]:
+def generate_samples(pipe: Pipeline, params: GenerateParams, rows: slice | None = None) -> tuple[Tensor, Tensor | None]:
     """Sample ``params.n`` items (model space; images clipped to [-1, 1] unless ``params.clip``
-    is False) and their class labels (or None), with a progress bar unless ``params.quiet``.
+    is False) and their class labels (or None), with a progress bar unless ``params.quiet``;
+    ``rows``: only samples ``rows.start .. rows.stop - 1`` of them (a shard of a split run).
 
     Checks the parts of ``params`` that depend on the model (label range, a conditional model for
     labels and guidance) and raises ValueError naming the bad value, or when a sample is NaN/inf.
     """
     labels = resolve_labels(pipe, params.class_label, params.n)
+    rows = rows or slice(0, params.n)
+    labels = None if labels is None else labels[rows]
     guidance = params.guidance_scale
     if guidance is not None and pipe.num_classes == 0:
         raise ValueError(f"guidance_scale={guidance}: this model was trained without classes (unconditional)")
@@ -199,10 +207,12 @@ def generate_samples(pipe: Pipeline, params: GenerateParams) -> tuple[Tensor, Te
     elif guidance == 0.0 and rescale == 0.0:
         guidance, given = None, None
     spacing: dict[str, Any] = {"timestep_spacing": params.timestep_spacing} if params.timestep_spacing else {}
-    total = math.ceil(params.n / params.batch_size) * (params.steps or pipe.steps)
+    count = rows.stop - rows.start
+    total = math.ceil(count / params.batch_size) * (params.steps or pipe.steps)
     with progress_bar(total, "generate", shown(params.quiet)) as bar:
         x = pipe.generate(
-            params.n,
+            count,
+            start=rows.start,
             sampler=params.sampler,
             steps=params.steps,
             class_labels=given,
@@ -257,6 +267,10 @@ class GenerateTask:
     Params = GenerateParams
 
     def run(self, params: GenerateParams) -> dict[str, Any]:
+        if params.engine == "ray":
+            from diffcore.scale.jobs import run_task
+
+            return run_task(self.name, params)
         pipe = load_pipeline(params.checkpoint, params.device)
         check_outputs(pipe, params)
         start = time.perf_counter()
