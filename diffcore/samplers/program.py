@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 
 from diffcore import graphs, ops, plan_cache
-from diffcore.denoiser import Denoiser, NonFiniteModelOutput
+from diffcore.denoiser import Denoiser
 from diffcore.guidance import StepGuide, step_guides
 from diffcore.samplers.brownian import BrownianPath
+from diffcore.samplers.flags import StepFlags
 from diffcore.timesteps import Level
 
 
@@ -279,28 +280,21 @@ def run_program(
             raise ValueError("Brownian-noise samplers cannot mix start levels in one batch")
         path_seed = seed if seed is not None else int(torch.randint(0, 2**62, (1,), generator=generator))
         brownian = BrownianPath(x, path_seed, denoiser.sample_index, denoiser.noise_mode)
-    if denoiser.check_finite:  # the fused ops flag non-finite x0 per step; read once, at the end
-        flag_buffer = torch.zeros(len(main.steps), dtype=torch.int32, device=x.device)
-        run.flags = list(flag_buffer.unbind(0))
-        denoiser.kernel_checked = True
+    flags = StepFlags.take(len(main.steps), x.device) if denoiser.check_finite else None
+    if flags is not None:  # the fused ops flag a non-finite x0 per step; read once, at the end
+        run.flags, denoiser.kernel_checked = flags.views, True
     try:
         _loop(denoiser, x, main, run, noise, generator, seed, callback, brownian)
+        if flags is not None:
+            flags.check()
     finally:
         denoiser.kernel_checked = False
-    if run.flags is not None:
-        raise_flagged(flag_buffer)
+        if flags is not None:
+            flags.release()
     if run.cache_key is not None and run.times._version:  # the model wrote into its (shared) times
         plan_cache.runs.discard(run.cache_key)
     denoiser.raise_deferred()
     return x
-
-
-def raise_flagged(flags: Tensor) -> None:
-    """Raise :class:`~diffcore.denoiser.NonFiniteModelOutput` naming the first step whose flag
-    (set by its fused op: a NaN/inf model output or x0) is set; one device->host read."""
-    bad = flags.nonzero()
-    if bad.numel():
-        raise NonFiniteModelOutput(f"step {int(bad[0, 0])}: model output contains NaN or inf")
 
 
 def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[list[np.ndarray]] | None = None) -> _Run:
