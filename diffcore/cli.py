@@ -133,8 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> Any:
-    """Run the parsed command; its bad input (ValueError, TypeError, OSError) becomes a
-    :class:`UsageError` naming the command, and task warnings ``diffcore: warning:`` lines."""
+    """Run the parsed command; its bad input (ValueError, TypeError, OSError, and the
+    FloatingPointError of a diverged training) becomes a :class:`UsageError` naming the command,
+    and task warnings ``diffcore: warning:`` lines."""
     context = f"run {args.task}" if args.command == "run" else args.command
     with warnings.catch_warnings():
         warnings.simplefilter("always", TaskWarning)
@@ -151,7 +152,7 @@ def _run_command(args: argparse.Namespace) -> Any:
             return args.func(args)
         except (plugins.PluginError, plugins.UnknownNameError, BrokenPipeError):
             raise
-        except (ValueError, TypeError, OSError) as exc:
+        except (ValueError, TypeError, OSError, FloatingPointError) as exc:  # FloatingPointError: a diverged run
             raise UsageError(f"{context}: {exc}") from exc
 
 

@@ -426,3 +426,25 @@ def test_huge_png_is_refused_before_decoding(run_dir: Path, tmp_path: Path, caps
     )
     _one_line_error(code, err)
     assert "MAX_PIXELS" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--lr", "inf"), ("--grad-clip", "inf"), ("--steps", "99999999999999999999999"), ("--seed", "1e30")],
+)
+def test_train_refuses_values_that_cannot_train(tmp_path: Path, capsys: Any, flag: str, value: str) -> None:
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "r"), flag, value)
+    _one_line_error(code, err)
+    assert not (tmp_path / "r" / "checkpoint.safetensors").exists()
+
+
+def test_a_diverged_training_is_one_line(tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import diffcore.training.api
+
+    def diverge(**kwargs: Any) -> None:
+        raise FloatingPointError("the loss is nan at step 3: lower --lr")
+
+    monkeypatch.setattr(diffcore.training.api, "train", diverge)
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "r"), "--lr", "10")
+    _one_line_error(code, err)
+    assert "the loss is nan at step 3" in err

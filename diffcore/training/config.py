@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from diffcore.training.objective import WEIGHTINGS, check_timestep_sampling
 
 LR_SCHEDULES = ("constant", "cosine")
+MAX_STEPS = 10**9  # optimizer steps one run may ask for
+MAX_BATCH = 2**20  # samples per step
 
 
 @dataclass
@@ -42,15 +45,19 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r}: {what}")
 
-        need(isinstance(self.steps, int) and self.steps >= 1, "steps", "must be an integer >= 1")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "must be an integer >= 1")
-        need(self.lr > 0, "lr", "must be > 0")
+        need(isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS, "steps", f"must be in [1, {MAX_STEPS}]")
+        need(
+            isinstance(self.batch_size, int) and 1 <= self.batch_size <= MAX_BATCH,
+            "batch_size",
+            f"must be an integer in [1, {MAX_BATCH}]",
+        )
+        need(0 < self.lr < math.inf, "lr", "must be a finite number > 0")
         need(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "must be an integer >= 0")
         need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"expected one of {LR_SCHEDULES}")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "beta1 and beta2 must be in [0, 1)")
         need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
-        need(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
+        need(0 <= self.grad_clip < math.inf, "grad_clip", "must be a finite number >= 0 (0 disables clipping)")
         need(self.loss_weighting in WEIGHTINGS, "loss_weighting", f"expected one of {WEIGHTINGS}")
         need(self.min_snr_gamma > 0, "min_snr_gamma", "must be > 0")
         need(self.sigma_data > 0, "sigma_data", "must be > 0")
@@ -58,7 +65,7 @@ class TrainConfig:
         need(0 <= self.label_dropout < 1, "label_dropout", "must be in [0, 1)")
         need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every", "must be >= 1")
-        need(isinstance(self.seed, int) and self.seed >= 0, "seed", "must be an integer >= 0")
+        need(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "must be an integer in [0, 2**63)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
