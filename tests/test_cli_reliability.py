@@ -175,6 +175,8 @@ def test_every_sampling_verb_takes_device_auto_by_default() -> None:
         (["--steps", "1001"], "steps=1001"),
         (["--steps", "0"], "steps=0"),
         (["--n", "100000000"], "MAX_OUTPUT_BYTES"),
+        (["--batch-size", "99999999999999999999999"], "batch_size="),
+        (["--guidance-scale", "1e30", "--class-label", "1"], "guidance_scale=1e+30"),
     ],
 )
 def test_generate_bad_values_are_one_line(
@@ -214,6 +216,15 @@ def test_translate_bounds(
     )
     _one_line_error(code, err)
     assert text in err
+
+
+def test_denoise_refuses_an_unknown_sampler_in_every_mode(run_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    image = tmp_path / "in.npy"
+    np.save(image, np.zeros((8, 8), dtype=np.uint8))
+    argv = ["denoise", "--checkpoint", str(run_dir), "--input", str(image), "--sigma", "25"]
+    code, _, err = run_cli(capsys, *argv, "--output", str(tmp_path / "d.png"), "--sampler", "nope")
+    _one_line_error(code, err)
+    assert "'nope'" in err and not (tmp_path / "d.png").exists()
 
 
 # --------------------------------------------------------------------------- train flags
@@ -430,7 +441,13 @@ def test_huge_png_is_refused_before_decoding(run_dir: Path, tmp_path: Path, caps
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--lr", "inf"), ("--grad-clip", "inf"), ("--steps", "99999999999999999999999"), ("--seed", "1e30")],
+    [
+        ("--lr", "inf"),
+        ("--lr", "1e30"),
+        ("--grad-clip", "inf"),
+        ("--steps", "99999999999999999999999"),
+        ("--seed", "1e30"),
+    ],
 )
 def test_train_refuses_values_that_cannot_train(tmp_path: Path, capsys: Any, flag: str, value: str) -> None:
     code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "r"), flag, value)
@@ -445,6 +462,6 @@ def test_a_diverged_training_is_one_line(tmp_path: Path, capsys: Any, monkeypatc
         raise FloatingPointError("the loss is nan at step 3: lower --lr")
 
     monkeypatch.setattr(diffcore.training.api, "train", diverge)
-    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "r"), "--lr", "10")
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "r"), "--lr", "0.5")
     _one_line_error(code, err)
     assert "the loss is nan at step 3" in err

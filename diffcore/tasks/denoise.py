@@ -50,7 +50,17 @@ from diffcore.pipeline import Pipeline
 from diffcore.scale.options import ScaleOptions
 from diffcore.schedules import Schedule
 from diffcore.tasks import as_json, load_pipeline
-from diffcore.tasks.inputs import MAX_SEED, MAX_STEPS, check_int, clip_field, device_field, image_batch, quiet_field
+from diffcore.tasks.inputs import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_STEPS,
+    check_int,
+    check_sampler,
+    clip_field,
+    device_field,
+    image_batch,
+    quiet_field,
+)
 from diffcore.tasks.noise_level import (
     check_sigma,
     estimate_sigma,
@@ -324,10 +334,11 @@ class DenoiseParams(ScaleOptions):
         scale = self.sigma_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"sigma_scale={scale!r} must be a number > 0 (255, 1 or 2)")
-        for name, high in (("samples", MAX_STEPS), ("steps", MAX_STEPS), ("batch_size", None)):
+        for name, high in (("samples", MAX_STEPS), ("steps", MAX_STEPS), ("batch_size", MAX_BATCH)):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), 1, high)
         check_int("seed", self.seed, 0, MAX_SEED)
+        check_sampler(self.sampler)
         if self.tile_overlap is not None:
             check_int("tile_overlap", self.tile_overlap, 0)
         if self.mode == "sample" and self.samples != 1:

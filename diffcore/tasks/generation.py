@@ -26,6 +26,7 @@ from diffcore.sampling import resolve_sampler
 from diffcore.scale.options import ScaleOptions
 from diffcore.tasks import check_device, load_pipeline
 from diffcore.tasks.inputs import (
+    MAX_BATCH,
     MAX_SEED,
     MAX_STEPS,
     check_guidance,
@@ -43,6 +44,7 @@ __all__ = [
     "SPACINGS",
     "GenerateParams",
     "GenerateTask",
+    "check_output_size",
     "check_outputs",
     "generate_samples",
     "png_info",
@@ -140,7 +142,7 @@ class GenerateParams(ScaleOptions):
         check_int("n", self.n)
         if self.steps is not None:
             check_int("steps", self.steps, 1, MAX_STEPS)
-        check_int("batch_size", self.batch_size)
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH)
         check_int("seed", self.seed, 0, MAX_SEED)
         check_guidance("guidance_scale", self.guidance_scale)
         check_number("guidance_rescale", self.guidance_rescale, 0.0, 1.0)
@@ -233,17 +235,22 @@ def _makes_images(pipe: Pipeline) -> bool:
     return pipe.dataset.get("kind", "image") == "image" and len(pipe.dataset.get("shape", (1, 1, 1))) == 3
 
 
-def check_outputs(pipe: Pipeline, params: GenerateParams) -> None:
-    """Before any sampling: refuse PNGs for a model that does not make images, more samples than
-    :data:`MAX_OUTPUT_BYTES` holds, and output paths that cannot be written."""
-    shape = tuple(int(s) for s in pipe.sample_shape)
-    size = params.n * math.prod(shape) * 4
+def check_output_size(n: int, shape: tuple[int, ...], what: str = "n") -> None:
+    """Refuse ``n`` float32 samples of ``shape`` past :data:`MAX_OUTPUT_BYTES`, before sampling."""
+    shape = tuple(int(s) for s in shape)
+    size = n * math.prod(shape) * 4
     if size > MAX_OUTPUT_BYTES:
         most = max(1, MAX_OUTPUT_BYTES // (math.prod(shape) * 4))
         raise ValueError(
-            f"n={params.n}: {params.n} samples of shape {shape} take {size / 2**30:.3g} GiB; one call makes at "
+            f"{what}={n}: {n} samples of shape {shape} take {size / 2**30:.3g} GiB; one call makes at "
             f"most {most} (diffcore.tasks.generation.MAX_OUTPUT_BYTES): run several with different --seed"
         )
+
+
+def check_outputs(pipe: Pipeline, params: GenerateParams) -> None:
+    """Before any sampling: refuse PNGs for a model that does not make images, more samples than
+    :data:`MAX_OUTPUT_BYTES` holds, and output paths that cannot be written."""
+    check_output_size(params.n, pipe.sample_shape)
     for target in (params.out, params.npz):
         if target is not None:
             io.check_writable(target)

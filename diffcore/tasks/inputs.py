@@ -20,6 +20,8 @@ from diffcore.tasks.levels import fraction_to_time
 
 __all__ = [
     "MASK_REGIONS",
+    "MAX_BATCH",
+    "MAX_GUIDANCE",
     "MAX_SEED",
     "MAX_STEPS",
     "check_guidance",
@@ -43,6 +45,8 @@ _RANGE_TOL = 1e-3  # model-space images may overshoot [-1, 1] by rounding only
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's "L" conversion
 MAX_STEPS = 10_000  # sampler steps a task accepts (a discrete schedule allows at most its T)
 MAX_SEED = 2**63 - 1  # torch generators and Philox keys take 64-bit seeds
+MAX_BATCH = 2**20  # samples (tiles, rows) per model call
+MAX_GUIDANCE = 1000.0  # classifier-free guidance scales past this only leave the data range
 
 
 def check_int(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
@@ -54,8 +58,8 @@ def check_int(name: str, value: Any, low: int = 1, high: int | None = None) -> i
 
 
 def check_guidance(name: str, value: Any) -> float | None:
-    """A classifier-free guidance scale: None, or a finite number >= 0 (0: unconditional)."""
-    return None if value is None else check_number(name, value, 0.0)
+    """A classifier-free guidance scale: None, or a number in [0, :data:`MAX_GUIDANCE`] (0: unconditional)."""
+    return None if value is None else check_number(name, value, 0.0, MAX_GUIDANCE)
 
 
 def device_field() -> Any:

@@ -25,8 +25,9 @@ from diffcore.io.progress import progress_bar, shown, step_callback
 from diffcore.pipeline import Pipeline
 from diffcore.sampling import resolve_sampler
 from diffcore.tasks import TaskWarning, load_pipeline
-from diffcore.tasks.generation import png_info
+from diffcore.tasks.generation import check_output_size, png_info
 from diffcore.tasks.inputs import (
+    MAX_BATCH,
     MAX_SEED,
     MAX_STEPS,
     check_guidance,
@@ -165,7 +166,7 @@ class Text2ImageParams:
     def __post_init__(self) -> None:
         self.prompt_list = split_prompts(self.prompts)
         check_int("n", self.n)
-        check_int("batch_size", self.batch_size)
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH)
         check_int("seed", self.seed, 0, MAX_SEED)
         if self.steps is not None:
             check_int("steps", self.steps, 1, MAX_STEPS)
@@ -188,6 +189,7 @@ class Text2ImageTask:
                 f"with `diffcore train --model text_unet --captions digits --out {params.checkpoint}`"
             )
         pipe = load_pipeline(params.checkpoint, params.device)
+        check_output_size(params.n * len(params.prompt_list), pipe.sample_shape, "n x prompts")
         io.check_writable(params.out)
         start = time.perf_counter()
         total = math.ceil(len(params.prompt_list) * params.n / params.batch_size) * (params.steps or pipe.steps)

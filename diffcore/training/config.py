@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -51,13 +50,13 @@ class TrainConfig:
             "batch_size",
             f"must be an integer in [1, {MAX_BATCH}]",
         )
-        need(0 < self.lr < math.inf, "lr", "must be a finite number > 0")
+        need(0 < self.lr <= 1, "lr", "must be in (0, 1] (AdamW moves each weight by about lr per step)")
         need(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "must be an integer >= 0")
         need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"expected one of {LR_SCHEDULES}")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "beta1 and beta2 must be in [0, 1)")
         need(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
-        need(0 <= self.grad_clip < math.inf, "grad_clip", "must be a finite number >= 0 (0 disables clipping)")
+        need(0 <= self.grad_clip < float("inf"), "grad_clip", "must be a finite number >= 0 (0 disables clipping)")
         need(self.loss_weighting in WEIGHTINGS, "loss_weighting", f"expected one of {WEIGHTINGS}")
         need(self.min_snr_gamma > 0, "min_snr_gamma", "must be > 0")
         need(self.sigma_data > 0, "sigma_data", "must be > 0")
