@@ -367,8 +367,10 @@ def step_kernels(device: torch.device | str) -> tuple[StepFn, StepFn]:
     without the Python-side checks: for loops that validated their buffers once (see
     :func:`check_step`, :func:`step_extras`). Arguments are positional as in the op schema:
     ``..., writes, seed, offset[, sample_index, noise_mode, x0_clip, x0_ratio, x0_max,
-    nonfinite]`` (seed -1: no in-kernel noise; noise_mode from :func:`noise_mode_code`). The
-    native ops still check everything in C++."""
+    nonfinite]`` (seed -1: no in-kernel noise; noise_mode from :func:`noise_mode_code`; omitted
+    trailing arguments take the schema defaults, noise_mode 0 = ``exact``, while the Python API
+    defaults to :data:`diffcore.ops.philox.DEFAULT_NOISE_MODE`: pass :func:`step_extras`' tuple).
+    The native ops still check everything in C++."""
     if _native(torch.device(device)):
         return torch.ops.diffcore.sampler_step, torch.ops.diffcore.cfg_sampler_step
 
