@@ -187,3 +187,23 @@ def test_a_nan_at_step_3_is_reported_as_step_3(backend, guided, monkeypatch):
         diffcore.sample(_NanAt(3), x_T, sampler="ddim", steps=8, seed=1, **kw)
     out = diffcore.sample(_NanAt(3), x_T, sampler="ddim", steps=8, seed=1, check_finite=False, **kw)
     assert torch.isnan(out).any()  # unchecked, the NaN flows through
+
+
+def test_the_loop_checks_finiteness_without_a_reduction_per_step(monkeypatch):
+    """The fused ops' flags replace the Denoiser's per-step sum: no more sums for more steps."""
+    calls = []
+    real_sum = torch.Tensor.sum
+
+    def counting_sum(self, *args, **kwargs):
+        calls.append(self.numel())
+        return real_sum(self, *args, **kwargs)
+
+    x_T = torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
+    counts = []
+    for steps in (4, 8):
+        calls.clear()
+        monkeypatch.setattr(torch.Tensor, "sum", counting_sum)
+        diffcore.sample(lambda x, t: torch.tanh(x), x_T, sampler="ddim", steps=steps, seed=1)
+        monkeypatch.setattr(torch.Tensor, "sum", real_sum)
+        counts.append(len(calls))
+    assert counts[0] == counts[1]
