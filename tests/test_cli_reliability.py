@@ -335,6 +335,23 @@ def test_png_metadata_and_out_dir(run_dir: Path, tmp_path: Path, capsys: Any) ->
     assert not [p for p in tmp_path.rglob("*.diffcore.tmp")]
 
 
+def test_translate_and_denoise_pngs_carry_their_parameters(run_dir: Path, tmp_path: Path, capsys: Any) -> None:
+    from diffcore.io import read_png_info
+
+    image = tmp_path / "in.npy"
+    np.save(image, np.full((8, 8), 128, dtype=np.uint8))
+    argv = ["translate", "--checkpoint", str(run_dir), "--input", str(image), "--steps", "2", "--seed", "5"]
+    code, _, err = run_cli(capsys, *argv, "--out", str(tmp_path / "tr"))
+    assert code == 0, err
+    info = read_png_info(tmp_path / "tr" / "output.png")
+    assert info["mode"] == "sdedit" and info["seed"] == "5" and info["checkpoint"] == str(run_dir)
+    argv = ["denoise", "--checkpoint", str(run_dir), "--input", str(image), "--sigma", "25"]
+    code, _, err = run_cli(capsys, *argv, "--output", str(tmp_path / "d.png"))
+    assert code == 0, err
+    info = read_png_info(tmp_path / "d.png")
+    assert info["mode"] == "mmse" and info["sigma"] == "25.0" and "sampler" not in info
+
+
 class _Terminal(io_module.StringIO):
     def isatty(self) -> bool:
         return True

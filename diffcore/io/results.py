@@ -115,9 +115,12 @@ def write_each(x: Tensor, folder: Path, infos: Sequence[dict[str, Any]]) -> Path
     return folder
 
 
-def write_translation(folder: Path, images: Tensor, missing: Tensor | None, out: Tensor) -> dict[str, str]:
+def write_translation(
+    folder: Path, images: Tensor, missing: Tensor | None, out: Tensor, info: dict[str, Any] | None = None
+) -> dict[str, str]:
     """output.npz (exact arrays), output.png (the result at native size; a grid for a batch) and
-    comparison.png (input row, masked input row when ``missing`` is given, output row; upscaled).
+    comparison.png (input row, masked input row when ``missing`` is given, output row; upscaled);
+    the PNGs carry ``info`` as text chunks.
     ``images`` are the inputs as read; ``missing`` (B, 1, H, W) is 1 on missing pixels."""
     check_finite(out, "the translated images")
     folder.mkdir(parents=True, exist_ok=True)
@@ -131,8 +134,8 @@ def write_translation(folder: Path, images: Tensor, missing: Tensor | None, out:
         rows.append(torch.where(missing.to(shown.device) > 0, torch.zeros_like(shown), shown))
     rows.append(out)
     write_npz(folder / "output.npz", images=out.numpy(), input=images.numpy())
-    save_grid(out, folder / "output.png", nrow=math.ceil(math.sqrt(n)), scale=1 if n == 1 else None)
-    save_grid(torch.cat(rows), folder / "comparison.png", nrow=n)
+    save_grid(out, folder / "output.png", nrow=math.ceil(math.sqrt(n)), scale=1 if n == 1 else None, info=info)
+    save_grid(torch.cat(rows), folder / "comparison.png", nrow=n, info=info)
     return {
         "out": str(folder),
         "images": str(folder / "output.png"),
@@ -141,9 +144,9 @@ def write_translation(folder: Path, images: Tensor, missing: Tensor | None, out:
     }
 
 
-def write_denoised(path: Path, out: Tensor, noisy: Tensor, sigma: Tensor) -> None:
+def write_denoised(path: Path, out: Tensor, noisy: Tensor, sigma: Tensor, info: dict[str, Any] | None = None) -> None:
     """By suffix: ``.npz`` (``images``, ``noisy``, model-space ``sigma``), ``.npy`` (the images) or
-    ``.png`` (one image at its own size; a batch as a grid)."""
+    ``.png`` (one image at its own size; a batch as a grid; ``info`` as text chunks)."""
     check_finite(out, "the denoised images")
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -151,9 +154,9 @@ def write_denoised(path: Path, out: Tensor, noisy: Tensor, sigma: Tensor) -> Non
     elif suffix == ".npy":
         _write_npy(path, out.numpy())
     elif out.shape[0] == 1:
-        save_image(out, path)
+        save_image(out, path, info=info)
     else:
-        save_grid(out, path, nrow=math.ceil(math.sqrt(out.shape[0])), scale=1)
+        save_grid(out, path, nrow=math.ceil(math.sqrt(out.shape[0])), scale=1, info=info)
 
 
 # --------------------------------------------------------------------------- anomaly scores

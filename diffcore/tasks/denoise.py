@@ -50,6 +50,7 @@ from diffcore.pipeline import Pipeline
 from diffcore.scale.options import ScaleOptions
 from diffcore.schedules import Schedule
 from diffcore.tasks import as_json, load_pipeline
+from diffcore.tasks.generation import png_info
 from diffcore.tasks.inputs import (
     MAX_BATCH,
     MAX_SEED,
@@ -386,7 +387,12 @@ class Denoise:
         if params.clip:
             out = out.clamp(-1, 1)
         sigma = resolve_sigma(noisy, sigma_arg, pipe.schedule, sigma_scale=params.sigma_scale)
-        io.write_denoised(params.output, out, noisy, sigma)
+        sampled = params.mode == "sample" or params.samples > 1  # else one model evaluation, no sampler
+        run = {"sampler": params.sampler or "ddpm", "steps": params.steps or 20} if sampled else {}
+        info = png_info(pipe, params.checkpoint, params, mode=params.mode, sigma=params.sigma, **run)
+        for key in () if sampled else ("sampler", "steps"):  # one model evaluation: no sampler ran
+            info.pop(key, None)
+        io.write_denoised(params.output, out, noisy, sigma, info)
         in_units = [round(s, 4) for s in (sigma * params.sigma_scale / 2).tolist()]
         shown: Any = (
             in_units

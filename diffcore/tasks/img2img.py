@@ -36,6 +36,7 @@ from diffcore.pipeline import Pipeline
 from diffcore.sampling import resolve_sampler
 from diffcore.schedules import Schedule
 from diffcore.tasks import as_json, load_pipeline
+from diffcore.tasks.generation import png_info
 from diffcore.tasks.inputs import (
     MASK_REGIONS,
     MAX_SEED,
@@ -44,6 +45,7 @@ from diffcore.tasks.inputs import (
     check_images,
     check_int,
     check_mask,
+    check_repaint_walk,
     check_strength,
     clip_field,
     device_field,
@@ -53,7 +55,6 @@ from diffcore.tasks.inputs import (
 from diffcore.timesteps import Plan, make_plan
 
 __all__ = [
-    "MAX_REPAINT_STEPS",
     "MODES",
     "Translate",
     "TranslateParams",
@@ -64,7 +65,6 @@ __all__ = [
 ]
 
 Model = Pipeline | Callable[..., Tensor]
-MAX_REPAINT_STEPS = 100_000  # reverse + forward steps of one RePaint walk, about steps * (2 * resample - 1)
 
 
 # --------------------------------------------------------------------------- SDEdit
@@ -130,16 +130,9 @@ def repaint_schedule(steps: int, jump_length: int, resample: int) -> list[tuple[
     ``("down", i)``: a reverse step from level i to i+1; ``("up", i)``: forward noising from level
     i+1 back to i. Every ``jump_length`` steps (except the last stretch) the walk jumps back
     ``jump_length`` levels, ``resample - 1`` times, so those levels are denoised ``resample`` times.
-    A walk of more than :data:`MAX_REPAINT_STEPS` steps is refused before it is built.
+    A walk past :data:`~diffcore.tasks.inputs.MAX_REPAINT_STEPS` steps is refused before it is built.
     """
-    check_int("steps", steps)
-    check_int("jump_length", jump_length)
-    check_int("resample", resample)
-    if steps * (2 * resample - 1) > MAX_REPAINT_STEPS:
-        raise ValueError(
-            f"steps={steps}, resample={resample}: RePaint would take about {steps * (2 * resample - 1)} model "
-            f"steps; at most {MAX_REPAINT_STEPS} (diffcore.tasks.img2img.MAX_REPAINT_STEPS)"
-        )
+    check_repaint_walk(steps, jump_length, resample)
     jumps = {t: resample - 1 for t in range(0, steps - jump_length, jump_length)}
     walk: list[tuple[str, int]] = []
     t = steps  # steps still to go; plan level = steps - t
@@ -462,7 +455,9 @@ class Translate:
         if params.clip:
             out = out.clamp(-1, 1)
         missing = None if mask is None else check_mask(mask, out, resize=True)
-        files = io.write_translation(params.out, images, missing, out.cpu())
+        ran = {"sampler": params.sampler or "ddpm", "steps": params.steps or 50} if params.mode == "inpaint" else {}
+        info = png_info(pipe, params.checkpoint, params, mode=params.mode, input=str(params.input), **ran)
+        files = io.write_translation(params.out, images, missing, out.cpu(), info)
         return {
             "mode": params.mode,
             "n": int(out.shape[0]),

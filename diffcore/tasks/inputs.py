@@ -22,6 +22,7 @@ __all__ = [
     "MASK_REGIONS",
     "MAX_BATCH",
     "MAX_GUIDANCE",
+    "MAX_REPAINT_STEPS",
     "MAX_SEED",
     "MAX_STEPS",
     "check_guidance",
@@ -29,6 +30,7 @@ __all__ = [
     "check_int",
     "check_mask",
     "check_number",
+    "check_repaint_walk",
     "check_sampler",
     "check_strength",
     "check_suffix",
@@ -47,6 +49,7 @@ MAX_STEPS = 10_000  # sampler steps a task accepts (a discrete schedule allows a
 MAX_SEED = 2**63 - 1  # torch generators and Philox keys take 64-bit seeds
 MAX_BATCH = 2**20  # samples (tiles, rows) per model call
 MAX_GUIDANCE = 1000.0  # classifier-free guidance scales past this only leave the data range
+MAX_REPAINT_STEPS = 100_000  # reverse + forward steps of one RePaint walk, about steps * (2 * resample - 1)
 
 
 def check_int(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
@@ -55,6 +58,18 @@ def check_int(name: str, value: Any, low: int = 1, high: int | None = None) -> i
         bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name}={value!r} must be an integer {bounds}")
     return value
+
+
+def check_repaint_walk(steps: Any, jump_length: Any, resample: Any) -> None:
+    """RePaint's ``steps``, ``jump_length`` and ``resample`` as integers >= 1 whose walk (about
+    ``steps * (2 * resample - 1)`` model steps) fits :data:`MAX_REPAINT_STEPS`."""
+    for name, value in (("steps", steps), ("jump_length", jump_length), ("resample", resample)):
+        check_int(name, value)
+    if steps * (2 * resample - 1) > MAX_REPAINT_STEPS:
+        raise ValueError(
+            f"steps={steps}, resample={resample}: RePaint would take about {steps * (2 * resample - 1)} model "
+            f"steps; at most {MAX_REPAINT_STEPS} (diffcore.tasks.inputs.MAX_REPAINT_STEPS)"
+        )
 
 
 def check_guidance(name: str, value: Any) -> float | None:
