@@ -140,9 +140,10 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         rows = torch.from_numpy(self.scaler_.transform(X))
         with torch.random.fork_rng(devices=[]):  # training seeds torch's global RNG: leave the caller's alone
             self.pipeline_ = self._train(rows)
-        self._whitening = None
+        self._train_rows = rows  # the whitening's reference, when another method asks for mahalanobis
+        self._whitening: tuple[Tensor, Tensor] | None = None
         if self.method == "mahalanobis":
-            self._whitening = self._fit_whitening(rows)
+            self._whitening = self._fit_whitening()
         anomaly = self._anomaly(rows, self.method)
         self.offset_ = -self._threshold(anomaly)
         return self
@@ -249,8 +250,10 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         parts = [fn(rows[i : i + _CHUNK].to(device, torch.float64)).cpu() for i in range(0, rows.shape[0], _CHUNK)]
         return torch.cat(parts)
 
-    def _fit_whitening(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        resid = self._chunked(rows, lambda x: self._residual_mean(self.pipeline_, x, signed=True))
+    def _fit_whitening(self) -> tuple[Tensor, Tensor]:
+        """Mean and precision of the signed residuals of the (scaled) training rows, never of the
+        rows being scored: anomalies among those would widen the covariance and hide themselves."""
+        resid = self._chunked(self._train_rows, lambda x: self._residual_mean(self.pipeline_, x, signed=True))
         return _whitening(resid)
 
     def _anomaly(self, rows: Tensor, method: str) -> Tensor:
@@ -261,7 +264,7 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
             err = "squared" if squared else "abs"
             return self._chunked(rows, lambda x: self._residual_mean(pipe, x, signed=False, error=err).mean(dim=1))
         if method == "mahalanobis":
-            location, precision = self._whitening if self._whitening is not None else self._fit_whitening(rows)
+            location, precision = self._whitening if self._whitening is not None else self._fit_whitening()
             d = self._chunked(rows, lambda x: self._residual_mean(pipe, x, signed=True)) - location
             return (d @ precision * d).sum(dim=1)
         return self._chunked(rows, self._dte)

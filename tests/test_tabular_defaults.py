@@ -103,3 +103,15 @@ def test_early_stopping_keeps_the_best_held_out_step() -> None:
     assert budget["batch_size"] == table_budget(108, 3)["batch_size"]  # 10% of 120 rows held out
     plain = DiffusionDetector(**TINY, early_stopping=False, random_state=0).fit(x)
     assert plain.budget_["steps_trained"] == 40 == plain.budget_["best_step"]
+
+
+def test_mahalanobis_readout_is_whitened_by_the_training_rows() -> None:
+    """Read from a recon fit, the whitened residual equals that of a mahalanobis fit with the same
+    seed and does not depend on the other rows scored with it (it once whitened by those)."""
+    rng = np.random.default_rng(2)
+    x, far = rng.standard_normal((80, 3)), rng.standard_normal((10, 3)) * 6
+    recon = DiffusionDetector(**TINY, random_state=0).fit(x)
+    maha = DiffusionDetector("mahalanobis", **TINY, random_state=0).fit(x)
+    both = recon.anomaly_scores(np.r_[x[:5], far], "mahalanobis")
+    assert np.allclose(both[:5], recon.anomaly_scores(x[:5], "mahalanobis"))
+    assert np.allclose(both, -maha.score_samples(np.r_[x[:5], far]))
