@@ -92,9 +92,9 @@ def run_seed(setting: Setting, seed: int, quick: bool) -> dict[str, Any]:
     return out
 
 
-def cached_seed(setting: Setting, seed: int, quick: bool, fresh: bool) -> dict[str, Any]:
-    """:func:`run_seed`, read from / written to :data:`SEED_CACHE` (full runs only)."""
-    path = SEED_CACHE / f"{setting.name}-{seed}.json"
+def cached_seed(setting: Setting, seed: int, quick: bool, fresh: bool, cache: Path = SEED_CACHE) -> dict[str, Any]:
+    """:func:`run_seed`, read from / written to ``cache`` (full runs only)."""
+    path = cache / f"{setting.name}-{seed}.json"
     if not quick and not fresh and path.exists():
         return dict(json.loads(path.read_text()))
     result = run_seed(setting, seed, quick)
@@ -218,7 +218,7 @@ def plot_ranks(path: Path, analysis: dict[str, Any]) -> None:
     ax.set_yticks(y, methods)
     ax.invert_yaxis()
     ax.set_xlabel("mean AUROC rank (lower is better)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     ax.set_title("tabular anomaly suite: mean rank over settings")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -230,13 +230,15 @@ def main() -> None:
     ap.add_argument("--settings", nargs="*", default=None, help="setting names (default: all)")
     ap.add_argument("--fresh", action="store_true", help=f"ignore the per-seed results cached in {SEED_CACHE}")
     ap.add_argument("--cached-only", action="store_true", help="report the cached seeds only, run nothing")
+    ap.add_argument("--seeds", nargs="*", type=int, default=None, help=f"seeds (default {list(SEEDS)})")
+    ap.add_argument("--cache", default=str(SEED_CACHE), help="folder of the per-seed results")
     ap.add_argument("--exclude", nargs="*", default=[], help="methods left out of the report (e.g. a stale cache's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = [s for s in SETTINGS if args.settings is None or s.name in args.settings]
     if args.quick and args.settings is None:
         settings = [s for s in settings if s.name in ("iris_01_vs_2", "wine_12_vs_0", "wine_local", "wine_global")]
-    seeds = SEEDS[:1] if args.quick else SEEDS
+    seeds = tuple(args.seeds) if args.seeds else SEEDS[:1] if args.quick else SEEDS
     out = Path(args.out) if args.out else (QUICK_DIR if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     started, per_setting = time.perf_counter(), {}
@@ -244,10 +246,10 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in settings}
     for seed in seeds:
         for s in settings:
-            cached = SEED_CACHE / f"{s.name}-{seed}.json"
+            cached = Path(args.cache) / f"{s.name}-{seed}.json"
             if args.cached_only and not cached.exists():
                 continue
-            result = cached_seed(s, seed, args.quick, args.fresh)
+            result = cached_seed(s, seed, args.quick, args.fresh, Path(args.cache))
             for key in ("auroc", "auprc", "seconds"):
                 result[key] = {m: v for m, v in result[key].items() if m not in args.exclude}
             runs[s.name].append(result)
