@@ -133,9 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_command(args: argparse.Namespace) -> Any:
-    """Run the parsed command; its bad input (ValueError, TypeError, OSError, and the
-    FloatingPointError of a diverged training) becomes a :class:`UsageError` naming the command,
-    and task warnings ``diffcore: warning:`` lines."""
+    """Run the parsed command; its bad input (ValueError, TypeError, OSError, the
+    FloatingPointError of a diverged training, an OverflowError of a number too large for torch)
+    becomes a :class:`UsageError` naming the command, and task warnings ``diffcore: warning:`` lines."""
     context = f"run {args.task}" if args.command == "run" else args.command
     with warnings.catch_warnings():
         warnings.simplefilter("always", TaskWarning)
@@ -152,7 +152,7 @@ def _run_command(args: argparse.Namespace) -> Any:
             return args.func(args)
         except (plugins.PluginError, plugins.UnknownNameError, BrokenPipeError):
             raise
-        except (ValueError, TypeError, OSError, FloatingPointError) as exc:  # FloatingPointError: a diverged run
+        except (ValueError, TypeError, OSError, FloatingPointError, OverflowError) as exc:  # diverged, too large
             raise UsageError(f"{context}: {exc}") from exc
 
 

@@ -227,6 +227,19 @@ def test_denoise_refuses_an_unknown_sampler_in_every_mode(run_dir: Path, tmp_pat
     assert "'nope'" in err and not (tmp_path / "d.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [(["--repeats", "99999999999999999999999"], "repeats="), (["--smooth", "1e30"], "smooth=1e+30")],
+)
+def test_detect_bounds(run_dir: Path, tmp_path: Path, capsys: Any, argv: list[str], text: str) -> None:
+    images = tmp_path / "in.npy"
+    np.save(images, np.zeros((2, 1, 8, 8), dtype=np.uint8))
+    base = ["detect", "--checkpoint", str(run_dir), "--input", str(images), "--output", str(tmp_path / "s.json")]
+    code, _, err = run_cli(capsys, *base, *argv)
+    _one_line_error(code, err)
+    assert text in err
+
+
 # --------------------------------------------------------------------------- train flags
 
 

@@ -34,7 +34,15 @@ from diffcore.tasks.anomaly.scores import (
     reconstruction_scores,
     standardize,
 )
-from diffcore.tasks.inputs import MAX_SEED, check_int, device_field, quiet_field
+from diffcore.tasks.inputs import (
+    MAX_BATCH,
+    MAX_SEED,
+    MAX_STEPS,
+    check_int,
+    check_number,
+    device_field,
+    quiet_field,
+)
 
 __all__ = ["Detect", "DetectParams", "detect", "load_input"]
 
@@ -77,6 +85,7 @@ def load_input(path: Path, pipe: Pipeline, what: str) -> Tensor:
 # --------------------------------------------------------------------------- the task
 
 
+MAX_SMOOTH = 1000.0  # pixels: the largest Gaussian blur of an anomaly map
 _RECIPE_HELP = " (default: the recipe for images or table rows, diffcore.tasks.anomaly.RECIPES)"
 
 
@@ -169,9 +178,11 @@ class DetectParams(ScaleOptions):
         if self.engine == "local" and self.output.suffix.lower() not in (".json", ".csv"):
             raise ValueError(f"output={str(self.output)!r}: expected a file ending in .json or .csv")
         for name in ("repeats", "batch_size", "levels", "steps"):
+            high = MAX_BATCH if name == "batch_size" else MAX_STEPS
             if getattr(self, name) is not None:
-                check_int(name, getattr(self, name))
+                check_int(name, getattr(self, name), 1, high)
         check_int("seed", self.seed, 0, MAX_SEED)
+        check_number("smooth", self.smooth, 0.0, MAX_SMOOTH)
         self._check_depth()
         self._check_threshold()
 
