@@ -240,3 +240,15 @@ def test_other_flux_pipelines_are_refused_by_name(folder, tmp_path, kind) -> Non
     (copy / "model_index.json").write_text(json.dumps({**index, "_class_name": kind}))
     with pytest.raises(DiffusersInteropError, match=f"describes a {kind} .* latent pipelines .*FluxPipeline"):
         load_diffusers_pipeline(copy)
+
+
+def test_registry_builds_the_transformer_wrappers(flux) -> None:
+    from diffcore.interop.components.mmdit import SD3Transformer
+
+    model = diffcore.get("models", "diffusers_flux_transformer")(**flux.transformer.config)
+    assert isinstance(model, FluxTransformer)
+    assert model.config == FluxTransformer.from_transformer(flux.transformer).config
+    small = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "num_layers": 1, "pos_embed_max_size": 8}
+    small.update(attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16)
+    sd3 = diffcore.get("models", "diffusers_sd3_transformer")(**small, caption_projection_dim=16)
+    assert isinstance(sd3, SD3Transformer) and sd3.latent_channels == 4
