@@ -13,7 +13,9 @@ stale entry, while two equal schedules share one. Sampler options are keyed with
 (``order=2`` and ``order=2.0`` are different keys). A value that cannot be keyed (an unhashable
 option, an unknown schedule type) turns the cache off for that call: it is computed as before.
 Cached plans and programs are shared by later calls and must not be modified; programs' rows are
-made read-only numpy arrays.
+made read-only numpy arrays. A run's tables include the (B,) time tensors the model receives; a
+run whose model writes into them drops its entry (the tensors' version counter is read after the
+loop), so the next call makes them anew.
 """
 
 from __future__ import annotations

@@ -187,7 +187,12 @@ def sample(
         options["seed"] = seed
     if cuda_graph:
         options["cuda_graph"] = True
-    plan, x = (plan.tail(start), x_T.clone()) if start else (plan, x_T * plan.init_scale)
+    if start:  # img2img: the plan from level ``start`` on, cached under its whole plan's key
+        whole = plan
+        plan = _cached_plan(fn, plan_cache.key_of(whole), ("tail", plan_cache.freeze(start)), lambda: whole.tail(start))
+        x = x_T.clone()
+    else:
+        x = x_T * plan.init_scale
     return fn(denoiser, x, plan, generator=generator, callback=callback, **options)
 
 

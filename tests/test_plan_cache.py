@@ -166,3 +166,13 @@ def test_each_batch_size_gets_its_own_times() -> None:
     full = _sample()  # fills the cache for a batch of 3
     two = diffcore.sample(_model, X[:2], sampler="ddim", steps=6, schedule="linear")
     assert torch.equal(two, full[:2])  # samples are independent of their batch
+
+
+def test_a_truncated_img2img_run_is_cached_under_its_start() -> None:
+    first = _sample(start=2)
+    again = _sample(start=2)
+    other = _sample(start=3)
+    info = plan_cache.cache_info()
+    assert info["programs"]["hits"] == 1 and info["programs"]["misses"] == 2
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(other, _uncached(start=3))
