@@ -77,6 +77,7 @@ def test_register_commands_keyboard_interrupt_propagates(capsys: pytest.CaptureF
     assert code == 130 and "interrupted" in err
 
 
+@pytest.mark.slow  # a fresh interpreter (imports torch); the in-process test above covers the same path
 def test_sys_exit_in_register_commands_subprocess(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
