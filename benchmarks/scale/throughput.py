@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,21 +59,25 @@ def train_models(work: Path) -> tuple[Path, Path, list[str]]:
     split = breast_cancer_split(work)
     table = work / "mlp"
     diffcore.train(
-        "tabular", "mlp", 300, table, dataset_options={"path": str(split["path"])}, model_config=MLP, batch_size=64
+        "tabular", "mlp", 100, table, dataset_options={"path": str(split["path"])}, model_config=MLP, batch_size=64
     )
     digits = work / "unet"
-    diffcore.train("digits", "unet", 100, digits, model_config=UNET, batch_size=32)
+    diffcore.train("digits", "unet", 30, digits, model_config=UNET, batch_size=32)
     return table, digits, split["columns"]
 
 
 def synthetic_rows(table: Path, rows: int) -> np.ndarray:
-    """``rows`` raw rows: 4096 samples of the breast-cancer model, drawn with replacement."""
+    """``rows`` raw rows: 1024 samples of the breast-cancer model, drawn with replacement."""
     pipe = diffcore.Pipeline.load(table)
     meta = pipe.dataset["meta"]
-    z = pipe.generate(4096, steps=10, seed=1).double()
+    z = pipe.generate(1024, steps=10, seed=1).double()
     raw = z * torch.tensor(meta["std"], dtype=torch.float64) + torch.tensor(meta["mean"], dtype=torch.float64)
-    pick = np.random.default_rng(0).integers(0, 4096, rows)
+    pick = np.random.default_rng(0).integers(0, 1024, rows)
     return raw.numpy()[pick]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _ray_run(ds: Any, worker: type, workers: int, total: int, batch_size: int, **kwargs: Any) -> tuple[float, Any]:
@@ -91,6 +96,7 @@ def bench_rows(table: Path, columns: list[str], raw: np.ndarray, batch_size: int
     started = time.perf_counter()
     single = detect(pipe, standardize(pipe, raw), batch_size=batch_size, progress=False, **RECON).scores.numpy()
     out: dict[str, Any] = {"single": {"seconds": time.perf_counter() - started}}
+    log(f"rows single: {out['single']['seconds']:.1f} s")
     ds = scale.table_dataset(pa.table({c: raw[:, i] for i, c in enumerate(columns)}), batch_size)
     for w in ray_workers:
         seconds, batches = _ray_run(
@@ -109,6 +115,7 @@ def bench_rows(table: Path, columns: list[str], raw: np.ndarray, batch_size: int
         out[f"ray{w}"] = {"seconds": seconds, "bitwise_equal": bool(np.array_equal(scores, single))}
         echo, _ = _ray_run(ds, Echo, w, len(raw), batch_size, checkpoint="")
         out[f"ray{w}"]["echo_seconds"] = echo
+        log(f"rows ray{w}: {out[f'ray{w}']}")
     return out
 
 
@@ -119,12 +126,14 @@ def bench_images(digits: Path, n: int, batch_size: int, ray_workers: list[int]) 
     started = time.perf_counter()
     single = pipe.generate(n, steps=GEN_STEPS, sampler="dpmpp_2m", seed=0, batch_size=batch_size).clamp(-1, 1)
     out: dict[str, Any] = {"single": {"seconds": time.perf_counter() - started}}
+    log(f"images single: {out['single']['seconds']:.1f} s")
     ds = scale.index_dataset(n, batch_size)
     for w in ray_workers:
         seconds, batches = _ray_run(ds, scale.GenerateWorker, w, n, batch_size, checkpoint=str(digits), params=params)
         ids = np.concatenate([b["id"] for b in batches])
         samples = torch.from_numpy(np.concatenate([b["sample"] for b in batches])[np.argsort(ids)])
         out[f"ray{w}"] = {"seconds": seconds, "bitwise_equal": bool(torch.equal(samples, single))}
+        log(f"images ray{w}: {out[f'ray{w}']}")
     return out
 
 
@@ -193,7 +202,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         table, digits, columns = train_models(Path(tmp))
+        log("models trained")
         raw = synthetic_rows(table, args.rows)
+        log("rows drawn")
         started = time.perf_counter()
         with scale.ray_session(num_cpus=2):
             startup = time.perf_counter() - started
