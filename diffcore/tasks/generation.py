@@ -210,7 +210,8 @@ def generate_samples(pipe: Pipeline, params: GenerateParams, rows: slice | None 
         guidance, given = None, None
     spacing: dict[str, Any] = {"timestep_spacing": params.timestep_spacing} if params.timestep_spacing else {}
     count = rows.stop - rows.start
-    total = math.ceil(count / params.batch_size) * (params.steps or pipe.steps)
+    steps = params.steps or getattr(pipe, "steps", None)
+    total = math.ceil(count / params.batch_size) * steps if steps else None
     with progress_bar(total, "generate", shown(params.quiet)) as bar:
         x = pipe.generate(
             count,
@@ -232,7 +233,8 @@ def generate_samples(pipe: Pipeline, params: GenerateParams, rows: slice | None 
 
 
 def _makes_images(pipe: Pipeline) -> bool:
-    return pipe.dataset.get("kind", "image") == "image" and len(pipe.dataset.get("shape", (1, 1, 1))) == 3
+    dataset = getattr(pipe, "dataset", None) or {}
+    return dataset.get("kind", "image") == "image" and len(dataset.get("shape", (1, 1, 1))) == 3
 
 
 def check_output_size(n: int, shape: tuple[int, ...], what: str = "n") -> None:
