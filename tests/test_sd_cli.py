@@ -88,3 +88,25 @@ def test_not_a_pipeline_folder(tmp_path: Path, pictures: tuple[Path, Path], caps
     code = main(["image2image", "x", "--image", str(pictures[0]), "--pipeline", str(tmp_path)])
     err = capsys.readouterr().err
     assert code != 0 and "model_index.json" in err
+
+
+def test_text2image_pipeline_defaults_and_size(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --guidance-scale the folder's own default applies (SD: 7.5), not the diffcore text
+    model's 3; --negative-prompt, --height and --width reach the pipeline."""
+    common = ("--pipeline", str(folder), "a photo of a cat", "--steps", "2", "--n", "1", "--device", "cpu", "--quiet")
+    _run(capsys, "text2image", *common, "--out", str(tmp_path / "a.npz"))
+    _run(capsys, "text2image", *common, "--guidance-scale", "7.5", "--out", str(tmp_path / "b.npz"))
+    _run(capsys, "text2image", *common, "--guidance-scale", "3", "--out", str(tmp_path / "c.npz"))
+    a, b, c = (np.load(tmp_path / f"{k}.npz")["samples"] for k in "abc")
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    sized = ("--negative-prompt", "a dog", "--height", "48", "--width", "40")
+    result = _run(capsys, "text2image", *common, *sized, "--out", str(tmp_path / "d.npz"))
+    assert result["shape"] == [3, 48, 40]
+    assert not np.allclose(np.load(tmp_path / "d.npz")["samples"][..., :32, :32], a)
+
+
+def test_pipeline_only_options_need_a_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["text2image", "a cat", "--height", "64"]) == 2
+    assert "height=64 needs --pipeline" in capsys.readouterr().err

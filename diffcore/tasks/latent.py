@@ -94,7 +94,10 @@ def run_text2image(params: Any) -> dict[str, Any]:
     pipe = load_latent(str(params.pipeline), params.device)
     prompts = list(params.prompt_list)
     start = time.perf_counter()
-    images = pipe.text2image(prompts, **_options(params))
+    extra = {k: getattr(params, k) for k in ("negative_prompt", "height", "width") if getattr(params, k) is not None}
+    if params.guidance_rescale:
+        extra["guidance_rescale"] = params.guidance_rescale
+    images = pipe.text2image(prompts, **_options(params), **extra)
     info = {"pipeline": params.pipeline, "prompt": " | ".join(prompts), "seed": params.seed}
     return {
         "out": _write(images, params.out, params.n, info),

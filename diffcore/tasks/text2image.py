@@ -14,7 +14,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ __all__ = [
 
 PROMPT_SEPARATOR = "|"
 DEFAULT_CHECKPOINT = "runs/text2image"
+DEFAULT_GUIDANCE = 3.0  # a diffcore text model's default classifier-free guidance scale
 
 
 def generate_from_prompts(
@@ -143,10 +144,21 @@ class Text2ImageParams:
     checkpoint: str = field(
         default=DEFAULT_CHECKPOINT, metadata={"help": "run folder or checkpoint.safetensors of a text_unet model"}
     )
+    pipeline: str | None = field(
+        default=None,
+        metadata={"metavar": "DIR", "help": "a diffusers SD / SDXL / SD3 / Flux folder (instead of --checkpoint)"},
+    )
     n: int = field(default=8, metadata={"help": "samples per prompt"})
     guidance_scale: float | None = field(
-        default=3.0, metadata={"help": "classifier-free guidance scale w >= 0 (0: unconditional, 1: no guidance)"}
+        default=None,
+        metadata={
+            "help": "classifier-free guidance scale w >= 0 (0: unconditional, 1: no guidance; default 3 for a "
+            "diffcore text model, the pipeline's own with --pipeline: SD 7.5, SD3 7, Flux 1)"
+        },
     )
+    negative_prompt: str | None = field(default=None, metadata={"help": "with --pipeline: what to steer away from"})
+    height: int | None = field(default=None, metadata={"help": "with --pipeline: image height (default: the model's)"})
+    width: int | None = field(default=None, metadata={"help": "with --pipeline: image width (default: the model's)"})
     guidance_rescale: float = field(default=0.0, metadata={"help": "guidance rescale phi in [0, 1] (Lin et al. 2023)"})
     sampler: str | None = field(
         default=None, metadata={"help": "sampler name (diffcore list samplers; default: the model's)"}
@@ -174,6 +186,13 @@ class Text2ImageParams:
         check_number("guidance_rescale", self.guidance_rescale, 0.0, 1.0)
         check_suffix("out", self.out, (".png", ".npz"))
         check_sampler(self.sampler)
+        for name in ("height", "width"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 8, 16384)
+        if self.pipeline is None:
+            for name in ("negative_prompt", "height", "width"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}={getattr(self, name)!r} needs --pipeline (a diffusers folder)")
 
 
 class Text2ImageTask:
@@ -183,6 +202,12 @@ class Text2ImageTask:
     Params = Text2ImageParams
 
     def run(self, params: Text2ImageParams) -> dict[str, Any]:
+        if params.pipeline is not None:
+            from diffcore.tasks.latent import run_text2image
+
+            return run_text2image(params)
+        if params.guidance_scale is None:
+            params = replace(params, guidance_scale=DEFAULT_GUIDANCE)
         if params.checkpoint == DEFAULT_CHECKPOINT and not Path(params.checkpoint).exists():
             raise ValueError(
                 f"no checkpoint at {params.checkpoint}: pass --checkpoint, or train a text model there "
