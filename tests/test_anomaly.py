@@ -20,6 +20,7 @@ import diffcore
 from diffcore.analytic import GaussianMixture, exact_model
 from diffcore.cli import main
 from diffcore.tasks import anomaly
+from diffcore.tasks.anomaly.noise import keyed_noise
 
 TINY_UNET = {"base_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [], "groups": 8}
 TRAIN = {"batch_size": 16, "warmup_steps": 2, "log_every": 5, "checkpoint_every": 100}
@@ -146,7 +147,7 @@ def test_mahalanobis_scores_whiten_the_mean_signed_residual(normals, defects):
         total = torch.zeros(x.shape, dtype=torch.float64)
         for k, t in enumerate(anomaly.depth_timesteps(SCHED, [0.2, 0.4])):
             for r in range(2):
-                eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + k * 1009 + r))
+                eps = keyed_noise(x, "gaussian", seed * 1_000_003 + k * 1009 + r)  # row b keyed by (seed, b)
                 out = sample_from(
                     image_model, x, t, sampler="ddim", steps=1, schedule=SCHED, prediction="epsilon", noise=eps
                 )
