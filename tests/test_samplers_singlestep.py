@@ -240,8 +240,11 @@ def test_dpmpp_sde_follows_one_path_at_any_step_count() -> None:
         )
 
     ref = run(200)
-    e25, e50 = (run(25) - ref).norm().item(), (run(50) - ref).norm().item()
-    assert e50 < e25 * 0.8
+    # strong order ~1/2 and one noise realisation: compare step counts four times apart, where the
+    # error falls by about half (25 -> 100 steps: 7.7 -> 4.0 fast noise, 8.9 -> 4.1 exact, 7.9 -> 4.2
+    # with the pre-#17 stream); a path that changed with the step count would not converge at all
+    e25, e100 = (run(25) - ref).norm().item(), (run(100) - ref).norm().item()
+    assert e100 < e25 * 0.7
     other = diffcore.sample(
         model,
         x_T,
@@ -250,7 +253,7 @@ def test_dpmpp_sde_follows_one_path_at_any_step_count() -> None:
         sigmas=torch.cat([karras_sigmas(0.05, 80.0, 50, 7.0), torch.zeros(1, dtype=torch.float64)]),
         seed=124,
     )
-    assert (other - ref).norm().item() > 2 * e50  # another seed is another path
+    assert (other - ref).norm().item() > 2 * e100  # another seed is another path
 
 
 @pytest.mark.parametrize("order", [2, 3])
