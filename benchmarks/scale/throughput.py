@@ -170,8 +170,8 @@ def report(res: dict, args: argparse.Namespace, startup: float) -> str:
             "",
             f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
             f"torch {torch.__version__}, "
-            "SHARED with other jobs while measured: the figures are noisy and a lower bound. Each actor and the "
-            "single process use 1 torch thread.",
+            f"load average {os.getloadavg()[0]:.1f} at the end of the run (about 0 means no other jobs). "
+            "Each actor and the single process use 1 torch thread.",
             f"Ray start-up (ray.init of a local cluster): {startup:.1f} s, not included in the rates below "
             "(the pool's actor start-up and model loads are).",
             "",
