@@ -30,7 +30,7 @@ from torch import Tensor
 
 from diffcore import io, ops
 from diffcore.io.progress import model_calls_bar, shown
-from diffcore.ops.philox import REPAINT_JUMP_OFFSET, REPAINT_KNOWN_OFFSET, REPAINT_START_OFFSET
+from diffcore.ops.philox import INIT_NOISE_OFFSET, REPAINT_JUMP_OFFSET, REPAINT_KNOWN_OFFSET, REPAINT_START_OFFSET
 from diffcore.parameterization import Parameterization
 from diffcore.pipeline import Pipeline
 from diffcore.sampling import resolve_sampler
@@ -315,6 +315,7 @@ def translate(
     source_guidance: float | None = None,
     timestep_spacing: str = "trailing",
     resize: bool = False,
+    sample_index: int = 0,
 ) -> Tensor:
     """Paired translation (Palette, Saharia et al. 2022) with a model trained on a task condition.
 
@@ -330,6 +331,8 @@ def translate(
     ``null + w * (source - null)``, where ``null`` is the model's prediction without the source
     (with the same class labels, if any). w = 1 is plain sampling; w > 1 trades diversity for
     completions that follow the source more decisively. Not combinable with ``guidance_scale``.
+    With ``seed`` (default 0) row i's noise is keyed by (seed, ``sample_index`` + i), so a row's
+    result does not depend on its batch; with ``generator`` (torch RNG) it does.
     Returns (B, C, H, W) in [-1, 1].
     """
     condition = _task_condition(pipe)
@@ -343,8 +346,15 @@ def translate(
     )
     if source_guidance is not None:
         uncond = {**(cond or {}), "concat": condition.null(concat)}
-    g = generator if generator is not None else torch.Generator().manual_seed(0 if seed is None else seed)
-    x_T = torch.randn((n, *pipe.sample_shape), generator=g).to(pipe.device)
+    noise: dict[str, Any]
+    if generator is not None:  # torch RNG: x_T, then the sampler's Philox seed, drawn from it
+        x_T = torch.randn((n, *pipe.sample_shape), generator=generator).to(pipe.device)
+        noise = {"seed": int(torch.randint(0, 2**62, (1,), generator=generator))}
+    else:  # row i's x_T and step noise keyed by (seed, sample_index + i): no batch dependence
+        seed = 0 if seed is None else seed
+        like = torch.empty((n, *pipe.sample_shape), device=pipe.device)
+        x_T = ops.philox_noise_like(like, seed, offset=INIT_NOISE_OFFSET, sample_index=sample_index)
+        noise = {"seed": seed, "sample_index": sample_index}
     out = pipe.sample(
         x_T,
         sampler=sampler,
@@ -353,7 +363,7 @@ def translate(
         cond=cond,
         uncond=uncond,
         guidance_scale=guidance_scale,
-        seed=int(torch.randint(0, 2**62, (1,), generator=g)),
+        **noise,
     )
     out = out.clamp(-1, 1)
     return out if keep is None or known is None else torch.where(keep, known, out)
