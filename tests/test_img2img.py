@@ -287,6 +287,17 @@ def test_paired_super_resolution_and_inpainting(paired, digits, pipe):
         img2img.translate(pipe, digits[:5])
 
 
+def test_repaint_noise_is_keyed_by_row(pipe, digits):
+    """Issue #17: with a seed, RePaint's start noise, known-region noise, jumps and ddpm step noise
+    of row i depend on (seed, sample_index + i) only: rows 0..3 at once equal 0..0 and 1..3 apart."""
+    x = digits[:4]
+    kw = {"steps": 4, "jump_length": 2, "resample": 2, "seed": 5}
+    whole = img2img.repaint(pipe, x, "center", **kw)
+    parts = [img2img.repaint(pipe, x[:1], "center", **kw), img2img.repaint(pipe, x[1:], "center", sample_index=1, **kw)]
+    assert torch.equal(whole, torch.cat(parts))
+    assert not torch.equal(img2img.repaint(pipe, x[1:], "center", **kw), whole[1:])
+
+
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m"])
 def test_paired_translation_noise_is_keyed_by_row(paired, digits, sampler):
     """Issue #17: with a seed, row i's x_T and step noise depend on (seed, sample_index + i) only,

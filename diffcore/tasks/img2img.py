@@ -195,6 +195,7 @@ def repaint(
     class_labels: Any = None,
     guidance_scale: float | None = None,
     resize: bool = False,
+    sample_index: int = 0,
 ) -> Tensor:
     """RePaint (Lugmayr et al. 2022): fill the pixels where ``mask`` is 1 with an unconditional model.
 
@@ -202,7 +203,8 @@ def repaint(
     is set to the input noised to the level reached, and the resampling jumps noise the state
     forward (:func:`_noise_table`), both with the fused forward-noise op. About ``steps *
     resample`` model calls. ``sampler`` must be single-step (``ddpm``, ``ddim``, ``euler_ancestral``,
-    ...). The known pixels of the result equal the input's exactly. Returns (B, C, H, W) in [-1, 1].
+    ...). The known pixels of the result equal the input's exactly. With ``seed`` (default 0) row i's
+    noise is keyed by (seed, ``sample_index`` + i): no batch dependence. Returns (B, C, H, W) in [-1, 1].
     """
     from diffcore.samplers.program import Program, run_program
 
@@ -218,7 +220,11 @@ def repaint(
     plan, program = _one_step_program(pipe, sampler, steps, timestep_spacing)
     cond, uncond = pipe.conditioning(x_known.shape[0], class_labels=class_labels, guidance_scale=guidance_scale)
     denoiser = pipe.denoiser(
-        timestep_dtype=plan.timestep_dtype, cond=cond, uncond=uncond, guidance_scale=guidance_scale
+        timestep_dtype=plan.timestep_dtype,
+        cond=cond,
+        uncond=uncond,
+        guidance_scale=guidance_scale,
+        sample_index=sample_index,
     )
     table, n, walk = _noise_table(plan, x_known), plan.steps, repaint_schedule(plan.steps, jump_length, resample)
     g = torch.Generator().manual_seed(0 if seed is None else seed)
@@ -228,11 +234,15 @@ def repaint(
         if generator is not None:
             z = torch.randn(source.shape, generator=generator, dtype=source.dtype).to(source.device)
         else:
-            z = ops.philox_noise_like(source, seeds[k], offset)
+            z = ops.philox_noise_like(source, seeds[k], offset, sample_index=sample_index)
         t = torch.full((source.shape[0],), row, dtype=torch.long, device=source.device)
         return ops.forward_noise(source, z, t, table)[0]
 
-    x = torch.randn(x_known.shape, generator=g, dtype=x_known.dtype).to(x_known.device) * plan.init_scale
+    if generator is not None:  # torch RNG (as before keyed noise): the start from a generator seeded by ``seed``
+        x = torch.randn(x_known.shape, generator=g, dtype=x_known.dtype).to(x_known.device)
+    else:
+        x = ops.philox_noise_like(x_known, 0 if seed is None else seed, INIT_NOISE_OFFSET, sample_index=sample_index)
+    x = x * plan.init_scale
     x = torch.where(keep, noised(x_known, n, 0, REPAINT_START_OFFSET), x)
     for k, (direction, i) in enumerate(walk):
         if direction == "down":
