@@ -289,19 +289,20 @@ def test_paired_super_resolution_and_inpainting(paired, digits, pipe):
 
 def test_repaint_noise_is_keyed_by_row(pipe, digits):
     """Issue #17: with a seed, RePaint's start noise, known-region noise, jumps and ddpm step noise
-    of row i depend on (seed, sample_index + i) only: rows 0..3 at once equal 0..0 and 1..3 apart."""
+    of row i depend on (seed, sample_index + i) only: rows 0..3 at once equal 0..0 and 1..3 apart
+    (to the model's rounding)."""
     x = digits[:4]
     kw = {"steps": 4, "jump_length": 2, "resample": 2, "seed": 5}
     whole = img2img.repaint(pipe, x, "center", **kw)
     parts = [img2img.repaint(pipe, x[:1], "center", **kw), img2img.repaint(pipe, x[1:], "center", sample_index=1, **kw)]
-    assert torch.equal(whole, torch.cat(parts))
-    assert not torch.equal(img2img.repaint(pipe, x[1:], "center", **kw), whole[1:])
+    assert torch.allclose(whole, torch.cat(parts), atol=1e-4)  # model rounding may depend on the batch size
+    assert (img2img.repaint(pipe, x[1:], "center", **kw) - whole[1:]).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m"])
 def test_paired_translation_noise_is_keyed_by_row(paired, digits, sampler):
     """Issue #17: with a seed, row i's x_T and step noise depend on (seed, sample_index + i) only,
-    so translating rows 0..4 at once equals translating 0..1 and 2..4 separately, bitwise."""
+    so translating rows 0..4 at once equals translating 0..1 and 2..4 separately."""
     sr = diffcore.Pipeline.load(paired / "sr")
     low = torch.nn.functional.avg_pool2d(digits[:5], 2)
     whole = img2img.translate(sr, low, sampler=sampler, steps=3, seed=7)
@@ -309,9 +310,10 @@ def test_paired_translation_noise_is_keyed_by_row(paired, digits, sampler):
         img2img.translate(sr, low[:2], sampler=sampler, steps=3, seed=7),
         img2img.translate(sr, low[2:], sampler=sampler, steps=3, seed=7, sample_index=2),
     ]
-    assert torch.equal(whole, torch.cat(parts))
+    # the noise is equal bit for bit; the UNet's CPU kernels may round differently at another batch size
+    assert torch.allclose(whole, torch.cat(parts), atol=1e-4)
     shifted = img2img.translate(sr, low[2:], sampler=sampler, steps=3, seed=7)  # rows keyed 0..2: other noise
-    assert not torch.equal(shifted, whole[2:])
+    assert (shifted - whole[2:]).abs().max() > 0.1
 
 
 def test_source_dropout_trains_the_null_source():
