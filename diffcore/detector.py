@@ -41,13 +41,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
+from diffcore.tasks.anomaly import defaults
 from diffcore.tasks.anomaly.tables import SCALINGS, TableScaler, table_budget
 
 __all__ = ["AUTO_CONTAMINATION", "DETECTOR_METHODS", "DiffusionDetector"]
 
 DETECTOR_METHODS = ("recon", "mahalanobis", "dte")
-# The defaults, chosen on the development half of benchmarks/quality/tabular_suite.py (issue #19).
-DEFAULT_METHOD, DEFAULT_ERROR = "recon", "abs"
+# The defaults live in diffcore.tasks.anomaly.defaults (chosen on the suite's development half, issue #19).
+DEFAULT_METHOD, DEFAULT_ERROR = defaults.METHOD, defaults.ERROR
 _CHUNK = 4096  # rows scored at once (scores do not depend on it)
 AUTO_CONTAMINATION = 0.01  # contamination="auto": flag the training rows' most anomalous 1%
 
@@ -101,7 +102,7 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         *,
         error: str = DEFAULT_ERROR,
         contamination: str | float = "auto",
-        scaling: str = "robust",
+        scaling: str = defaults.SCALING,
         n_steps: int | None = None,
         batch_size: int | None = None,
         lr: float = 1e-3,
@@ -109,7 +110,7 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         layers: int | None = None,
         early_stopping: bool = True,
         validation_fraction: float = 0.1,
-        repeats: int = 16,
+        repeats: int = defaults.REPEATS,
         levels: int = 25,
         device: str = "cpu",
         random_state: Any = None,
@@ -280,7 +281,7 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
 
         repeats = self.repeats if repeats is None else repeats
         recipe = recipe_for(x.shape[1:])
-        starts = depth_timesteps(pipe.schedule, recipe["depth"])
+        starts = depth_timesteps(pipe.schedule, list(defaults.DEPTHS))
         total = torch.zeros_like(x)
         for k, t_start in enumerate(starts):
             for r in range(repeats):
