@@ -13,7 +13,13 @@ scores are those of :mod:`diffcore.tasks.anomaly` on the scaled rows:
 - ``mahalanobis``: the same signed residuals, whitened by their mean and covariance on the
   training rows (squared Mahalanobis distance);
 - ``dte``: the diffusion-time estimate (the fraction of the schedule from which the model
-  explains a row as noised data).
+  explains a row as noised data);
+- ``dte_np``: DTE-NP of Livernoche et al. (ICLR 2024), the posterior mean of the diffusion time
+  given the noised empirical distribution of the 5 nearest (scaled) training rows: it keeps the
+  training rows and searches them at scoring time; the diffusion model is not used;
+- ``dte_c``: DTE-C of Livernoche et al., the expected diffusion time under an MLP classifier over
+  time bins trained on noised training rows (trained on first use, after the diffusion model).
+  Both: :mod:`diffcore.tasks.anomaly.dte_variants`.
 
 The defaults (method, error, scaling, budget) were chosen on the development half of
 ``benchmarks/quality/tabular_suite.py`` and reported on its held-out half (README, issue #19).
@@ -27,7 +33,6 @@ float64. For one row the scores equal :func:`~diffcore.tasks.anomaly.reconstruct
 
 from __future__ import annotations
 
-import copy
 import math
 from numbers import Integral, Real
 from types import SimpleNamespace
@@ -42,11 +47,16 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from diffcore.tasks.anomaly import defaults
-from diffcore.tasks.anomaly.tables import SCALINGS, TableScaler, table_budget
+from diffcore.tasks.anomaly.fit import budget_for, held_out_split, table_train_options, train_early_stopped
+from diffcore.tasks.anomaly.tables import SCALINGS, TableScaler
 
 __all__ = ["AUTO_CONTAMINATION", "DETECTOR_METHODS", "DiffusionDetector"]
 
-DETECTOR_METHODS = ("recon", "mahalanobis", "dte")
+DETECTOR_METHODS = ("recon", "mahalanobis", "dte", "dte_np", "dte_c")
+# scores anomaly_scores reads from one fit besides DETECTOR_METHODS: squared recon error, and the
+# ensemble of recon and DTE-NP (each standardized by its median and IQR on the training rows)
+EXTRA_SCORES = ("recon_squared", "recon_dte_np")
+DTE_NP_BINS, DTE_C_BINS = 100, 50  # time bins of the DTE variants (diffcore.tasks.anomaly.dte_variants)
 # The defaults live in diffcore.tasks.anomaly.defaults (chosen on the suite's development half, issue #19).
 DEFAULT_METHOD, DEFAULT_ERROR = defaults.METHOD, defaults.ERROR
 _CHUNK = 4096  # rows scored at once (scores do not depend on it)
@@ -143,6 +153,7 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
             self.pipeline_ = self._train(rows)
         self._train_rows = rows  # the whitening's reference, when another method asks for mahalanobis
         self._whitening: tuple[Tensor, Tensor] | None = None
+        self._variants: dict[str, Any] = {}  # DTE-NP / DTE-C estimators and ensemble statistics, built on use
         if self.method == "mahalanobis":
             self._whitening = self._fit_whitening()
         anomaly = self._anomaly(rows, self.method)
@@ -151,66 +162,43 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
 
     def _budget(self, n_rows: int, dim: int) -> dict[str, int]:
         """:func:`table_budget` with the sizes given as parameters in place of the derived ones."""
-        budget = table_budget(n_rows, dim)
         given = {"steps": self.n_steps, "batch_size": self.batch_size, "hidden": self.hidden, "layers": self.layers}
-        budget.update({k: int(v) for k, v in given.items() if v is not None})
-        budget["eval_every"] = min(budget["eval_every"], budget["steps"])
-        return budget
+        return budget_for(n_rows, dim, given)
 
     def _train(self, rows: Tensor) -> Any:
         """The EMA model trained on ``rows`` (float32), as a float64 Pipeline for scoring; with
-        early stopping, the EMA weights with the lowest held-out reconstruction error."""
-        from diffcore.evaluation.recipes import TABLE_PREDICTION, TABLE_SCHEDULE, TABLE_TRAIN
+        early stopping, the EMA weights with the lowest held-out reconstruction error
+        (:func:`~diffcore.tasks.anomaly.fit.train_early_stopped`)."""
+        from diffcore.evaluation.recipes import TABLE_PREDICTION, TABLE_SCHEDULE
         from diffcore.parameterization import make_parameterization
         from diffcore.pipeline import Pipeline
         from diffcore.plugins import get
         from diffcore.training.config import TrainConfig
         from diffcore.training.trainer import Trainer
 
-        n, dim = rows.shape
-        held = int(round(self.validation_fraction * n)) if self.early_stopping and n >= 20 else 0
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed_))
-        train, val = rows[order[held:]], rows[order[:held]]
+        dim = rows.shape[1]
+        keep, out = held_out_split(len(rows), self.validation_fraction, self.seed_, self.early_stopping)
+        train, val = rows[keep], rows[out]
         self.budget_ = budget = self._budget(len(train), dim)
         torch.manual_seed(self.seed_)
         net = get("models", "mlp")(dim=dim, hidden=budget["hidden"], depth=budget["layers"])
         schedule = get("schedules", TABLE_SCHEDULE)()
         param = make_parameterization(TABLE_PREDICTION)
-        recipe = {k: v for k, v in TABLE_TRAIN.items() if k not in ("steps", "batch_size", "lr", "warmup_steps")}
-        if held:  # the stopping point is not known in advance: constant rate after the warm-up
-            recipe["lr_schedule"] = "constant"
-        steps = budget["steps"]
-        config = TrainConfig(
-            steps=budget["eval_every"] if held else steps,
-            batch_size=budget["batch_size"],
-            lr=self.lr,
-            warmup_steps=min(TABLE_TRAIN["warmup_steps"], steps // 10),
-            checkpoint_every=10**9,
-            log_every=10**9,
-            seed=self.seed_,
-            **recipe,
-        )
+        options = table_train_options(budget, held=len(val) > 0, lr=self.lr, seed=self.seed_)
+        config = TrainConfig(**options, checkpoint_every=10**9, log_every=10**9)
         data = SimpleNamespace(train=train.float(), train_labels=None, num_classes=0)
         run = {"dataset": {"kind": "tabular", "shape": [dim], "num_classes": 0}}
         trainer = Trainer(net, schedule, param, data, config, None, run, device=self.device, quiet=True)
-        best: tuple[float, dict[str, Any], int] = (math.inf, {}, 0)
-        stale = 0
-        while True:
-            trainer.train()
-            if not held:
-                break
-            pipe = Pipeline(trainer.ema, schedule, param, run=run, sampler="ddim", steps=1)
-            loss = float(self._residual_mean(pipe, val.to(pipe.device, torch.float32), signed=False, repeats=2).mean())
-            if loss < best[0] * (1 - 1e-3):
-                best, stale = (loss, copy.deepcopy(trainer.ema.state_dict()), trainer.step), 0
-            else:
-                stale += 1
-            if stale >= budget["patience"] or trainer.step >= steps:
-                trainer.ema.load_state_dict(best[1])
-                break
-            trainer.config.steps = min(steps, trainer.step + budget["eval_every"])
-        self.budget_["steps_trained"] = int(trainer.step)
-        self.budget_["best_step"] = int(best[2] if held else trainer.step)
+        error = None
+        if len(val):
+            error = lambda pipe: float(  # noqa: E731
+                self._residual_mean(pipe, val.to(pipe.device, torch.float32), signed=False, repeats=2).mean()
+            )
+        done = train_early_stopped(
+            trainer, steps=budget["steps"], eval_every=budget["eval_every"], patience=budget["patience"],
+            held_out_error=error,
+        )  # fmt: skip
+        self.budget_["steps_trained"], self.budget_["best_step"] = done["steps_trained"], done["best_step"]
         model = trainer.ema.double().eval()
         return Pipeline(model, schedule, param, run=run, sampler="ddim", steps=1)
 
@@ -229,11 +217,11 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
     def anomaly_scores(self, X: Any, method: str | None = None) -> np.ndarray:
         """Anomaly score of each row (N,) float64, higher = more anomalous, by ``method`` (default:
         the detector's own) with the fitted model: any of :data:`DETECTOR_METHODS` and
-        ``"recon_squared"`` can be read from one fit (the benchmark compares them this way)."""
+        :data:`EXTRA_SCORES` can be read from one fit (the benchmark compares them this way)."""
         check_is_fitted(self)
         method = self.method if method is None else method
-        if method not in (*DETECTOR_METHODS, "recon_squared"):
-            raise ValueError(f"method={method!r}: expected one of {(*DETECTOR_METHODS, 'recon_squared')}")
+        if method not in (*DETECTOR_METHODS, *EXTRA_SCORES):
+            raise ValueError(f"method={method!r}: expected one of {(*DETECTOR_METHODS, *EXTRA_SCORES)}")
         X = validate_data(self, X, dtype=np.float64, reset=False)
         return self._anomaly(torch.from_numpy(self.scaler_.transform(X)), method).numpy()
 
@@ -268,7 +256,44 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
             location, precision = self._whitening if self._whitening is not None else self._fit_whitening()
             d = self._chunked(rows, lambda x: self._residual_mean(pipe, x, signed=True)) - location
             return (d @ precision * d).sum(dim=1)
+        if method in ("dte_np", "dte_c", "recon_dte_np"):
+            return self._variant(rows, method)
         return self._chunked(rows, self._dte)
+
+    def _variant(self, rows: Tensor, method: str) -> Tensor:
+        """DTE-NP, DTE-C or the recon + DTE-NP ensemble of scaled rows (N,) float64; the training
+        rows themselves (the threshold in ``fit``) are scored by DTE-NP each left out of its own
+        neighbours."""
+        from diffcore.tasks.anomaly.dte_variants import DTECategorical, DTENonParametric
+
+        own = rows is self._train_rows
+        if method == "dte_np":
+            if "dte_np" not in self._variants:
+                est = DTENonParametric(bins=DTE_NP_BINS, schedule=self.pipeline_.schedule)
+                self._variants["dte_np"] = est.fit(self._train_rows)
+            return self._variants["dte_np"].score(rows, leave_one_out=own)
+        if method == "dte_c":
+            if "dte_c" not in self._variants:
+                b = self.budget_
+                est = DTECategorical(
+                    DTE_C_BINS,
+                    hidden=b["hidden"],
+                    layers=b["layers"],
+                    steps=b["steps"],
+                    batch_size=b["batch_size"],
+                    schedule=self.pipeline_.schedule,
+                    seed=self.seed_,
+                    device=self.device,
+                )
+                self._variants["dte_c"] = est.fit(self._train_rows)
+            return self._variants["dte_c"].score(rows)
+        if "ensemble" not in self._variants:  # median and IQR of each part on the training rows
+            parts = [self._anomaly(self._train_rows, "recon"), self._variant(self._train_rows, "dte_np")]
+            self._variants["ensemble"] = [_median_iqr(p) for p in parts]
+        total = torch.zeros(rows.shape[0], dtype=torch.float64)
+        for part, (med, iqr) in zip(("recon", "dte_np"), self._variants["ensemble"]):
+            total += (self._anomaly(rows, part) - med) / iqr
+        return total / 2
 
     def _residual_mean(
         self, pipe: Any, x: Tensor, *, signed: bool, error: str = "abs", repeats: int | None = None
@@ -328,6 +353,12 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         log_sigma = torch.where(first == 0, log_s[first], log_s[prev] + w * (log_s[first] - log_s[prev]))
         scores = fraction_of_sigma(schedule, log_sigma.exp())
         return torch.where(crossed, scores, torch.ones_like(scores))
+
+
+def _median_iqr(scores: Tensor) -> tuple[float, float]:
+    """Median and interquartile range of ``scores`` (the range floored so that it divides)."""
+    q1, med, q3 = torch.quantile(scores.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return med, max(q3 - q1, 1e-12 * max(1.0, abs(med)))
 
 
 def _whitening(resid: Tensor) -> tuple[Tensor, Tensor]:

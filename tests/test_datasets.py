@@ -322,7 +322,7 @@ def table() -> np.ndarray:
 def test_tabular_csv_with_labels_standardizes_with_train_stats(tmp_path: Path, table: np.ndarray) -> None:
     labels = ["cat" if i % 4 else "dog" for i in range(100)]
     path = write_csv(tmp_path / "t.csv", [[*row, lab] for row, lab in zip(table.tolist(), labels)])
-    ds = load_dataset("tabular", path=path, label_column="label")
+    ds = load_dataset("tabular", path=path, label_column="label", scaling="standard")  # the default is robust
     assert (ds.kind, ds.shape, ds.class_names, len(ds.test)) == ("tabular", (2,), ["cat", "dog"], 20)
     assert ds.meta["columns"] == ["a", "b"] and ds.meta["label_column"] == "label"
     assert_stratified(ds, 0.2)
@@ -336,15 +336,15 @@ def test_tabular_csv_with_labels_standardizes_with_train_stats(tmp_path: Path, t
     raw = torch.from_numpy(table[:7])
     assert torch.allclose(ds.from_model_space(ds.to_model_space(raw).double()), raw, atol=1e-5)
     assert_json(ds)
-    other = load_dataset("tabular", path=path, label_column="label", seed=1)
+    other = load_dataset("tabular", path=path, label_column="label", seed=1, scaling="standard")
     assert not torch.equal(other.train, ds.train)
-    assert torch.equal(load_dataset("tabular", path=path, label_column="label").train, ds.train)
+    assert torch.equal(load_dataset("tabular", path=path, label_column="label", scaling="standard").train, ds.train)
 
 
 def test_tabular_csv_columns_int_labels_and_constant(tmp_path: Path) -> None:
     rows = [[i, 7, i % 3 * 2 + 1] for i in range(30)]
     path = write_csv(tmp_path / "c.csv", rows, header="x, const ,y")
-    ds = load_dataset("tabular", path=path, label_column="y", holdout=0.3)
+    ds = load_dataset("tabular", path=path, label_column="y", holdout=0.3, scaling="standard")
     assert ds.class_names == ["1", "3", "5"] and len(ds.test) == 9
     assert torch.bincount(ds.test_labels).tolist() == [3, 3, 3]
     assert ds.meta["constant_columns"] == ["const"] and ds.meta["std"][1] == 1.0

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffcore.data.scaling import TableScaler
+
 Kind = Literal["image", "tabular"]
 KINDS: tuple[str, ...] = ("image", "tabular")
 
@@ -38,7 +40,8 @@ class DiffusionDataset:
     """A dataset held in memory, split into train and held-out test samples.
 
     ``train``/``test`` are float32: images ``(N, C, H, W)`` in [-1, 1]; tabular ``(N, D)``
-    standardized with the train split's ``meta["mean"]``/``meta["std"]``. Labels are int64
+    scaled by the :class:`~diffcore.data.scaling.TableScaler` fitted on the train split and
+    stored in ``meta["scaling"]`` (older runs: ``meta["mean"]``/``meta["std"]``). Labels are int64
     ``(N,)`` in ``[0, num_classes)``, or None for unlabeled data (then ``num_classes == 0``).
     ``meta`` is JSON-serializable: what a trained model needs to map samples back to data.
     """
@@ -96,7 +99,7 @@ class DiffusionDataset:
         """Map raw data (a Tensor or array of one sample or a batch) into model space, float32.
 
         Images: integer tensors, and float tensors whose max exceeds 1, are read as 0..255;
-        other floats as [0, 1]; both map to [-1, 1]. Tabular: ``(raw - mean) / std``.
+        other floats as [0, 1]; both map to [-1, 1]. Tabular: the stored scaling's transform.
         """
         x = torch.as_tensor(raw)
         if self.kind == "image":
@@ -105,23 +108,26 @@ class DiffusionDataset:
                 x = x.to(torch.float32) / 255.0
             return (x.to(torch.float32) * 2.0 - 1.0).clamp_(-1.0, 1.0)
         self._check_trailing(x, "raw")
-        mean, std = self._stats()
-        return ((x.to(torch.float64) - mean) / std).to(torch.float32)
+        rows = x.to(torch.float64).reshape(-1, self.shape[0]).numpy()
+        z = torch.from_numpy(TableScaler.from_meta(self.meta).transform(rows)).to(torch.float32)
+        return z.reshape(x.shape)
 
     def from_model_space(self, x: Tensor, *, uint8: bool = True) -> Tensor:
         """Map model-space samples back to data.
 
         Images: clamped to [-1, 1], then uint8 0..255 (``uint8=True``) or float32 [0, 1].
-        Tabular: ``x * std + mean`` in x's float dtype (float32 for other inputs).
+        Tabular: the stored scaling inverted (:meth:`~diffcore.data.scaling.TableScaler.inverse_transform`)
+        in x's float dtype (float32 for other inputs).
         """
         x = torch.as_tensor(x)
         self._check_trailing(x, "x")
         if self.kind == "image":
             unit = (x.to(torch.float32).clamp(-1.0, 1.0) + 1.0) / 2.0
             return (unit * 255.0).round_().to(torch.uint8) if uint8 else unit
-        mean, std = self._stats()
         dtype = x.dtype if x.is_floating_point() else torch.float32
-        return (x.to(torch.float64) * std + mean).to(dtype)
+        rows = x.detach().to(torch.float64).cpu().reshape(-1, self.shape[0]).numpy()
+        raw = TableScaler.from_meta(self.meta).inverse_transform(rows)
+        return torch.from_numpy(raw).to(dtype).reshape(x.shape)
 
     def subset(self, n: int, seed: int = 0) -> DiffusionDataset:
         """A smaller copy for quick runs: at most ``n`` train samples and the same share of test
@@ -155,11 +161,6 @@ class DiffusionDataset:
                 f"dataset {self.name!r}: {what} has shape {tuple(x.shape)}; expected {self.shape} "
                 f"or a batch (N, {', '.join(map(str, self.shape))})"
             )
-
-    def _stats(self) -> tuple[Tensor, Tensor]:
-        mean = torch.tensor(self.meta["mean"], dtype=torch.float64)
-        std = torch.tensor(self.meta["std"], dtype=torch.float64)
-        return mean, std
 
 
 def _take(data: Tensor, labels: Tensor | None, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
@@ -257,27 +258,26 @@ def tabular_dataset(
     label_column: str | None,
     holdout: float,
     options: dict[str, Any],
+    scaling: str = "robust",
 ) -> DiffusionDataset:
-    """Split shuffled finite ``values`` (N, D) and standardize with the train split's mean and
-    population std; a constant column (std 0) gets std 1, listed in ``meta["constant_columns"]``."""
-    raw = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+    """Split shuffled finite ``values`` (N, D) and scale them with a
+    :class:`~diffcore.data.scaling.TableScaler` of kind ``scaling`` fitted on the train split,
+    stored as ``meta["scaling"]`` (``"standard"`` also stores ``meta["mean"]``/``meta["std"]``);
+    a constant column gets scale 1 and is listed in ``meta["constant_columns"]``."""
+    raw = np.ascontiguousarray(values, dtype=np.float64)
     mask = _holdout_mask(name, len(raw), labels, holdout)
-    train_raw = raw[~mask]
-    mean = train_raw.mean(dim=0)
-    std = train_raw.std(dim=0, correction=0)
-    constant = std == 0
-    std[constant] = 1.0
-    info = {
-        "columns": list(columns),
-        "mean": mean.tolist(),
-        "std": std.tolist(),
-        "label_column": label_column,
-        "constant_columns": [c for c, flat in zip(columns, constant.tolist(), strict=True) if flat],
-    }
+    train_raw = raw[~mask.numpy()]
+    scaler = TableScaler(scaling).fit(train_raw)
+    constant = (train_raw.max(axis=0) == train_raw.min(axis=0)).tolist()
+    info: dict[str, Any] = {"columns": list(columns), "scaling": scaler.to_meta()}
+    if scaling == "standard":
+        info.update(mean=scaler.center_.tolist(), std=scaler.scale_.tolist())
+    info["label_column"] = label_column
+    info["constant_columns"] = [c for c, flat in zip(columns, constant, strict=True) if flat]
     if labels is not None:
         info["class_names"] = list(class_names)
     info["options"] = jsonable(options)
-    x = ((raw - mean) / std).to(torch.float32)
+    x = torch.from_numpy(scaler.transform(raw)).to(torch.float32)
     return _split(name, "tabular", x, labels, mask, class_names, info)
 
 

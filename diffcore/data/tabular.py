@@ -1,6 +1,7 @@
 """Tabular datasets from CSV (header row), NPY (2-D array) or NPZ ("x" or the first array, "y").
 
-Features are standardized with the train split's mean and std (see
+Features are scaled by a :class:`~diffcore.data.scaling.TableScaler` fitted on the train split
+(robust by default, ``scaling="standard"`` for mean and std; see
 :func:`diffcore.data.base.tabular_dataset`); labels become class indices in sorted order.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from diffcore.data.base import DiffusionDataset, check_common, shuffled, tabular_dataset
+from diffcore.data.scaling import SCALINGS
 
 __all__ = ["read_csv", "tabular"]
 
@@ -28,15 +30,19 @@ def tabular(
     seed: int = 0,
     holdout: float = 0.2,
     limit: int | None = None,
+    scaling: str = "robust",
 ) -> DiffusionDataset:
     """Numeric table at ``path`` (``.csv``, ``.npy`` or ``.npz``), rows as samples.
 
     ``label_column``: CSV, the name of an integer or categorical column used as labels and
     excluded from the features; NPZ, the name of the label array (default ``"y"`` when present);
     NPY files hold no labels. ``columns``: the features to keep, by name (CSV header; ``x0``,
-    ``x1``, ... for arrays) or by index among the features. Errors name the file, column and row.
+    ``x1``, ... for arrays) or by index among the features. ``scaling``: ``"robust"`` or
+    ``"standard"`` (:mod:`diffcore.data.scaling`). Errors name the file, column and row.
     """
     check_common(seed=seed, holdout=holdout, limit=limit)
+    if scaling not in SCALINGS:
+        raise ValueError(f"tabular: scaling={scaling!r}: expected one of {SCALINGS}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tabular: file {str(path)!r} does not exist")
@@ -62,11 +68,11 @@ def tabular(
     order = shuffled(len(values), seed, limit)
     options = {
         "path": path, "label_column": label_column, "columns": list(columns) if columns is not None else None,
-        "seed": seed, "holdout": holdout, "limit": limit,
+        "seed": seed, "holdout": holdout, "limit": limit, "scaling": scaling,
     }  # fmt: skip
     return tabular_dataset(
         "tabular", values[order.numpy()], labels[order] if labels is not None else None, class_names,
-        columns=names, label_column=label_column, holdout=holdout, options=options,
+        columns=names, label_column=label_column, holdout=holdout, options=options, scaling=scaling,
     )  # fmt: skip
 
 

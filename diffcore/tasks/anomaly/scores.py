@@ -17,8 +17,8 @@ Scores for images (B, C, H, W) in [-1, 1] and standardized tabular vectors (B, D
 It runs in batches (with a tqdm bar), as :func:`diffcore.tasks.anomaly.dte.dte_scores` does;
 :func:`diffcore.tasks.anomaly.detect` labels their scores with a
 :class:`~diffcore.tasks.anomaly.Calibration`. Class-conditional models are used unconditionally
-(the null label). :func:`standardize` maps a raw table to model space with the training
-statistics stored in the checkpoint, refusing columns that differ from training.
+(the null label). :func:`standardize` maps a raw table to model space with the scaling stored
+in the checkpoint (:mod:`diffcore.data.scaling`), refusing columns that differ from training.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffcore.data.scaling import TableScaler
 from diffcore.pipeline import Pipeline
 from diffcore.schedules import EDMSchedule
 from diffcore.tasks.anomaly.noise import keyed_noise
@@ -106,12 +107,14 @@ def check_input(x: Any, shape: tuple[int, ...], name: str = "input") -> Tensor:
 
 
 def standardize(pipe: Pipeline, values: Any, columns: Sequence[str] | None = None) -> Tensor:
-    """Raw table rows (N, D) -> model space ``(raw - mean) / std`` with the training statistics of
-    ``pipe`` (its dataset meta). ``columns`` (the file's header) must be the training columns in
-    any order (reordered to match); a missing or extra column raises naming it."""
+    """Raw table rows (N, D) -> model space with the scaling ``pipe`` was trained with (its dataset
+    meta: :meth:`~diffcore.data.scaling.TableScaler.from_meta`, old runs' mean/std too).
+    ``columns`` (the file's header) must be the training columns in any order (reordered to
+    match); a missing or extra column raises naming it."""
     meta = pipe.dataset.get("meta") or {}
-    if pipe.dataset.get("kind") != "tabular" or "mean" not in meta:
-        raise ValueError("standardize needs a model trained on a tabular dataset (its meta holds mean and std)")
+    if pipe.dataset.get("kind") != "tabular" or not ("scaling" in meta or "mean" in meta):
+        raise ValueError("standardize needs a model trained on a tabular dataset (its meta holds the scaling)")
+    scaler = TableScaler.from_meta(meta)
     train_cols = list(meta.get("columns") or [])
     raw = torch.as_tensor(values, dtype=torch.float64)
     raw = raw[None] if raw.dim() == 1 else raw
@@ -127,9 +130,9 @@ def standardize(pipe: Pipeline, values: Any, columns: Sequence[str] | None = Non
                 f"the model was trained on {train_cols}"
             )
         raw = raw[:, [columns.index(c) for c in train_cols]]
-    if raw.shape[1] != len(meta["mean"]):
+    if raw.shape[1] != len(scaler.center_):
         raise ValueError(
-            f"table has {raw.shape[1]} columns; the model was trained on {len(meta['mean'])} ({train_cols})"
+            f"table has {raw.shape[1]} columns; the model was trained on {len(scaler.center_)} ({train_cols})"
         )
     bad = (~torch.isfinite(raw)).nonzero()
     if len(bad):
@@ -139,9 +142,7 @@ def standardize(pipe: Pipeline, values: Any, columns: Sequence[str] | None = Non
             f"table column {label!r}, row {row + 1}: {float(raw[row, col])} (NaN and infinity are not "
             f"allowed; {len(bad)} such value(s))"
         )
-    mean = torch.tensor(meta["mean"], dtype=torch.float64)
-    std = torch.tensor(meta["std"], dtype=torch.float64)
-    return ((raw - mean) / std).to(torch.float32)
+    return torch.from_numpy(scaler.transform(raw.numpy())).to(torch.float32)
 
 
 def depth_timesteps(schedule: Any, depth: float | Sequence[float]) -> list[float]:

@@ -25,61 +25,13 @@ earlier when the reconstruction error of held-out normal rows stops falling.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
-__all__ = ["RANGE_SHARE", "TAIL", "TableScaler", "table_budget"]
+# the scaling lives in the data layer: train, detect and the detector share it
+from diffcore.data.scaling import RANGE_SHARE, SCALINGS, TAIL, TableScaler
 
-RANGE_SHARE = 0.5  # the scale's floor, a share of the column's range without its extreme values
-TAIL = 5.0  # scaled units beyond which values are log-compressed
-SCALINGS = ("robust", "standard")
-
-
-class TableScaler:
-    """Column scaling of rows (N, D) fitted on training rows; ``kind="robust"`` (the default, see
-    the module docstring) or ``"standard"`` (mean and std, constant columns scale 1, no tail
-    compression: what ``diffcore train --dataset tabular`` stores)."""
-
-    def __init__(self, kind: str = "robust") -> None:
-        if kind not in SCALINGS:
-            raise ValueError(f"scaling={kind!r}: expected one of {SCALINGS}")
-        self.kind = kind
-
-    def fit(self, X: np.ndarray) -> TableScaler:
-        X = _check_rows(X)
-        if self.kind == "standard":
-            self.center_ = X.mean(axis=0)
-            scale = X.std(axis=0)
-        else:
-            self.center_ = np.median(X, axis=0)
-            q1, q3 = np.quantile(X, [0.25, 0.75], axis=0)
-            ordered = np.sort(X, axis=0)
-            inner = ordered[-2] - ordered[1] if len(X) >= 4 else ordered[-1] - ordered[0]
-            scale = np.maximum((q3 - q1) / 1.349, RANGE_SHARE * inner)
-        tiny = 1e-12 * np.maximum(1.0, np.abs(self.center_))
-        self.scale_ = np.where(scale > tiny, scale, 1.0)
-        return self
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """Scaled rows (N, D) float64."""
-        X = _check_rows(X)
-        if X.shape[1] != self.center_.shape[0]:
-            raise ValueError(f"rows have {X.shape[1]} columns; the scaler was fitted on {self.center_.shape[0]}")
-        z = (X - self.center_) / self.scale_
-        if self.kind == "robust":
-            over = np.abs(z) > TAIL
-            z = np.where(over, np.sign(z) * (TAIL + np.log1p(np.maximum(np.abs(z) - TAIL, 0.0))), z)
-        return np.ascontiguousarray(z)
-
-
-def _check_rows(X: Any) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"rows have shape {X.shape}; expected a non-empty (rows, columns) array")
-    if not np.isfinite(X).all():
-        raise ValueError(f"rows hold {int((~np.isfinite(X)).sum())} NaN or infinite value(s)")
-    return X
+__all__ = ["RANGE_SHARE", "SCALINGS", "TAIL", "TableScaler", "table_budget"]
 
 
 def table_budget(n_rows: int, n_features: int) -> dict[str, int]:
