@@ -5,7 +5,7 @@
     diffcore detect --checkpoint runs/table --input rows.csv --method dte --calibrate calib.json
 
 The task, its parameters and the math are in :mod:`diffcore.tasks.anomaly`; the file formats in
-:mod:`diffcore.io`.
+:mod:`diffcore.io`; ``--engine`` and the Ray pool's options in :mod:`diffcore.scale.tasks`.
 """
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ from __future__ import annotations
 from typing import Any
 
 from diffcore.plugins import hookimpl
-from diffcore.tasks.anomaly import Detect
+from diffcore.scale.tasks import ScaledDetect
 
 
 @hookimpl
 def register_tasks(register: Any) -> None:
-    register(Detect.name, Detect())
+    register(ScaledDetect.name, ScaledDetect())
 
 
 @hookimpl
 def register_commands(cli: Any) -> None:
     cli.add_task(
-        Detect.name,
-        Detect(),
+        ScaledDetect.name,
+        ScaledDetect(),
         "anomaly detection: reconstruction error or diffusion-time scores, calibrated thresholds, anomaly maps",
     )

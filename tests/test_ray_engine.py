@@ -136,7 +136,7 @@ def test_a_killed_actor_is_replaced_and_every_row_comes_back_once(local_ray, dig
             os.remove(marker)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    params = GenerateParams(checkpoint=str(digits_run), n=10, steps=1, sampler="ddim", quiet=True, engine="ray")
+    params = GenerateParams(checkpoint=str(digits_run), n=10, steps=1, sampler="ddim", quiet=True)
     options = scale.ScaleOptions(engine="ray", concurrency=2)
     ds = scale.map_pipeline(
         scale.index_dataset(10, 2),

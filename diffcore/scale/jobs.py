@@ -23,6 +23,8 @@ from diffcore.scale.engine import collect, index_dataset, local_resources, map_p
 from diffcore.scale.options import ScaleOptions
 from diffcore.scale.workers import DenoiseWorker, DetectWorker, GenerateWorker
 from diffcore.tasks import as_json, load_pipeline
+from diffcore.tasks.anomaly import load_input, resolve_calibration
+from diffcore.tasks.generation import resolve_labels
 
 __all__ = ["check_out_dir", "run_denoise", "run_detect", "run_generate", "run_task"]
 
@@ -113,8 +115,6 @@ def _finish(out: Path, result: dict[str, Any], started: float, rows: int) -> dic
 def run_generate(params: Any) -> dict[str, Any]:
     """``diffcore generate --engine ray``: ``params.n`` samples as shards in the folder ``params.out``
     (parquet rows ``id``, ``label``, ``image`` PNG bytes or ``sample`` floats; or one PNG per sample)."""
-    from diffcore.tasks.generation import resolve_labels
-
     started = time.perf_counter()
     pipe = load_pipeline(params.checkpoint, "cpu")  # checks the checkpoint and labels before the pool starts
     resolve_labels(pipe, params.class_label, params.n)
@@ -191,14 +191,12 @@ def _paths_dataset(files: list[Path], batch_size: int) -> Any:
 def run_detect(params: Any) -> dict[str, Any]:
     """``diffcore detect --engine ray``: every row's score (and label with ``--calibrate``) keyed by
     row id, as shards in the folder ``params.output``; the calibration is fitted by the driver."""
-    from diffcore.tasks.anomaly import Detect, load_input
-
     started = time.perf_counter()
     pipe = load_pipeline(params.checkpoint, "cpu")
     options = params.options(tuple(pipe.sample_shape))
     if params.reference is not None and params.method == "recon":
         options["reference"] = load_input(params.reference, pipe, "reference data")
-    calibration, _ = Detect._calibration(params, pipe, options, {"progress": False})  # fitted once, by the driver
+    calibration, _ = resolve_calibration(params, pipe, options)  # fitted once, by the driver
     out = check_out_dir(params.output)
     tabular = pipe.dataset.get("kind") == "tabular"
     columns = list((pipe.dataset.get("meta") or {}).get("columns") or [])

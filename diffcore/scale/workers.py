@@ -18,6 +18,9 @@ import torch
 
 from diffcore import io
 from diffcore.tasks import load_pipeline
+from diffcore.tasks.anomaly import detect, standardize
+from diffcore.tasks.denoise import denoise
+from diffcore.tasks.generation import generate_samples
 
 __all__ = ["DenoiseWorker", "DetectWorker", "GenerateWorker", "PipelineWorker", "png_bytes", "runs"]
 
@@ -91,8 +94,6 @@ class GenerateWorker(PipelineWorker):
         self.params, self.png = params, png
 
     def process(self, batch: Batch, start: int) -> Batch:
-        from diffcore.tasks.generation import generate_samples
-
         ids = batch["id"]
         x, labels = generate_samples(self.pipe, self.params, rows=slice(start, start + len(ids)))
         return _samples(x, ids, labels, self.png)
@@ -116,8 +117,6 @@ class DetectWorker(PipelineWorker):
         self.method, self.options, self.calibration, self.columns = method, options, calibration, columns
 
     def process(self, batch: Batch, start: int) -> Batch:
-        from diffcore.tasks.anomaly import detect, standardize
-
         if self.columns is not None:
             x = standardize(self.pipe, np.stack([batch[c] for c in self.columns], axis=1))
         else:
@@ -147,8 +146,6 @@ class DenoiseWorker(PipelineWorker):
         self.options, self.png = options, png
 
     def process(self, batch: Batch, start: int) -> Batch:
-        from diffcore.tasks.denoise import denoise
-
         images = [io.load_images(str(p)) for p in batch["path"]]
         out: list[torch.Tensor] = []
         for first, group in _same_shape(images):  # one call per run of equally sized images

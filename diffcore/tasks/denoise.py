@@ -47,7 +47,6 @@ from diffcore.io.progress import progress_bar
 from diffcore.io.progress import shown as progress_shown
 from diffcore.parameterization import Parameterization
 from diffcore.pipeline import Pipeline
-from diffcore.scale.options import ScaleOptions
 from diffcore.schedules import Schedule
 from diffcore.tasks import as_json, load_pipeline
 from diffcore.tasks.generation import png_info
@@ -283,7 +282,7 @@ OUTPUT_SUFFIXES = (".png", ".npz", ".npy")
 
 
 @dataclass
-class DenoiseParams(ScaleOptions):
+class DenoiseParams:
     """Parameters of the ``denoise`` task: a noisy image file in, a denoised file out."""
 
     checkpoint: Path = field(metadata={"help": "run folder or checkpoint.safetensors"})
@@ -347,8 +346,12 @@ class DenoiseParams(ScaleOptions):
                 f"samples={self.samples}: mode 'sample' returns one posterior sample; use --mode mmse "
                 "to average several"
             )
-        self.check_scale(("png", "parquet"))
-        if self.engine == "local" and self.output.suffix.lower() not in OUTPUT_SUFFIXES:
+        self.check_output()
+
+    def check_output(self) -> None:
+        """Check ``output`` as the file of a run in this process (.png, .npz or .npy); a wrapper
+        that writes elsewhere (:mod:`diffcore.scale`: a folder of images or shards) overrides this."""
+        if self.output.suffix.lower() not in OUTPUT_SUFFIXES:
             raise ValueError(f"output {str(self.output)!r}: expected a file ending in {', '.join(OUTPUT_SUFFIXES)}")
 
 
@@ -360,10 +363,6 @@ class Denoise:
     Params = DenoiseParams
 
     def run(self, params: DenoiseParams) -> dict[str, Any]:
-        if params.engine == "ray":  # --input is a folder of images, --output a folder
-            from diffcore.scale.jobs import run_task
-
-            return run_task(self.name, params)
         started = time.perf_counter()
         pipe = load_pipeline(params.checkpoint, params.device)
         io.check_writable(params.output)

@@ -23,7 +23,6 @@ from diffcore.io.progress import progress_bar, shown, step_callback
 from diffcore.io.results import check_finite
 from diffcore.pipeline import Pipeline
 from diffcore.sampling import resolve_sampler
-from diffcore.scale.options import ScaleOptions
 from diffcore.tasks import check_device, load_pipeline
 from diffcore.tasks.inputs import (
     MAX_BATCH,
@@ -96,7 +95,7 @@ def _label(item: Any) -> int:
 
 
 @dataclass
-class GenerateParams(ScaleOptions):
+class GenerateParams:
     """Parameters of the ``generate`` task (each is a ``--option`` of ``diffcore generate``)."""
 
     checkpoint: str = field(metadata={"help": "run folder or checkpoint.safetensors"})
@@ -154,15 +153,17 @@ class GenerateParams(ScaleOptions):
         check_sampler(self.sampler)
         if self.timestep_spacing is not None and self.timestep_spacing not in SPACINGS:
             raise ValueError(f"timestep_spacing={self.timestep_spacing!r}: expected one of {', '.join(SPACINGS)}")
-        self.check_scale(("parquet", "png"))
-        if self.engine == "ray":  # --out is a folder of shards
-            self.out = self.out or "samples"
-        elif self.out is None and self.npz is None:
-            self.out = "samples.png"
-        if self.engine == "local":
-            check_suffix("out", self.out, (".png", ".npz"))
+        self.check_output()
         check_suffix("npz", self.npz, (".npz",))
         check_device(self.device)
+
+    def check_output(self) -> None:
+        """Default and check ``out`` as a file of a run in this process (``samples.png`` unless
+        ``npz`` is given; .png or .npz); a wrapper that writes elsewhere (:mod:`diffcore.scale`: a
+        folder of shards) overrides this."""
+        if self.out is None and self.npz is None:
+            self.out = "samples.png"
+        check_suffix("out", self.out, (".png", ".npz"))
 
 
 def resolve_labels(pipe: Pipeline, spec: Any, n: int) -> Tensor | None:
@@ -276,10 +277,6 @@ class GenerateTask:
     Params = GenerateParams
 
     def run(self, params: GenerateParams) -> dict[str, Any]:
-        if params.engine == "ray":
-            from diffcore.scale.jobs import run_task
-
-            return run_task(self.name, params)
         pipe = load_pipeline(params.checkpoint, params.device)
         check_outputs(pipe, params)
         start = time.perf_counter()

@@ -29,7 +29,7 @@ from diffcore.tasks.anomaly.scores import (
     reconstruction_scores,
     standardize,
 )
-from diffcore.tasks.anomaly.task import Detect, DetectParams, detect, load_input
+from diffcore.tasks.anomaly.task import Detect, DetectParams, detect, load_input, resolve_calibration
 
 __all__ = [
     "ERRORS",
@@ -53,6 +53,7 @@ __all__ = [
     "load_input",
     "recipe_for",
     "reconstruction_scores",
+    "resolve_calibration",
     "simplex_noise",
     "standardize",
 ]

@@ -21,7 +21,6 @@ from torch import Tensor
 from diffcore import io
 from diffcore.io.progress import shown
 from diffcore.pipeline import Pipeline
-from diffcore.scale.options import ScaleOptions
 from diffcore.tasks import as_json, load_pipeline
 from diffcore.tasks.anomaly.calibration import Calibration, check_settings
 from diffcore.tasks.anomaly.dte import dte_scores
@@ -44,7 +43,7 @@ from diffcore.tasks.inputs import (
     quiet_field,
 )
 
-__all__ = ["Detect", "DetectParams", "detect", "load_input"]
+__all__ = ["Detect", "DetectParams", "detect", "load_input", "resolve_calibration"]
 
 
 def detect(
@@ -90,7 +89,7 @@ _RECIPE_HELP = " (default: the recipe for images or table rows, diffcore.tasks.a
 
 
 @dataclass
-class DetectParams(ScaleOptions):
+class DetectParams:
     """Parameters of the ``detect`` task: inputs to score, optional normal data to calibrate on."""
 
     checkpoint: Path = field(metadata={"help": "run folder or checkpoint.safetensors"})
@@ -174,9 +173,7 @@ class DetectParams(ScaleOptions):
             raise ValueError(f"method={self.method!r}: expected one of {METHODS}")
         if self.noise not in NOISES:
             raise ValueError(f"noise={self.noise!r}: expected one of {NOISES}")
-        self.check_scale(("parquet", "csv"))
-        if self.engine == "local" and self.output.suffix.lower() not in (".json", ".csv"):
-            raise ValueError(f"output={str(self.output)!r}: expected a file ending in .json or .csv")
+        self.check_output()
         for name in ("repeats", "batch_size", "levels", "steps"):
             high = MAX_BATCH if name == "batch_size" else MAX_STEPS
             if getattr(self, name) is not None:
@@ -185,6 +182,12 @@ class DetectParams(ScaleOptions):
         check_number("smooth", self.smooth, 0.0, MAX_SMOOTH)
         self._check_depth()
         self._check_threshold()
+
+    def check_output(self) -> None:
+        """Check ``output`` as the scores file of a run in this process (.json or .csv); a wrapper
+        that writes elsewhere (:mod:`diffcore.scale`: a folder of shards) overrides this."""
+        if self.output.suffix.lower() not in (".json", ".csv"):
+            raise ValueError(f"output={str(self.output)!r}: expected a file ending in .json or .csv")
 
     def _check_depth(self) -> None:
         if isinstance(self.depth, (list, tuple)) and len(self.depth) == 1:
@@ -233,10 +236,6 @@ class Detect:
     Params = DetectParams
 
     def run(self, params: DetectParams) -> dict[str, Any]:
-        if params.engine == "ray":  # --output is a folder of shards
-            from diffcore.scale.jobs import run_task
-
-            return run_task(self.name, params)
         started = time.perf_counter()
         pipe = load_pipeline(params.checkpoint, params.device)
         io.check_writable(params.output)
@@ -244,10 +243,16 @@ class Detect:
         options = params.options(tuple(x.shape[1:]))
         if params.reference is not None and params.method == "recon":
             options["reference"] = load_input(params.reference, pipe, "reference data")
-        progress = {"progress": shown(params.quiet)}
-        calibration, normal_scores = self._calibration(params, pipe, options, progress)
+        progress = shown(params.quiet)
+        calibration, normal_scores = resolve_calibration(params, pipe, options, progress=progress)
         result = detect(
-            pipe, x, method=params.method, calibration=calibration, batch_size=params.batch_size, **progress, **options
+            pipe,
+            x,
+            method=params.method,
+            calibration=calibration,
+            batch_size=params.batch_size,
+            progress=progress,
+            **options,
         )
         files = io.write_scores(params.output, x.cpu(), result, calibration, normal_scores)
         labels = result.labels
@@ -263,23 +268,28 @@ class Detect:
             "params": as_json(params),
         }
 
-    @staticmethod
-    def _calibration(
-        params: DetectParams, pipe: Pipeline, options: dict[str, Any], progress: dict[str, Any]
-    ) -> tuple[Calibration | None, Tensor | None]:
-        """(the calibration, the normal scores it was fitted on): read from a JSON, fitted on
-        ``params.calibrate`` normal data, or none."""
-        if params.calibrate is None:
-            return None, None
-        if params.calibrate.suffix.lower() == ".json":
-            io.check_file(params.calibrate, "calibration", (".json",))
-            return Calibration.from_json(params.calibrate), None
-        normals = load_input(params.calibrate, pipe, "calibration data")
-        scores = detect(pipe, normals, method=params.method, batch_size=params.batch_size, **progress, **options).scores
-        target = (
-            {"quantile": params.quantile}
-            if params.quantile is not None
-            else {"fpr": 0.05 if params.fpr is None else params.fpr}
-        )
-        settings = {**options, "reference": str(params.reference)} if "reference" in options else options
-        return Calibration.fit(scores, method=params.method, settings=settings, **target), scores
+
+def resolve_calibration(
+    params: DetectParams, pipe: Pipeline, options: dict[str, Any], *, progress: bool | None = False
+) -> tuple[Calibration | None, Tensor | None]:
+    """The calibration of a ``detect`` run and the normal scores it was fitted on: none without
+    ``params.calibrate``; read from a calibration JSON (no scores); or fitted on the normal data
+    in ``params.calibrate``, scored by :func:`detect` with ``options`` (those of
+    :meth:`DetectParams.options`, plus ``reference``), at ``params.fpr`` (default 0.05) or
+    ``params.quantile``. ``progress``: a bar while scoring (None: only on a terminal)."""
+    if params.calibrate is None:
+        return None, None
+    if params.calibrate.suffix.lower() == ".json":
+        io.check_file(params.calibrate, "calibration", (".json",))
+        return Calibration.from_json(params.calibrate), None
+    normals = load_input(params.calibrate, pipe, "calibration data")
+    scores = detect(
+        pipe, normals, method=params.method, batch_size=params.batch_size, progress=progress, **options
+    ).scores
+    target = (
+        {"quantile": params.quantile}
+        if params.quantile is not None
+        else {"fpr": 0.05 if params.fpr is None else params.fpr}
+    )
+    settings = {**options, "reference": str(params.reference)} if "reference" in options else options
+    return Calibration.fit(scores, method=params.method, settings=settings, **target), scores
