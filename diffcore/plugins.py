@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import pluggy
 
 from diffcore import hookspecs
+from diffcore.plugin_errors import PluginError, PluginWarning, UnknownNameError, describe_failure
 from diffcore.plugin_sources import (
     DISABLE_AUTOLOAD_ENV,
     LOAD_PLUGINS_ENV,
@@ -89,30 +90,11 @@ class Register(Protocol):
     def __call__(self, name: str, obj: object, *, override: bool = False) -> None: ...
 
 
-class PluginError(ValueError):
-    """A plugin misbehaved: a name registered twice, a bad name, a failed hook."""
-
-
-class PluginWarning(UserWarning):
-    """A plugin failed to load or register and was skipped."""
-
-
-class UnknownNameError(KeyError):
-    """A registry kind or a name in a registry does not exist; the message lists the known ones."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return self.message
-
-
 class _HookFailed(Exception):
     """Internal: a register_* hook raised ``error``."""
 
     def __init__(self, hook: str, error: BaseException) -> None:
-        super().__init__(f"{hook} raised {_describe(error)}")
+        super().__init__(f"{hook} raised {describe_failure(error)}")
         self.hook = hook
         self.error = error
 
@@ -256,7 +238,7 @@ def record_failure(plugin: str, error: BaseException, during: str) -> None:
     it contributed there was skipped: warn, and record it in :func:`plugin_info`."""
     with _lock:
         state = _ensure()
-        message = f"{during} raised {_describe(error)}"
+        message = f"{during} raised {describe_failure(error)}"
         record = state.plugins.get(plugin)
         if record is not None and message not in (record.error or ""):
             record.error = message if record.error is None else f"{record.error}; {message}"
@@ -304,7 +286,7 @@ def _load_builtins(state: _State) -> None:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - a broken plugin (sys.exit too) must not break diffcore
-            _fail(state, _Plugin(short, module_name, version, builtin=True), f"import failed: {_describe(exc)}")
+            _fail(state, _Plugin(short, module_name, version, builtin=True), f"import failed: {describe_failure(exc)}")
             continue
         _add_plugin(state, module, short, module_name, version, builtin=True, strict=False)
 
@@ -326,7 +308,7 @@ def _load_entry_points(state: _State) -> None:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - SystemExit too
-            _fail(state, _Plugin(ep.name, ep.module, version, builtin=False), f"import failed: {_describe(exc)}")
+            _fail(state, _Plugin(ep.name, ep.module, version, builtin=False), f"import failed: {describe_failure(exc)}")
             continue
         _add_plugin(state, plugin, ep.name, ep.module, version, builtin=False, strict=False)
     for missing in sorted((allowed or set()) - seen):
@@ -361,8 +343,8 @@ def _add_plugin(
         state.pm.register(plugin, name=name)
     except Exception as exc:  # noqa: BLE001 - pluggy validation errors, a name clash
         if strict:
-            raise PluginError(f"plugin {name!r} cannot be registered: {_describe(exc)}") from exc
-        _fail(state, record, f"invalid plugin: {_describe(exc)}")
+            raise PluginError(f"plugin {name!r} cannot be registered: {describe_failure(exc)}") from exc
+        _fail(state, record, f"invalid plugin: {describe_failure(exc)}")
         return
     record.hooks = sorted(caller.name for caller in (state.pm.get_hookcallers(plugin) or []))
     try:
@@ -493,9 +475,3 @@ def _unknown_name_message(kind: str, name: object, registry: dict[str, _Entry]) 
 
 def _hook_names() -> list[str]:
     return sorted(name for name in dir(hookspecs) if name.startswith("register_"))
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, SystemExit):
-        return f"SystemExit({exc.code!r}): the plugin called sys.exit()"
-    return f"{type(exc).__name__}: {exc}"
