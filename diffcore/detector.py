@@ -269,13 +269,13 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         own = rows is self._train_rows
         if method == "dte_np":
             if "dte_np" not in self._variants:
-                est = DTENonParametric(bins=DTE_NP_BINS, schedule=self.pipeline_.schedule)
-                self._variants["dte_np"] = est.fit(self._train_rows)
+                nonparametric = DTENonParametric(bins=DTE_NP_BINS, schedule=self.pipeline_.schedule)
+                self._variants["dte_np"] = nonparametric.fit(self._train_rows)
             return self._variants["dte_np"].score(rows, leave_one_out=own)
         if method == "dte_c":
             if "dte_c" not in self._variants:
                 b = self.budget_
-                est = DTECategorical(
+                categorical = DTECategorical(
                     DTE_C_BINS,
                     hidden=b["hidden"],
                     layers=b["layers"],
@@ -285,7 +285,7 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
                     seed=self.seed_,
                     device=self.device,
                 )
-                self._variants["dte_c"] = est.fit(self._train_rows)
+                self._variants["dte_c"] = categorical.fit(self._train_rows)
             return self._variants["dte_c"].score(rows)
         if "ensemble" not in self._variants:  # median and IQR of each part on the training rows
             parts = [self._anomaly(self._train_rows, "recon"), self._variant(self._train_rows, "dte_np")]
