@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("sklearn")
 
 from diffcore.detector import DiffusionDetector
-from diffcore.tasks.anomaly.tables import TAIL, TableScaler, table_budget
+from diffcore.tasks.anomaly.tables import MAX_STEPS, MIN_STEPS, PASSES, TAIL, TableScaler, table_budget
 
 TINY = {"n_steps": 40, "hidden": 8, "layers": 1, "repeats": 1, "levels": 4, "batch_size": 16}
 
@@ -82,7 +82,10 @@ def test_detector_scores_awkward_columns_finitely() -> None:
 @pytest.mark.parametrize(("rows", "features"), [(50, 4), (500, 30), (5000, 64), (100_000, 200)])
 def test_budget_follows_the_table(rows: int, features: int) -> None:
     b = table_budget(rows, features)
-    assert 300 <= b["steps"] <= 1500 and 64 <= b["batch_size"] <= 512
+    assert MIN_STEPS <= b["steps"] <= MAX_STEPS and 64 <= b["batch_size"] <= 512
+    # the cap is PASSES passes over the rows where that lies within [MIN_STEPS, MAX_STEPS]
+    passes = b["steps"] * b["batch_size"] / rows
+    assert passes >= PASSES - 1 or b["steps"] == MAX_STEPS
     assert b["hidden"] == (64 if features <= 16 else 128)
     assert b["eval_every"] <= b["steps"] and b["patience"] >= 1
 
