@@ -13,48 +13,24 @@ import flow_tiny
 import pytest
 import sd_tiny
 import torch
+from latent_fixtures import flow_fixtures, one_thread  # noqa: F401 - one_thread: autouse
+from sd_tiny import diffusers
 
 import diffcore
 from diffcore.interop.components.mmdit import FluxTransformer, latent_image_ids, pack_latents, unpack_latents
 from diffcore.interop.diffusers import load_diffusers_pipeline
 from diffcore.interop.scheduler_config import scheduler_from_config
 
-diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-
 TOL = 1e-4
 STEPS = 5
 PROMPT, NEGATIVE = "a photo of a cat", "blurry"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    with flow_tiny.one_thread():
-        yield
 
 
 SIZE = flow_tiny.IMAGE_SIZE
 TEXT = {"max_sequence_length": 16, "embedded_guidance": 3.5}
 
 
-@pytest.fixture(scope="module")
-def components(tmp_path_factory):
-    return flow_tiny.flux_components(tmp_path_factory.mktemp("flux"))
-
-
-@pytest.fixture(scope="module")
-def flux(components):
-    return diffusers.FluxPipeline(**components)
-
-
-@pytest.fixture(scope="module")
-def folder(flux, tmp_path_factory):
-    return sd_tiny.save(flux, tmp_path_factory.mktemp("flux_folder"))
-
-
-@pytest.fixture(scope="module")
-def pipe(folder):
-    return load_diffusers_pipeline(folder)
+components, flux, folder, pipe = flow_fixtures("flux", flow_tiny.flux_components, "FluxPipeline")
 
 
 def diffusers_kwargs(seed: int, true_cfg: float = 2.0) -> dict:

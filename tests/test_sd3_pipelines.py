@@ -11,6 +11,8 @@ import flow_tiny
 import pytest
 import sd_tiny
 import torch
+from latent_fixtures import flow_fixtures, one_thread  # noqa: F401 - one_thread: autouse
+from sd_tiny import diffusers
 
 import diffcore
 from diffcore.interop.components.mmdit import SD3Transformer
@@ -18,42 +20,16 @@ from diffcore.interop.diffusers import load_diffusers_pipeline
 from diffcore.interop.errors import DiffusersInteropError
 from diffcore.interop.scheduler_config import scheduler_from_config
 
-diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-
 TOL = 1e-4
 STEPS = 6
 PROMPT, NEGATIVE = "a photo of a cat", "blurry"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    with flow_tiny.one_thread():
-        yield
 
 
 SIZE = flow_tiny.IMAGE_SIZE
 TEXT = {"max_sequence_length": 16}  # T5 tokens: diffusers' max_sequence_length, diffcore's family option
 
 
-@pytest.fixture(scope="module")
-def components(tmp_path_factory):
-    return flow_tiny.sd3_components(tmp_path_factory.mktemp("sd3"))
-
-
-@pytest.fixture(scope="module")
-def sd3(components):
-    return diffusers.StableDiffusion3Pipeline(**components)
-
-
-@pytest.fixture(scope="module")
-def folder(sd3, tmp_path_factory):
-    return sd_tiny.save(sd3, tmp_path_factory.mktemp("sd3_folder"))
-
-
-@pytest.fixture(scope="module")
-def pipe(folder):
-    return load_diffusers_pipeline(folder)
+components, sd3, folder, pipe = flow_fixtures("sd3", flow_tiny.sd3_components, "StableDiffusion3Pipeline")
 
 
 def diffusers_kwargs(seed: int) -> dict:

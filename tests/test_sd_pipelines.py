@@ -10,52 +10,26 @@ from typing import Any
 import pytest
 import sd_tiny
 import torch
+from latent_fixtures import gen, one_thread, scheduler_fixtures  # noqa: F401 - one_thread: autouse
 from sd_tiny import diffusers, relative_error
 
 from diffcore.interop.diffusers import DiffusersInteropError, load_diffusers_pipeline
-from diffcore.interop.latent import LatentPipeline
 
 TOL = 1e-4
 PROMPTS = ["a photo of a cat", "a red dog on the grass"]
 NEGATIVES = ["blurry", "dark sky"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads() -> Any:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Path]]:
-    """scheduler name -> (the diffusers pipeline, its saved folder); 'inpaint9': the 9-channel UNet."""
-    root = tmp_path_factory.mktemp("sd")
-    out = {}
-    for name in sd_tiny.SCHEDULERS:
-        ref = sd_tiny.sd_pipeline(root, sched=name)
-        out[name] = (ref, sd_tiny.save(ref, root / name))
-    ref = sd_tiny.sd_pipeline(root, inpaint=True, sched="ddim")
-    out["inpaint9"] = (ref, sd_tiny.save(ref, root / "inpaint9"))
-    return out
-
-
-@pytest.fixture(scope="module")
-def loaded(folders: dict[str, tuple[Any, Path]]) -> dict[str, LatentPipeline]:
-    return {name: load_diffusers_pipeline(folder) for name, (_, folder) in folders.items()}
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+# scheduler name -> (the diffusers pipeline, its saved folder) and its diffcore load; 'inpaint9': the 9-channel UNet
+folders, loaded = scheduler_fixtures("sd", sd_tiny.sd_pipeline, inpaint9={"inpaint": True, "sched": "ddim"})
 
 
 @pytest.mark.parametrize("sched", list(sd_tiny.SCHEDULERS))
 def test_text2image_matches_diffusers(sched: str, folders: dict, loaded: dict) -> None:
     ref, _ = folders[sched]
     kw = {"guidance_scale": 3.0, "height": 32, "width": 32}
-    want = ref(PROMPTS, negative_prompt=NEGATIVES, generator=_gen(0), num_inference_steps=4, output_type="pt", **kw)
-    got = loaded[sched].text2image(PROMPTS, NEGATIVES, generator=_gen(0), steps=4, **kw)
+    want = ref(PROMPTS, negative_prompt=NEGATIVES, generator=gen(0), num_inference_steps=4, output_type="pt", **kw)
+    got = loaded[sched].text2image(PROMPTS, NEGATIVES, generator=gen(0), steps=4, **kw)
     assert got.shape == (2, 3, 32, 32) and got.dtype == torch.float32
     assert float(got.min()) >= 0 and float(got.max()) <= 1
     assert relative_error(got, want.images) < TOL
@@ -70,19 +44,19 @@ def test_image2image_matches_diffusers(sched: str, folders: dict, loaded: dict) 
         PROMPTS[:1],
         image=image,
         strength=0.6,
-        generator=_gen(1),
+        generator=gen(1),
         num_inference_steps=5,
         guidance_scale=2.0,
         negative_prompt=NEGATIVES[:1],
         output_type="pt",
     ).images
     got = loaded[sched].image2image(
-        image, PROMPTS[:1], NEGATIVES[:1], strength=0.6, generator=_gen(1), steps=5, guidance_scale=2.0
+        image, PROMPTS[:1], NEGATIVES[:1], strength=0.6, generator=gen(1), steps=5, guidance_scale=2.0
     )
     assert relative_error(got, want) < TOL
     # the strength picks the start level: another strength, another image
     other = loaded[sched].image2image(
-        image, PROMPTS[:1], NEGATIVES[:1], strength=0.2, generator=_gen(1), steps=5, guidance_scale=2.0
+        image, PROMPTS[:1], NEGATIVES[:1], strength=0.2, generator=gen(1), steps=5, guidance_scale=2.0
     )
     assert relative_error(other, got) > 1e-3
 
@@ -96,7 +70,7 @@ def test_inpaint_any_unet_matches_diffusers(sched: str, strength: float, folders
         PROMPTS[1:],
         image=image,
         mask_image=mask,
-        generator=_gen(2),
+        generator=gen(2),
         num_inference_steps=4,
         guidance_scale=2.0,
         strength=strength,
@@ -105,7 +79,7 @@ def test_inpaint_any_unet_matches_diffusers(sched: str, strength: float, folders
         output_type="pt",
     ).images
     got = loaded[sched].inpaint(
-        image, mask, PROMPTS[1:], generator=_gen(2), steps=4, guidance_scale=2.0, strength=strength
+        image, mask, PROMPTS[1:], generator=gen(2), steps=4, guidance_scale=2.0, strength=strength
     )
     assert relative_error(got, want) < TOL
 
@@ -119,7 +93,7 @@ def test_inpaint_nine_channel_unet_matches_diffusers(folders: dict, loaded: dict
             PROMPTS[:1],
             image=image,
             mask_image=mask,
-            generator=_gen(5),
+            generator=gen(5),
             num_inference_steps=4,
             guidance_scale=2.5,
             negative_prompt=NEGATIVES[:1],
@@ -127,7 +101,7 @@ def test_inpaint_nine_channel_unet_matches_diffusers(folders: dict, loaded: dict
             output_type="pt",
         ).images
         got = loaded["inpaint9"].inpaint(
-            image, mask, PROMPTS[:1], NEGATIVES[:1], generator=_gen(5), steps=4, guidance_scale=2.5, strength=strength
+            image, mask, PROMPTS[:1], NEGATIVES[:1], generator=gen(5), steps=4, guidance_scale=2.5, strength=strength
         )
         assert loaded["inpaint9"].family.concat_channels() == 5
         assert relative_error(got, want) < TOL, strength
@@ -136,17 +110,17 @@ def test_inpaint_nine_channel_unet_matches_diffusers(folders: dict, loaded: dict
 def test_no_guidance_and_prompt_embeds(folders: dict, loaded: dict) -> None:
     ref, _ = folders["ddim"]
     pipe = loaded["ddim"]
-    want = ref(PROMPTS[:1], generator=_gen(7), num_inference_steps=3, guidance_scale=1.0, output_type="pt").images
-    got = pipe.text2image(PROMPTS[:1], generator=_gen(7), steps=3, guidance_scale=1.0)
+    want = ref(PROMPTS[:1], generator=gen(7), num_inference_steps=3, guidance_scale=1.0, output_type="pt").images
+    got = pipe.text2image(PROMPTS[:1], generator=gen(7), steps=3, guidance_scale=1.0)
     assert relative_error(got, want) < TOL
     embeds = pipe.components["text_encoder"].encode(PROMPTS[:1]).hidden
-    again = pipe.text2image(prompt_embeds=embeds, generator=_gen(7), steps=3, guidance_scale=1.0)
+    again = pipe.text2image(prompt_embeds=embeds, generator=gen(7), steps=3, guidance_scale=1.0)
     assert torch.equal(again, got)
-    latents = torch.randn(2, 4, 16, 16, generator=_gen(8))
+    latents = torch.randn(2, 4, 16, 16, generator=gen(8))
     two = pipe.text2image(prompt_embeds=embeds, num_images_per_prompt=2, latents=latents, steps=3, guidance_scale=1.0)
     listed = pipe.text2image(PROMPTS[:1] * 2, latents=latents, steps=3, guidance_scale=1.0)
     assert two.shape[0] == 2 and torch.equal(two, listed)
-    assert not torch.equal(pipe.text2image(PROMPTS[1:], generator=_gen(7), steps=3, guidance_scale=1.0), got)
+    assert not torch.equal(pipe.text2image(PROMPTS[1:], generator=gen(7), steps=3, guidance_scale=1.0), got)
 
 
 @pytest.mark.parametrize("sampler", ["heun", "unipc", "euler_ancestral", "dpmpp_2m_cfg_pp"])
@@ -160,7 +134,7 @@ def test_any_diffcore_sampler(sampler: str, loaded: dict) -> None:
 
 def test_latents_and_batch(loaded: dict) -> None:
     pipe = loaded["euler"]
-    latents = torch.randn(2, 4, 16, 16, generator=_gen(3))
+    latents = torch.randn(2, 4, 16, 16, generator=gen(3))
     both = pipe.text2image(PROMPTS[:1], latents=latents, num_images_per_prompt=2, steps=3)
     one = pipe.text2image(PROMPTS[:1], latents=latents[1:], steps=3)
     assert both.shape[0] == 2 and relative_error(both[1:], one) < 1e-5
@@ -252,7 +226,7 @@ def test_bad_inputs_name_the_value(loaded: dict) -> None:
 
 def test_tiled_decode(loaded: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     vae = loaded["ddim"].components["vae"]
-    latents = torch.randn(1, 4, 16, 16, generator=_gen(0))
+    latents = torch.randn(1, 4, 16, 16, generator=gen(0))
     calls: list[tuple[int, ...]] = []
     tiled = vae.vae.tiled_decode
     monkeypatch.setattr(vae.vae, "tiled_decode", lambda z, **kw: calls.append(tuple(z.shape)) or tiled(z, **kw))
@@ -277,9 +251,9 @@ def test_sd2_v_prediction_zero_snr_guidance_rescale(folders: dict, tmp_path: Pat
     pipe = load_diffusers_pipeline(sd_tiny.save(ref, tmp_path / "sd2"))
     kw = {"guidance_scale": 4.0, "guidance_rescale": 0.7}
     want = ref(
-        PROMPTS[:1], negative_prompt=NEGATIVES[:1], generator=_gen(9), num_inference_steps=4, output_type="pt", **kw
+        PROMPTS[:1], negative_prompt=NEGATIVES[:1], generator=gen(9), num_inference_steps=4, output_type="pt", **kw
     ).images
-    got = pipe.text2image(PROMPTS[:1], NEGATIVES[:1], generator=_gen(9), steps=4, **kw)
+    got = pipe.text2image(PROMPTS[:1], NEGATIVES[:1], generator=gen(9), steps=4, **kw)
     assert pipe.param.name == "v_prediction"
     assert relative_error(got, want) < TOL
 
@@ -293,12 +267,12 @@ def test_stochastic_sampler_matches_diffusers(folders: dict, loaded: dict) -> No
     image, mask = sd_tiny.images(1, seed=6), sd_tiny.center_mask(1)
     kw = {"guidance_scale": 4.0}
     t2i = diffusers.StableDiffusionPipeline(**components)
-    want = t2i(PROMPTS[:1], generator=_gen(4), num_inference_steps=4, output_type="pt", **kw).images
-    got = loaded["euler"].text2image(PROMPTS[:1], generator=_gen(4), steps=4, sampler="euler_ancestral", **kw)
+    want = t2i(PROMPTS[:1], generator=gen(4), num_inference_steps=4, output_type="pt", **kw).images
+    got = loaded["euler"].text2image(PROMPTS[:1], generator=gen(4), steps=4, sampler="euler_ancestral", **kw)
     assert relative_error(got, want) < TOL
     inpaint = diffusers.StableDiffusionInpaintPipeline(**components)
     want = inpaint(
-        PROMPTS[:1], image=image, mask_image=mask, generator=_gen(4), num_inference_steps=4, output_type="pt", **kw
+        PROMPTS[:1], image=image, mask_image=mask, generator=gen(4), num_inference_steps=4, output_type="pt", **kw
     ).images
-    got = loaded["euler"].inpaint(image, mask, PROMPTS[:1], generator=_gen(4), steps=4, sampler="euler_ancestral", **kw)
+    got = loaded["euler"].inpaint(image, mask, PROMPTS[:1], generator=gen(4), steps=4, sampler="euler_ancestral", **kw)
     assert relative_error(got, want) < TOL

@@ -4,54 +4,28 @@ StableDiffusionXL(Img2Img|Inpaint)Pipeline for the same noise (tiny components, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sd_tiny
-import torch
+from latent_fixtures import gen, one_thread, scheduler_fixtures  # noqa: F401 - one_thread: autouse
 from sd_tiny import diffusers, relative_error
 
 from diffcore.interop.diffusers import load_diffusers_pipeline
-from diffcore.interop.latent import LatentPipeline
 
 TOL = 1e-4
 PROMPTS = ["a photo of a cat", "a blue sky"]
 NEGATIVES = ["blurry", "dark"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads() -> Any:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, Path]]:
-    root = tmp_path_factory.mktemp("sdxl")
-    out = {}
-    for name in sd_tiny.SCHEDULERS:
-        ref = sd_tiny.sdxl_pipeline(root, sched=name)
-        out[name] = (ref, sd_tiny.save(ref, root / name))
-    return out
-
-
-@pytest.fixture(scope="module")
-def loaded(folders: dict[str, tuple[Any, Path]]) -> dict[str, LatentPipeline]:
-    return {name: load_diffusers_pipeline(folder) for name, (_, folder) in folders.items()}
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+folders, loaded = scheduler_fixtures("sdxl", sd_tiny.sdxl_pipeline)
 
 
 @pytest.mark.parametrize("sched", list(sd_tiny.SCHEDULERS))
 def test_text2image_matches_diffusers(sched: str, folders: dict, loaded: dict) -> None:
     ref, _ = folders[sched]
     kw = {"guidance_scale": 4.0, "height": 32, "width": 32}
-    want = ref(PROMPTS, negative_prompt=NEGATIVES, generator=_gen(0), num_inference_steps=4, output_type="pt", **kw)
-    got = loaded[sched].text2image(PROMPTS, NEGATIVES, generator=_gen(0), steps=4, **kw)
+    want = ref(PROMPTS, negative_prompt=NEGATIVES, generator=gen(0), num_inference_steps=4, output_type="pt", **kw)
+    got = loaded[sched].text2image(PROMPTS, NEGATIVES, generator=gen(0), steps=4, **kw)
     assert got.shape == (2, 3, 32, 32)
     assert relative_error(got, want.images) < TOL
 
@@ -59,8 +33,8 @@ def test_text2image_matches_diffusers(sched: str, folders: dict, loaded: dict) -
 def test_zero_negative_when_none(folders: dict, loaded: dict) -> None:
     """Without a negative prompt SDXL's unconditional branch is zeros (force_zeros_for_empty_prompt)."""
     ref, _ = folders["euler"]
-    want = ref(PROMPTS[:1], generator=_gen(1), num_inference_steps=3, guidance_scale=3.0, output_type="pt").images
-    got = loaded["euler"].text2image(PROMPTS[:1], generator=_gen(1), steps=3, guidance_scale=3.0)
+    want = ref(PROMPTS[:1], generator=gen(1), num_inference_steps=3, guidance_scale=3.0, output_type="pt").images
+    got = loaded["euler"].text2image(PROMPTS[:1], generator=gen(1), steps=3, guidance_scale=3.0)
     assert relative_error(got, want) < TOL
     cond, uncond = loaded["euler"].family.encode_prompt(PROMPTS[:1], None, guidance=True, height=32, width=32)
     assert uncond is not None and not uncond["encoder_hidden_states"].any() and not uncond["text_embeds"].any()
@@ -77,14 +51,14 @@ def test_image2image_matches_diffusers(sched: str, folders: dict, loaded: dict) 
         PROMPTS[:1],
         image=image,
         strength=0.7,
-        generator=_gen(3),
+        generator=gen(3),
         num_inference_steps=5,
         guidance_scale=3.0,
         negative_prompt=NEGATIVES[:1],
         output_type="pt",
     ).images
     got = loaded[sched].image2image(
-        image, PROMPTS[:1], NEGATIVES[:1], strength=0.7, generator=_gen(3), steps=5, guidance_scale=3.0
+        image, PROMPTS[:1], NEGATIVES[:1], strength=0.7, generator=gen(3), steps=5, guidance_scale=3.0
     )
     assert relative_error(got, want) < TOL
 
@@ -97,7 +71,7 @@ def test_inpaint_matches_diffusers(folders: dict, loaded: dict) -> None:
         PROMPTS[1:],
         image=image,
         mask_image=mask,
-        generator=_gen(5),
+        generator=gen(5),
         num_inference_steps=4,
         guidance_scale=3.0,
         strength=1.0,
@@ -107,7 +81,7 @@ def test_inpaint_matches_diffusers(folders: dict, loaded: dict) -> None:
         output_type="pt",
     ).images
     got = loaded["euler"].inpaint(
-        image, mask, PROMPTS[1:], NEGATIVES[1:], generator=_gen(5), steps=4, guidance_scale=3.0, strength=1.0
+        image, mask, PROMPTS[1:], NEGATIVES[1:], generator=gen(5), steps=4, guidance_scale=3.0, strength=1.0
     )
     assert relative_error(got, want) < TOL
 
@@ -126,12 +100,12 @@ def test_refiner_matches_diffusers(tmp_path: Path) -> None:
             image=image,
             strength=0.5,
             negative_prompt=negative,
-            generator=_gen(6),
+            generator=gen(6),
             num_inference_steps=4,
             guidance_scale=4.0,
             output_type="pt",
         ).images
         got = pipe.image2image(
-            image, PROMPTS[:1], negative, strength=0.5, generator=_gen(6), steps=4, guidance_scale=4.0
+            image, PROMPTS[:1], negative, strength=0.5, generator=gen(6), steps=4, guidance_scale=4.0
         )
         assert relative_error(got, want) < TOL, negative
