@@ -30,27 +30,58 @@ void philox_span(uint64_t seed, uint64_t offset, uint64_t sample, int64_t j0, in
   for (int64_t k = 0; k < count; ++k) out[k] = static_cast<scalar_t>(src[k]);
 }
 
-// Elements [e0, e1) of one sample; z[e] is the noise of element e. Returns the sum of x0 - x0
-// (NaN when an x0 is not finite, else 0).
+// The step loop is compiled for AVX-512, AVX2 and baseline x86-64 and the widest the CPU runs is
+// picked at load time (GCC function multiversioning), as ATen picks its own kernels: the baseline
+// (SSE2) loop alone ran at 2-4x the time of a torch.add on the same tensors. -ffp-contract=off holds
+// for every clone, so each gives the same bits (every lane rounds each op as the scalar code does).
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define DIFFCORE_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DIFFCORE_CPU_CLONES
+#endif
+
+// Row r of step_point (csrc/step_math.h) at element i, in its order of operations, reading the K
+// history slots straight from memory: no per-element arrays, so the loop below vectorizes.
+template <int K, typename acc_t, typename scalar_t>
+inline acc_t step_row(const acc_t* c, acc_t xv, acc_t x0, const scalar_t* hp, int64_t slot, int64_t i, acc_t zv) {
+  acc_t acc = c[0] * xv + c[1] * x0;
+  if constexpr (K > 0) acc += c[2] * static_cast<acc_t>(hp[i]);
+  if constexpr (K > 1) acc += c[3] * static_cast<acc_t>(hp[slot + i]);
+  if constexpr (K > 2) acc += c[4] * static_cast<acc_t>(hp[2 * slot + i]);
+  if constexpr (K > 3) acc += c[5] * static_cast<acc_t>(hp[3 * slot + i]);
+  return acc + c[2 + K] * zv;
+}
+
+// Elements [e0, e1) of one sample with coefficients co; z[e] is the noise of element e. Returns the
+// sum of x0 - x0 (NaN when an x0 is not finite, else 0).
 template <typename scalar_t, typename acc_t, int K, int W, bool CFG, bool LIMIT>
-inline acc_t step_range(scalar_t* xp, const scalar_t* mp, const scalar_t* cp, scalar_t* hp, int64_t slot,
-                        const int64_t* wslot, const acc_t* co, acc_t gw, acc_t gr, acc_t lo, acc_t div,
-                        const scalar_t* zp, int64_t e0, int64_t e1) {
+DIFFCORE_CPU_CLONES acc_t step_range(scalar_t* xp, const scalar_t* mp, const scalar_t* cp, scalar_t* hp, int64_t slot,
+                                     const int64_t* wslot, const acc_t* coeffs, acc_t gw, acc_t gr, acc_t lo, acc_t div,
+                                     const scalar_t* zp, int64_t e0, int64_t e1) {
+  static_assert(K <= 4 && W <= 2, "step_range spells out 4 history slots and 2 writes");
+  constexpr int width = 2 + (1 + W) * (3 + K);
+  acc_t co[width];  // a local copy the compiler keeps in registers (stores to x cannot alias it)
+  for (int k = 0; k < width; ++k) co[k] = coeffs[k];
+  const int64_t w0 = W > 0 ? wslot[0] : 0, w1 = W > 1 ? wslot[1] : 0;
   acc_t bad = 0;
-  // Each element reads its own history values before writing them, so iterations are
+  // Each element reads its own x and history values before writing them, so iterations are
   // independent even though history writes alias history reads: safe to vectorize.
 #pragma omp simd reduction(+ : bad)
   for (int64_t i = e0; i < e1; ++i) {
     const acc_t xv = static_cast<acc_t>(xp[i]);
     acc_t mv = static_cast<acc_t>(mp[i]);
     if (CFG) mv = gr * (mv + gw * (static_cast<acc_t>(cp[i]) - mv));
-    acc_t hv[K > 0 ? K : 1];
-    for (int j = 0; j < K; ++j) hv[j] = static_cast<acc_t>(hp[j * slot + i]);
-    acc_t out[1 + W];
-    const acc_t raw = step_point<K, W, LIMIT, acc_t>(xv, mv, co, lo, div, hv, static_cast<acc_t>(zp[i]), out);
+    const acc_t raw = co[0] * xv + co[1] * mv;
     bad += raw - raw;
-    xp[i] = static_cast<scalar_t>(out[0]);
-    for (int r = 0; r < W; ++r) hp[wslot[r] + i] = static_cast<scalar_t>(out[1 + r]);
+    const acc_t x0 = LIMIT ? limit_x0(raw, lo, div) : raw;
+    const acc_t zv = static_cast<acc_t>(zp[i]);
+    const acc_t o0 = step_row<K>(co + 2, xv, x0, hp, slot, i, zv);
+    acc_t o1 = 0, o2 = 0;
+    if constexpr (W > 0) o1 = step_row<K>(co + 2 + (3 + K), xv, x0, hp, slot, i, zv);
+    if constexpr (W > 1) o2 = step_row<K>(co + 2 + 2 * (3 + K), xv, x0, hp, slot, i, zv);
+    xp[i] = static_cast<scalar_t>(o0);
+    if constexpr (W > 0) hp[w0 + i] = static_cast<scalar_t>(o1);
+    if constexpr (W > 1) hp[w1 + i] = static_cast<scalar_t>(o2);
   }
   return bad;
 }
