@@ -4,12 +4,16 @@ Each task module holds the library functions over a :class:`~diffcore.pipeline.P
 (e.g. :func:`diffcore.tasks.img2img.sdedit`), a ``Params`` dataclass whose fields (types,
 defaults, ``metadata["help"]``) the command line turns into options, and a task class with
 ``name``, ``Params`` and ``run(params) -> dict`` that reads files, runs and writes the outputs.
-The built-in plugins register those classes; they hold no task code.
+The built-in plugins register those classes (``generate``, ``detect`` and ``denoise`` as the
+subclasses of :mod:`diffcore.scale.tasks`, which add ``--engine ray``); they hold no task code.
+The tasks import nothing from :mod:`diffcore.scale`, the plugins or the CLI.
 
 =========================  ==========================================================
 :mod:`.generation`         ``generate``: class-conditional samples with guidance
 :mod:`.text2image`         ``text2image``: samples from prompts
 :mod:`.img2img`            ``translate``: SDEdit, RePaint inpainting, paired translation
+:mod:`.repaint`            RePaint inpainting (re-exported by :mod:`.img2img`)
+:mod:`.paired`             paired (Palette) translation (re-exported by :mod:`.img2img`)
 :mod:`.denoise`            ``denoise``: posterior mean or sample of a noisy image
 :mod:`.anomaly`            ``detect``: reconstruction / diffusion-time scores, calibration
 =========================  ==========================================================
