@@ -241,18 +241,7 @@ def run_denoise(params: Any) -> dict[str, Any]:
     load_pipeline(params.checkpoint, "cpu")
     files = image_files(Path(params.input))
     out = check_out_dir(params.output)
-    sigma: Any = "auto" if params.sigma == "auto" else float(params.sigma)
-    options = {
-        "sigma": sigma,
-        "sigma_scale": params.sigma_scale,
-        "mode": params.mode,
-        "samples": params.samples,
-        "sampler": params.sampler,
-        "steps": params.steps,
-        "seed": params.seed,
-        "tile_overlap": params.tile_overlap,
-        "batch_size": params.batch_size,
-    }
+    options = params.options()  # denoise()'s keyword arguments, as a local run passes them
     with _session(params):
         mapped = map_pipeline(
             _paths_dataset(files, params.batch_size),

@@ -354,6 +354,20 @@ class DenoiseParams:
         if self.output.suffix.lower() not in OUTPUT_SUFFIXES:
             raise ValueError(f"output {str(self.output)!r}: expected a file ending in {', '.join(OUTPUT_SUFFIXES)}")
 
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`denoise` these parameters set (``sigma``: a float or ``"auto"``)."""
+        return {
+            "sigma": "auto" if self.sigma == "auto" else float(self.sigma),
+            "sigma_scale": self.sigma_scale,
+            "mode": self.mode,
+            "samples": self.samples,
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "seed": self.seed,
+            "tile_overlap": self.tile_overlap,
+            "batch_size": self.batch_size,
+        }
+
 
 class Denoise:
     """Denoise images with a trained model: the posterior mean (mmse) or a posterior sample,
@@ -367,25 +381,12 @@ class Denoise:
         pipe = load_pipeline(params.checkpoint, params.device)
         io.check_writable(params.output)
         noisy = io.load_images(params.input)
-        sigma_arg: Any = "auto" if params.sigma == "auto" else float(params.sigma)
-        out = denoise(
-            pipe,
-            noisy,
-            sigma_arg,
-            sigma_scale=params.sigma_scale,
-            mode=params.mode,
-            samples=params.samples,
-            sampler=params.sampler,
-            steps=params.steps,
-            seed=params.seed,
-            tile_overlap=params.tile_overlap,
-            batch_size=params.batch_size,
-            progress=progress_shown(params.quiet),
-        )
+        options = params.options()
+        out = denoise(pipe, noisy, progress=progress_shown(params.quiet), **options)
         out = io.check_finite(out, "the denoised images").cpu()
         if params.clip:
             out = out.clamp(-1, 1)
-        sigma = resolve_sigma(noisy, sigma_arg, pipe.schedule, sigma_scale=params.sigma_scale)
+        sigma = resolve_sigma(noisy, options["sigma"], pipe.schedule, sigma_scale=params.sigma_scale)
         sampled = params.mode == "sample" or params.samples > 1  # else one model evaluation, no sampler
         run = {"sampler": params.sampler or "ddpm", "steps": params.steps or 20} if sampled else {}
         info = png_info(pipe, params.checkpoint, params, mode=params.mode, sigma=params.sigma, **run)
