@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from diffcore.scale.workers import DenoiseWorker, DetectWorker, GenerateWorker
 from diffcore.tasks import as_json, load_pipeline
 from diffcore.tasks.anomaly import load_input, resolve_calibration
 from diffcore.tasks.generation import resolve_labels
+
+if TYPE_CHECKING:  # the tasks of diffcore.scale.tasks, which call these runners
+    from diffcore.scale.tasks import ScaledDenoiseParams, ScaledDetectParams, ScaledGenerateParams
 
 __all__ = ["check_out_dir", "run_denoise", "run_detect", "run_generate", "run_task"]
 
@@ -112,7 +115,7 @@ def _finish(out: Path, result: dict[str, Any], started: float, rows: int) -> dic
 # --------------------------------------------------------------------------- generate
 
 
-def run_generate(params: Any) -> dict[str, Any]:
+def run_generate(params: ScaledGenerateParams) -> dict[str, Any]:
     """``diffcore generate --engine ray``: ``params.n`` samples as shards in the folder ``params.out``
     (parquet rows ``id``, ``label``, ``image`` PNG bytes or ``sample`` floats; or one PNG per sample)."""
     started = time.perf_counter()
@@ -121,6 +124,8 @@ def run_generate(params: Any) -> dict[str, Any]:
     images = pipe.dataset.get("kind", "image") == "image" and len(pipe.shape or ()) == 3
     if params.shards == "png" and not images:
         raise ValueError(f"shard_format='png' needs an image model; this one makes samples of shape {pipe.shape}")
+    if params.out is None:  # ScaledGenerateParams names one under engine="ray"
+        raise ValueError("out=None: --engine ray writes a folder of shards; give --out FOLDER")
     out = check_out_dir(params.out)
     meta = {"task": "generate", "shape": list(pipe.shape or ()), "params": as_json(params)}
     with _session(params):
@@ -188,7 +193,7 @@ def _paths_dataset(files: list[Path], batch_size: int) -> Any:
     return table_dataset(pa.table({"path": [str(f) for f in files]}), batch_size)
 
 
-def run_detect(params: Any) -> dict[str, Any]:
+def run_detect(params: ScaledDetectParams) -> dict[str, Any]:
     """``diffcore detect --engine ray``: every row's score (and label with ``--calibrate``) keyed by
     row id, as shards in the folder ``params.output``; the calibration is fitted by the driver."""
     started = time.perf_counter()
@@ -234,7 +239,7 @@ def run_detect(params: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- denoise
 
 
-def run_denoise(params: Any) -> dict[str, Any]:
+def run_denoise(params: ScaledDenoiseParams) -> dict[str, Any]:
     """``diffcore denoise --engine ray``: each image file of the folder ``params.input`` denoised,
     as PNGs of the same names (or parquet shards) in the folder ``params.output``."""
     started = time.perf_counter()
