@@ -32,7 +32,10 @@ def _key_values(pairs: list[str] | None, flag: str) -> dict[str, Any]:
 
 # TrainConfig field -> (help, choices); a field not listed gets "TrainConfig.<name>"
 FIELD_HELP: dict[str, tuple[str, tuple[str, ...] | None]] = {
-    "steps": ("optimizer steps", None),
+    "steps": (
+        "optimizer steps (a table without --steps: its budget's cap, stopping early on 10%% held-out rows)",
+        None,
+    ),
     "batch_size": ("samples per step (over all processes)", None),
     "lr": ("peak learning rate (AdamW)", None),
     "warmup_steps": ("linear warmup steps", None),
@@ -177,6 +180,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 "checkpoint": str(out / "checkpoint.safetensors"),
                 "model": pipe.run["model"]["name"],
                 "steps": pipe.run["train"]["steps"],
+                # a table trained without --steps: the held-out split, the cap and where it stopped
+                **({"early_stopping": pipe.run["early_stopping"]} if "early_stopping" in pipe.run else {}),
             }
         )
     )

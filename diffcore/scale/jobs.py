@@ -23,7 +23,8 @@ from diffcore.scale.engine import collect, index_dataset, local_resources, map_p
 from diffcore.scale.options import ScaleOptions
 from diffcore.scale.workers import DenoiseWorker, DetectWorker, GenerateWorker
 from diffcore.tasks import as_json, load_pipeline
-from diffcore.tasks.anomaly import load_input, resolve_calibration
+from diffcore.tasks.anomaly import resolve_calibration
+from diffcore.tasks.anomaly.task import reference_rows
 from diffcore.tasks.generation import resolve_labels
 
 if TYPE_CHECKING:  # the tasks of diffcore.scale.tasks, which call these runners
@@ -199,8 +200,8 @@ def run_detect(params: ScaledDetectParams) -> dict[str, Any]:
     started = time.perf_counter()
     pipe = load_pipeline(params.checkpoint, "cpu")
     options = params.options(tuple(pipe.sample_shape))
-    if params.reference is not None and params.method == "recon":
-        options["reference"] = load_input(params.reference, pipe, "reference data")
+    if options.get("error") == "mahalanobis":  # --reference, or a table run's stored training rows
+        options["reference"] = reference_rows(params, pipe)
     calibration, _ = resolve_calibration(params, pipe, options)  # fitted once, by the driver
     out = check_out_dir(params.output)
     tabular = pipe.dataset.get("kind") == "tabular"

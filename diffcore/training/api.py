@@ -24,7 +24,10 @@ from diffcore.pipeline import Pipeline
 from diffcore.plugins import available, get
 from diffcore.training.config import TrainConfig
 from diffcore.training.run_folder import run_folder
+from diffcore.training.tabular import TablePlan, plan_table, train_table
 from diffcore.training.trainer import Trainer
+
+DEFAULT_STEPS = 2000  # optimizer steps when none are given (a table: its budget's cap, stopping early)
 
 
 def default_model_config(model: str, data: Any) -> dict[str, Any]:
@@ -76,12 +79,12 @@ def check_sampler(sampler: str, sample_steps: int) -> None:
 def train(
     dataset: str = "digits",
     model: str = "unet",
-    steps: int = 2000,
+    steps: int | None = None,
     out: str | Path = "runs/default",
     *,
     dataset_options: dict[str, Any] | None = None,
     model_config: dict[str, Any] | None = None,
-    schedule: str = "linear",
+    schedule: str | None = None,
     schedule_options: dict[str, Any] | None = None,
     prediction: str = "epsilon",
     prediction_options: dict[str, Any] | None = None,
@@ -104,6 +107,9 @@ def train(
     """Train a diffusion model and return its Pipeline (EMA weights); see ``diffcore train -h``.
 
     ``config`` holds :class:`~diffcore.training.TrainConfig` fields (batch_size, lr, ...).
+    ``steps`` None: :data:`DEFAULT_STEPS`, or for a table the step cap of its budget with early
+    stopping; a table's other options left out follow the detector's recipe
+    (:mod:`diffcore.training.tabular`). ``schedule`` None: ``linear`` (tables: the recipe's cosine).
     ``out`` is the run folder (:mod:`diffcore.training.run_folder`): one that holds a run is
     refused unless ``resume`` (continue it; changed options other than steps are refused unless
     ``overwrite`` too) or ``overwrite`` (replace it); it is locked while the run writes.
@@ -124,29 +130,23 @@ def train(
     if reflow_from is not None:
         with run_folder(out, resume=resume, overwrite=overwrite, writer=_writes()):
             options: dict[str, Any] = {"pairs": pairs, "pair_sampler": pair_sampler, "pair_steps": pair_steps}
-            return _reflow(reflow_from, out, fit=fit, device=device, steps=steps, **options, **config)
-    train_cfg = TrainConfig.from_dict({"steps": steps, **config})  # bad options: refused before the folder is made
+            return _reflow(reflow_from, out, fit=fit, device=device, steps=steps or DEFAULT_STEPS, **options, **config)
+    train_cfg = TrainConfig.from_dict({"steps": steps or DEFAULT_STEPS, **config})  # refused before the folder is made
     with run_folder(out, resume=resume, overwrite=overwrite, writer=_writes()):
+        table = {"steps": steps, "config": config, "resume": resume}
         setup = _setup(
             dataset, model, dataset_options, model_config, train_cfg.seed, task_condition,
-            task_condition_options, captions, autoencoder=autoencoder, out=out,
+            task_condition_options, captions, autoencoder=autoencoder, out=out, table=table,
         )  # fmt: skip
-        sched = get("schedules", schedule)(**(schedule_options or {}))
+        if setup.plan is not None:  # a table: the detector's recipe, budget and early stopping
+            train_cfg = TrainConfig.from_dict(setup.plan.options)
+            fit["loop"] = lambda trainer: train_table(trainer, setup.plan, resume=resume, overwrite=overwrite)
+        sched = get("schedules", schedule or setup.default_schedule)(**(schedule_options or {}))
         param = make_parameterization(prediction, **(prediction_options or {}))
-        run = {
-            "dataset": setup.dataset_record(dataset, dataset_options),
-            "model": {"name": model, "config": dict(getattr(setup.net, "config", setup.model_config))},
-            "schedule": sched.config(),
-            "prediction": param.config(),
-            "train": train_cfg.to_dict(),
-            "sampler": {"name": sampler, "steps": sample_steps},
-        }
-        if setup.condition is not None:
-            run["task_condition"] = setup.condition.config()
+        run = setup.run_record(dataset, dataset_options, model, sched, param, train_cfg)
+        run["sampler"] = {"name": sampler, "steps": sample_steps}
         if setup.captions is not None:
             run["text"] = {"captions": captions, "dropout": text_dropout}
-        if setup.autoencoder is not None:
-            run["autoencoder"] = setup.autoencoder
         json.dumps(run)  # the run config must be JSON: fail here, not at the first checkpoint
         return _fit(
             lambda: Trainer(
@@ -168,6 +168,29 @@ class _Setup:
     condition: Any
     captions: Any
     autoencoder: dict[str, Any] | None = None  # the latent run's autoencoder record
+    plan: TablePlan | None = None  # a table's recipe, budget and early stopping (diffcore.training.tabular)
+
+    @property
+    def default_schedule(self) -> str:
+        """The schedule when none is given: ``linear``, a table's recipe's."""
+        return self.plan.schedule if self.plan is not None else "linear"
+
+    def run_record(
+        self, name: str, options: dict[str, Any] | None, model: str, sched: Any, param: Any, train_cfg: TrainConfig
+    ) -> dict[str, Any]:
+        """The run config's dataset, model, schedule, prediction, train and conditioning sections."""
+        run: dict[str, Any] = {
+            "dataset": self.dataset_record(name, options),
+            "model": {"name": model, "config": dict(getattr(self.net, "config", self.model_config))},
+            "schedule": sched.config(),
+            "prediction": param.config(),
+            "train": {**train_cfg.to_dict(), **({"steps": self.plan.steps} if self.plan else {})},
+        }
+        if self.condition is not None:
+            run["task_condition"] = self.condition.config()
+        if self.autoencoder is not None:
+            run["autoencoder"] = self.autoencoder
+        return run
 
     def dataset_record(self, name: str, options: dict[str, Any] | None) -> dict[str, Any]:
         data = self.data
@@ -193,10 +216,15 @@ def _setup(
     *,
     autoencoder: str | Path | None = None,
     out: str | Path | None = None,
+    table: dict[str, Any] | None = None,
 ) -> _Setup:
     """Load the dataset (encoded to latents with ``autoencoder``, cached in ``out``) and build the
-    model (initial weights from ``seed``) and conditioning."""
+    model (initial weights from ``seed``) and conditioning; a table's plan from ``table``
+    (``steps``, ``config``, ``resume``: :func:`~diffcore.training.tabular.plan_table`)."""
     data = get("datasets", dataset)(**(dataset_options or {}))
+    plan = None
+    if table is not None and getattr(data, "kind", None) == "tabular":
+        data, plan = plan_table(data, model, model_config=model_config or {}, **table)
     record = None
     if autoencoder is not None:
         from diffcore.training.latents import latent_dataset
@@ -212,13 +240,13 @@ def _setup(
         from diffcore.text.captions import caption_set as _caption_set
 
         caption_set = _caption_set(captions)
-    model_cfg = default_model_config(model, data)
+    model_cfg = {**default_model_config(model, data), **(plan.model_defaults if plan else {})}
     if condition is not None and _takes(get("models", model), "concat_channels"):  # the degraded image as input
         model_cfg["concat_channels"] = condition.channels(int(data.shape[0]))
     model_cfg = {**model_cfg, **(model_config or {})}
     torch.manual_seed(seed)  # the initial weights depend only on the seed
     net = get("models", model)(**model_cfg)
-    return _Setup(data, net, model_cfg, condition, caption_set, record)
+    return _Setup(data, net, model_cfg, condition, caption_set, record, plan)
 
 
 def _fit(
@@ -229,13 +257,17 @@ def _fit(
     sampler: str,
     sample_steps: int,
     device: str | torch.device | None,
+    loop: Any = None,
 ) -> Pipeline:
-    """Run the trainer ``build()`` makes (after joining torchrun's process group, if any) and
-    return the Pipeline of its EMA weights."""
+    """Run the trainer ``build()`` makes (after joining torchrun's process group, if any), by
+    ``loop(trainer)`` when given, and return the Pipeline of its EMA weights."""
     started = _maybe_init_distributed(device)
     trainer = build()
     try:
-        trainer.train(resume=resume, overwrite=overwrite)
+        if loop is None:
+            trainer.train(resume=resume, overwrite=overwrite)
+        else:
+            loop(trainer)
         obj = trainer.objective
         return Pipeline(
             trainer.ema.cpu(), obj.schedule, obj.param, run=trainer.run, sampler=sampler, steps=sample_steps

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from diffcore import io
 from diffcore.io.progress import shown
 from diffcore.pipeline import Pipeline
 from diffcore.tasks import as_json, load_pipeline
+from diffcore.tasks.anomaly import defaults
 from diffcore.tasks.anomaly.calibration import Calibration, check_settings
 from diffcore.tasks.anomaly.dte import dte_scores
 from diffcore.tasks.anomaly.scores import (
@@ -42,8 +44,17 @@ from diffcore.tasks.inputs import (
     device_field,
     quiet_field,
 )
+from diffcore.training.checkpoint import load_checkpoint
+from diffcore.training.tabular import REFERENCE_FILE
 
-__all__ = ["Detect", "DetectParams", "detect", "load_input", "resolve_calibration"]
+REFERENCE_RULE = (
+    "--error mahalanobis needs --reference (normal data; a table run: its stored training rows by default), "
+    "and --reference is used by --method recon --error mahalanobis only"
+)
+# the table score of defaults.METHOD as detect's recon error (recon: defaults.ERROR)
+TABLE_ERROR = "mahalanobis" if defaults.METHOD == "mahalanobis" else defaults.ERROR
+
+__all__ = ["Detect", "DetectParams", "detect", "load_input", "reference_rows", "resolve_calibration"]
 
 
 def detect(
@@ -81,6 +92,23 @@ def load_input(path: Path, pipe: Pipeline, what: str) -> Tensor:
     return io.load_images(path)
 
 
+def reference_rows(params: Any, pipe: Pipeline) -> Tensor:
+    """The normal rows that whiten ``--error mahalanobis``: ``params.reference`` (scaled like the
+    input), else a table run's stored training rows (``train_rows.safetensors`` next to its
+    checkpoint, written by ``diffcore train``; :mod:`diffcore.training.tabular`)."""
+    if params.reference is not None:
+        return load_input(params.reference, pipe, "reference data")
+    folder = params.checkpoint if params.checkpoint.is_dir() else params.checkpoint.parent
+    stored = folder / REFERENCE_FILE
+    if pipe.dataset.get("kind") != "tabular" or not stored.is_file():
+        raise ValueError(
+            f"--error mahalanobis needs --reference (normal data): {str(folder)!r} holds no {REFERENCE_FILE} "
+            "(table runs trained by this diffcore store their training rows there)"
+        )
+    tensors, _ = load_checkpoint(stored)
+    return tensors["rows"].to(torch.float32)
+
+
 # --------------------------------------------------------------------------- the task
 
 
@@ -113,7 +141,8 @@ class DetectParams:
         default=None,
         metadata={
             "help": "recon: per-pixel (per-feature) error, or mahalanobis: the mean signed residual whitened by its "
-            "statistics on --reference normal data (inputs of <= 4096 values)" + _RECIPE_HELP
+            "statistics on --reference normal data (a table run: its stored training rows by default; inputs of "
+            "<= 4096 values)" + _RECIPE_HELP
         },
     )
     reduce: Literal["mean", "max"] = field(
@@ -129,7 +158,7 @@ class DetectParams:
         default=None,
         metadata={
             "help": "recon --error mahalanobis: NORMAL data (same formats as --input, e.g. the training rows) whose "
-            "residual statistics whiten the scores"
+            "residual statistics whiten the scores (default for a table run: its stored training rows)"
         },
     )
     calibrate: Path | None = field(
@@ -159,16 +188,8 @@ class DetectParams:
         self.reference = Path(self.reference) if self.reference is not None else None
         if self.error is not None and self.error not in ERRORS:
             raise ValueError(f"error={self.error!r}: expected one of {ERRORS}")
-        if (
-            (self.error == "mahalanobis") != (self.reference is not None)
-            and self.method == "recon"
-            or self.reference is not None
-            and self.method != "recon"
-        ):
-            raise ValueError(
-                "--error mahalanobis needs --reference (normal data), and --reference is used by "
-                "--method recon --error mahalanobis only"
-            )
+        if self.reference is not None and (self.method != "recon" or self.error not in ("mahalanobis", None)):
+            raise ValueError(REFERENCE_RULE)
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r}: expected one of {METHODS}")
         if self.noise not in NOISES:
@@ -208,9 +229,13 @@ class DetectParams:
 
     def options(self, shape: tuple[int, ...]) -> dict[str, Any]:
         """The scoring options of :func:`detect` for samples of ``shape``: those given, the rest
-        from the recipe for the data kind (so a calibration records every setting)."""
+        from the recipe for the data kind (so a calibration records every setting); for table rows
+        the detector's defaults (:mod:`diffcore.tasks.anomaly.defaults`)."""
         if self.method == "dte":
             return {"levels": self.levels, "seed": self.seed}
+        recipe = recipe_for(shape)
+        if len(shape) == 1:
+            recipe.update(depth=list(defaults.DEPTHS), repeats=defaults.REPEATS, error=TABLE_ERROR)
         given = {
             "depth": self.depth,
             "repeats": self.repeats,
@@ -218,8 +243,10 @@ class DetectParams:
             "sampler": self.sampler,
             "steps": self.steps,
         }
+        if self.reference is not None and (self.error or recipe["error"]) != "mahalanobis":
+            raise ValueError(REFERENCE_RULE)
         return {
-            **recipe_for(shape),
+            **recipe,
             **{k: v for k, v in given.items() if v is not None},
             "noise": self.noise,
             "reduce": self.reduce,
@@ -241,8 +268,8 @@ class Detect:
         io.check_writable(params.output)
         x = load_input(params.input, pipe, "input")
         options = params.options(tuple(x.shape[1:]))
-        if params.reference is not None and params.method == "recon":
-            options["reference"] = load_input(params.reference, pipe, "reference data")
+        if options.get("error") == "mahalanobis":
+            options["reference"] = reference_rows(params, pipe)
         progress = shown(params.quiet)
         calibration, normal_scores = resolve_calibration(params, pipe, options, progress=progress)
         result = detect(
@@ -291,5 +318,5 @@ def resolve_calibration(
         if params.quantile is not None
         else {"fpr": 0.05 if params.fpr is None else params.fpr}
     )
-    settings = {**options, "reference": str(params.reference)} if "reference" in options else options
+    settings = {**options, "reference": str(params.reference or REFERENCE_FILE)} if "reference" in options else options
     return Calibration.fit(scores, method=params.method, settings=settings, **target), scores
