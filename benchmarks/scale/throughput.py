@@ -31,6 +31,7 @@ import torch
 
 import diffcore
 from diffcore import scale
+from diffcore.data.scaling import TableScaler
 from diffcore.scale.workers import PipelineWorker
 from diffcore.tasks.anomaly import detect, standardize
 from diffcore.tasks.generation import GenerateParams
@@ -69,11 +70,10 @@ def train_models(work: Path) -> tuple[Path, Path, list[str]]:
 def synthetic_rows(table: Path, rows: int) -> np.ndarray:
     """``rows`` raw rows: 1024 samples of the breast-cancer model, drawn with replacement."""
     pipe = diffcore.Pipeline.load(table)
-    meta = pipe.dataset["meta"]
     z = pipe.generate(1024, steps=10, seed=1).double()
-    raw = z * torch.tensor(meta["std"], dtype=torch.float64) + torch.tensor(meta["mean"], dtype=torch.float64)
+    raw = TableScaler.from_meta(pipe.dataset["meta"]).inverse_transform(z.numpy())  # the stored scaling, undone
     pick = np.random.default_rng(0).integers(0, 1024, rows)
-    return raw.numpy()[pick]
+    return raw[pick]
 
 
 def log(message: str) -> None:
