@@ -97,7 +97,10 @@ def test_detect_scores_every_row_once_as_locally(local_ray, table_run, tmp_path,
     header = lines[0].split(",")
     want = np.array([float(line.split(",")[header.index("score")]) for line in lines[1:]])
     got = rows["score"][np.argsort(rows["id"].astype(int))].astype(float)
-    assert local["n"] == 23 and np.array_equal(got, want)
+    # the same keyed noise; the MLP's CPU matmul may round differently at another batch size (5 vs 23
+    # rows: ~1e-10 apart with the robust-scaled rows of issue #19), so not bitwise
+    assert local["n"] == 23 and np.allclose(got, want, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(got, np.roll(want, 1), rtol=1e-3)  # and the row order is the local one
 
 
 def test_denoise_folder_equals_the_single_process_run(local_ray, digits_run, tmp_path, capsys):
