@@ -3,8 +3,11 @@
 Image inputs are read like ``translate``'s (PNG/JPEG, NPY/NPZ; uint8 pixels or floats in
 [-1, 1]). Tabular inputs are CSV files with the training header (any column order; the label
 column, if any, is ignored) or NPY/NPZ arrays with the training column count, in raw units:
-they are standardized with the training statistics stored in the checkpoint. ``calibrate`` takes
-held-out normal data (scored the same way) or a ``calibration.json`` written by an earlier run.
+they are scaled with the scaling stored in the checkpoint (:mod:`diffcore.data.scaling`). With no
+options a table is scored with :class:`diffcore.DiffusionDetector`'s defaults
+(:mod:`diffcore.tasks.anomaly.defaults`); ``--error mahalanobis`` whitens by ``--reference`` or the
+run's stored training rows. ``calibrate`` takes held-out normal data (scored the same way) or a
+``calibration.json`` written by an earlier run.
 """
 
 from __future__ import annotations
