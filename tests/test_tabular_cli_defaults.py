@@ -202,3 +202,7 @@ def test_training_stops_when_the_held_out_error_stalls(tmp_path: Path, capsys, s
     argv = ["train", "--dataset", "tabular", "--dataset-opt", f"path={csv_path}", "--model", "mlp", "--lr", "1e-9"]
     stop = _cli(capsys, *argv, "--out", str(tmp_path / "run"))["early_stopping"]
     assert (stop["steps_trained"], stop["best_step"], stop["stopped_early"]) == (30, 10, True)
+    # a resumed run keeps the same rows out and the same budget, and trains to the cap
+    again = _cli(capsys, *argv, "--out", str(tmp_path / "run"), "--resume")["early_stopping"]
+    assert (again["steps_trained"], again["stopped_early"]) == (60, False)
+    assert again["held_out_rows"] == stop["held_out_rows"] > 0

@@ -53,34 +53,33 @@ class TablePlan:
 def plan_table(
     data: Any, model: str, *, steps: int | None, config: dict[str, Any], model_config: dict[str, Any], resume: bool
 ) -> tuple[Any, TablePlan]:
-    """(the dataset to train on, the plan) for a tabular ``data``: with early stopping (``steps``
-    None, not ``resume``) the training split without its held-out rows."""
+    """(the dataset to train on, the plan) for a tabular ``data``: without ``steps`` the training
+    split less its held-out rows, which a fresh run stops on and a ``resume`` leaves out again
+    (same seed, same rows, same budget) while it trains to the cap."""
     from diffcore.evaluation.recipes import TABLE_SCHEDULE, TABLE_TRAIN
     from diffcore.tasks.anomaly.fit import budget_for, held_out_split, table_train_options
 
     seed = int(config.get("seed", 0))
-    keep, out = held_out_split(len(data.train), VALIDATION_FRACTION, seed, enabled=steps is None and not resume)
+    plan_rows = data.train  # every training row: the held-out ones and the stored reference rows
+    keep, out = held_out_split(len(data.train), VALIDATION_FRACTION, seed, enabled=steps is None)
     given = {"steps": steps, "batch_size": config.get("batch_size")}
     if model == "mlp":
         given.update(hidden=model_config.get("hidden"), layers=model_config.get("depth"))
     budget = budget_for(len(keep), int(data.train.shape[1]), given)
-    held = len(out) > 0
+    stops = len(out) > 0 and not resume
     # without steps the stopping point is not known in advance: a constant rate (a resumed run too)
     options = table_train_options(budget, held=steps is None, lr=config.get("lr", TABLE_TRAIN["lr"]), seed=seed)
     options = {**options, **config}
-    if steps is not None:
-        options["steps"] = steps
-    elif not held:  # too few rows to hold any out, or a resumed run: the whole cap
+    if not stops:  # the steps given, or the whole cap (too few rows to hold any out, or a resumed run)
         options["steps"] = budget["steps"]
     defaults = {"hidden": budget["hidden"], "depth": budget["layers"]} if model == "mlp" else {}
     record: dict[str, Any] = {"held_out_rows": len(out), "cap": budget["steps"], "eval_every": budget["eval_every"]}
-    record.update(patience=budget["patience"], fraction=VALIDATION_FRACTION if held else 0.0)
-    if held:
+    record.update(patience=budget["patience"], fraction=VALIDATION_FRACTION if len(out) else 0.0)
+    if len(out):
         labels = data.train_labels[keep] if data.train_labels is not None else None
-        train_data = dataclasses.replace(data, train=data.train[keep].contiguous(), train_labels=labels)
-        plan = TablePlan(options, budget["steps"], TABLE_SCHEDULE, defaults, data.train[out], data.train, record)
-        return train_data, plan
-    return data, TablePlan(options, options["steps"], TABLE_SCHEDULE, defaults, None, data.train, record)
+        data = dataclasses.replace(data, train=data.train[keep].contiguous(), train_labels=labels)
+    held_out = plan_rows[out] if stops else None
+    return data, TablePlan(options, budget["steps"], TABLE_SCHEDULE, defaults, held_out, plan_rows, record)
 
 
 def train_table(trainer: Any, plan: TablePlan, *, resume: bool, overwrite: bool) -> None:
