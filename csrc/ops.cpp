@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "ops.h"
@@ -321,19 +322,65 @@ TORCH_LIBRARY(diffcore, m) {
   m.def("forward_noise(Tensor x0, Tensor noise, Tensor t, Tensor table) -> (Tensor, Tensor)");
   m.def(
       "sampler_step(Tensor(a!) x, Tensor model_out, Tensor coeffs, Tensor(b!)? history, Tensor? noise, int[] writes, "
-      "int seed=-1, int offset=0, int sample_index=0, int noise_mode=0, float? x0_clip=None, float? x0_ratio=None, "
+      "int seed=-1, int offset=0, int sample_index=0, int noise_mode=1, float? x0_clip=None, float? x0_ratio=None, "
       "float x0_max=1.0, Tensor(c!)? nonfinite=None) -> ()");
   m.def(
       "cfg_sampler_step(Tensor(a!) x, Tensor uncond, Tensor cond, Tensor guidance, Tensor coeffs, "
       "Tensor(b!)? history, Tensor? noise, int[] writes, int seed=-1, int offset=0, int sample_index=0, "
-      "int noise_mode=0, float? x0_clip=None, float? x0_ratio=None, float x0_max=1.0, Tensor(c!)? nonfinite=None) "
+      "int noise_mode=1, float? x0_clip=None, float? x0_ratio=None, float x0_max=1.0, Tensor(c!)? nonfinite=None) "
       "-> ()");
   m.def("cfg_rescale_factor(Tensor uncond, Tensor cond, Tensor scale, float phi) -> Tensor");
-  m.def("philox_normal_(Tensor(a!) out, int seed, int offset, int sample_index=0, int noise_mode=0) -> ()");
+  m.def("philox_normal_(Tensor(a!) out, int seed, int offset, int sample_index=0, int noise_mode=1) -> ()");
 }
+
+namespace diffcore {
+namespace {
+
+// sampler_step / cfg_sampler_step on CPU tensors without the dispatcher: the same checks, layout
+// handling and kernel, for eager sampling loops whose small steps the boxed op call dominated
+// (issue #20: host work per step). Unlike the op, a call does not bump the version counters of x
+// and history: only for buffers a loop owns (diffcore.ops.step_kernels).
+void cpu_step(at::Tensor x, const at::Tensor& m, const at::Tensor& coeffs, const c10::optional<at::Tensor>& history,
+              const c10::optional<at::Tensor>& noise, const std::vector<int64_t>& writes, int64_t seed, int64_t offset,
+              int64_t sample_index, int64_t noise_mode, c10::optional<double> x0_clip, c10::optional<double> x0_ratio,
+              double x0_max, const c10::optional<at::Tensor>& nonfinite) {
+  TORCH_CHECK(x.device().is_cpu(), "diffcore: the direct CPU step got x on ", x.device());
+  const StepOptions opt{seed, offset, sample_index, noise_mode, x0_clip, x0_ratio, x0_max, nonfinite};
+  run_step(cpu_step_kernel(), x, &m, nullptr, nullptr, nullptr, coeffs, history, noise, writes, opt);
+}
+
+void cpu_cfg_step(at::Tensor x, const at::Tensor& uncond, const at::Tensor& cond, const at::Tensor& guidance,
+                  const at::Tensor& coeffs, const c10::optional<at::Tensor>& history,
+                  const c10::optional<at::Tensor>& noise, const std::vector<int64_t>& writes, int64_t seed,
+                  int64_t offset, int64_t sample_index, int64_t noise_mode, c10::optional<double> x0_clip,
+                  c10::optional<double> x0_ratio, double x0_max, const c10::optional<at::Tensor>& nonfinite) {
+  TORCH_CHECK(x.device().is_cpu(), "diffcore: the direct CPU step got x on ", x.device());
+  const StepOptions opt{seed, offset, sample_index, noise_mode, x0_clip, x0_ratio, x0_max, nonfinite};
+  run_step(cpu_step_kernel(), x, nullptr, &uncond, &cond, &guidance, coeffs, history, noise, writes, opt);
+}
+
+}  // namespace
+}  // namespace diffcore
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "diffcore native kernels (ops registered as torch.ops.diffcore.*)";
+  namespace py = pybind11;
+  const auto tail = [] {  // the schema's defaults of the arguments after writes
+    return std::make_tuple(py::arg("seed") = -1, py::arg("offset") = 0, py::arg("sample_index") = 0,
+                           py::arg("noise_mode") = 1, py::arg("x0_clip") = py::none(), py::arg("x0_ratio") = py::none(),
+                           py::arg("x0_max") = 1.0, py::arg("nonfinite") = py::none());
+  };
+  std::apply(
+      [&](auto... t) {
+        m.def("cpu_sampler_step", &diffcore::cpu_step, "sampler_step on CPU tensors (arguments as in the op schema)",
+              py::arg("x"), py::arg("model_out"), py::arg("coeffs"), py::arg("history"), py::arg("noise"),
+              py::arg("writes"), t...);
+        m.def("cpu_cfg_sampler_step", &diffcore::cpu_cfg_step,
+              "cfg_sampler_step on CPU tensors (arguments as in the op schema)", py::arg("x"), py::arg("uncond"),
+              py::arg("cond"), py::arg("guidance"), py::arg("coeffs"), py::arg("history"), py::arg("noise"),
+              py::arg("writes"), t...);
+      },
+      tail());
   m.def("has_cpu", [] { return true; });
 #ifdef DIFFCORE_WITH_CUDA
   m.def("has_cuda", [] { return true; });

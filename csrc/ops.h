@@ -32,7 +32,7 @@ struct StepLaunch {
   const void* z = nullptr;  // noise tensor, or null
   bool philox = false;      // in-kernel counter-based noise from (seed, offset), sample b keyed sample_index + b
   uint64_t seed = 0, offset = 0, sample_index = 0;
-  int noise_mode = kNoiseExact;
+  int noise_mode = kNoiseFast;
   const void* limit = nullptr;  // acc_t [B or 1, 2]: the x0 limit's (lo, div) per sample, or null
   int64_t limit_stride = 0;
   int32_t* nonfinite = nullptr;    // set to 1 when a non-finite x0 is seen, or null
@@ -65,7 +65,7 @@ using PhiloxKernel = void (*)(at::Tensor&, uint64_t, uint64_t, uint64_t, int);
 
 // The arguments of a step beyond its operands: noise keys, the x0 limit, the finiteness flag.
 struct StepOptions {
-  int64_t seed = -1, offset = 0, sample_index = 0, noise_mode = kNoiseExact;
+  int64_t seed = -1, offset = 0, sample_index = 0, noise_mode = kNoiseFast;
   c10::optional<double> x0_clip, x0_ratio;
   double x0_max = 1.0;
   c10::optional<at::Tensor> nonfinite;
@@ -84,6 +84,9 @@ at::Tensor run_cfg_rescale_factor(RescaleKernel kernel, const at::Tensor& uncond
                                   const at::Tensor& scale, double phi);
 void run_philox_normal_(PhiloxKernel kernel, at::Tensor& out, int64_t seed, int64_t offset, int64_t sample_index,
                         int64_t mode);
+
+// The CPU backend's step kernel (csrc/cpu/ops.cpp), for the direct CPU entry points of ops.cpp.
+StepKernel cpu_step_kernel();
 
 // Registers the five ops of TORCH_LIBRARY(diffcore) (csrc/ops.cpp) with Kernels' functions.
 template <class Kernels>

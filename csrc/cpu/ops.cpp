@@ -220,6 +220,9 @@ struct CpuKernels {
 };
 
 }  // namespace
+
+StepKernel cpu_step_kernel() { return &CpuKernels::step; }
+
 }  // namespace diffcore
 
 TORCH_LIBRARY_IMPL(diffcore, CPU, m) { diffcore::impl_ops<diffcore::CpuKernels>(m); }

@@ -23,6 +23,7 @@ __all__ = [
     "cfg_rescale_factor",
     "check_noise_source",
     "check_seed",
+    "check_state",
     "check_step",
     "step_kernels",
     "cfg_sampler_step",
@@ -132,9 +133,9 @@ def _self_overlapping(t: Tensor) -> bool:
     return any(st == 0 and n > 1 for n, st in zip(t.shape, t.stride()))
 
 
-def _check_step_args(
-    x: Tensor, coeffs: Tensor, history: Tensor | None, noise: Tensor | None, writes: Sequence[int]
-) -> list[int]:
+def check_state(x: Tensor) -> None:
+    """Raise unless ``x`` can be a fused step's state: a non-empty floating-point (B, ...) tensor
+    the step may update in place (no leaf that requires grad under grad mode, no self-overlap)."""
     _check_float("x", x)
     if x.dim() < 1:
         raise ValueError("x must have a batch dimension")
@@ -145,6 +146,12 @@ def _check_step_args(
         )
     if _self_overlapping(x):
         raise ValueError(f"x has overlapping memory (stride {tuple(x.stride())}); the step writes it in place")
+
+
+def _check_step_args(
+    x: Tensor, coeffs: Tensor, history: Tensor | None, noise: Tensor | None, writes: Sequence[int]
+) -> list[int]:
+    check_state(x)
     k = 0
     if history is not None:
         _check_float("history", history)
@@ -349,7 +356,7 @@ def check_noise_source(seed: int | None, generator: torch.Generator | None) -> N
     check_seed(seed)
 
 
-_TAIL_DEFAULTS = (0, 0, None, None, 1.0, None)  # sample_index, noise_mode, x0_clip, x0_ratio, x0_max, nonfinite
+_TAIL_DEFAULTS = (0, 1, None, None, 1.0, None)  # sample_index, noise_mode, x0_clip, x0_ratio, x0_max, nonfinite
 
 
 def _reference_tail(
@@ -368,17 +375,32 @@ def step_kernels(device: torch.device | str) -> tuple[StepFn, StepFn]:
     :func:`check_step`, :func:`step_extras`). Arguments are positional as in the op schema:
     ``..., writes, seed, offset[, sample_index, noise_mode, x0_clip, x0_ratio, x0_max,
     nonfinite]`` (seed -1: no in-kernel noise; noise_mode from :func:`noise_mode_code`; omitted
-    trailing arguments take the schema defaults, noise_mode 0 = ``exact``, while the Python API
-    defaults to :data:`diffcore.ops.philox.DEFAULT_NOISE_MODE`: pass :func:`step_extras`' tuple).
-    The native ops still check everything in C++."""
-    if _native(torch.device(device)):
+    trailing arguments take the schema defaults, as in the Python API: noise_mode 1 = ``fast``,
+    :data:`diffcore.ops.philox.DEFAULT_NOISE_MODE`). The native kernels still check everything
+    in C++. On CPU they are the extension's direct entry points (the op's checks and kernel
+    without the dispatcher's per-call cost, nor its version-counter bumps of ``x`` and
+    ``history``): for buffers the calling loop owns. Looked up once per backend and device type."""
+    dev_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    found: dict[tuple[str, str], tuple[StepFn, StepFn]] = _native_state.setdefault("kernels", {})  # type: ignore[assignment]
+    key = (os.environ.get(_KERNELS_ENV, "auto"), dev_type)
+    kernels = found.get(key)
+    if kernels is None:
+        kernels = found[key] = _step_kernels(torch.device(dev_type))
+    return kernels
+
+
+def _step_kernels(device: torch.device) -> tuple[StepFn, StepFn]:
+    if _native(device):
+        module = _native_module()
+        if device.type == "cpu" and hasattr(module, "cpu_sampler_step"):
+            return module.cpu_sampler_step, module.cpu_cfg_sampler_step  # type: ignore[attr-defined]
         return torch.ops.diffcore.sampler_step, torch.ops.diffcore.cfg_sampler_step
 
-    def step(x, m, coeffs, history, noise, writes, seed, offset, *extra):
+    def step(x, m, coeffs, history, noise, writes, seed=-1, offset=0, *extra):
         z, limit, flag = _reference_tail(x, noise, seed, offset, extra)
         reference.sampler_step(x, m, coeffs, history, z, list(writes), limit, flag)
 
-    def cfg_step(x, u, c, guidance, coeffs, history, noise, writes, seed, offset, *extra):
+    def cfg_step(x, u, c, guidance, coeffs, history, noise, writes, seed=-1, offset=0, *extra):
         z, limit, flag = _reference_tail(x, noise, seed, offset, extra)
         reference.cfg_sampler_step(x, u, c, guidance, coeffs, history, z, list(writes), limit, flag)
 

@@ -33,7 +33,7 @@ def _sampler_step(
     seed: int = -1,
     offset: int = 0,
     sample_index: int = 0,
-    noise_mode: int = 0,
+    noise_mode: int = 1,
     x0_clip: float | None = None,
     x0_ratio: float | None = None,
     x0_max: float = 1.0,
@@ -56,7 +56,7 @@ def _cfg_sampler_step(
     seed: int = -1,
     offset: int = 0,
     sample_index: int = 0,
-    noise_mode: int = 0,
+    noise_mode: int = 1,
     x0_clip: float | None = None,
     x0_ratio: float | None = None,
     x0_max: float = 1.0,
@@ -74,5 +74,5 @@ def _cfg_rescale_factor(uncond: Tensor, cond: Tensor, scale: Tensor, phi: float)
 
 
 @torch.library.register_fake("diffcore::philox_normal_")
-def _philox_normal(out: Tensor, seed: int, offset: int, sample_index: int = 0, noise_mode: int = 0) -> None:
+def _philox_normal(out: Tensor, seed: int, offset: int, sample_index: int = 0, noise_mode: int = 1) -> None:
     return None
