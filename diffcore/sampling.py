@@ -166,21 +166,9 @@ def sample(
         plan_options = {k: options.get(k) for k in (preset.options if preset else ())}
         key = (plan_cache.freeze(steps), plan_cache.freeze(timestep_spacing), style, plan_cache.freeze(plan_options))
         plan = _cached_plan(fn, skey, key, lambda: sampler_plan(fn, sched, steps, timestep_spacing, options))
-    guide = make_guidance(
-        guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval, options=guidance_options
-    )
-    dtype = plan.timestep_dtype
-    denoiser = Denoiser(
-        model,
-        param,
-        timestep_dtype=dtype,
-        cond=cond,
-        uncond=uncond,
-        guidance=guide,
-        check_finite=check_finite,
-        sample_index=sample_index,
-        noise_mode=noise_mode,
-        x0_limit=x0_limit,
+    guide = (guidance, guidance_scale, guidance_rescale, guidance_interval, guidance_options)
+    denoiser = _denoiser(
+        model, param, plan.timestep_dtype, cond, uncond, guide, check_finite, sample_index, noise_mode, x0_limit
     )
     seed, generator = _noise_source(seed, generator, cuda_graph)
     if seed is not None:
@@ -251,20 +239,9 @@ def sample_from(
     per_sample = [plans[v] for v in starts]
     keys = (sample_index, noise_mode)
     state = _noised(x, per_sample, noise, generator, seed, keys) if add_noise else x.clone()
-    guide = make_guidance(
-        guidance, guidance_scale, rescale=guidance_rescale, interval=guidance_interval, options=guidance_options
-    )
-    denoiser = Denoiser(
-        model,
-        param,
-        timestep_dtype=torch.float32,
-        cond=cond,
-        uncond=uncond,
-        guidance=guide,
-        check_finite=check_finite,
-        sample_index=sample_index,
-        noise_mode=noise_mode,
-        x0_limit=x0_limit,
+    guide = (guidance, guidance_scale, guidance_rescale, guidance_interval, guidance_options)
+    denoiser = _denoiser(
+        model, param, torch.float32, cond, uncond, guide, check_finite, sample_index, noise_mode, x0_limit
     )
     if len(plans) == 1:
         kw = {"seed": seed} if seed is not None else {}
@@ -275,6 +252,35 @@ def sample_from(
     programs = {v: fn.cached_program(p, resolved) for v, p in plans.items()}  # type: ignore[attr-defined]
     return run_program(
         denoiser, state, [programs[v] for v in starts], generator=generator, seed=seed, callback=callback
+    )
+
+
+def _denoiser(
+    model: Callable[..., Any],
+    param: Parameterization,
+    timestep_dtype: torch.dtype,
+    cond: Any,
+    uncond: Any,
+    guide: tuple[str | Guidance, float | None, float, Sequence[float] | None, dict[str, Any] | None],
+    check_finite: bool,
+    sample_index: int,
+    noise_mode: str,
+    x0_limit: X0Limit | None,
+) -> Denoiser:
+    """The :class:`Denoiser` of a :func:`sample` / :func:`sample_from` call; ``guide``: their
+    ``(guidance, guidance_scale, guidance_rescale, guidance_interval, guidance_options)``."""
+    method, scale, rescale, interval, options = guide
+    return Denoiser(
+        model,
+        param,
+        timestep_dtype=timestep_dtype,
+        cond=cond,
+        uncond=uncond,
+        guidance=make_guidance(method, scale, rescale=rescale, interval=interval, options=options),
+        check_finite=check_finite,
+        sample_index=sample_index,
+        noise_mode=noise_mode,
+        x0_limit=x0_limit,
     )
 
 

@@ -20,6 +20,10 @@ def _model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 X = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(0))
 
 
+def _cond_model(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    return _model(x, t) if cond is None else _model(x, t) + 0.1 * cond.reshape(-1, 1, 1)
+
+
 def _sample(**kw: object) -> torch.Tensor:
     kw = {"sampler": "ddim", "steps": 6, "schedule": "linear", **kw}
     return diffcore.sample(_model, X, **kw)  # type: ignore[arg-type]
@@ -176,3 +180,41 @@ def test_a_truncated_img2img_run_is_cached_under_its_start() -> None:
     assert info["programs"]["hits"] == 1 and info["programs"]["misses"] == 2
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert torch.equal(other, _uncached(start=3))
+
+
+def test_pooled_history_starts_at_zero_and_nested_runs_get_their_own() -> None:
+    """History buffers are pooled per thread (issue #20): a reused one is zeroed, and a run
+    inside a model call (the outer run holds its buffer) gets another."""
+    kw = {"sampler": "unipc", "steps": 6, "schedule": "linear", "sampler_options": {"order": 3}}
+    alone = diffcore.sample(_model, X, **kw)  # type: ignore[arg-type]
+    inner: list[torch.Tensor] = []
+
+    def nesting(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        inner.append(diffcore.sample(_model, X, **kw))  # type: ignore[arg-type]
+        return _model(x, t)
+
+    outer = diffcore.sample(nesting, X, **kw)  # type: ignore[arg-type]
+    assert torch.equal(outer, alone) and all(torch.equal(i, alone) for i in inner)
+    assert not torch.equal(alone, _uncached(**{**kw, "sampler_options": {"order": 2}}))
+    assert torch.equal(diffcore.sample(_model, X, **kw), alone)  # type: ignore[arg-type]
+
+
+def test_the_direct_cpu_kernels_give_the_ops_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The eager CPU loop calls the extension's direct entry points; torch.ops gives the same bits."""
+    from diffcore import ops
+
+    if ops.backend("cpu") != "native-cpu":
+        pytest.skip("no native CPU kernels")
+    direct = ops.step_kernels("cpu")
+    assert direct[0] is not torch.ops.diffcore.sampler_step
+    runs = {}
+    for name in ("direct", "ops"):
+        if name == "ops":
+            pairs = (torch.ops.diffcore.sampler_step, torch.ops.diffcore.cfg_sampler_step)
+            monkeypatch.setattr(ops, "step_kernels", lambda device, pairs=pairs: pairs)
+        runs[name] = [
+            _sample(sampler="dpmpp_2m_sde", seed=4),
+            diffcore.sample(_cond_model, X, sampler="unipc", steps=6, guidance_scale=3.0, cond=torch.arange(3.0)),
+            _sample(sampler="euler_ancestral", generator=torch.Generator().manual_seed(5)),
+        ]
+    assert all(torch.equal(a, b) for a, b in zip(runs["direct"], runs["ops"]))

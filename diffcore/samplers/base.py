@@ -91,13 +91,22 @@ class ProgramSampler:
     def cached_program(self, plan: Plan, resolved: dict[str, Any]) -> Program:
         """:meth:`build` through :data:`diffcore.plan_cache.programs` when ``plan`` came from the
         plan cache and the options can be keyed (then the program is shared: do not modify it)."""
-        plan_key, options_key = plan_cache.key_of(plan), plan_cache.freeze(resolved)
+        return self._cached(plan, resolved, "program", lambda: resolved)
+
+    def program_for(self, plan: Plan, options: dict[str, Any]) -> Program:
+        """:meth:`cached_program` for options as a caller gave them: keyed by them and resolved
+        (checked, defaults filled in) only on a miss; the defaults are fixed, so equal given options
+        resolve equally."""
+        return self._cached(plan, options, "program-as-given", lambda: self.resolve(options))
+
+    def _cached(self, plan: Plan, options: dict[str, Any], kind: str, resolve: Callable[[], dict[str, Any]]) -> Program:
+        plan_key, options_key = plan_cache.key_of(plan), plan_cache.freeze(options)
         if plan_key is None or options_key is None:
-            return self.build(plan, **resolved)
-        key = plan_cache.Key("program", self._token, plan_key, options_key)  # type: ignore[attr-defined]
+            return self.build(plan, **resolve())
+        key = plan_cache.Key(kind, self._token, plan_key, options_key)  # type: ignore[attr-defined]
 
         def make() -> Program:
-            program = self.build(plan, **resolved)
+            program = self.build(plan, **resolve())
             for st in program.steps:
                 plan_cache.readonly(st.rows)
                 if st.side_rows is not None:
@@ -118,7 +127,7 @@ class ProgramSampler:
         cuda_graph: bool = False,
         **options: Any,
     ) -> Tensor:
-        program = self.cached_program(plan, self.resolve(options))
+        program = self.program_for(plan, options)
         return run_program(
             denoiser, x, program, generator=generator, seed=seed, callback=callback, cuda_graph=cuda_graph
         )

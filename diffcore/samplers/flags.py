@@ -1,14 +1,21 @@
-"""Per-step finiteness flags of a sampling loop: one int32 device flag per step that the step's
-fused op sets on a NaN/inf x0 (model output included), read once after the loop.
+"""Per-run scratch of a sampling loop, pooled per thread (issue #20: host cost per call).
 
-Buffers and their per-step views are pooled per thread, (steps, device) and reused, since making
-the views costs more than the check it replaces (issue #20: host work per step); a run in
-progress holds its buffer, so a nested run gets a fresh one.
+* Finiteness flags: one int32 device flag per step that the step's fused op sets on a NaN/inf x0
+  (model output included), read once after the loop. Buffers and their per-step views are kept
+  per (steps, device), since making the views costs more than the check it replaces.
+* CPU history and noise buffers (:func:`take_buffer`): a fresh multi-megabyte tensor is fresh
+  memory from the OS, and its first write page-faults every 4 KiB (a 1M-element float32 buffer:
+  1024 faults, more than a fused step's own memory work); up to :data:`POOLED` buffers of at most
+  :data:`POOLED_BYTES` each are kept per thread and handed out zeroed (history) or as they are
+  (noise, always overwritten before it is read).
+
+A run in progress holds what it took, so a nested run gets fresh buffers.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 import torch
 from torch import Tensor
@@ -44,3 +51,33 @@ class StepFlags:
         for step, bad in enumerate(self.buffer.tolist()):
             if bad:
                 raise NonFiniteModelOutput(f"step {step}: model output contains NaN or inf")
+
+
+POOLED = 4  # CPU buffers kept per thread
+POOLED_BYTES = 64 << 20  # larger buffers are not kept
+
+
+def take_buffer(shape: tuple[int, ...], like: Tensor, zero: bool) -> Tensor:
+    """A ``shape`` tensor with ``like``'s dtype and device: zeros if ``zero``, else uninitialized;
+    on CPU from this thread's pool when one of that shape and dtype is free."""
+    free: OrderedDict[tuple[object, ...], Tensor] | None = None
+    if like.device.type == "cpu":
+        free = _pool.__dict__.setdefault("buffers", OrderedDict())
+        buf = free.pop((tuple(shape), like.dtype), None)
+        if buf is not None:
+            return buf.zero_() if zero else buf
+    make = torch.zeros if zero else torch.empty
+    return make(shape, dtype=like.dtype, device=like.device)
+
+
+def release_buffer(buf: Tensor | None) -> None:
+    """Give a :func:`take_buffer` tensor back to this thread's pool (CPU, small enough) once the
+    run that took it no longer reads it."""
+    if buf is None or buf.device.type != "cpu" or buf.numel() * buf.element_size() > POOLED_BYTES:
+        return
+    free: OrderedDict[tuple[object, ...], Tensor] = _pool.__dict__.setdefault("buffers", OrderedDict())
+    key = (tuple(buf.shape), buf.dtype)
+    free[key] = buf
+    free.move_to_end(key)
+    while len(free) > POOLED:
+        free.popitem(last=False)

@@ -23,7 +23,7 @@ from diffcore import graphs, ops, plan_cache
 from diffcore.denoiser import Denoiser
 from diffcore.guidance import StepGuide, step_guides
 from diffcore.samplers.brownian import BrownianPath
-from diffcore.samplers.flags import StepFlags
+from diffcore.samplers.flags import StepFlags, release_buffer, take_buffer
 from diffcore.timesteps import Level
 
 
@@ -151,6 +151,7 @@ class _Run:
     step_times: list[Tensor] | None = None  # per step: the (B,) model times, views of ``times``
     cache_key: Any = None  # where the tables came from in diffcore.plan_cache.runs (None: made for this run)
     flags: list[Tensor] | None = None  # per step: the op's non-finite flag (eager runs with check_finite)
+    has_side: bool = False  # some step has a side op (CFG++)
 
 
 def _loop(
@@ -167,8 +168,8 @@ def _loop(
     # Everything static was checked once in run_program; the native op re-checks in C++.
     step, cfg_step = ops.step_kernels(x.device)
     history = run.history
-    if run.guides is None and brownian is None and not any(s is not None for s in run.side):
-        _plain_loop(denoiser, x, program, run, noise, generator, seed, callback)
+    if run.guides is None and brownian is None and not run.has_side:
+        _plain_loop(denoiser, x, program, run, noise, generator, seed, callback, step)
         return
     tail = denoiser.step_extras(x, seed)  # noise keys and x0 limit, after each op's offset
     flags = run.flags if run.flags is not None else [None] * len(program.steps)
@@ -221,9 +222,9 @@ def _plain_loop(
     generator: torch.Generator | None,
     seed: int | None,
     callback: Callback | None,
+    step: ops.StepFn,
 ) -> None:
     """The loop without guidance, side ops or Brownian noise: model output straight into the op."""
-    step = ops.step_kernels(x.device)[0]
     output, history = denoiser.output, run.history
     tail = denoiser.step_extras(x, seed)  # noise keys and x0 limit, after each op's offset
     flags = run.flags if run.flags is not None else [None] * len(program.steps)
@@ -268,14 +269,57 @@ def run_program(
         raise ValueError(f"got {len(programs)} programs for a batch of {x.shape[0]}")
     check_same_structure(programs)
     main = programs[0]
-    stochastic = any(st.noise for st in main.steps)
+    stochastic, brownian_noise, run_side = _facts(main)
     if cuda_graph:
         return _run_graphed(denoiser, x, programs, seed=seed, stochastic=stochastic, callback=callback)
-    run = _buffers(denoiser, x, programs)
-    noise = torch.empty_like(x) if stochastic and seed is None else None
-    _check_static(x, main, run, noise)
+    run = _buffers(denoiser, x, programs, pooled=True)
+    run.has_side = run_side
+    noise = None
+    if stochastic and seed is None:  # refilled from the generator before every noisy step
+        noise = take_buffer(tuple(x.shape), x, zero=False) if x.is_contiguous() else torch.empty_like(x)
+    try:
+        _check_static(x, main, run, noise)
+        _run_eager(denoiser, x, programs, run, noise, generator, seed, callback, brownian_noise)
+    finally:
+        release_buffer(run.history)
+        release_buffer(noise)
+    if run.cache_key is not None and run.times._version:  # the model wrote into its (shared) times
+        plan_cache.runs.discard(run.cache_key)
+    denoiser.raise_deferred()
+    return x
+
+
+def _facts(program: Program) -> tuple[bool, bool, bool]:
+    """Whether ``program`` draws noise, draws Brownian noise, has side ops (CFG++); kept on a
+    cached (shared, never modified) program."""
+    facts: tuple[bool, bool, bool] | None = getattr(program, "_diffcore_facts", None)
+    if facts is None:
+        steps = program.steps
+        facts = (
+            any(st.noise for st in steps),
+            any(st.span is not None for st in steps),
+            any(st.side_rows is not None for st in steps),
+        )
+        if plan_cache.key_of(program) is not None:
+            object.__setattr__(program, "_diffcore_facts", facts)
+    return facts
+
+
+def _run_eager(
+    denoiser: Denoiser,
+    x: Tensor,
+    programs: list[Program],
+    run: _Run,
+    noise: Tensor | None,
+    generator: torch.Generator | None,
+    seed: int | None,
+    callback: Callback | None,
+    brownian_noise: bool,
+) -> None:
+    """The eager loop of :func:`run_program` with its Brownian path and finiteness flags."""
+    main = programs[0]
     brownian = None
-    if any(st.span is not None for st in main.steps):
+    if brownian_noise:
         if len(programs) > 1:
             raise ValueError("Brownian-noise samplers cannot mix start levels in one batch")
         path_seed = seed if seed is not None else int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -291,19 +335,26 @@ def run_program(
         denoiser.kernel_checked = False
         if flags is not None:
             flags.release()
-    if run.cache_key is not None and run.times._version:  # the model wrote into its (shared) times
-        plan_cache.runs.discard(run.cache_key)
-    denoiser.raise_deferred()
-    return x
 
 
-def _buffers(denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[list[np.ndarray]] | None = None) -> _Run:
+def _buffers(
+    denoiser: Denoiser,
+    x: Tensor,
+    programs: list[Program],
+    per: list[list[np.ndarray]] | None = None,
+    pooled: bool = False,
+) -> _Run:
     """The coefficient tables, model times, input scales, zeroed history and per-step guidance of a
-    run; every host->device copy of the loop happens here, before any graph capture."""
+    run; every host->device copy of the loop happens here, before any graph capture. ``pooled``:
+    the history comes from this thread's pool (:func:`~diffcore.samplers.flags.take_buffer`); the
+    caller gives it back."""
     main = programs[0]
     key = _tables_key(denoiser, x, programs) if per is None else None
     table, side, times, step_times, scales = plan_cache.runs.get(key, lambda: _tables(denoiser, x, programs, per))
-    history = torch.zeros((main.slots, *x.shape), dtype=x.dtype, device=x.device) if main.slots else None
+    history = None
+    if main.slots:
+        shape = (main.slots, *x.shape)
+        history = take_buffer(shape, x, zero=True) if pooled else torch.zeros(shape, dtype=x.dtype, device=x.device)
     guides = None
     if denoiser.guidance is not None:
         guides = step_guides(
@@ -343,19 +394,19 @@ def _tables_key(denoiser: Denoiser, x: Tensor, programs: list[Program]) -> tuple
 
 
 def _check_static(x: Tensor, main: Program, run: _Run, noise: Tensor | None) -> None:
-    """Check the loop's arguments that depend on ``x``, once per run (the program's structure was
-    checked with its tables; the native op re-checks everything in C++)."""
-    if main.steps:
-        st = main.steps[0]
-        ops.check_step(x, run.table[0], run.history, noise if st.noise else None, st.writes)
-    for st, side in zip(main.steps, run.side):
-        if side is not None:
-            ops.check_step(x, side, run.history, None, st.side_writes)
+    """Check the loop's arguments that depend on ``x``, once per run. The rest holds by
+    construction: the tables were made for x's batch, dtype and device, their widths and writes
+    checked against the program's slots (:func:`_check_structure`), the history and noise buffers
+    made here for x; the native op re-checks everything in C++."""
+    ops.check_state(x)
 
 
 def _check_structure(main: Program, table: list[Tensor]) -> None:
-    """Every step's coefficient width and history writes fit the program's slots."""
+    """Every step's coefficient width and history writes fit the program's slots, and the slots
+    fit the kernels."""
     slots = main.slots
+    if slots > ops.MAX_HISTORY_SLOTS:
+        raise ValueError(f"program has {slots} history slots; the kernels support at most {ops.MAX_HISTORY_SLOTS}")
     for k, (st, coeffs) in enumerate(zip(main.steps, table)):
         if coeffs.shape[-1] != ops.coeff_width(slots, len(st.writes)) or any(not 0 <= w < slots for w in st.writes):
             raise ValueError(
@@ -380,6 +431,7 @@ def _run_graphed(
 
     def build() -> tuple[Callable[[Tensor], None], tuple[Any, ...]]:
         run = _buffers(denoiser, x, programs, per)
+        run.has_side = _facts(main)[2]
         _check_static(x, main, run, None)
 
         def loop(state: Tensor) -> None:
