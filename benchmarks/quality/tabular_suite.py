@@ -2,7 +2,7 @@
 that were not tuned on, through one scikit-learn interface (``fit`` on normal rows,
 ``score_samples``: higher = more normal).
 
-    .venv/bin/python -m benchmarks.quality.tabular_suite            # full run (~25 min on 2 busy cores)
+    .venv/bin/python -m benchmarks.quality.tabular_suite            # full run (~40 min on 2 cores shared at load 8-10)
     .venv/bin/python -m benchmarks.quality.tabular_suite --quick    # 1 seed, 4 settings, capped budget
 
 Settings: benchmarks/quality/tabular_settings.py (novel classes of sklearn's tables and ADBench's
@@ -227,7 +227,18 @@ def write_markdown(path: Path, report: dict[str, Any], settings: list[Setting]) 
     if report.get("excluded"):
         lines += ["", f"Left out of this report: {report['excluded']} (see benchmarks/quality/README.md)."]
     gaps = ", ".join(f"{s} {g:+.3f}" for s, g in a["gap_to_best_baseline"].items())
-    lines += ["", f"Default minus best baseline (AUROC): {gaps}.", "", f"Targets met: {a['targets']}.", ""]
+    dev_ranks = ", ".join(f"{m} {r:.2f}" for m, r in sorted(a["dev_candidate_ranks"].items(), key=lambda kv: kv[1]))
+    lines += [
+        "",
+        "Selection rule (module docstring; development settings only): within 0.05 AUROC of the best baseline on "
+        f"every development setting: {a['dev_within_gap']}; development rank among all methods: {dev_ranks}; "
+        f"chosen: `{a['chosen_on_dev']}`.",
+        "",
+        f"Default minus best baseline (AUROC): {gaps}.",
+        "",
+        f"Targets met: {a['targets']}.",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
