@@ -3,9 +3,13 @@ filter first, then development rank among all methods, ties to the higher develo
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-suite = pytest.importorskip("benchmarks.quality.tabular_suite", reason="run from the repository root")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not an installed package
+suite = pytest.importorskip("benchmarks.quality.tabular_suite")
 
 
 def _auc() -> dict[str, dict[str, float]]:
