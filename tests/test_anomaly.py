@@ -381,7 +381,8 @@ def test_detect_command_on_a_table(table_run, tmp_path, capsys):
     assert calibration["settings"]["error"] == "mahalanobis"
     assert calibration["settings"]["reference"] == str(train_csv)
     # reusing that threshold for another error kind is refused, not silently misapplied
-    assert detect_cli(run, rows_csv, *depths, "--calibrate", tmp_path / "m_calibration.json") == 2
+    abs_error = ["--error", "abs"]  # named: the table default may be mahalanobis (diffcore.tasks.anomaly.defaults)
+    assert detect_cli(run, rows_csv, *depths, *abs_error, "--calibrate", tmp_path / "m_calibration.json") == 2
     assert "fitted with error='mahalanobis', but these scores use error='abs'" in capsys.readouterr().err
 
 

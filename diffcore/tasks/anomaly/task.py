@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch import Tensor
 from diffcore import io
 from diffcore.io.progress import shown
 from diffcore.pipeline import Pipeline
-from diffcore.tasks import as_json, load_pipeline
+from diffcore.tasks import TaskWarning, as_json, load_pipeline
 from diffcore.tasks.anomaly import defaults
 from diffcore.tasks.anomaly.calibration import Calibration, check_settings
 from diffcore.tasks.anomaly.dte import dte_scores
@@ -230,6 +231,24 @@ class DetectParams:
         if self.quantile is not None and not 0 < self.quantile <= 1:
             raise ValueError(f"quantile={self.quantile!r} must be in (0, 1]")
 
+    def _table_error(self) -> str:
+        """The default error for table rows: :data:`TABLE_ERROR`; when that is ``mahalanobis`` but
+        there are no normal rows to whiten by (no ``--reference``, and a run written before the
+        runs kept their training rows), ``defaults.ERROR`` as such runs were scored before, with
+        a :class:`~diffcore.tasks.TaskWarning`."""
+        if TABLE_ERROR != "mahalanobis" or self.reference is not None or self.error is not None:
+            return TABLE_ERROR
+        folder = self.checkpoint if self.checkpoint.is_dir() else self.checkpoint.parent
+        if (folder / REFERENCE_FILE).is_file():
+            return TABLE_ERROR
+        warnings.warn(
+            f"{str(folder)!r} holds no {REFERENCE_FILE} (a run trained before issue #19) and no --reference was "
+            f"given: scoring with --error {defaults.ERROR} instead of the default mahalanobis",
+            TaskWarning,
+            stacklevel=3,
+        )
+        return defaults.ERROR
+
     def options(self, shape: tuple[int, ...]) -> dict[str, Any]:
         """The scoring options of :func:`detect` for samples of ``shape``: those given, the rest
         from the recipe for the data kind (so a calibration records every setting); for table rows
@@ -238,7 +257,7 @@ class DetectParams:
             return {"levels": self.levels, "seed": self.seed}
         recipe = recipe_for(shape)
         if len(shape) == 1:
-            recipe.update(depth=list(defaults.DEPTHS), repeats=defaults.REPEATS, error=TABLE_ERROR)
+            recipe.update(depth=list(defaults.DEPTHS), repeats=defaults.REPEATS, error=self._table_error())
         given = {
             "depth": self.depth,
             "repeats": self.repeats,
