@@ -11,7 +11,8 @@ lowest held-out reconstruction error are kept (:func:`~diffcore.tasks.anomaly.fi
 the loop the detector uses). Each round's error is a ``heldout_error`` record of
 ``metrics.jsonl``; the run's ``early_stopping`` section (config.json and the checkpoint) states the
 split, cap, rounds and the step kept. Given ``steps`` train exactly that many steps on all
-training rows; a resumed run never stops early (it trains to its step cap). The scaled training
+training rows; a resumed run leaves the same rows out with the same budget but never stops early
+(it trains to its step cap). The scaled training
 rows (at most :data:`MAX_REFERENCE_ROWS`, a seeded subset beyond) are saved as
 ``train_rows.safetensors`` for scores that need normal reference rows at scoring time.
 """
