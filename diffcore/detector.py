@@ -7,7 +7,7 @@ width, batch and step cap from the table's size
 (:func:`~diffcore.tasks.anomaly.tables.table_budget`), stopping early on 10% held-out rows. The
 scores are those of :mod:`diffcore.tasks.anomaly` on the scaled rows:
 
-- ``recon`` (the default): the reconstruction score (AnoDDPM; the table recipe: one-shot x0
+- ``recon``: the reconstruction score (AnoDDPM; the table recipe: one-shot x0
   predictions from depths 0.1-0.5, ``repeats`` draws each, absolute error averaged over
   features; ``error="squared"`` for the squared error);
 - ``mahalanobis``: the same signed residuals, whitened by their mean and covariance on the
@@ -19,7 +19,10 @@ scores are those of :mod:`diffcore.tasks.anomaly` on the scaled rows:
   training rows and searches them at scoring time; the diffusion model is not used;
 - ``dte_c``: DTE-C of Livernoche et al., the expected diffusion time under an MLP classifier over
   time bins trained on noised training rows (trained on first use, after the diffusion model).
-  Both: :mod:`diffcore.tasks.anomaly.dte_variants`.
+  Both: :mod:`diffcore.tasks.anomaly.dte_variants`;
+- ``recon_dte_np`` (the default): the mean of ``recon`` (with ``error``) and ``dte_np``, each
+  standardized by its median and IQR on the training rows (DTE-NP leaving each training row out
+  of its own neighbours); like ``dte_np`` it keeps the scaled training rows for scoring.
 
 The defaults (method, error, scaling, budget) were chosen on the development half of
 ``benchmarks/quality/tabular_suite.py`` and reported on its held-out half (README, issue #19).
@@ -52,10 +55,9 @@ from diffcore.tasks.anomaly.tables import SCALINGS, TableScaler
 
 __all__ = ["AUTO_CONTAMINATION", "DETECTOR_METHODS", "DiffusionDetector"]
 
-DETECTOR_METHODS = ("recon", "mahalanobis", "dte", "dte_np", "dte_c")
-# scores anomaly_scores reads from one fit besides DETECTOR_METHODS: squared recon error, and the
-# ensemble of recon and DTE-NP (each standardized by its median and IQR on the training rows)
-EXTRA_SCORES = ("recon_squared", "recon_dte_np")
+DETECTOR_METHODS = ("recon", "mahalanobis", "dte", "dte_np", "dte_c", "recon_dte_np")
+# scores anomaly_scores reads from one fit besides DETECTOR_METHODS: the squared recon error
+EXTRA_SCORES = ("recon_squared",)
 DTE_NP_BINS, DTE_C_BINS = 100, 50  # time bins of the DTE variants (diffcore.tasks.anomaly.dte_variants)
 # The defaults live in diffcore.tasks.anomaly.defaults (chosen on the suite's development half, issue #19).
 DEFAULT_METHOD, DEFAULT_ERROR = defaults.METHOD, defaults.ERROR
@@ -66,8 +68,8 @@ AUTO_CONTAMINATION = 0.01  # contamination="auto": flag the training rows' most 
 class DiffusionDetector(OutlierMixin, BaseEstimator):
     """Novelty detector on rows (N, D) scored by a diffusion model trained on normal rows.
 
-    Parameters: ``method`` (``"recon"``, ``"mahalanobis"`` or ``"dte"``; see the module
-    docstring); ``error``: ``recon``'s per-feature error, ``"abs"`` or ``"squared"``;
+    Parameters: ``method`` (one of :data:`DETECTOR_METHODS`; see the module docstring);
+    ``error``: ``recon``'s per-feature error, ``"abs"`` or ``"squared"``;
     ``contamination``: the expected share of outliers in the training rows, which sets
     ``offset_`` so that this share of them is flagged (the threshold of
     :class:`~diffcore.tasks.anomaly.Calibration` at that false-positive rate); ``"auto"``:

@@ -1,7 +1,9 @@
-"""Tabular anomaly suite (issue #19): diffcore's detector and classical baselines on 14 settings
-that were not tuned on, through one scikit-learn interface (``fit`` on normal rows,
+"""Tabular anomaly suite (issue #19): diffcore's detector and classical baselines on 25 settings
+(14 development, 11 held-out), through one scikit-learn interface (``fit`` on normal rows,
 ``score_samples``: higher = more normal).
 
+    .venv/bin/python -m benchmarks.quality.tabular_suite --cache outputs/quality/tabular-seeds-h19a \
+        --skip dte_c                                                # the run of the results
     .venv/bin/python -m benchmarks.quality.tabular_suite            # full run (~40 min on 2 cores shared at load 8-10)
     .venv/bin/python -m benchmarks.quality.tabular_suite --quick    # 1 seed, 4 settings, capped budget
 
@@ -33,7 +35,18 @@ numbers of the earlier recipe had been seen when it was written, see the README)
    (baselines included); ties go to the higher mean development AUROC.
 
 Only development settings enter the rule (:func:`choose_default`); held-out numbers are
-reported, never used. Every method is then reported on the held-out half and on all settings. Writes
+reported, never used.
+
+The splits. The first split (7 development, 7 held-out settings) chose ``mahalanobis``, which
+failed both targets on its held-out half (overall rank 5.36; digits 0-8 vs 9: 0.858 vs kNN 0.975).
+Those 14 settings had then all been seen, so none was held-out any more: method fix, written here
+and in the README before any new run: (1) all 14 became the development set (their cached
+per-seed results kept, not rerun); (2) a fresh held-out set of 11 settings nobody had run
+(:mod:`benchmarks.quality.tabular_settings`); (3) the same rule, unchanged, applied to the 14
+development settings, its choice committed to ``diffcore/tasks/anomaly/defaults.py`` before the
+fresh set was run; (4) the fresh set run once, 3 seeds (DTE-C left out there for time,
+``--skip dte_c``: it was among the weakest candidates and is ranked on the development set only).
+Every method is then reported on the held-out half and on all settings. Writes
 ``benchmarks/results/tabular_suite.{json,md,png}`` (``--quick``: outputs/quality/tabular-quick/).
 """
 
@@ -72,8 +85,9 @@ def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nd
     return (train - mean) / std, (test - mean) / std
 
 
-def run_seed(setting: Setting, seed: int, quick: bool) -> dict[str, Any]:
-    """AUROC / AUPRC / seconds of every method on one setting and seed."""
+def run_seed(setting: Setting, seed: int, quick: bool, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """AUROC / AUPRC / seconds of every method on one setting and seed (diffcore scores in
+    ``skip`` left out)."""
     train, test, labels = build(setting, seed)
     out: dict[str, Any] = {"auroc": {}, "auprc": {}, "seconds": {}}
 
@@ -87,7 +101,7 @@ def run_seed(setting: Setting, seed: int, quick: bool) -> dict[str, Any]:
     det = DiffusionDetector(random_state=seed, **options).fit(train)
     fit_seconds = time.perf_counter() - t0
     out["budget"] = dict(det.budget_)
-    for score in DIFFCORE_SCORES:
+    for score in (s for s in DIFFCORE_SCORES if s not in skip):
         t1 = time.perf_counter()
         record(f"diffcore_{score}", det.anomaly_scores(test, score), fit_seconds + time.perf_counter() - t1)
     z_train, z_test = _standardize(train, test)
@@ -107,12 +121,14 @@ def run_seed(setting: Setting, seed: int, quick: bool) -> dict[str, Any]:
     return out
 
 
-def cached_seed(setting: Setting, seed: int, quick: bool, fresh: bool, cache: Path = SEED_CACHE) -> dict[str, Any]:
+def cached_seed(
+    setting: Setting, seed: int, quick: bool, fresh: bool, cache: Path = SEED_CACHE, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """:func:`run_seed`, read from / written to ``cache`` (full runs only)."""
     path = cache / f"{setting.name}-{seed}.json"
     if not quick and not fresh and path.exists():
         return dict(json.loads(path.read_text()))
-    result = run_seed(setting, seed, quick)
+    result = run_seed(setting, seed, quick, skip)
     if not quick:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result) + "\n")
@@ -273,6 +289,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=None, help=f"seeds (default {list(SEEDS)})")
     ap.add_argument("--cache", default=str(SEED_CACHE), help="folder of the per-seed results")
     ap.add_argument("--exclude", nargs="*", default=[], help="methods left out of the report (e.g. a stale cache's)")
+    ap.add_argument("--skip", nargs="*", default=[], help="diffcore scores not computed in new runs (e.g. dte_c)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = [s for s in SETTINGS if args.settings is None or s.name in args.settings]
@@ -289,7 +306,7 @@ def main() -> None:
             cached = Path(args.cache) / f"{s.name}-{seed}.json"
             if args.cached_only and not cached.exists():
                 continue
-            result = cached_seed(s, seed, args.quick, args.fresh, Path(args.cache))
+            result = cached_seed(s, seed, args.quick, args.fresh, Path(args.cache), tuple(args.skip))
             for key in ("auroc", "auprc", "seconds"):
                 result[key] = {m: v for m, v in result[key].items() if m not in args.exclude}
             runs[s.name].append(result)
