@@ -218,3 +218,26 @@ def test_the_direct_cpu_kernels_give_the_ops_bits(monkeypatch: pytest.MonkeyPatc
             _sample(sampler="euler_ancestral", generator=torch.Generator().manual_seed(5)),
         ]
     assert all(torch.equal(a, b) for a, b in zip(runs["direct"], runs["ops"]))
+
+
+def test_flags_left_set_by_a_failed_run_do_not_reach_the_next() -> None:
+    """The per-step flags are pooled and zeroed only when a run may have left one set: a run that
+    flagged a NaN and then raised before its check must not make the next run fail."""
+    calls = {"n": 0}
+
+    def failing(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("model broke")
+        return x * float("nan") if calls["n"] == 2 else _model(x, t)
+
+    from diffcore.samplers import flags
+
+    flags._pool.__dict__.pop("free", None)  # the failing run gets a new flag buffer
+    with pytest.raises(RuntimeError, match="model broke"):
+        diffcore.sample(failing, X, sampler="ddim", steps=6)  # step 1 flagged, never checked
+    clean = _sample()  # the same pooled flags: must not report step 1
+    assert torch.equal(clean, _uncached())
+    with pytest.raises(FloatingPointError, match="step 0"):
+        diffcore.sample(lambda x, t: x * float("nan"), X, sampler="ddim", steps=6)
+    assert torch.equal(_sample(), clean)

@@ -31,6 +31,7 @@ class StepFlags:
     def __init__(self, buffer: Tensor) -> None:
         self.buffer = buffer
         self.views = list(buffer.unbind(0))
+        self.clean = False  # known to be all zero: checked and found so after a run
 
     @classmethod
     def take(cls, steps: int, device: torch.device) -> StepFlags:
@@ -39,7 +40,9 @@ class StepFlags:
         flags = free.pop((steps, device), None)
         if flags is None:
             return cls(torch.zeros(steps, dtype=torch.int32, device=device))
-        flags.buffer.zero_()
+        if not flags.clean:  # a run that raised before its check may have left flags set
+            flags.buffer.zero_()
+        flags.clean = False
         return flags
 
     def release(self) -> None:
@@ -48,9 +51,13 @@ class StepFlags:
 
     def check(self) -> None:
         """Raise :class:`NonFiniteModelOutput` naming the first flagged step (one device->host read)."""
-        for step, bad in enumerate(self.buffer.tolist()):
-            if bad:
-                raise NonFiniteModelOutput(f"step {step}: model output contains NaN or inf")
+        values = self.buffer.tolist()
+        if not any(values):
+            self.clean = True  # the next run can skip zeroing
+            return
+        self.clean = False
+        step = next(i for i, bad in enumerate(values) if bad)
+        raise NonFiniteModelOutput(f"step {step}: model output contains NaN or inf")
 
 
 POOLED = 4  # CPU buffers kept per thread
