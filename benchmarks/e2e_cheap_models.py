@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 import diffcore
+from benchmarks.cpu_call_cost import load_words
 from diffcore.models.mlp import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,8 +201,8 @@ def table(report: dict[str, Any]) -> str:
         "## End to end with cheap models: diffcore vs the same loop on diffusers' schedulers (CPU)",
         "",
         f"torch {m['torch']}, 1 torch thread, kernels `{m['kernels']}`, {m['cpu_count']} CPUs, load average "
-        f"{m['loadavg_at_start']:.2f} at start, {m['loadavg_at_end']:.2f} at end (a shared machine: other jobs "
-        f"ran). {report['rounds']} interleaved rounds; times are minima over rounds; loop overhead = run time "
+        f"{m['loadavg_at_start']:.2f} at start, {m['loadavg_at_end']:.2f} at end ({load_words(m)}). "
+        f"{report['rounds']} interleaved rounds; times are minima over rounds; loop overhead = run time "
         "minus the model's forward time clocked inside the run.",
         "",
         "| case | diffusers ms | diffcore ms | speed-up of minima | same-round speed-up median (range) | "
