@@ -50,6 +50,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from diffcore.tasks.anomaly import defaults
+from diffcore.tasks.anomaly.dte_variants import DTE_NP_BINS, median_iqr
 from diffcore.tasks.anomaly.fit import budget_for, held_out_split, table_train_options, train_early_stopped
 from diffcore.tasks.anomaly.tables import SCALINGS, TableScaler
 
@@ -58,7 +59,7 @@ __all__ = ["AUTO_CONTAMINATION", "DETECTOR_METHODS", "DiffusionDetector"]
 DETECTOR_METHODS = ("recon", "mahalanobis", "dte", "dte_np", "dte_c", "recon_dte_np")
 # scores anomaly_scores reads from one fit besides DETECTOR_METHODS: the squared recon error
 EXTRA_SCORES = ("recon_squared",)
-DTE_NP_BINS, DTE_C_BINS = 100, 50  # time bins of the DTE variants (diffcore.tasks.anomaly.dte_variants)
+DTE_C_BINS = 50  # DTE-C's time bins (diffcore.tasks.anomaly.dte_variants; DTE-NP's: DTE_NP_BINS there)
 # The defaults live in diffcore.tasks.anomaly.defaults (chosen on the suite's development half, issue #19).
 DEFAULT_METHOD, DEFAULT_ERROR = defaults.METHOD, defaults.ERROR
 _CHUNK = 4096  # rows scored at once (scores do not depend on it)
@@ -291,7 +292,7 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
             return self._variants["dte_c"].score(rows)
         if "ensemble" not in self._variants:  # median and IQR of each part on the training rows
             parts = [self._anomaly(self._train_rows, "recon"), self._variant(self._train_rows, "dte_np")]
-            self._variants["ensemble"] = [_median_iqr(p) for p in parts]
+            self._variants["ensemble"] = [median_iqr(p) for p in parts]
         total = torch.zeros(rows.shape[0], dtype=torch.float64)
         for part, (med, iqr) in zip(("recon", "dte_np"), self._variants["ensemble"]):
             total += (self._anomaly(rows, part) - med) / iqr
@@ -355,12 +356,6 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         log_sigma = torch.where(first == 0, log_s[first], log_s[prev] + w * (log_s[first] - log_s[prev]))
         scores = fraction_of_sigma(schedule, log_sigma.exp())
         return torch.where(crossed, scores, torch.ones_like(scores))
-
-
-def _median_iqr(scores: Tensor) -> tuple[float, float]:
-    """Median and interquartile range of ``scores`` (the range floored so that it divides)."""
-    q1, med, q3 = torch.quantile(scores.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
-    return med, max(q3 - q1, 1e-12 * max(1.0, abs(med)))
 
 
 def _whitening(resid: Tensor) -> tuple[Tensor, Tensor]:

@@ -114,6 +114,7 @@ def test_detect_defaults_score_the_awkward_table(awkward_run, capsys) -> None:
     saved = json.loads(out.read_text())
     scores = np.array([s["score"] if isinstance(s, dict) else s for s in saved["scores"]])
     assert result["n"] == len(rows) and np.isfinite(scores).all()
+    assert result["method"] == saved["method"] == defaults.METHOD  # the table default, with no options
     # the near-constant column's 7 ranks in the top 3; the 1e6 row (one of the training rows, log-compressed)
     # in the top 10% (abs: the top 2; mahalanobis, whose whitening reference holds it: 15th of 160)
     assert (scores > scores[1]).sum() <= 2 and (scores > scores[0]).sum() < 0.1 * len(scores)
@@ -133,7 +134,8 @@ def test_detect_and_detector_share_the_default_recipe(awkward_run) -> None:
 
     params = DetectParams(checkpoint=awkward_run[0] / "run", input=Path("rows.csv"))
     options = params.options((5,))
-    assert params.method == "recon" and defaults.METHOD in ("recon", "mahalanobis")
+    assert params.method == "recon" and params.table_method((5,)) == defaults.METHOD  # the run stored its rows
+    assert params.table_method((1, 8, 8)) == "recon"  # images keep the reconstruction score
     assert options["depth"] == list(defaults.DEPTHS) and options["repeats"] == defaults.REPEATS
     assert (options["sampler"], options["steps"], options["error"]) == ("ddim", 1, TABLE_ERROR)
     detector = DiffusionDetector()

@@ -37,10 +37,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SIGMA_CAP", "DTECategorical", "DTENonParametric", "time_grid"]
+__all__ = [
+    "DTE_NP_BINS",
+    "SIGMA_CAP",
+    "DTECategorical",
+    "DTENonParametric",
+    "median_iqr",
+    "recon_dte_np_detection",
+    "time_grid",
+]
 
 SIGMA_CAP = 50.0  # VE noise 50x the data scale: no bin beyond it
 STATISTICS = ("mean", "mode")
+DTE_NP_BINS = 100  # DTE-NP's time bins in the detector and the recon + DTE-NP ensemble
 
 
 def time_grid(bins: int, schedule: Any = None, t_max: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -203,3 +212,33 @@ def inverse_gamma_mode(r2: float, dim: int) -> float:
     if dim < 1 or not math.isfinite(r2) or r2 < 0:
         raise ValueError(f"r2={r2!r}, dim={dim!r}: expected r2 >= 0 and dim >= 1")
     return r2 / dim
+
+
+def median_iqr(scores: Tensor) -> tuple[float, float]:
+    """Median and interquartile range of ``scores`` (the range floored so that it divides)."""
+    q1, med, q3 = torch.quantile(scores.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return med, max(q3 - q1, 1e-12 * max(1.0, abs(med)))
+
+
+def recon_dte_np_detection(pipe: Any, x: Tensor, *, reference: Tensor, **options: Any) -> Any:
+    """The recon + DTE-NP ensemble (``DiffusionDetector(method="recon_dte_np")``, the table
+    default) of scaled rows ``x`` (N, D) for ``diffcore detect``: the reconstruction score
+    (:func:`~diffcore.tasks.anomaly.reconstruction_scores` with ``options``) and DTE-NP among the
+    normal ``reference`` rows (the run's scaled training rows), each standardized by the median and
+    IQR of its scores on ``reference`` (DTE-NP leaving each reference row out of its own
+    neighbours), then averaged. Returns the reconstruction's Detection with these scores."""
+    from diffcore.tasks.anomaly.scores import reconstruction_scores
+
+    ref = reference.to(torch.float64).cpu()
+    if ref.dim() != 2 or ref.shape[0] < 2:
+        raise ValueError(f"reference has shape {tuple(ref.shape)}: the ensemble needs >= 2 normal rows (N, D)")
+    result = reconstruction_scores(pipe, x, **options)
+    recon_ref = reconstruction_scores(pipe, reference, **{**options, "progress": False}).scores.cpu()
+    nonparametric = DTENonParametric(bins=DTE_NP_BINS, schedule=getattr(pipe, "schedule", None)).fit(ref)
+    parts = [(result.scores.cpu(), recon_ref), (nonparametric.score(x), nonparametric.score(ref, leave_one_out=True))]
+    total = torch.zeros(x.shape[0], dtype=torch.float64)
+    for scores, on_reference in parts:
+        med, iqr = median_iqr(on_reference)
+        total += (scores.double() - med) / iqr
+    result.scores, result.method = total / 2, "recon_dte_np"
+    return result

@@ -30,6 +30,7 @@ from diffcore.tasks import TaskWarning, as_json, load_pipeline
 from diffcore.tasks.anomaly import defaults
 from diffcore.tasks.anomaly.calibration import Calibration, check_settings
 from diffcore.tasks.anomaly.dte import dte_scores
+from diffcore.tasks.anomaly.dte_variants import recon_dte_np_detection
 from diffcore.tasks.anomaly.scores import (
     ERRORS,
     METHODS,
@@ -57,6 +58,9 @@ REFERENCE_RULE = (
 )
 # the table score of defaults.METHOD as detect's recon error (recon: defaults.ERROR)
 TABLE_ERROR = "mahalanobis" if defaults.METHOD == "mahalanobis" else defaults.ERROR
+# the recon + DTE-NP ensemble (DiffusionDetector's method of that name): table runs only, by their stored rows
+ENSEMBLE = "recon_dte_np"
+DETECT_METHODS = (*METHODS, ENSEMBLE)
 
 __all__ = ["Detect", "DetectParams", "detect", "load_input", "reference_rows", "resolve_calibration"]
 
@@ -65,19 +69,23 @@ def detect(
     pipe_or_model: Pipeline | Callable[..., Tensor],
     x: Tensor,
     *,
-    method: Literal["recon", "dte"] = "recon",
+    method: Literal["recon", "dte", "recon_dte_np"] = "recon",
     calibration: Calibration | None = None,
     **options: Any,
 ) -> Detection:
     """Score ``x`` with ``method`` (``options`` go to :func:`reconstruction_scores` or
-    :func:`dte_scores`) and, with a ``calibration``, label it (True = anomaly)."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: expected one of {METHODS}")
+    :func:`dte_scores`; ``recon_dte_np``: :func:`recon_dte_np_detection`, ``reference`` the
+    normal rows) and, with a ``calibration``, label it (True = anomaly)."""
+    if method not in DETECT_METHODS:
+        raise ValueError(f"method={method!r}: expected one of {DETECT_METHODS}")
     if calibration is not None:
         if calibration.method and calibration.method != method:
             raise ValueError(f"the calibration was fitted on {calibration.method!r} scores, not {method!r}")
         check_settings(calibration.settings, options)
-    result = (reconstruction_scores if method == "recon" else dte_scores)(pipe_or_model, x, **options)
+    if method == ENSEMBLE:
+        result = recon_dte_np_detection(pipe_or_model, x, **options)
+    else:
+        result = (reconstruction_scores if method == "recon" else dte_scores)(pipe_or_model, x, **options)
     if calibration is not None:
         result.labels = calibration.labels(result.scores)
         result.threshold = calibration.threshold
@@ -126,9 +134,13 @@ class DetectParams:
 
     checkpoint: Path = field(metadata={"help": "run folder or checkpoint.safetensors"})
     input: Path = field(metadata={"help": "images (PNG/JPEG/NPY/NPZ) or a table (CSV/NPY/NPZ, raw units) to score"})
-    method: Literal["recon", "dte"] = field(
+    method: Literal["recon", "dte", "recon_dte_np"] = field(
         default="recon",
-        metadata={"help": "recon: partial-diffusion reconstruction error | dte: diffusion-time estimate"},
+        metadata={
+            "help": "recon: partial-diffusion reconstruction error | dte: diffusion-time estimate | recon_dte_np: "
+            "recon and DTE-NP among the run's stored training rows (tables; the default for a table run with no "
+            "--error or recipe options)"
+        },
     )
     depth: float | list[float] | None = field(
         default=None,
@@ -194,8 +206,8 @@ class DetectParams:
             raise ValueError(f"error={self.error!r}: expected one of {ERRORS}")
         if self.reference is not None and (self.method != "recon" or self.error not in ("mahalanobis", None)):
             raise ValueError(REFERENCE_RULE)
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r}: expected one of {METHODS}")
+        if self.method not in DETECT_METHODS:
+            raise ValueError(f"method={self.method!r}: expected one of {DETECT_METHODS}")
         if self.noise not in NOISES:
             raise ValueError(f"noise={self.noise!r}: expected one of {NOISES}")
         self.check_output()
@@ -249,6 +261,27 @@ class DetectParams:
         )
         return defaults.ERROR
 
+    def table_method(self, shape: tuple[int, ...]) -> str:
+        """detect's method for inputs of ``shape``: :data:`ENSEMBLE` when that is the table default
+        (``defaults.METHOD``) and table rows are scored by ``recon`` with no ``--error``,
+        ``--reference`` or recipe option, from a run that stored its training rows (else, with a
+        :class:`~diffcore.tasks.TaskWarning`, ``recon``); otherwise ``method`` as given."""
+        given = (self.error, self.reference, self.depth, self.repeats, self.sampler, self.steps)
+        if defaults.METHOD != ENSEMBLE or self.method != "recon" or len(shape) != 1:
+            return self.method
+        if any(v is not None for v in given):
+            return self.method
+        folder = self.checkpoint if self.checkpoint.is_dir() else self.checkpoint.parent
+        if (folder / REFERENCE_FILE).is_file():
+            return ENSEMBLE
+        warnings.warn(
+            f"{str(folder)!r} holds no {REFERENCE_FILE} (a run trained before issue #19): scoring with recon "
+            f"--error {defaults.ERROR} instead of the default {ENSEMBLE}",
+            TaskWarning,
+            stacklevel=3,
+        )
+        return self.method
+
     def options(self, shape: tuple[int, ...]) -> dict[str, Any]:
         """The scoring options of :func:`detect` for samples of ``shape``: those given, the rest
         from the recipe for the data kind (so a calibration records every setting); for table rows
@@ -289,8 +322,9 @@ class Detect:
         pipe = load_pipeline(params.checkpoint, params.device)
         io.check_writable(params.output)
         x = load_input(params.input, pipe, "input")
+        params.method = params.table_method(tuple(x.shape[1:]))  # type: ignore[assignment]
         options = params.options(tuple(x.shape[1:]))
-        if options.get("error") == "mahalanobis":
+        if options.get("error") == "mahalanobis" or params.method == ENSEMBLE:
             options["reference"] = reference_rows(params, pipe)
         progress = shown(params.quiet)
         calibration, normal_scores = resolve_calibration(params, pipe, options, progress=progress)
