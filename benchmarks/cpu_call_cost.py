@@ -1,6 +1,6 @@
 """Whole ``diffcore.sample`` calls where the model is free (issue #20), CPU, interleaved rounds.
 
-    .venv/bin/python -m benchmarks.cpu_call_cost               # ~2 min on 2 shared cores, 1 thread
+    .venv/bin/python -m benchmarks.cpu_call_cost               # ~1 min on 2 shared cores, 1 thread
     .venv/bin/python -m benchmarks.cpu_call_cost --rounds 3 --sizes 16K
 
 The model returns one precomputed tensor, so a call is all sampler cost. Every round runs every

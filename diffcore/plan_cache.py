@@ -31,6 +31,7 @@ from torch import Tensor
 
 MAXSIZE = 64
 T = TypeVar("T")
+_MISSING = object()
 
 
 class LRUCache:
@@ -51,10 +52,11 @@ class LRUCache:
         if key is None:
             return make()
         with self._lock:
-            if key in self._data:
+            found = self._data.get(key, _MISSING)  # one lookup: keys compare in Python (Key.__eq__)
+            if found is not _MISSING:
                 self._data.move_to_end(key)
                 self.hits += 1
-                return self._data[key]
+                return found
         value = make()  # outside the lock: making may take milliseconds (and may raise)
         with self._lock:
             self.misses += 1

@@ -179,8 +179,8 @@ def sample(
         whole = plan
         plan = _cached_plan(fn, plan_cache.key_of(whole), ("tail", plan_cache.freeze(start)), lambda: whole.tail(start))
         x = x_T.clone()
-    else:
-        x = x_T * plan.init_scale
+    else:  # x_T is finite (checked above): its clone is x_T * 1.0 bit for bit, and cheaper
+        x = x_T.clone() if plan.init_scale == 1.0 else x_T * plan.init_scale
     return fn(denoiser, x, plan, generator=generator, callback=callback, **options)
 
 
