@@ -264,17 +264,16 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
         return self._chunked(rows, self._dte)
 
     def _variant(self, rows: Tensor, method: str) -> Tensor:
-        """DTE-NP, DTE-C or the recon + DTE-NP ensemble of scaled rows (N,) float64; the training
-        rows themselves (the threshold in ``fit``) are scored by DTE-NP each left out of its own
-        neighbours."""
+        """DTE-NP, DTE-C or the recon + DTE-NP ensemble of scaled rows (N,) float64; DTE-NP leaves a
+        row out of its own neighbours where it is a training row (distance 0), so the training rows
+        score as they did for the threshold in ``fit`` (sklearn's ``fit_predict``)."""
         from diffcore.tasks.anomaly.dte_variants import DTECategorical, DTENonParametric
 
-        own = rows is self._train_rows
         if method == "dte_np":
             if "dte_np" not in self._variants:
                 nonparametric = DTENonParametric(bins=DTE_NP_BINS, schedule=self.pipeline_.schedule)
                 self._variants["dte_np"] = nonparametric.fit(self._train_rows)
-            return self._variants["dte_np"].score(rows, leave_one_out=own)
+            return self._variants["dte_np"].score(rows, leave_one_out="exact")
         if method == "dte_c":
             if "dte_c" not in self._variants:
                 b = self.budget_

@@ -22,7 +22,7 @@ SMALL = {"n_steps": 8, "hidden": 8, "layers": 1, "repeats": 1, "levels": 4, "bat
 
 
 @parametrize_with_checks(
-    [DiffusionDetector(method, **SMALL, random_state=0) for method in ("recon", "mahalanobis", "dte")]
+    [DiffusionDetector(method, **SMALL, random_state=0) for method in ("recon", "mahalanobis", "dte", "recon_dte_np")]
 )
 def test_sklearn_estimator_checks(estimator, check) -> None:
     check(estimator)
@@ -63,6 +63,22 @@ def test_scores_separate_outliers(fitted, method: str, floor: float) -> None:
     forest = IsolationForest(random_state=0).fit(normal)
     theirs = roc_auc_score(truth, -forest.score_samples(np.r_[test, outliers]))
     assert ours > floor and theirs > 0.9, (ours, theirs)
+
+
+def test_the_default_is_the_recon_dte_np_ensemble_with_its_own_threshold(fitted) -> None:
+    """The default method (issue #19's second split) is a detector method of its own: the same
+    model as recon's fit (same seed), scored by the ensemble, and offset_ set on the ensemble's
+    training-row scores (DTE-NP leave-one-out), flagging about 1% of them."""
+    normal, test, outliers = _data()
+    det = DiffusionDetector(n_steps=300, early_stopping=False, repeats=4, random_state=0).fit(normal)
+    assert det.method == "recon_dte_np"
+    rows = np.r_[test, outliers]
+    same = -fitted["recon"].anomaly_scores(rows, "recon_dte_np")
+    assert det.score_samples(rows) == pytest.approx(same, rel=1e-9, abs=1e-12)
+    assert det.offset_ != fitted["recon"].offset_
+    assert 0.0 < (det.predict(normal) == -1).mean() <= 0.02
+    truth = np.r_[np.zeros(len(test)), np.ones(len(outliers))]
+    assert roc_auc_score(truth, -det.score_samples(rows)) > 0.9
 
 
 def test_one_row_scores_are_the_anomaly_tasks_own(fitted) -> None:

@@ -67,6 +67,17 @@ def test_np_leave_one_out_scores_training_rows_like_new_rows() -> None:
     assert abs(float(loo.mean()) - float(new.mean())) < 0.2 * float(new.mean())
 
 
+def test_np_exact_leaves_out_only_a_rows_own_copy() -> None:
+    """``leave_one_out="exact"``: training rows score as left out, other rows as usual."""
+    rng = np.random.default_rng(4)
+    train, fresh = rng.standard_normal((100, 3)), rng.standard_normal((20, 3))
+    est = DTENonParametric().fit(train)
+    assert torch.equal(est.score(train, leave_one_out="exact"), est.score(train, leave_one_out=True))
+    assert torch.equal(est.score(fresh, leave_one_out="exact"), est.score(fresh))
+    with pytest.raises(ValueError, match="leave_one_out"):
+        est.score(fresh, leave_one_out="yes")
+
+
 def test_categorical_expected_time_rises_with_noise_level() -> None:
     rng = np.random.default_rng(4)
     train = rng.standard_normal((400, 2)) * 0.3

@@ -115,23 +115,29 @@ class DTENonParametric:
         self.nn_ = NearestNeighbors().fit(self.train_)
         return self
 
-    def log_posterior(self, x: Any, *, leave_one_out: bool = False) -> Tensor:
+    def log_posterior(self, x: Any, *, leave_one_out: bool | str = False) -> Tensor:
         """Unnormalised log p(t_k | y) (N, bins) of each row: log-sum-exp over its k nearest
         training rows of ``-r_i^2 / (2 sigma_k^2) - D log sigma_k`` (uniform prior; constants
-        dropped). ``leave_one_out``: ``x`` are the training rows themselves, each left out of its
-        own neighbours (its zero distance would put it at the smallest time)."""
+        dropped). ``leave_one_out``: True: ``x`` are the training rows themselves, each left out of
+        its own neighbours (its zero distance would put it at the smallest time); ``"exact"``: a
+        row's nearest training row is left out where it is the row itself (distance 0), so training
+        rows scored again score as they did left out (what a threshold fitted on them assumes)."""
+        if leave_one_out not in (False, True, "exact"):
+            raise ValueError(f"leave_one_out={leave_one_out!r}: expected False, True or 'exact'")
         rows = _rows(x, "x", self.train_.shape[1])
         skip = 1 if leave_one_out else 0
         k = min(self.k, len(self.train_) - skip)
         if k < 1:
             raise ValueError("leave_one_out needs at least 2 training rows")
-        dist = self.nn_.kneighbors(rows, n_neighbors=k + skip)[0][:, skip:]
+        dist = self.nn_.kneighbors(rows, n_neighbors=k + skip)[0]
+        exact = leave_one_out == "exact"
+        dist = np.where(dist[:, :1] == 0, dist[:, 1:], dist[:, :k]) if exact else dist[:, skip:]
         r2 = torch.from_numpy(dist**2)  # (N, k)
         s2 = self.sigmas**2
         log_kernel = -r2[:, :, None] / (2 * s2) - rows.shape[1] * self.sigmas.log()  # (N, k, T)
         return torch.logsumexp(log_kernel, dim=1)
 
-    def score(self, x: Any, *, leave_one_out: bool = False) -> Tensor:
+    def score(self, x: Any, *, leave_one_out: bool | str = False) -> Tensor:
         """The diffusion-time score (N,) float64, a schedule fraction: higher = more anomalous."""
         return _summarise(self.log_posterior(x, leave_one_out=leave_one_out), self.times, self.statistic)
 
@@ -226,7 +232,8 @@ def recon_dte_np_detection(pipe: Any, x: Tensor, *, reference: Tensor, **options
     (:func:`~diffcore.tasks.anomaly.reconstruction_scores` with ``options``) and DTE-NP among the
     normal ``reference`` rows (the run's scaled training rows), each standardized by the median and
     IQR of its scores on ``reference`` (DTE-NP leaving each reference row out of its own
-    neighbours), then averaged. Returns the reconstruction's Detection with these scores."""
+    neighbours, and an input row out where it is a reference row), then averaged. Returns the
+    reconstruction's Detection with these scores."""
     from diffcore.tasks.anomaly.scores import reconstruction_scores
 
     ref = reference.to(torch.float64).cpu()
@@ -235,7 +242,8 @@ def recon_dte_np_detection(pipe: Any, x: Tensor, *, reference: Tensor, **options
     result = reconstruction_scores(pipe, x, **options)
     recon_ref = reconstruction_scores(pipe, reference, **{**options, "progress": False}).scores.cpu()
     nonparametric = DTENonParametric(bins=DTE_NP_BINS, schedule=getattr(pipe, "schedule", None)).fit(ref)
-    parts = [(result.scores.cpu(), recon_ref), (nonparametric.score(x), nonparametric.score(ref, leave_one_out=True))]
+    np_x, np_ref = nonparametric.score(x, leave_one_out="exact"), nonparametric.score(ref, leave_one_out=True)
+    parts = [(result.scores.cpu(), recon_ref), (np_x, np_ref)]
     total = torch.zeros(x.shape[0], dtype=torch.float64)
     for scores, on_reference in parts:
         med, iqr = median_iqr(on_reference)
