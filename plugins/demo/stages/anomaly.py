@@ -33,7 +33,7 @@ TEXT = (
     "0.3-0.7 of the schedule, 16 draws each, absolute error of the model's one-shot reconstruction), with a "
     "per-pixel map. Table: scikit-learn's breast cancer data, malignant rows as anomalies, trained on benign "
     "rows: `diffcore.DiffusionDetector()` with its defaults (robust scaling, size and budget from the table, early "
-    "stopping, whitened reconstruction residual; chosen on benchmarks/quality/tabular_suite.py's development half), "
+    "stopping, the recon + DTE-NP ensemble; chosen on benchmarks/quality/tabular_suite.py's development set), "
     "then the demo's MLP diffusion model's reconstruction (absolute error, and the whitened residual: the mean "
     "signed residual's Mahalanobis distance under its statistics on the training rows) and diffusion-time "
     "estimation (DTE) scores. CLI: `diffcore detect --checkpoint outputs/demo/runs/digits --input images.npz`; "
