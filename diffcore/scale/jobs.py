@@ -24,7 +24,7 @@ from diffcore.scale.options import ScaleOptions
 from diffcore.scale.workers import DenoiseWorker, DetectWorker, GenerateWorker
 from diffcore.tasks import as_json, load_pipeline
 from diffcore.tasks.anomaly import resolve_calibration
-from diffcore.tasks.anomaly.task import reference_rows
+from diffcore.tasks.anomaly.task import scoring_options
 from diffcore.tasks.generation import resolve_labels
 
 if TYPE_CHECKING:  # the tasks of diffcore.scale.tasks, which call these runners
@@ -199,9 +199,7 @@ def run_detect(params: ScaledDetectParams) -> dict[str, Any]:
     row id, as shards in the folder ``params.output``; the calibration is fitted by the driver."""
     started = time.perf_counter()
     pipe = load_pipeline(params.checkpoint, "cpu")
-    options = params.options(tuple(pipe.sample_shape))
-    if options.get("error") == "mahalanobis":  # --reference, or a table run's stored training rows
-        options["reference"] = reference_rows(params, pipe)
+    options = scoring_options(params, pipe, tuple(pipe.sample_shape))  # the table default's method and rows too
     calibration, _ = resolve_calibration(params, pipe, options)  # fitted once, by the driver
     out = check_out_dir(params.output)
     tabular = pipe.dataset.get("kind") == "tabular"

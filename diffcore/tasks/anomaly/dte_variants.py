@@ -240,7 +240,8 @@ def recon_dte_np_detection(pipe: Any, x: Tensor, *, reference: Tensor, **options
     if ref.dim() != 2 or ref.shape[0] < 2:
         raise ValueError(f"reference has shape {tuple(ref.shape)}: the ensemble needs >= 2 normal rows (N, D)")
     result = reconstruction_scores(pipe, x, **options)
-    recon_ref = reconstruction_scores(pipe, reference, **{**options, "progress": False}).scores.cpu()
+    # the reference rows keep their own keys (a Ray batch's sample_index would change them per batch)
+    recon_ref = reconstruction_scores(pipe, reference, **{**options, "progress": False, "sample_index": 0}).scores.cpu()
     nonparametric = DTENonParametric(bins=DTE_NP_BINS, schedule=getattr(pipe, "schedule", None)).fit(ref)
     np_x, np_ref = nonparametric.score(x, leave_one_out="exact"), nonparametric.score(ref, leave_one_out=True)
     parts = [(result.scores.cpu(), recon_ref), (np_x, np_ref)]

@@ -62,7 +62,7 @@ TABLE_ERROR = "mahalanobis" if defaults.METHOD == "mahalanobis" else defaults.ER
 ENSEMBLE = "recon_dte_np"
 DETECT_METHODS = (*METHODS, ENSEMBLE)
 
-__all__ = ["Detect", "DetectParams", "detect", "load_input", "reference_rows", "resolve_calibration"]
+__all__ = ["Detect", "DetectParams", "detect", "load_input", "reference_rows", "resolve_calibration", "scoring_options"]
 
 
 def detect(
@@ -119,6 +119,18 @@ def reference_rows(params: Any, pipe: Pipeline) -> Tensor:
         )
     tensors, _ = load_checkpoint(stored)
     return tensors["rows"].to(torch.float32)
+
+
+def scoring_options(params: Any, pipe: Pipeline, shape: tuple[int, ...]) -> dict[str, Any]:
+    """The options of :func:`detect` for a ``detect`` run on samples of ``shape`` (the local run
+    and :mod:`diffcore.scale`'s): ``params.method`` resolved for the data
+    (:meth:`DetectParams.table_method`), :meth:`DetectParams.options`, and the normal reference
+    rows where the score needs them (:func:`reference_rows`)."""
+    params.method = params.table_method(shape)
+    options = params.options(shape)
+    if options.get("error") == "mahalanobis" or params.method == ENSEMBLE:
+        options["reference"] = reference_rows(params, pipe)
+    return options
 
 
 # --------------------------------------------------------------------------- the task
@@ -322,10 +334,7 @@ class Detect:
         pipe = load_pipeline(params.checkpoint, params.device)
         io.check_writable(params.output)
         x = load_input(params.input, pipe, "input")
-        params.method = params.table_method(tuple(x.shape[1:]))  # type: ignore[assignment]
-        options = params.options(tuple(x.shape[1:]))
-        if options.get("error") == "mahalanobis" or params.method == ENSEMBLE:
-            options["reference"] = reference_rows(params, pipe)
+        options = scoring_options(params, pipe, tuple(x.shape[1:]))
         progress = shown(params.quiet)
         calibration, normal_scores = resolve_calibration(params, pipe, options, progress=progress)
         result = detect(
