@@ -113,8 +113,10 @@ def reference_rows(params: Any, pipe: Pipeline) -> Tensor:
     folder = params.checkpoint if params.checkpoint.is_dir() else params.checkpoint.parent
     stored = folder / REFERENCE_FILE
     if pipe.dataset.get("kind") != "tabular" or not stored.is_file():
+        mahalanobis = "--error mahalanobis needs --reference (normal data)"
+        needs = "--method recon_dte_np needs the run's training rows" if params.method == ENSEMBLE else mahalanobis
         raise ValueError(
-            f"--error mahalanobis needs --reference (normal data): {str(folder)!r} holds no {REFERENCE_FILE} "
+            f"{needs}: {str(folder)!r} holds no {REFERENCE_FILE} "
             "(table runs trained by this diffcore store their training rows there)"
         )
     tensors, _ = load_checkpoint(stored)
