@@ -134,3 +134,34 @@ def test_detector_methods_separate_a_shifted_cluster() -> None:
     # DTE-C trains its classifier for the detector's step budget: 40 steps leave it near uniform
     det_c = DiffusionDetector("dte_c", **{**TINY, "n_steps": 300}, random_state=0).fit(train)
     assert roc_auc_score(truth, -det_c.score_samples(rows)) > 0.9
+
+
+def test_ensemble_reference_side_is_computed_once_per_pipeline_and_weights(monkeypatch) -> None:
+    """diffcore detect's recon + DTE-NP scores a batch against the reference rows' statistics;
+    they are computed once per (pipeline, reference, options, weights), not per batch, and the
+    cached answer equals a fresh one; an in-place weight change computes them anew."""
+    from diffcore.tasks.anomaly import dte_variants, scores
+
+    fitted = DiffusionDetector("recon", **TINY, random_state=0).fit(np.random.default_rng(0).standard_normal((60, 3)))
+    pipe, ref = fitted.pipeline_, fitted._train_rows[:40]
+    x = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2
+    opts = {"depth": [0.2, 0.4], "repeats": 2, "error": "abs", "seed": 0, "progress": False}
+    calls: list[int] = []
+    real = scores.reconstruction_scores
+
+    def counting(p, rows, **o):
+        calls.append(len(rows))
+        return real(p, rows, **o)
+
+    monkeypatch.setattr(scores, "reconstruction_scores", counting)
+    first = dte_variants.recon_dte_np_detection(pipe, x, reference=ref, **opts).scores
+    again = dte_variants.recon_dte_np_detection(pipe, x[:3], reference=ref.clone(), **opts).scores
+    assert calls == [40, 7, 3]  # the reference rows were scored once
+    torch.testing.assert_close(again, first[:3], rtol=0, atol=1e-12)
+    dte_variants._SIDES.clear()
+    fresh = dte_variants.recon_dte_np_detection(pipe, x, reference=ref, **opts).scores
+    torch.testing.assert_close(fresh, first, rtol=0, atol=0)
+    with torch.no_grad():
+        next(pipe.model.parameters()).mul_(1.5)
+    changed = dte_variants.recon_dte_np_detection(pipe, x, reference=ref, **opts).scores
+    assert calls[-2:] == [40, 7] and not torch.equal(changed, first)

@@ -30,7 +30,9 @@ of different schedules are comparable.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -233,21 +235,71 @@ def recon_dte_np_detection(pipe: Any, x: Tensor, *, reference: Tensor, **options
     normal ``reference`` rows (the run's scaled training rows), each standardized by the median and
     IQR of its scores on ``reference`` (DTE-NP leaving each reference row out of its own
     neighbours, and an input row out where it is a reference row), then averaged. Returns the
-    reconstruction's Detection with these scores."""
+    reconstruction's Detection with these scores.
+
+    The reference side (its reconstruction scores, the DTE-NP index, the medians and IQRs) is
+    computed once per pipeline, reference rows and options and kept with the pipeline (a Ray
+    worker or a loop over input files scores each batch against it without rescoring up to 10,000
+    reference rows per batch); a change of the model's weights in place starts it anew."""
     from diffcore.tasks.anomaly.scores import reconstruction_scores
 
     ref = reference.to(torch.float64).cpu()
     if ref.dim() != 2 or ref.shape[0] < 2:
         raise ValueError(f"reference has shape {tuple(ref.shape)}: the ensemble needs >= 2 normal rows (N, D)")
+    side = _reference_side(pipe, reference, ref, options)
     result = reconstruction_scores(pipe, x, **options)
-    # the reference rows keep their own keys (a Ray batch's sample_index would change them per batch)
-    recon_ref = reconstruction_scores(pipe, reference, **{**options, "progress": False, "sample_index": 0}).scores.cpu()
-    nonparametric = DTENonParametric(bins=DTE_NP_BINS, schedule=getattr(pipe, "schedule", None)).fit(ref)
-    np_x, np_ref = nonparametric.score(x, leave_one_out="exact"), nonparametric.score(ref, leave_one_out=True)
-    parts = [(result.scores.cpu(), recon_ref), (np_x, np_ref)]
+    np_x = side.nonparametric.score(x, leave_one_out="exact")
     total = torch.zeros(x.shape[0], dtype=torch.float64)
-    for scores, on_reference in parts:
-        med, iqr = median_iqr(on_reference)
+    for scores, (med, iqr) in ((result.scores.cpu(), side.recon), (np_x, side.dte_np)):
         total += (scores.double() - med) / iqr
     result.scores, result.method = total / 2, "recon_dte_np"
     return result
+
+
+class _ReferenceSide:
+    """The ensemble's reference statistics: the DTE-NP index of the reference rows and the
+    (median, IQR) of each part's scores on them."""
+
+    def __init__(self, nonparametric: DTENonParametric, recon: tuple[float, float], dte_np: tuple[float, float]):
+        self.nonparametric, self.recon, self.dte_np = nonparametric, recon, dte_np
+
+
+# pipeline -> {(options, reference digest, weights version): _ReferenceSide}; entries die with the pipeline
+_SIDES: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _ReferenceSide]] = weakref.WeakKeyDictionary()
+_SIDES_PER_PIPELINE = 4
+
+
+def _reference_side(pipe: Any, reference: Tensor, ref: Tensor, options: dict[str, Any]) -> _ReferenceSide:
+    """``reference`` as given (scored by the model in its dtype) and ``ref``, its float64 CPU copy."""
+    from diffcore.tasks.anomaly.scores import reconstruction_scores
+
+    digest = hashlib.sha1(ref.numpy().tobytes()).hexdigest()
+    key = (_options_key(options), digest, tuple(ref.shape), str(reference.dtype), _weights(pipe))
+    try:
+        sides = _SIDES.setdefault(pipe, {})
+    except TypeError:  # not weak-referenceable: compute every time
+        sides = {}
+    if key not in sides:
+        # the reference rows keep their own keys (a Ray batch's sample_index would change them per batch)
+        recon_ref = reconstruction_scores(
+            pipe, reference, **{**options, "progress": False, "sample_index": 0}
+        ).scores.cpu()
+        nonparametric = DTENonParametric(bins=DTE_NP_BINS, schedule=getattr(pipe, "schedule", None)).fit(ref)
+        np_ref = nonparametric.score(ref, leave_one_out=True)
+        while len(sides) >= _SIDES_PER_PIPELINE:
+            sides.pop(next(iter(sides)))
+        sides[key] = _ReferenceSide(nonparametric, median_iqr(recon_ref), median_iqr(np_ref))
+    return sides[key]
+
+
+def _options_key(options: dict[str, Any]) -> str:
+    """The scoring options that change the reference's scores, as a stable string."""
+    kept = {k: v for k, v in options.items() if k not in ("progress", "sample_index")}
+    return repr(sorted((k, repr(v)) for k, v in kept.items()))
+
+
+def _weights(pipe: Any) -> tuple[int, ...]:
+    """The in-place version counters of the model's parameters (an optimizer step bumps them)."""
+    model = getattr(pipe, "model", pipe)
+    params = model.parameters() if isinstance(model, nn.Module) else ()
+    return (id(model), *(p._version for p in params))
