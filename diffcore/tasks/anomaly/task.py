@@ -264,16 +264,7 @@ class DetectParams:
         a :class:`~diffcore.tasks.TaskWarning`."""
         if TABLE_ERROR != "mahalanobis" or self.reference is not None or self.error is not None:
             return TABLE_ERROR
-        folder = self.checkpoint if self.checkpoint.is_dir() else self.checkpoint.parent
-        if (folder / REFERENCE_FILE).is_file():
-            return TABLE_ERROR
-        warnings.warn(
-            f"{str(folder)!r} holds no {REFERENCE_FILE} (a run trained before issue #19) and no --reference was "
-            f"given: scoring with --error {defaults.ERROR} instead of the default mahalanobis",
-            TaskWarning,
-            stacklevel=3,
-        )
-        return defaults.ERROR
+        return TABLE_ERROR if self._stored_rows(f"--error {defaults.ERROR}", "mahalanobis") else defaults.ERROR
 
     def table_method(self, shape: tuple[int, ...]) -> str:
         """detect's method for inputs of ``shape``: :data:`ENSEMBLE` when that is the table default
@@ -285,16 +276,21 @@ class DetectParams:
             return self.method
         if any(v is not None for v in given):
             return self.method
+        return ENSEMBLE if self._stored_rows(f"recon --error {defaults.ERROR}", ENSEMBLE) else self.method
+
+    def _stored_rows(self, fallback: str, default: str) -> bool:
+        """Whether the run holds its training rows (``train_rows.safetensors``); if not, a
+        :class:`~diffcore.tasks.TaskWarning` that ``fallback`` scores in place of ``default``."""
         folder = self.checkpoint if self.checkpoint.is_dir() else self.checkpoint.parent
         if (folder / REFERENCE_FILE).is_file():
-            return ENSEMBLE
+            return True
         warnings.warn(
-            f"{str(folder)!r} holds no {REFERENCE_FILE} (a run trained before issue #19): scoring with recon "
-            f"--error {defaults.ERROR} instead of the default {ENSEMBLE}",
+            f"{str(folder)!r} holds no {REFERENCE_FILE} (a run trained before issue #19) and no --reference was "
+            f"given: scoring with {fallback} instead of the default {default}",
             TaskWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-        return self.method
+        return False
 
     def options(self, shape: tuple[int, ...]) -> dict[str, Any]:
         """The scoring options of :func:`detect` for samples of ``shape``: those given, the rest
