@@ -130,8 +130,18 @@ def train(
     if reflow_from is not None:
         with run_folder(out, resume=resume, overwrite=overwrite, writer=_writes()):
             options: dict[str, Any] = {"pairs": pairs, "pair_sampler": pair_sampler, "pair_steps": pair_steps}
-            return _reflow(reflow_from, out, fit=fit, device=device, steps=steps or DEFAULT_STEPS, **options, **config)
-    train_cfg = TrainConfig.from_dict({"steps": steps or DEFAULT_STEPS, **config})  # refused before the folder is made
+            return _reflow(
+                reflow_from,
+                out,
+                fit=fit,
+                device=device,
+                steps=DEFAULT_STEPS if steps is None else steps,
+                **options,
+                **config,
+            )
+    train_cfg = TrainConfig.from_dict(
+        {"steps": DEFAULT_STEPS if steps is None else steps, **config}
+    )  # refused before the folder is made
     with run_folder(out, resume=resume, overwrite=overwrite, writer=_writes()):
         table = {"steps": steps, "config": config, "resume": resume}
         setup = _setup(
