@@ -127,21 +127,12 @@ def train(
     if device is not None and str(device) != "auto":
         resolve_device(device)  # a device this machine lacks is refused before anything is built
     fit: dict[str, Any] = {"resume": resume, "overwrite": overwrite, "sampler": sampler, "sample_steps": sample_steps}
+    n_steps = DEFAULT_STEPS if steps is None else steps  # 0 stays 0, and TrainConfig refuses it
     if reflow_from is not None:
         with run_folder(out, resume=resume, overwrite=overwrite, writer=_writes()):
             options: dict[str, Any] = {"pairs": pairs, "pair_sampler": pair_sampler, "pair_steps": pair_steps}
-            return _reflow(
-                reflow_from,
-                out,
-                fit=fit,
-                device=device,
-                steps=DEFAULT_STEPS if steps is None else steps,
-                **options,
-                **config,
-            )
-    train_cfg = TrainConfig.from_dict(
-        {"steps": DEFAULT_STEPS if steps is None else steps, **config}
-    )  # refused before the folder is made
+            return _reflow(reflow_from, out, fit=fit, device=device, steps=n_steps, **options, **config)
+    train_cfg = TrainConfig.from_dict({"steps": n_steps, **config})  # bad options: refused before the folder is made
     with run_folder(out, resume=resume, overwrite=overwrite, writer=_writes()):
         table = {"steps": steps, "config": config, "resume": resume}
         setup = _setup(
