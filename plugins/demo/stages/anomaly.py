@@ -37,8 +37,9 @@ TEXT = (
     "then the demo's MLP diffusion model's reconstruction (absolute error, and the whitened residual: the mean "
     "signed residual's Mahalanobis distance under its statistics on the training rows) and diffusion-time "
     "estimation (DTE) scores. CLI: `diffcore detect --checkpoint outputs/demo/runs/digits --input images.npz`; "
-    "for the table `diffcore detect --checkpoint outputs/demo/runs/tabular --input rows.csv --error mahalanobis "
-    "--reference outputs/demo/data/breast_cancer_benign_train.csv --depth 0.1 0.2 0.3 0.5 --repeats 16`."
+    "for the table `diffcore detect --checkpoint outputs/demo/runs/tabular --input rows.csv` (the recon + DTE-NP "
+    "default, against the run's stored training rows; add `--error mahalanobis --depth 0.1 0.2 0.3 0.5 --repeats "
+    "16` for the whitened residual)."
 )
 
 
