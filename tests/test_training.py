@@ -253,6 +253,15 @@ def test_bad_command_input_is_one_clear_line(tmp_path, capsys, argv, text):
     assert code == 2 and text in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("dataset", ["digits", "tabular"])
+def test_zero_steps_is_refused_before_anything_is_built(tmp_path, dataset):
+    """steps=0 is a bad value, not "no steps given" (which means the default, or a table's budget)."""
+    options = {"builtin": "breast_cancer"} if dataset == "tabular" else {}
+    with pytest.raises(ValueError, match="steps=0"):
+        diffcore.train(dataset, steps=0, out=tmp_path / "run", dataset_options=options)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_torchrun_ddp_two_processes(tmp_path):
     out = tmp_path / "ddp"
