@@ -417,3 +417,9 @@ def test_no_warnings_on_clean_builds(digits0: DiffusionDataset, tmp_path: Path) 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dataset("image-folder", root=write_classes(tmp_path / "ok", per_class=2), holdout=0.5)
+
+
+def test_tabular_unknown_scaling_is_named(tmp_path: Path, table: np.ndarray) -> None:
+    path = write_csv(tmp_path / "t.csv", [[*row, 0] for row in table.tolist()])
+    with pytest.raises(ValueError, match="scaling='bogus'"):
+        load_dataset("tabular", path=path, label_column="label", scaling="bogus")

@@ -165,3 +165,17 @@ def test_ensemble_reference_side_is_computed_once_per_pipeline_and_weights(monke
         next(pipe.model.parameters()).mul_(1.5)
     changed = dte_variants.recon_dte_np_detection(pipe, x, reference=ref, **opts).scores
     assert calls[-2:] == [40, 7] and not torch.equal(changed, first)
+
+
+def test_ensemble_and_direct_cpu_step_refuse_bad_input() -> None:
+    """The ensemble's reference must be rows (N >= 2, D); the direct CPU step entry checks shapes
+    like the op, naming the mismatch."""
+    from diffcore import ops
+    from diffcore.tasks.anomaly.dte_variants import recon_dte_np_detection
+
+    with pytest.raises(ValueError, match=r"reference has shape \(5,\)"):
+        recon_dte_np_detection(lambda x, t: x, torch.randn(4, 3), reference=torch.randn(5))
+    step, _ = ops.step_kernels("cpu")
+    coeffs = torch.zeros(1, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"model_out has shape \[2, 7\] but x has shape \[2, 8\]"):
+        step(torch.randn(2, 8), torch.randn(2, 7), coeffs, torch.empty(0), None, [], -1, 0)

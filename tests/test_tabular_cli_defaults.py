@@ -189,6 +189,11 @@ def test_a_mean_std_checkpoint_still_scores(tmp_path: Path, capsys) -> None:
         pipe, x, depth=list(defaults.DEPTHS), repeats=2, error="abs", sampler="ddim", steps=1, seed=0, progress=False
     ).scores
     assert torch.allclose(scores, expected, rtol=1e-5, atol=1e-7)
+    # asked for by name, the ensemble cannot fall back: one clear line naming the method and the missing file
+    code = main(["detect", "--checkpoint", str(run), "--input", str(csv_path), "--method", "recon_dte_np",
+                 "--output", str(tmp_path / "e.json"), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "recon_dte_np" in err and "train_rows.safetensors" in err and "Traceback" not in err
 
 
 def test_robust_scaling_round_trips_raw_units() -> None:
