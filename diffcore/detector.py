@@ -50,7 +50,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
 from diffcore.tasks.anomaly import defaults
-from diffcore.tasks.anomaly.dte_variants import DTE_NP_BINS, median_iqr
+from diffcore.tasks.anomaly.dte_variants import DTE_NP_BINS, median_iqr, standardized_mean
 from diffcore.tasks.anomaly.fit import budget_for, held_out_split, table_train_options, train_early_stopped
 from diffcore.tasks.anomaly.tables import SCALINGS, TableScaler
 
@@ -289,13 +289,13 @@ class DiffusionDetector(OutlierMixin, BaseEstimator):
                 )
                 self._variants["dte_c"] = categorical.fit(self._train_rows)
             return self._variants["dte_c"].score(rows)
-        if "ensemble" not in self._variants:  # median and IQR of each part on the training rows
-            parts = [self._anomaly(self._train_rows, "recon"), self._variant(self._train_rows, "dte_np")]
-            self._variants["ensemble"] = [median_iqr(p) for p in parts]
-        total = torch.zeros(rows.shape[0], dtype=torch.float64)
-        for part, (med, iqr) in zip(("recon", "dte_np"), self._variants["ensemble"]):
-            total += (self._anomaly(rows, part) - med) / iqr
-        return total / 2
+        if "ensemble" not in self._variants:  # each part on the training rows, and its median and IQR
+            train_parts = [self._anomaly(self._train_rows, "recon"), self._variant(self._train_rows, "dte_np")]
+            self._variants["ensemble"] = (train_parts, [median_iqr(p) for p in train_parts])
+        train_parts, stats = self._variants["ensemble"]
+        # the training rows' parts are deterministic: fit's threshold reuses them instead of scoring twice
+        parts = train_parts if rows is self._train_rows else [self._anomaly(rows, p) for p in ("recon", "dte_np")]
+        return standardized_mean(parts, stats)
 
     def _residual_mean(
         self, pipe: Any, x: Tensor, *, signed: bool, error: str = "abs", repeats: int | None = None

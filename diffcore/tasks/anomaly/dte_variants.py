@@ -45,6 +45,7 @@ __all__ = [
     "DTECategorical",
     "DTENonParametric",
     "median_iqr",
+    "standardized_mean",
     "recon_dte_np_detection",
     "time_grid",
 ]
@@ -249,11 +250,18 @@ def recon_dte_np_detection(pipe: Any, x: Tensor, *, reference: Tensor, **options
     side = _reference_side(pipe, reference, ref, options)
     result = reconstruction_scores(pipe, x, **options)
     np_x = side.nonparametric.score(x, leave_one_out="exact")
-    total = torch.zeros(x.shape[0], dtype=torch.float64)
-    for scores, (med, iqr) in ((result.scores.cpu(), side.recon), (np_x, side.dte_np)):
-        total += (scores.double() - med) / iqr
-    result.scores, result.method = total / 2, "recon_dte_np"
+    result.scores = standardized_mean([result.scores.cpu(), np_x], [side.recon, side.dte_np])
+    result.method = "recon_dte_np"
     return result
+
+
+def standardized_mean(parts: list[Tensor], stats: list[tuple[float, float]]) -> Tensor:
+    """The recon + DTE-NP ensemble's score: each part's scores minus its reference median, over its
+    reference IQR (:func:`median_iqr`), averaged over the parts; float64."""
+    total = torch.zeros(parts[0].shape[0], dtype=torch.float64)
+    for scores, (med, iqr) in zip(parts, stats, strict=True):
+        total += (scores.double() - med) / iqr
+    return total / len(parts)
 
 
 class _ReferenceSide:
