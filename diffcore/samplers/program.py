@@ -151,7 +151,7 @@ class _Run:
     step_times: list[Tensor] | None = None  # per step: the (B,) model times, views of ``times``
     cache_key: Any = None  # where the tables came from in diffcore.plan_cache.runs (None: made for this run)
     flags: list[Tensor] | None = None  # per step: the op's non-finite flag (eager runs with check_finite)
-    has_side: bool = False  # some step has a side op (CFG++)
+    has_side: bool = False  # some step has a side op (CFG++); set by _buffers from the program
 
 
 def _loop(
@@ -275,11 +275,10 @@ def run_program(
         raise ValueError(f"got {len(programs)} programs for a batch of {x.shape[0]}")
     check_same_structure(programs)
     main = programs[0]
-    stochastic, brownian_noise, run_side = _facts(main)
+    stochastic, brownian_noise, _ = _facts(main)
     if cuda_graph:
         return _run_graphed(denoiser, x, programs, seed=seed, stochastic=stochastic, callback=callback)
     run = _buffers(denoiser, x, programs, pooled=True)
-    run.has_side = run_side
     noise = None
     if stochastic and seed is None:  # refilled from the generator before every noisy step
         noise = take_buffer(tuple(x.shape), x, zero=False) if x.is_contiguous() else torch.empty_like(x)
@@ -370,7 +369,9 @@ def _buffers(
             x,
             reads_uncond=[st.uncond for st in main.steps],
         )
-    return _Run(table, side, times, scales, history, guides, step_times=step_times, cache_key=key)
+    run = _Run(table, side, times, scales, history, guides, step_times=step_times, cache_key=key)
+    run.has_side = _facts(main)[2]
+    return run
 
 
 def _tables(
@@ -437,7 +438,6 @@ def _run_graphed(
 
     def build() -> tuple[Callable[[Tensor], None], tuple[Any, ...]]:
         run = _buffers(denoiser, x, programs, per)
-        run.has_side = _facts(main)[2]
         _check_static(x, main, run, None)
 
         def loop(state: Tensor) -> None:
