@@ -118,3 +118,38 @@ def test_mahalanobis_readout_is_whitened_by_the_training_rows() -> None:
     both = recon.anomaly_scores(np.r_[x[:5], far], "mahalanobis")
     assert np.allclose(both[:5], recon.anomaly_scores(x[:5], "mahalanobis"))
     assert np.allclose(both, -maha.score_samples(np.r_[x[:5], far]))
+
+
+def test_early_stopping_refuses_a_non_finite_first_held_out_error() -> None:
+    """With no good round to fall back on, a NaN held-out error is a clear FloatingPointError (it
+    was an opaque load_state_dict({}) failure); after a good round it counts as a stale round."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from diffcore.parameterization import make_parameterization
+    from diffcore.plugins import get
+    from diffcore.tasks.anomaly.fit import train_early_stopped
+
+    def trainer() -> SimpleNamespace:
+        t = SimpleNamespace(ema=torch.nn.Linear(3, 3), step=0, config=SimpleNamespace(steps=10))
+        t.objective = SimpleNamespace(schedule=get("schedules", "linear")(), param=make_parameterization("epsilon"))
+        t.run = {"dataset": {"kind": "tabular", "shape": [3], "num_classes": 0}}
+        t.train = lambda: setattr(t, "step", t.config.steps)
+        return t
+
+    with pytest.raises(FloatingPointError, match="held-out error nan at step 10"):
+        train_early_stopped(trainer(), steps=40, eval_every=10, patience=2, held_out_error=lambda pipe: float("nan"))
+    errors = iter([1.0, float("nan"), float("nan")])
+    done = train_early_stopped(trainer(), steps=40, eval_every=10, patience=2, held_out_error=lambda pipe: next(errors))
+    assert (done["best_step"], done["steps_trained"], done["stopped_early"]) == (10, 30, True)
+
+
+def test_stored_scaling_must_be_positive_and_finite() -> None:
+    from diffcore.data.scaling import TableScaler as Stored
+
+    good = {"mean": [0.0, 1.0], "std": [1.0, 2.0]}
+    assert Stored.from_meta(good).scale_.tolist() == [1.0, 2.0]
+    for bad in ({"mean": [0.0, 1.0], "std": [1.0, 0.0]}, {"mean": [float("nan"), 1.0], "std": [1.0, 2.0]}):
+        with pytest.raises(ValueError, match="positive number"):
+            Stored.from_meta(bad)

@@ -105,8 +105,10 @@ class TableScaler:
             raise ValueError("the dataset meta holds no scaling (neither 'scaling' nor 'mean'/'std')")
         scaler.center_ = np.asarray(center, dtype=np.float64).reshape(-1)
         scaler.scale_ = np.asarray(scale, dtype=np.float64).reshape(-1)
-        if scaler.center_.shape != scaler.scale_.shape or not np.isfinite(scaler.scale_).all():
+        if scaler.center_.shape != scaler.scale_.shape:
             raise ValueError(f"the stored scaling has {scaler.center_.shape} centres and {scaler.scale_.shape} scales")
+        if not (np.isfinite(scaler.center_).all() and np.isfinite(scaler.scale_).all() and (scaler.scale_ > 0).all()):
+            raise ValueError("the stored scaling holds a non-finite centre or a scale that is not a positive number")
         return scaler
 
 

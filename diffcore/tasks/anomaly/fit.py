@@ -113,6 +113,8 @@ def train_early_stopped(
             break
         pipe = Pipeline(trainer.ema, obj.schedule, obj.param, run=trainer.run, sampler="ddim", steps=1)
         loss = held_out_error(pipe)
+        if not math.isfinite(loss) and not best[1]:  # no weights to fall back on (a later one counts as stale)
+            raise FloatingPointError(f"held-out error {loss!r} at step {trainer.step}: training diverged")
         improved = loss < best[0] * (1 - IMPROVEMENT)
         if improved:
             best, stale = (loss, copy.deepcopy(trainer.ema.state_dict()), trainer.step), 0

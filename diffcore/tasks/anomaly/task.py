@@ -104,14 +104,20 @@ def load_input(path: Path, pipe: Pipeline, what: str) -> Tensor:
     return io.load_images(path)
 
 
+def stored_rows_path(checkpoint: Path) -> Path:
+    """Where a table run keeps its scaled training rows: next to ``checkpoint`` (a run folder or
+    its checkpoint file)."""
+    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / REFERENCE_FILE
+
+
 def reference_rows(params: Any, pipe: Pipeline) -> Tensor:
     """The normal rows that whiten ``--error mahalanobis``: ``params.reference`` (scaled like the
     input), else a table run's stored training rows (``train_rows.safetensors`` next to its
     checkpoint, written by ``diffcore train``; :mod:`diffcore.training.tabular`)."""
     if params.reference is not None:
         return load_input(params.reference, pipe, "reference data")
-    folder = params.checkpoint if params.checkpoint.is_dir() else params.checkpoint.parent
-    stored = folder / REFERENCE_FILE
+    stored = stored_rows_path(params.checkpoint)
+    folder = stored.parent
     if pipe.dataset.get("kind") != "tabular" or not stored.is_file():
         mahalanobis = "--error mahalanobis needs --reference (normal data)"
         needs = "--method recon_dte_np needs the run's training rows" if params.method == ENSEMBLE else mahalanobis
@@ -281,8 +287,9 @@ class DetectParams:
     def _stored_rows(self, fallback: str, default: str) -> bool:
         """Whether the run holds its training rows (``train_rows.safetensors``); if not, a
         :class:`~diffcore.tasks.TaskWarning` that ``fallback`` scores in place of ``default``."""
-        folder = self.checkpoint if self.checkpoint.is_dir() else self.checkpoint.parent
-        if (folder / REFERENCE_FILE).is_file():
+        stored = stored_rows_path(self.checkpoint)
+        folder = stored.parent
+        if stored.is_file():
             return True
         warnings.warn(
             f"{str(folder)!r} holds no {REFERENCE_FILE} (a run trained before issue #19) and no --reference was "
