@@ -263,17 +263,16 @@ def tabular_dataset(
     """Split shuffled finite ``values`` (N, D) and scale them with a
     :class:`~diffcore.data.scaling.TableScaler` of kind ``scaling`` fitted on the train split,
     stored as ``meta["scaling"]`` (``"standard"`` also stores ``meta["mean"]``/``meta["std"]``);
-    a constant column gets scale 1 and is listed in ``meta["constant_columns"]``."""
+    a column without spread (the scaler's rule) gets scale 1 and is listed in ``meta["constant_columns"]``."""
     raw = np.ascontiguousarray(values, dtype=np.float64)
     mask = _holdout_mask(name, len(raw), labels, holdout)
     train_raw = raw[~mask.numpy()]
     scaler = TableScaler(scaling).fit(train_raw)
-    constant = (train_raw.max(axis=0) == train_raw.min(axis=0)).tolist()
     info: dict[str, Any] = {"columns": list(columns), "scaling": scaler.to_meta()}
     if scaling == "standard":
         info.update(mean=scaler.center_.tolist(), std=scaler.scale_.tolist())
     info["label_column"] = label_column
-    info["constant_columns"] = [c for c, flat in zip(columns, constant, strict=True) if flat]
+    info["constant_columns"] = [c for c, flat in zip(columns, scaler.flat_.tolist(), strict=True) if flat]
     if labels is not None:
         info["class_names"] = list(class_names)
     info["options"] = jsonable(options)

@@ -57,7 +57,8 @@ class TableScaler:
             inner = ordered[-2] - ordered[1] if len(X) >= 4 else ordered[-1] - ordered[0]
             scale = np.maximum((q3 - q1) / 1.349, RANGE_SHARE * inner)
         tiny = 1e-12 * np.maximum(1.0, np.abs(self.center_))
-        self.scale_ = np.where(scale > tiny, scale, 1.0)
+        self.flat_ = ~(scale > tiny)  # the columns without spread on the fitted rows: scale 1
+        self.scale_ = np.where(self.flat_, 1.0, scale)
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
