@@ -130,7 +130,7 @@ int64_t check_step(const at::Tensor& x, const at::Tensor* m, const at::Tensor* u
 // x contiguous where the kernel draws noise (element j of a sample is its j-th in row-major order).
 bool in_place_layout(const at::Tensor& x, const at::Tensor* m, const at::Tensor* u, const at::Tensor* c,
                      const c10::optional<at::Tensor>& history, const c10::optional<at::Tensor>& noise, bool per_sample,
-                     int64_t K, bool logical_order) {
+                     bool logical_order) {
   bool fast = logical_order ? x.is_contiguous() : x.is_non_overlapping_and_dense();
   if (per_sample) fast = fast && batch_outermost(x);
   if (m != nullptr) fast = fast && same_dense_layout(*m, x);
@@ -138,8 +138,9 @@ bool in_place_layout(const at::Tensor& x, const at::Tensor* m, const at::Tensor*
   if (noise.has_value()) fast = fast && same_dense_layout(*noise, x);
   if (history.has_value()) {
     const at::Tensor& h = *history;
+    // each slot has x's sizes and strides, and x passed its density check above: every slot is
+    // dense too (no per-slot select, which allocated a tensor per slot per step)
     fast = fast && h.stride(0) >= x.numel() && h.strides().slice(1) == x.strides();
-    for (int64_t j = 0; j < K && fast; ++j) fast = h.select(0, j).is_non_overlapping_and_dense();
   }
   return fast;
 }
@@ -222,7 +223,7 @@ void run_step(StepKernel kernel, at::Tensor& x, const at::Tensor* m, const at::T
               const at::Tensor* guidance, const at::Tensor& coeffs, const c10::optional<at::Tensor>& history,
               const c10::optional<at::Tensor>& noise, at::IntArrayRef writes_ref, const StepOptions& opt) {
   const std::vector<int64_t> writes(writes_ref.begin(), writes_ref.end());
-  const int64_t K = check_step(x, m, u, c, guidance, coeffs, history, noise, writes, opt.seed);
+  check_step(x, m, u, c, guidance, coeffs, history, noise, writes, opt.seed);
   const bool philox = opt.seed >= 0;
   if (philox) {
     TORCH_CHECK(opt.offset >= 0, "diffcore: offset=", opt.offset, " must be >= 0");
@@ -234,7 +235,7 @@ void run_step(StepKernel kernel, at::Tensor& x, const at::Tensor* m, const at::T
   at::Tensor g = guidance != nullptr ? guidance->to(acc).contiguous() : at::Tensor();
   at::Tensor lim = x0_limits(opt, x, m, u, c, co, g);
   const bool per_sample = co.dim() == 2 || (g.defined() && g.dim() == 2) || (lim.defined() && lim.dim() == 2);
-  const bool in_place = in_place_layout(x, m, u, c, history, noise, per_sample, K, philox);
+  const bool in_place = in_place_layout(x, m, u, c, history, noise, per_sample, philox);
   Operands o = step_operands(in_place, x, m, u, c, history, noise);
 
   StepLaunch s;
@@ -359,6 +360,19 @@ void cpu_cfg_step(at::Tensor x, const at::Tensor& uncond, const at::Tensor& cond
   run_step(cpu_step_kernel(), x, nullptr, &uncond, &cond, &guidance, coeffs, history, noise, writes, opt);
 }
 
+// (x * scale as a new tensor with x's layout, whether every element of x is finite): the start
+// state of a CPU sampling run in one pass where the torch ops made two (a sum for the check, then
+// the clone or product). x must be a dense CPU tensor of a floating dtype.
+std::tuple<at::Tensor, bool> cpu_start_state(const at::Tensor& x, double scale) {
+  TORCH_CHECK(x.device().is_cpu() && is_float_type(x.scalar_type()) && x.is_non_overlapping_and_dense(),
+              "diffcore: start_state takes a dense floating-point CPU tensor, got ", x.scalar_type(), " ", x.sizes(),
+              " on ", x.device());
+  at::Tensor out = at::empty_like(x);  // x's strides (dense: preserve_format keeps them)
+  TORCH_CHECK(out.strides() == x.strides(), "diffcore: start_state could not keep x's strides ", x.strides());
+  const bool finite = cpu_scaled_copy(x, out, scale);
+  return {out, finite};
+}
+
 }  // namespace
 }  // namespace diffcore
 
@@ -381,6 +395,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
               py::arg("writes"), t...);
       },
       tail());
+  m.def("cpu_start_state", &diffcore::cpu_start_state,
+        "(x * scale as a new tensor, whether x is all finite) in one pass, dense CPU x", py::arg("x"),
+        py::arg("scale"));
   m.def("has_cpu", [] { return true; });
 #ifdef DIFFCORE_WITH_CUDA
   m.def("has_cuda", [] { return true; });

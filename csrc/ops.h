@@ -88,6 +88,11 @@ void run_philox_normal_(PhiloxKernel kernel, at::Tensor& out, int64_t seed, int6
 // The CPU backend's step kernel (csrc/cpu/ops.cpp), for the direct CPU entry points of ops.cpp.
 StepKernel cpu_step_kernel();
 
+// dst = src * scale over n elements of dense CPU memory of x's dtype, each rounded as ATen's
+// `src * scale` rounds it (scale 1: a copy); returns whether every src element is finite
+// (csrc/cpu/ops.cpp). One pass for the start state of a sampling run.
+bool cpu_scaled_copy(const at::Tensor& src, at::Tensor& dst, double scale);
+
 // Registers the five ops of TORCH_LIBRARY(diffcore) (csrc/ops.cpp) with Kernels' functions.
 template <class Kernels>
 void impl_ops(torch::Library& m) {

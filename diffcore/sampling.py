@@ -152,7 +152,7 @@ def sample(
         x0_limit: clip or dynamically threshold x0 inside every fused step (:class:`diffcore.X0Limit`,
             diffusers' ``clip_sample`` / ``thresholding``).
     """
-    _check_batch("x_T", x_T)
+    _check_batch("x_T", x_T, finite=False)  # finiteness: checked in the pass that makes the start state
     fn, (sched, skey), param = resolve_sampler(sampler), _schedule_with_key(schedule), make_parameterization(prediction)
     options = _options(fn, eta, sampler_options)
     if sigmas is not None:
@@ -166,6 +166,9 @@ def sample(
         plan_options = {k: options.get(k) for k in (preset.options if preset else ())}
         key = (plan_cache.freeze(steps), plan_cache.freeze(timestep_spacing), style, plan_cache.freeze(plan_options))
         plan = _cached_plan(fn, skey, key, lambda: sampler_plan(fn, sched, steps, timestep_spacing, options))
+    x, finite = ops.start_state(x_T, 1.0 if start else plan.init_scale)  # img2img: x_T is the state at ``start``
+    if not finite:
+        raise ValueError("x_T contains NaN or inf")
     guide = (guidance, guidance_scale, guidance_rescale, guidance_interval, guidance_options)
     denoiser = _denoiser(
         model, param, plan.timestep_dtype, cond, uncond, guide, check_finite, sample_index, noise_mode, x0_limit
@@ -178,9 +181,6 @@ def sample(
     if start:  # img2img: the plan from level ``start`` on, cached under its whole plan's key
         whole = plan
         plan = _cached_plan(fn, plan_cache.key_of(whole), ("tail", plan_cache.freeze(start)), lambda: whole.tail(start))
-        x = x_T.clone()
-    else:  # x_T is finite (checked above): its clone is x_T * 1.0 bit for bit, and cheaper
-        x = x_T.clone() if plan.init_scale == 1.0 else x_T * plan.init_scale
     return fn(denoiser, x, plan, generator=generator, callback=callback, **options)
 
 
@@ -284,8 +284,9 @@ def _denoiser(
     )
 
 
-def _check_batch(name: str, x: Any) -> None:
-    """Raise unless ``x`` is a non-empty, finite, floating-point (B, ...) tensor."""
+def _check_batch(name: str, x: Any, finite: bool = True) -> None:
+    """Raise unless ``x`` is a non-empty, floating-point (B, ...) tensor, finite unless ``finite``
+    is False (the caller checks that itself)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -294,7 +295,7 @@ def _check_batch(name: str, x: Any) -> None:
         raise ValueError(f"{name} must be a non-empty batch (B, ...), got shape {tuple(x.shape)}")
     # a finite sum means every element is finite (one read pass, no temporary); only a non-finite
     # sum, which large finite values can also give, needs the elementwise check
-    if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+    if finite and not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
 
 

@@ -92,6 +92,104 @@ def test_sampler_step_matches_reference(device, dtype, slots, writes, per_sample
 
 
 @needs_native
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_cpu_step_skips_history_it_weighs_by_zero(per_sample, monkeypatch):
+    """A CPU step whose coefficients weigh every history slot by exactly 0 (Heun's predictor, a
+    multistep method's first step) does not read the history: a non-finite slot there does not
+    leak into x, and x equals the reference step on a zeroed history; one non-zero history
+    coefficient in any sample's rows makes every sample read it again."""
+    shape, slots, writes = (3, 4, 5, 6), 2, (1,)
+    width = ops.coeff_width(slots, len(writes))
+    coeffs = _rand((3, width) if per_sample else (width,), 9, "cpu")
+    for r in range(1 + len(writes)):
+        coeffs[..., 2 + r * (3 + slots) + 2 : 2 + r * (3 + slots) + 2 + slots] = 0.0
+
+    def run(history_fill, c):
+        x, m = _rand(shape, 0, "cpu"), _rand(shape, 1, "cpu")
+        hist = torch.full((slots, *shape), history_fill)
+        ops.sampler_step(x, m, c, hist, None, writes)
+        return x, hist[1]
+
+    monkeypatch.setenv("DIFFCORE_KERNELS", "native")
+    x_nan, written_nan = run(float("nan"), coeffs)
+    monkeypatch.setenv("DIFFCORE_KERNELS", "reference")
+    x_ref, written_ref = run(0.0, coeffs)
+    assert torch.isfinite(x_nan).all() and torch.equal(x_nan, x_ref) and torch.equal(written_nan, written_ref)
+    reading = coeffs.clone()
+    reading[..., 2 + 2] = 1e-3 if not per_sample else torch.tensor([0.0, 1e-3, 0.0])
+    monkeypatch.setenv("DIFFCORE_KERNELS", "native")
+    assert torch.isnan(run(float("nan"), reading)[0]).all()
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("scale", [1.0, 14.614641684293747, 0.1])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_start_state_is_the_torch_product_in_one_pass(dtype, scale, layout, monkeypatch):
+    """ops.start_state: x * scale bit for bit as torch computes it (x's clone at scale 1), with x's
+    strides, and whether x is finite; the same on both backends, and on layouts the native pass
+    does not take (a strided slice falls back to the torch ops)."""
+    x = _rand((3, 4, 6, 5), 0, "cpu", dtype) * 3
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x = x[:, :, ::2]
+    (out_n, ok_n), (out_r, ok_r) = _both(lambda: ops.start_state(x, scale), monkeypatch)
+    expect = x.clone() if scale == 1.0 else x * scale
+    for out in (out_n, out_r):
+        assert out.dtype == dtype and out.stride() == expect.stride() and out.data_ptr() != x.data_ptr()
+        bits = {8: torch.int64, 4: torch.int32, 2: torch.int16}[dtype.itemsize]  # signs of zeros too
+        assert torch.equal(out.contiguous().view(bits), expect.contiguous().view(bits))
+    assert ok_n and ok_r
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[2, 3, 1, 0] = bad
+        (_, ok_n), (_, ok_r) = _both(lambda y=y: ops.start_state(y, scale), monkeypatch)
+        assert not ok_n and not ok_r
+
+
+def test_slots_read_unwritten_follows_the_read_rule():
+    """A slot must start at zero when an op that weighs some history slot non-zero runs before
+    any op writes it; an op weighing all history by 0 reads none of it."""
+    from diffcore.samplers.flags import slots_read_unwritten
+
+    def op(writes, weights):  # one row per output; history weights of row 0 given, others 0
+        slots = len(weights)
+        c = torch.zeros(ops.coeff_width(slots, len(writes)))
+        c[2 + 2 : 2 + 2 + slots] = torch.tensor(weights)
+        return tuple(writes), c
+
+    assert slots_read_unwritten([op((0, 2), [0, 0, 0]), op((1, 2), [0.5, 0, 1])], 3) == (1,)
+    assert slots_read_unwritten([op((0,), [0.0]), op((), [0.3])], 1) == ()
+    assert slots_read_unwritten([op((), [0.0, 1e-30]), op((0, 1), [1, 1])], 2) == (0, 1)
+    per_sample = op((0,), [0.0])[1].repeat(3, 1)
+    per_sample[1, 4] = 2.0  # one sample's weight makes the op read for all
+    assert slots_read_unwritten([((0,), per_sample)], 1) == (0,)
+
+
+@needs_native
+@pytest.mark.parametrize("sampler", ["unipc", "heun", "dpmpp_2m", "ipndm", "lms", "deis", "dpmpp_3m_sde"])
+def test_stale_history_never_leaks(sampler, monkeypatch):
+    """The native CPU run zeroes only the history slots it reads before writing: with NaN left in
+    the pooled buffer it takes, the result is bit for bit the reference backend's (which zeroes all)."""
+    from diffcore.samplers.flags import release_buffer
+
+    x_T = _rand((2, 3, 8, 8), 0, "cpu")
+
+    def run():
+        return diffcore.sample(lambda x, t: 0.3 * x, x_T, sampler=sampler, steps=8, seed=5)
+
+    monkeypatch.setenv("DIFFCORE_KERNELS", "native")
+    run()  # fills the caches; the buffer it took goes back to the pool
+    for k in range(1, 5):  # whatever history shape the run takes, a NaN one of that shape is waiting
+        release_buffer(torch.full((k, *x_T.shape), float("nan")))
+    native = run()
+    monkeypatch.setenv("DIFFCORE_KERNELS", "reference")
+    reference = run()
+    assert torch.isfinite(native).all() and torch.equal(native, reference)
+
+
+@needs_native
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
 def test_layouts_match_reference(device, layout, monkeypatch):

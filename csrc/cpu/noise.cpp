@@ -19,8 +19,17 @@ namespace {
 
 constexpr int64_t kSpan = 256;  // blocks per word buffer
 
+// The transform loop is compiled for AVX-512, AVX2 and baseline x86-64, the widest the CPU runs
+// picked at load time (as the step loop in ops.cpp): the baseline build ran it 4 lanes wide, and it
+// is most of a fast draw. -ffp-contract=off holds for every clone, so each gives the same bits.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define DIFFCORE_NOISE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DIFFCORE_NOISE_CLONES
+#endif
+
 // Fast transform of blocks whose words are w[k][0 .. n) (struct of arrays) into 4n normals.
-inline void transform_fast(const uint32_t (*w)[kSpan], int64_t n, float* out) {
+DIFFCORE_NOISE_CLONES void transform_fast(const uint32_t (*w)[kSpan], int64_t n, float* out) {
 #pragma omp simd
   for (int64_t l = 0; l < n; ++l) {
     float a, b, c, d;

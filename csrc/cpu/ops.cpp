@@ -7,7 +7,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <ATen/OpMathType.h>
+
 #include <algorithm>
+#include <atomic>
 
 #include "../ops.h"
 #include "../step_dispatch.h"
@@ -86,10 +89,24 @@ DIFFCORE_CPU_CLONES acc_t step_range(scalar_t* xp, const scalar_t* mp, const sca
   return bad;
 }
 
+// True when some history coefficient of some row (of any sample's coefficients) is non-zero: a
+// step whose rows all weigh the history by exactly 0 (Heun's predictor, a multistep method's first
+// step) runs without reading it, one full-size tensor fewer. Its result then differs from the
+// reading kernel's only where that reads a non-finite slot (0 * inf) or adds +0 to an x of -0.
+template <typename acc_t, int K, int W>
+bool reads_history(const acc_t* coeffs, int64_t rows, int64_t stride) {
+  for (int64_t b = 0; b < rows; ++b)
+    for (int r = 0; r <= W; ++r)
+      for (int k = 0; k < K; ++k)
+        if (coeffs[b * stride + 2 + r * (3 + K) + 2 + k] != acc_t(0)) return true;
+  return false;
+}
+
 template <typename scalar_t, int K, int W, bool CFG, bool LIMIT>
 void step_kernel(const StepLaunch& s) {
   using acc_t = acc_type_t<scalar_t>;
   constexpr int width = 2 + (1 + W) * (3 + K);
+  constexpr int bare = 2 + (1 + W) * 3;  // a row without its history columns
   auto* xp = static_cast<scalar_t*>(s.x);
   const auto* mp = static_cast<const scalar_t*>(CFG ? s.u : s.m);
   const auto* cp = static_cast<const scalar_t*>(s.c);
@@ -103,6 +120,8 @@ void step_kernel(const StepLaunch& s) {
   const int64_t slot = s.slot_stride, n = s.per_sample;
   int64_t wslot[W > 0 ? W : 1];
   for (int r = 0; r < W; ++r) wslot[r] = s.writes[r] * slot;
+  const int64_t rows = s.coeff_stride > 0 ? s.numel / std::max<int64_t>(n, 1) : 1;
+  const bool reads = K > 0 && reads_history<acc_t, K, W>(coeffs, rows, s.coeff_stride);
 
   at::parallel_for(0, s.numel, kGrain, [&](int64_t begin, int64_t end) {
     scalar_t zbuf[kChunk];
@@ -111,11 +130,18 @@ void step_kernel(const StepLaunch& s) {
     while (i < end) {
       const int64_t b = i / n;
       const int64_t seg_end = std::min(end, (b + 1) * n);
-      acc_t co[width];
+      acc_t co[width], cb[bare];
       const acc_t* src = coeffs + b * s.coeff_stride;
       for (int k = 0; k < width; ++k) co[k] = src[k];
       if (zero_z)
         for (int r = 0; r <= W; ++r) co[2 + r * (3 + K) + 2 + K] = acc_t(0);
+      cb[0] = co[0];
+      cb[1] = co[1];
+      for (int r = 0; r <= W; ++r) {
+        cb[2 + 3 * r] = co[2 + r * (3 + K)];
+        cb[3 + 3 * r] = co[3 + r * (3 + K)];
+        cb[4 + 3 * r] = co[4 + r * (3 + K) + K];
+      }
       acc_t gw = 0, gr = 1, lo = 0, div = 1;
       if (CFG) {
         gw = guid[b * s.guidance_stride];
@@ -125,16 +151,20 @@ void step_kernel(const StepLaunch& s) {
         lo = lims[b * s.limit_stride];
         div = lims[b * s.limit_stride + 1];
       }
+      const auto range = [&](const scalar_t* z, int64_t a, int64_t e) -> acc_t {
+        if (K > 0 && !reads)
+          return step_range<scalar_t, acc_t, 0, W, CFG, LIMIT>(xp, mp, cp, hp, slot, wslot, cb, gw, gr, lo, div, z, a,
+                                                               e);
+        return step_range<scalar_t, acc_t, K, W, CFG, LIMIT>(xp, mp, cp, hp, slot, wslot, co, gw, gr, lo, div, z, a, e);
+      };
       if (s.philox) {
         for (; i < seg_end; i += kChunk) {
           const int64_t count = std::min(kChunk, seg_end - i);
           philox_span(s.seed, s.offset, s.sample_index + b, i - b * n, count, s.noise_mode, zbuf);
-          bad += step_range<scalar_t, acc_t, K, W, CFG, LIMIT>(xp, mp, cp, hp, slot, wslot, co, gw, gr, lo, div,
-                                                               zbuf - i, i, i + count);
+          bad += range(zbuf - i, i, i + count);
         }
       } else {
-        bad += step_range<scalar_t, acc_t, K, W, CFG, LIMIT>(xp, mp, cp, hp, slot, wslot, co, gw, gr, lo, div, zp, i,
-                                                             seg_end);
+        bad += range(zp, i, seg_end);
       }
       i = seg_end;
     }
@@ -219,9 +249,50 @@ struct CpuKernels {
   }
 };
 
+// dst[i] = src[i] * scale in ATen's opmath type (float for half / bfloat16 / float, double for
+// double), as `src * scale` computes it; returns the sum of v - v over src (0 when all finite).
+template <typename scalar_t, typename op_t>
+DIFFCORE_CPU_CLONES op_t scaled_copy_range(const scalar_t* src, scalar_t* dst, op_t scale, bool copy, int64_t e0,
+                                           int64_t e1) {
+  op_t bad = 0;
+  if (copy) {
+#pragma omp simd reduction(+ : bad)
+    for (int64_t i = e0; i < e1; ++i) {
+      const op_t v = static_cast<op_t>(src[i]);
+      bad += v - v;
+      dst[i] = src[i];
+    }
+  } else {
+#pragma omp simd reduction(+ : bad)
+    for (int64_t i = e0; i < e1; ++i) {
+      const op_t v = static_cast<op_t>(src[i]);
+      bad += v - v;
+      dst[i] = static_cast<scalar_t>(v * scale);
+    }
+  }
+  return bad;
+}
+
 }  // namespace
 
 StepKernel cpu_step_kernel() { return &CpuKernels::step; }
+
+bool cpu_scaled_copy(const at::Tensor& src, at::Tensor& dst, double scale) {
+  bool finite = true;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "diffcore_scaled_copy", [&] {
+    using op_t = at::opmath_type<scalar_t>;
+    const auto* sp = src.data_ptr<scalar_t>();
+    auto* dp = dst.data_ptr<scalar_t>();
+    const op_t sc = static_cast<op_t>(scale);
+    const bool copy = scale == 1.0;
+    std::atomic<bool> bad{false};
+    at::parallel_for(0, src.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      if (!(scaled_copy_range<scalar_t, op_t>(sp, dp, sc, copy, begin, end) == op_t(0))) bad.store(true);
+    });
+    finite = !bad.load();
+  });
+  return finite;
+}
 
 }  // namespace diffcore
 

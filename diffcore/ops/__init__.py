@@ -8,6 +8,7 @@ backend. ``DIFFCORE_KERNELS=reference`` forces the Torch fallback; ``backend()``
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ __all__ = [
     "noise_mode_code",
     "philox_noise_like",
     "sampler_step",
+    "start_state",
     "step_extras",
 ]
 
@@ -405,6 +407,21 @@ def _step_kernels(device: torch.device) -> tuple[StepFn, StepFn]:
         reference.cfg_sampler_step(x, u, c, guidance, coeffs, history, z, list(writes), limit, flag)
 
     return step, cfg_step
+
+
+def start_state(x: Tensor, scale: float) -> tuple[Tensor, bool]:
+    """``(x * scale, finite)``: a new tensor with x's layout (x's clone when ``scale`` is 1), and
+    whether every element of ``x`` is finite. On the native CPU kernels one pass over x (the
+    product rounded as torch rounds ``x * scale``); elsewhere a sum (an elementwise check only
+    when the sum is not finite, which large finite values can also give), then the torch op."""
+    dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+    if x.device.type == "cpu" and dense and backend(x.device) == "native-cpu":
+        module = _native_module()
+        if hasattr(module, "cpu_start_state"):
+            out, finite = module.cpu_start_state(x, float(scale))
+            return out, bool(finite)
+    finite = math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+    return (x.clone() if scale == 1.0 else x * scale), finite
 
 
 def check_step(

@@ -20,6 +20,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
+from diffcore import ops
 from diffcore.denoiser import NonFiniteModelOutput
 
 _pool = threading.local()
@@ -88,3 +89,34 @@ def release_buffer(buf: Tensor | None) -> None:
     free.move_to_end(key)
     while len(free) > POOLED:
         free.popitem(last=False)
+
+
+def slots_read_unwritten(writes: list[tuple[tuple[int, ...], Tensor]], slots: int) -> tuple[int, ...]:
+    """The history slots a run on the native CPU kernels may read before they are written.
+
+    ``writes``: the run's fused ops in order, each as ``(slots it writes, its coefficients)`` (a
+    (width,) or (B, width) table). An op that weighs every history slot by exactly 0 in every row
+    does not read the history; one that weighs any slot by anything else reads all of them, so
+    every slot no earlier op wrote is read (by 0 or not) and must hold zeros, not stale memory."""
+    written: set[int] = set()
+    needed: set[int] = set()
+    for op_writes, coeffs in writes:
+        c = coeffs.reshape(-1, coeffs.shape[-1])
+        hist_cols = [2 + r * (3 + slots) + 2 + j for r in range(1 + len(op_writes)) for j in range(slots)]
+        if bool(c[:, hist_cols].ne(0).any()):
+            needed.update(j for j in range(slots) if j not in written)
+        written.update(op_writes)
+        if len(needed | written) == slots:  # every slot is zeroed or already written
+            break
+    return tuple(sorted(needed))
+
+
+def take_history(shape: tuple[int, ...], like: Tensor, read_unwritten: tuple[int, ...] | None) -> Tensor:
+    """A pooled history buffer for a run: all zeros, or on the native CPU kernels only the slots
+    in ``read_unwritten`` (:func:`slots_read_unwritten`; None: unknown, zero all)."""
+    if read_unwritten is None or like.device.type != "cpu" or ops.backend("cpu") != "native-cpu":
+        return take_buffer(shape, like, zero=True)
+    buf = take_buffer(shape, like, zero=False)
+    for j in read_unwritten:
+        buf[j].zero_()
+    return buf

@@ -23,7 +23,7 @@ from diffcore import graphs, ops, plan_cache
 from diffcore.denoiser import Denoiser
 from diffcore.guidance import StepGuide, step_guides
 from diffcore.samplers.brownian import BrownianPath
-from diffcore.samplers.flags import StepFlags, release_buffer, take_buffer
+from diffcore.samplers.flags import StepFlags, release_buffer, slots_read_unwritten, take_buffer, take_history
 from diffcore.timesteps import Level
 
 
@@ -355,11 +355,13 @@ def _buffers(
     caller gives it back."""
     main = programs[0]
     key = _tables_key(denoiser, x, programs) if per is None else None
-    table, side, times, step_times, scales = plan_cache.runs.get(key, lambda: _tables(denoiser, x, programs, per))
+    table, side, times, step_times, scales, unwritten = plan_cache.runs.get(
+        key, lambda: _tables(denoiser, x, programs, per)
+    )
     history = None
     if main.slots:
         shape = (main.slots, *x.shape)
-        history = take_buffer(shape, x, zero=True) if pooled else torch.zeros(shape, dtype=x.dtype, device=x.device)
+        history = take_history(shape, x, unwritten) if pooled else torch.zeros(shape, dtype=x.dtype, device=x.device)
     guides = None
     if denoiser.guidance is not None:
         guides = step_guides(
@@ -376,14 +378,24 @@ def _buffers(
 
 def _tables(
     denoiser: Denoiser, x: Tensor, programs: list[Program], per: list[list[np.ndarray]] | None
-) -> tuple[list[Tensor], list[Tensor | None], Tensor, list[Tensor], list[Tensor | float]]:
+) -> tuple[list[Tensor], list[Tensor | None], Tensor, list[Tensor], list[Tensor | float], tuple[int, ...] | None]:
     """The device tables of a run: coefficients (main and side op per step), model times (steps, B)
-    with a (B,) view per step, and input scales."""
-    table, side = _split(programs[0], _table(programs, denoiser, x, per))
-    _check_structure(programs[0], table)
+    with a (B,) view per step, input scales, and the history slots to zero (CPU tables: those
+    :func:`~diffcore.samplers.flags.slots_read_unwritten` finds; None: all)."""
+    main = programs[0]
+    table, side = _split(main, _table(programs, denoiser, x, per))
+    _check_structure(main, table)
     times = denoiser.time_table([[st.level.t for st in p.steps] for p in programs], x)
     scales = denoiser.scale_table([[st.level for st in p.steps] for p in programs], x)
-    return table, side, times, list(times.unbind(0)), scales
+    unwritten = None
+    if main.slots and x.device.type == "cpu":
+        ops_in_order = []
+        for st, coeffs, side_coeffs in zip(main.steps, table, side):
+            if side_coeffs is not None:  # the side op (CFG++) runs first
+                ops_in_order.append((st.side_writes, side_coeffs))
+            ops_in_order.append((st.writes, coeffs))
+        unwritten = slots_read_unwritten(ops_in_order, main.slots)
+    return table, side, times, list(times.unbind(0)), scales, unwritten
 
 
 def _tables_key(denoiser: Denoiser, x: Tensor, programs: list[Program]) -> tuple[Any, ...] | None:
