@@ -57,6 +57,7 @@ bench: setup
 	$(VENV_PY) -m pytest benchmarks -q --benchmark-json=outputs/bench/bench.json
 	@if [ -f benchmarks/summarize.py ]; then $(VENV_PY) benchmarks/summarize.py outputs/bench/bench.json; fi
 	@if [ -f benchmarks/summarize_e2e.py ]; then $(VENV_PY) benchmarks/summarize_e2e.py outputs/bench/bench.json --out outputs/bench/e2e_summary.md; fi
+	@if [ -f benchmarks/summarize_calls.py ]; then $(VENV_PY) benchmarks/summarize_calls.py outputs/bench/bench.json --out outputs/bench/calls_summary.md; fi
 
 # Removes build products and the install stamp (the next `make setup` rebuilds the
 # native extension); keeps the venv and everything under outputs/.
