@@ -106,6 +106,20 @@ def test_train_scales_robustly_and_stops_on_held_out_rows(awkward_run) -> None:
     assert np.allclose(stored.scale_, expected.scale_, rtol=1e-5)
 
 
+def test_generate_writes_rows_in_the_tables_units(awkward_run, capsys, tmp_path) -> None:
+    """A table run's samples are model-space rows (scaled); generate's npz keeps them as
+    ``samples`` and adds ``rows``, the stored scaling inverted: the columns' own units."""
+    root, rows = awkward_run
+    out = _cli(capsys, "generate", "--checkpoint", str(root / "run"), "--n", "64", "--npz", str(tmp_path / "g.npz"))
+    arrays = np.load(tmp_path / "g.npz")
+    assert out["shape"] == [5] and arrays["samples"].shape == arrays["rows"].shape == (64, 5)
+    assert arrays["rows"].dtype == np.float64
+    scaler = TableScaler.from_meta(Pipeline.load(root / "run").dataset["meta"])
+    assert np.array_equal(arrays["rows"], scaler.inverse_transform(arrays["samples"].astype(np.float64)))
+    big = arrays["rows"][:, 3]  # trained on N(5e4, 1e4): model-space values would be a few units
+    assert np.median(np.abs(big)) > 1e3 and abs(np.median(big) - 5e4) < 5e4
+
+
 def test_detect_defaults_score_the_awkward_table(awkward_run, capsys) -> None:
     root, rows = awkward_run
     out = root / "scores.json"

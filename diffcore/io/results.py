@@ -71,11 +71,13 @@ def write_samples(
     nrow: int | None = None,
     info: dict[str, Any] | None = None,
     out_dir: str | Path | None = None,
+    rows: np.ndarray | None = None,
 ) -> dict[str, str]:
     """Samples (N, ...) to each target: ``.png`` a grid (``nrow`` columns), else an ``.npz`` of
-    ``samples`` (float), ``labels`` (-1 for none) and, for ``images``, ``images`` (N, H, W, C)
-    uint8; with ``out_dir``, also one PNG per image sample (``00000.png``, ...). PNGs carry
-    ``info`` as text chunks (plus each sample's ``index`` and ``class_label``). Returns
+    ``samples`` (float, model space), ``labels`` (-1 for none), for ``images`` also ``images``
+    (N, H, W, C) uint8, and with ``rows`` (a table model's samples in the table's own units,
+    float64) also ``rows``; with ``out_dir``, also one PNG per image sample (``00000.png``, ...).
+    PNGs carry ``info`` as text chunks (plus each sample's ``index`` and ``class_label``). Returns
     ``{"png": path, "npz": path, "out_dir": folder}`` for those written."""
     check_finite(x, "the samples")
     written: dict[str, str] = {}
@@ -98,6 +100,8 @@ def write_samples(
         }
         if images:
             arrays["images"] = to_uint8(x)
+        if rows is not None:
+            arrays["rows"] = np.asarray(rows, dtype=np.float64)
         write_npz(path, **arrays)
         written["npz"] = str(path)
     return written

@@ -65,13 +65,16 @@ def _write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
 
 
 def _arrow_column(values: np.ndarray) -> Any:
-    """A numpy column as Arrow: bytes as binary, (N, ...) arrays flattened to list<float32>."""
+    """A numpy column as Arrow: bytes as binary, (N, ...) arrays flattened to list<float32>
+    (list<float64> for float64 ones: a table model's rows in the table's units)."""
     import pyarrow as pa
 
     if values.dtype == object and len(values) and isinstance(values[0], bytes):
         return pa.array(list(values), type=pa.binary())
     if values.dtype == object:  # ragged arrays (images of several sizes)
         return pa.array([np.asarray(v, np.float32).reshape(-1) for v in values], type=pa.list_(pa.float32()))
+    if values.ndim > 1 and values.dtype == np.float64:
+        return pa.array(list(values.reshape(len(values), -1)), type=pa.list_(pa.float64()))
     if values.ndim > 1:
         return pa.array(list(values.reshape(len(values), -1).astype(np.float32)), type=pa.list_(pa.float32()))
     return pa.array(values)

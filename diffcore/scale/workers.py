@@ -20,7 +20,7 @@ from diffcore import io
 from diffcore.tasks import load_pipeline
 from diffcore.tasks.anomaly import detect, standardize
 from diffcore.tasks.denoise import denoise
-from diffcore.tasks.generation import generate_samples
+from diffcore.tasks.generation import generate_samples, table_rows
 
 __all__ = ["DenoiseWorker", "DetectWorker", "GenerateWorker", "PipelineWorker", "png_bytes", "runs"]
 
@@ -76,18 +76,23 @@ class PipelineWorker:
         raise NotImplementedError
 
 
-def _samples(x: torch.Tensor, ids: np.ndarray, labels: torch.Tensor | None, png: bool) -> Batch:
+def _samples(
+    x: torch.Tensor, ids: np.ndarray, labels: torch.Tensor | None, png: bool, rows: np.ndarray | None = None
+) -> Batch:
     out: Batch = {"id": ids, "label": np.full(len(ids), -1) if labels is None else labels.cpu().numpy()}
     if png:
         out["image"] = np.array(png_bytes(x), dtype=object)
     else:
         out["sample"] = x.float().cpu().numpy()
+    if rows is not None:  # a table model's samples in the table's units
+        out["row"] = rows
     return out
 
 
 class GenerateWorker(PipelineWorker):
     """``generate``: rows are sample indices; returns ``label`` and ``image`` (PNG bytes) or
-    ``sample`` (float32 model-space arrays)."""
+    ``sample`` (float32 model-space arrays), and for a table model ``row`` (float64, the table's
+    units)."""
 
     def __init__(self, checkpoint: str, *, params: Any, png: bool = False, **kwargs: Any) -> None:
         super().__init__(checkpoint, **kwargs)
@@ -96,7 +101,7 @@ class GenerateWorker(PipelineWorker):
     def process(self, batch: Batch, start: int) -> Batch:
         ids = batch["id"]
         x, labels = generate_samples(self.pipe, self.params, rows=slice(start, start + len(ids)))
-        return _samples(x, ids, labels, self.png)
+        return _samples(x, ids, labels, self.png, table_rows(self.pipe, x))
 
 
 class DetectWorker(PipelineWorker):

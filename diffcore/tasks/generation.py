@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from diffcore import io
+from diffcore.data.scaling import TableScaler
 from diffcore.io.progress import progress_bar, shown, step_callback
 from diffcore.io.results import check_finite
 from diffcore.pipeline import Pipeline
@@ -233,6 +235,16 @@ def generate_samples(pipe: Pipeline, params: GenerateParams, rows: slice | None 
     return x, labels
 
 
+def table_rows(pipe: Pipeline, x: Tensor) -> np.ndarray | None:
+    """A table model's samples (N, D) in the table's own units: the column scaling stored with
+    the run inverted (:meth:`~diffcore.data.scaling.TableScaler.inverse_transform`); None for
+    other models (and for table runs that stored no scaling)."""
+    meta = pipe.dataset.get("meta") or {}
+    if pipe.dataset.get("kind") != "tabular" or not ("scaling" in meta or "mean" in meta):
+        return None
+    return TableScaler.from_meta(meta).inverse_transform(x.detach().double().cpu().reshape(x.shape[0], -1).numpy())
+
+
 def _makes_images(pipe: Pipeline) -> bool:
     dataset = getattr(pipe, "dataset", None) or {}
     return dataset.get("kind", "image") == "image" and len(dataset.get("shape", (1, 1, 1))) == 3
@@ -291,6 +303,7 @@ class GenerateTask:
             nrow=nrow,
             info=png_info(pipe, params.checkpoint, params),
             out_dir=params.out_dir,
+            rows=table_rows(pipe, x),
         )
         result: dict[str, Any] = {
             **written,
