@@ -131,12 +131,10 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--stat", choices=("min", "median"), default="min")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    reports = []
-    for path in args.json:
-        try:
-            reports.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"{path}: cannot read a pytest-benchmark JSON ({e})") from None
+    try:
+        reports = [json.loads(path.read_text()) for path in args.json]
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot read a pytest-benchmark JSON: {e}") from None
     data = collect(reports, args.stat)
     if not data["calls"]:
         raise SystemExit(f"{', '.join(map(str, args.json))}: no test_sample_call.py cases in it")
