@@ -54,7 +54,7 @@ demo: setup
 
 bench: setup
 	mkdir -p outputs/bench
-	$(VENV_PY) -m pytest benchmarks -q --benchmark-json=outputs/bench/bench.json
+	DIFFCORE_BENCH_THREADS=$${DIFFCORE_BENCH_THREADS:-1} $(VENV_PY) -m pytest benchmarks -q --benchmark-json=outputs/bench/bench.json
 	@if [ -f benchmarks/summarize.py ]; then $(VENV_PY) benchmarks/summarize.py outputs/bench/bench.json; fi
 	@if [ -f benchmarks/summarize_e2e.py ]; then $(VENV_PY) benchmarks/summarize_e2e.py outputs/bench/bench.json --out outputs/bench/e2e_summary.md; fi
 	@if [ -f benchmarks/summarize_calls.py ]; then $(VENV_PY) benchmarks/summarize_calls.py outputs/bench/bench.json --out outputs/bench/calls_summary.md; fi

@@ -23,6 +23,7 @@ import torch
 
 from diffcore.cli import main
 from diffcore.data.scaling import TableScaler
+from diffcore.data.tabular import tabular
 from diffcore.pipeline import Pipeline
 from diffcore.tasks.anomaly import DetectParams, defaults, reconstruction_scores, standardize
 from diffcore.tasks.anomaly import fit as fit_module
@@ -118,6 +119,24 @@ def test_generate_writes_rows_in_the_tables_units(awkward_run, capsys, tmp_path)
     assert np.array_equal(arrays["rows"], scaler.inverse_transform(arrays["samples"].astype(np.float64)))
     big = arrays["rows"][:, 3]  # trained on N(5e4, 1e4): model-space values would be a few units
     assert np.median(np.abs(big)) > 1e3 and abs(np.median(big) - 5e4) < 5e4
+    # the npz as a table: its rows (not the model-space samples) are the features
+    table = tabular(path=str(tmp_path / "g.npz"), holdout=0.5)
+    assert table.meta["columns"] == ["x0", "x1", "x2", "x3", "x4"] and len(table.train) + len(table.test) == 64
+    raw = TableScaler.from_meta(table.meta).inverse_transform(torch.cat([table.train, table.test]).double().numpy())
+    assert np.allclose(np.sort(raw[:, 3]), np.sort(arrays["rows"][:, 3]), rtol=1e-5)
+
+
+def test_table_rows_name_a_sample_whose_units_overflow() -> None:
+    from types import SimpleNamespace
+
+    from diffcore.tasks.generation import table_rows
+
+    scaling = {"kind": "robust", "center": [0.0, 1.0], "scale": [1e300, 1.0], "tail": 5.0}
+    pipe = SimpleNamespace(dataset={"kind": "tabular", "meta": {"scaling": scaling}})
+    assert table_rows(pipe, torch.tensor([[0.5, 0.0]])).tolist() == [[5e299, 1.0]]
+    with pytest.raises(ValueError, match="sample 1 lies so far out"):
+        table_rows(pipe, torch.tensor([[0.0, 0.0], [800.0, 1.0]]))
+    assert table_rows(SimpleNamespace(dataset={"kind": "image", "meta": {}}), torch.zeros(1, 2)) is None
 
 
 def test_detect_defaults_score_the_awkward_table(awkward_run, capsys) -> None:

@@ -1,4 +1,4 @@
-"""Tabular datasets from CSV (header row), NPY (2-D array) or NPZ ("x" or the first array, "y").
+"""Tabular datasets from CSV (header row), NPY (2-D array) or NPZ ("x", else "rows", else the first array; "y").
 
 Features are scaled by a :class:`~diffcore.data.scaling.TableScaler` fitted on the train split
 (robust by default, ``scaling="standard"`` for mean and std; see
@@ -140,7 +140,8 @@ def _read_npz(path: Path, label_column: str | None) -> tuple[list[str], np.ndarr
     candidates = [key for key in arrays if key != label_column]
     if not candidates:
         raise ValueError(f"tabular: NPZ file {str(path)!r} holds no feature array (arrays: {list(arrays)})")
-    key = "x" if "x" in candidates else candidates[0]
+    # "rows": what diffcore generate writes for a table model (the table's units; "samples" is model space)
+    key = next((k for k in ("x", "rows") if k in candidates), candidates[0])
     values = _features(path, arrays[key], f"array {key!r}")
     labels = None
     if label_column is not None:

@@ -121,7 +121,8 @@ def _finish(out: Path, result: dict[str, Any], started: float, rows: int) -> dic
 
 def run_generate(params: ScaledGenerateParams) -> dict[str, Any]:
     """``diffcore generate --engine ray``: ``params.n`` samples as shards in the folder ``params.out``
-    (parquet rows ``id``, ``label``, ``image`` PNG bytes or ``sample`` floats; or one PNG per sample)."""
+    (parquet rows ``id``, ``label``, ``image`` PNG bytes or ``sample`` floats, and a table model's
+    ``row`` in the table's units; or one PNG per sample)."""
     started = time.perf_counter()
     pipe = load_pipeline(params.checkpoint, "cpu")  # checks the checkpoint and labels before the pool starts
     resolve_labels(pipe, params.class_label, params.n)

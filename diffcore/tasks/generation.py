@@ -242,7 +242,12 @@ def table_rows(pipe: Pipeline, x: Tensor) -> np.ndarray | None:
     meta = pipe.dataset.get("meta") or {}
     if pipe.dataset.get("kind") != "tabular" or not ("scaling" in meta or "mean" in meta):
         return None
-    return TableScaler.from_meta(meta).inverse_transform(x.detach().double().cpu().reshape(x.shape[0], -1).numpy())
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below, with the sample named
+        rows = TableScaler.from_meta(meta).inverse_transform(x.detach().double().cpu().reshape(x.shape[0], -1).numpy())
+    if not np.isfinite(rows).all():  # a sample hundreds of log-units out in a column of a large scale
+        bad = int(np.argwhere(~np.isfinite(rows))[0, 0])
+        raise ValueError(f"sample {bad} lies so far out of the training rows that its table units overflow float64")
+    return rows
 
 
 def _makes_images(pipe: Pipeline) -> bool:
