@@ -141,6 +141,10 @@ def test_start_state_is_the_torch_product_in_one_pass(dtype, scale, layout, monk
         bits = {8: torch.int64, 4: torch.int32, 2: torch.int16}[dtype.itemsize]  # signs of zeros too
         assert torch.equal(out.contiguous().view(bits), expect.contiguous().view(bits))
     assert ok_n and ok_r
+    if layout == "contiguous" and dtype == torch.float32:  # a negative view: memory holds -x
+        neg = torch.randn(2, 3, dtype=torch.cfloat).conj().imag
+        (out_n, _), (out_r, _) = _both(lambda: ops.start_state(neg, scale), monkeypatch)
+        assert neg.is_neg() and torch.equal(out_n, neg * scale) and torch.equal(out_r, neg * scale)
     for bad in (float("nan"), float("inf"), -float("inf")):
         y = x.clone()
         y[2, 3, 1, 0] = bad

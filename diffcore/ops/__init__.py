@@ -415,7 +415,8 @@ def start_state(x: Tensor, scale: float) -> tuple[Tensor, bool]:
     product rounded as torch rounds ``x * scale``); elsewhere a sum (an elementwise check only
     when the sum is not finite, which large finite values can also give), then the torch op."""
     dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
-    if x.device.type == "cpu" and dense and backend(x.device) == "native-cpu":
+    # a lazily negated view (e.g. the .imag of a conjugate) holds -x in memory: the torch ops resolve it
+    if x.device.type == "cpu" and dense and not x.is_neg() and backend(x.device) == "native-cpu":
         module = _native_module()
         if hasattr(module, "cpu_start_state"):
             out, finite = module.cpu_start_state(x, float(scale))
