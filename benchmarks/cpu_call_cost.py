@@ -25,9 +25,10 @@ than between two calls a millisecond apart.
   one ``torch.add`` per three tensors its fused steps stream, per loop iteration (an add streams
   three: two read, one written; the issue's "one torch.add per streamed tensor" read so that a
   ddim step, which streams x, the model output and x written, has the floor of one add), the adds
-  timed as a loop of 20 back to back, as the steps run. The same-set floor holds a step that
-  streams n tensors to adds round robin over n distinct tensors (:func:`add_set_case`): its
-  working set (at 1M elements, 3 tensors fit a 32 MB L3 and 8 do not).
+  timed as a loop of 20 back to back, as the steps run. The same-set floor prices the same
+  passes at an add's cost per pass over the step's working set (:func:`working_set`: x, the model
+  output and the history slots, at least 3 distinct tensors), the adds round robin over that many
+  (:func:`add_set_case`): at 1M elements unipc keeps 5 tensors (20 MB) live, the add 3 (12 MB).
 
   For the make-bench form of these figures (each case's rounds back to back, as pytest-benchmark
   times them) see ``test_sample_call.py``. Interleaving costs the short calls more than cache
@@ -107,6 +108,15 @@ def streamed(name: str, gen: bool) -> tuple[int, int]:
     return layout_of(program).tensors_streamed(noise_tensor=gen), len(program.steps)
 
 
+def working_set(name: str) -> int:
+    """Distinct full-size tensors a deterministic call's steps touch: x, the model output and the
+    history slots; at least 3, the working set of one add."""
+    from sampler_cases import layout_of, program_for
+
+    _, program = program_for(name, STEPS)
+    return max(3, layout_of(program).slots + 2)
+
+
 def _rounds(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
     """Seconds per call of every case, one call each per round, the order reversed every round."""
     names = list(cases)
@@ -131,11 +141,10 @@ def add_case(shape: tuple[int, ...], repeats: int) -> Callable[[], Any]:
 
 
 def add_set_case(shape: tuple[int, ...], tensors: int, repeats: int) -> tuple[Callable[[], Any], int]:
-    """``(run, adds)``: ``repeats`` loop iterations' worth of ``torch.add`` over a working set of
-    ``tensors`` distinct tensors (each add reads two and writes a third, round robin), so that an
-    iteration streams ``tensors`` tensors as a fused step that streams that many does. A 1M-element
-    add over 3 tensors (12 MB) runs from a 32 MB L3; one over 8 (32 MB) does not, so a step
-    streaming 8 is held to adds over 8 here. ``adds`` adds per call (per-tensor cost = time / (3 * adds))."""
+    """``(run, adds)``: ``repeats * tensors / 3`` (rounded up) ``torch.add`` calls round robin over
+    a working set of ``tensors`` distinct tensors (each add reads two and writes a third), timing a
+    tensor pass when that many tensors are live: a 1M-element add over 3 tensors (12 MB) runs from
+    a 32 MB L3; unipc's steps keep 5 (20 MB) live. Per-pass cost = time / (3 * adds)."""
     if tensors < 3:
         raise ValueError(f"tensors={tensors}: an add streams 3")
     pool = [torch.randn(shape) for _ in range(tensors)]
@@ -256,7 +265,7 @@ def whole_calls(sizes: list[str], rounds: int) -> list[dict[str, Any]]:
         x_T, out = torch.randn(shape), torch.randn(shape)
         cases: dict[str, Callable[[], Any]] = {"add": add_case(shape, STEPS)}  # a loop's adds, back to back
         set_adds = {}
-        for n in (5, 8):  # the working sets of heun / dpmpp_2m and of unipc (add_set_case)
+        for n in sorted({working_set(name) for name in DETERMINISTIC} - {3}):  # unipc: 5 (add_set_case)
             cases[f"add/{n}"], set_adds[n] = add_set_case(shape, n, STEPS)
         for name in DETERMINISTIC + STOCHASTIC:
             cases[f"{name}/diffusers"] = diffusers_call(name, x_T, out, STEPS)
@@ -281,7 +290,9 @@ def whole_calls(sizes: list[str], rounds: int) -> list[dict[str, Any]]:
                     "speedup_median": statistics.median(a / b for a, b in zip(d, t)),
                     "speedup_range": [min(a / b for a, b in zip(d, t)), max(a / b for a, b in zip(d, t))],
                     "vs_floor": min(t) / (iters * tensors / 3 * add),
-                    "vs_set_floor": min(t) / (iters * tensors * per_pass[tensors]) if tensors in per_pass else None,
+                    "vs_set_floor": min(t) / (iters * tensors * per_pass[working_set(name)])
+                    if impl == "diffcore" and name in DETERMINISTIC
+                    else None,
                     "tensors": tensors,
                 }
             row["diffusers_min_s"] = min(d)

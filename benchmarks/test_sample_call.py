@@ -10,9 +10,9 @@ pytest-benchmark, its rounds back to back (warm caches, as a loop of calls finds
   ``diffcore`` (``diffcore.sample`` with its defaults: in-kernel noise) and, for stochastic
   samplers, ``diffcore-gen`` (a seeded torch.Generator, as diffusers draws);
 * ``add`` cases: the memory floor of 20 steps, as adds. With 3 tensors, 20 back-to-back
-  ``torch.add(x, y, out=z)`` (a step streaming n tensors is held to n/3 of them); with 5 and 8,
-  adds round robin over that many distinct tensors, 20 * n / 3 of them: the floor at the working
-  set of a step that streams n (at 1M elements 3 tensors fit the L3 and 8 do not);
+  ``torch.add(x, y, out=z)`` (a step streaming n tensors is held to n/3 of them); with 5, adds
+  round robin over 5 distinct tensors: the cost of a pass with unipc's working set live (x, the
+  model output, 3 history slots: 20 MB at 1M elements, where the add's 3 take 12 MB);
 * ``clocked``: a 20-step ddim call at 16K whose model stamps the clock; ``extra_info`` keeps
   the minimum over rounds of the setup (call to first model call) and of the median interval
   between model calls (one step: its host work plus its memory work).
@@ -31,14 +31,24 @@ from typing import Any
 
 import pytest
 import torch
-from cpu_call_cost import DETERMINISTIC, SIZES, STEPS, STOCHASTIC, add_set_case, diffcore_call, diffusers_call, streamed
+from cpu_call_cost import (
+    DETERMINISTIC,
+    SIZES,
+    STEPS,
+    STOCHASTIC,
+    add_set_case,
+    diffcore_call,
+    diffusers_call,
+    streamed,
+    working_set,
+)
 
 import diffcore
 
 CALL_SIZES = ("16K", "256K", "1M", "8M")  # 8M: deterministic samplers only (a stochastic diffusers call takes s)
 BUDGET_S = 1.5  # timed seconds per case at most
 ROUNDS = (3, 400)  # fewest and most timed rounds of a case
-SET_TENSORS = (3, 5, 8)  # working sets of the add floors: what ddim/euler, heun/dpmpp_2m and unipc stream
+SET_TENSORS = (3, 5)  # working sets of the add floors: ddim, euler, heun, dpmpp_2m keep 3 tensors live, unipc 5
 
 
 def _impls(sampler: str) -> list[str]:
@@ -71,10 +81,11 @@ def test_call(benchmark: Any, size: str, sampler: str, impl: str) -> None:
         warnings.simplefilter("ignore")
         if impl == "diffusers":
             fn = diffusers_call(sampler, x_T, out, STEPS)
-            tensors, iterations = None, None
+            tensors, iterations, live = None, None, None
         else:
             fn = diffcore_call(sampler, x_T, out, STEPS, gen=impl == "diffcore-gen")
             tensors, iterations = streamed(sampler, gen=impl == "diffcore-gen")
+            live = working_set(sampler) if sampler in DETERMINISTIC else None
         benchmark.group = f"call {size}"
         benchmark.extra_info.update(
             {
@@ -87,6 +98,7 @@ def test_call(benchmark: Any, size: str, sampler: str, impl: str) -> None:
                 "stochastic": sampler in STOCHASTIC,
                 "steps": STEPS,
                 "tensors_streamed": tensors,
+                "working_set": live,
                 "iterations": iterations,
                 "torch_threads": torch.get_num_threads(),
             }
