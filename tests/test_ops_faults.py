@@ -96,3 +96,21 @@ def test_raw_native_op_checks_aliasing_and_leaves() -> None:
     leaf = torch.randn(3, 4, requires_grad=True)
     with pytest.raises(RuntimeError, match="requires grad"):
         torch.ops.diffcore.sampler_step(leaf, torch.randn(3, 4), torch.zeros(_width(0, 0)), None, None, [], -1, 0)
+
+
+@pytest.mark.parametrize(
+    "x, scale, error, match",
+    [
+        (torch.arange(6).reshape(2, 3), 1.0, TypeError, "floating-point torch.Tensor, got torch.int64"),
+        ([[0.0, 1.0]], 1.0, TypeError, "got list"),
+        (torch.ones(2, 3), float("nan"), ValueError, "scale=nan must be a finite number"),
+        (torch.ones(2, 3), float("inf"), ValueError, "scale=inf"),
+        (torch.ones(2, 3), True, ValueError, "scale=True"),
+        (torch.ones(2, 3), "2", ValueError, "scale='2'"),
+    ],
+)
+def test_start_state_refuses_what_it_cannot_scale(backend: str, x, scale, error, match) -> None:
+    """ops.start_state: an integer tensor was cloned on one backend and refused in C++ on the other;
+    a NaN scale gave an all-NaN start state reported as finite."""
+    with pytest.raises(error, match=match):
+        ops.start_state(x, scale)

@@ -20,6 +20,7 @@ from diffcore.ops import philox, reference
 from diffcore.x0_limit import X0Limit
 
 __all__ = [
+    "all_finite",
     "backend",
     "cfg_rescale_factor",
     "check_noise_source",
@@ -409,11 +410,23 @@ def _step_kernels(device: torch.device) -> tuple[StepFn, StepFn]:
     return step, cfg_step
 
 
+def all_finite(x: Tensor) -> bool:
+    """Whether every element of ``x`` is finite: a finite sum means so (one read pass, no
+    temporary); only a non-finite sum, which large finite values can also give, needs the
+    elementwise check."""
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def start_state(x: Tensor, scale: float) -> tuple[Tensor, bool]:
     """``(x * scale, finite)``: a new tensor with x's layout (x's clone when ``scale`` is 1), and
     whether every element of ``x`` is finite. On the native CPU kernels one pass over x (the
-    product rounded as torch rounds ``x * scale``); elsewhere a sum (an elementwise check only
-    when the sum is not finite, which large finite values can also give), then the torch op."""
+    product rounded as torch rounds ``x * scale``); elsewhere :func:`all_finite`, then the torch
+    op. ``x``: a floating-point tensor; ``scale``: a finite number."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"start_state: x must be a floating-point torch.Tensor, got {got}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"start_state: scale={scale!r} must be a finite number")
     dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
     # a lazily negated view (e.g. the .imag of a conjugate) holds -x in memory: the torch ops resolve it
     if x.device.type == "cpu" and dense and not x.is_neg() and backend(x.device) == "native-cpu":
@@ -421,8 +434,7 @@ def start_state(x: Tensor, scale: float) -> tuple[Tensor, bool]:
         if hasattr(module, "cpu_start_state"):
             out, finite = module.cpu_start_state(x, float(scale))
             return out, bool(finite)
-    finite = math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
-    return (x.clone() if scale == 1.0 else x * scale), finite
+    return (x.clone() if scale == 1.0 else x * scale), all_finite(x)
 
 
 def check_step(
