@@ -90,6 +90,15 @@ class TableScaler:
         return {"kind": self.kind, "center": self.center_.tolist(), "scale": self.scale_.tolist(), "tail": tail}
 
     @classmethod
+    def of_run(cls, dataset: dict[str, Any]) -> TableScaler | None:
+        """The scaler a run's dataset record (``{"kind", "meta", ...}``, :attr:`Pipeline.dataset`)
+        stores: None unless it is a tabular dataset whose meta holds a scaling (or old mean/std)."""
+        meta = dataset.get("meta") or {}
+        if dataset.get("kind") != "tabular" or not ("scaling" in meta or "mean" in meta):
+            return None
+        return cls.from_meta(meta)
+
+    @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> TableScaler:
         """The scaler a tabular dataset's ``meta`` stores: ``meta["scaling"]`` (:meth:`to_meta`; or
         that dict itself), or the ``mean`` / ``std`` of runs written before it (a standard scaling)."""

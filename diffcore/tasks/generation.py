@@ -239,11 +239,11 @@ def table_rows(pipe: Pipeline, x: Tensor) -> np.ndarray | None:
     """A table model's samples (N, D) in the table's own units: the column scaling stored with
     the run inverted (:meth:`~diffcore.data.scaling.TableScaler.inverse_transform`); None for
     other models (and for table runs that stored no scaling)."""
-    meta = pipe.dataset.get("meta") or {}
-    if pipe.dataset.get("kind") != "tabular" or not ("scaling" in meta or "mean" in meta):
+    scaler = TableScaler.of_run(pipe.dataset)
+    if scaler is None:
         return None
     with np.errstate(over="ignore", invalid="ignore"):  # checked below, with the sample named
-        rows = TableScaler.from_meta(meta).inverse_transform(x.detach().double().cpu().reshape(x.shape[0], -1).numpy())
+        rows = scaler.inverse_transform(x.detach().double().cpu().reshape(x.shape[0], -1).numpy())
     if not np.isfinite(rows).all():  # a sample hundreds of log-units out in a column of a large scale
         bad = int(np.argwhere(~np.isfinite(rows))[0, 0])
         raise ValueError(f"sample {bad} lies so far out of the training rows that its table units overflow float64")

@@ -111,10 +111,10 @@ def standardize(pipe: Pipeline, values: Any, columns: Sequence[str] | None = Non
     meta: :meth:`~diffcore.data.scaling.TableScaler.from_meta`, old runs' mean/std too).
     ``columns`` (the file's header) must be the training columns in any order (reordered to
     match); a missing or extra column raises naming it."""
-    meta = pipe.dataset.get("meta") or {}
-    if pipe.dataset.get("kind") != "tabular" or not ("scaling" in meta or "mean" in meta):
+    scaler = TableScaler.of_run(pipe.dataset)
+    if scaler is None:
         raise ValueError("standardize needs a model trained on a tabular dataset (its meta holds the scaling)")
-    scaler = TableScaler.from_meta(meta)
+    meta = pipe.dataset.get("meta") or {}
     train_cols = list(meta.get("columns") or [])
     raw = torch.as_tensor(values, dtype=torch.float64)
     raw = raw[None] if raw.dim() == 1 else raw
